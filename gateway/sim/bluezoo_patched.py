@@ -1,0 +1,227 @@
+"""Launch BlueZoo 1.0.2 (a BlueZ D-Bus mock) with the defects of notes/ble-test-rig.md fixed.
+
+Run as ``python -m gateway.sim.bluezoo_patched --central 0 -a ADDR -a ADDR ...`` with
+``DBUS_SYSTEM_BUS_ADDRESS`` pointing at a private bus. BlueZoo is pinned exactly because this
+module reaches into its internals; ``tests/gateway/sim/test_bluezoo_patches.py`` guards each one.
+
+Fixes:
+1. ManufacturerData is declared ``a{sv}``; BlueZ says ``a{qv}`` and bleak drops the device.
+2. A re-scan never re-reports a known device and RSSI is always 0: every scan now emits a
+   fresh, jittered RSSI, as real BlueZ does, so ``find_device_by_address`` works.
+3. Disconnect leaves link objects exported (the next Connect fails) and only the caller's side
+   sees ``Connected=False``: links are now torn down, notifications stopped and both sides
+   updated; a vanished GATT application or a removed adapter drops its links.
+4. Every adapter claims the central role: only the gateway's adapter does now.
+5. A controller that does not advertise (connected elsewhere, busy with the phone app) cannot
+   be connected to: Connect fails like BlueZ's ``le-connection-abort-by-local``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import signal
+from typing import Any
+
+import bluezoo.adapter as bz_adapter
+import bluezoo.bluezoo as bz_main
+import bluezoo.device as bz_device
+import bluezoo.gatt.manager as bz_gatt_manager
+import bluezoo.interfaces.LEAdvertisement as bz_adv_iface
+from bluezoo.exceptions import DBusBluezFailedError
+from bluezoo.gatt import GattCharacteristicClientLink
+
+# How long a Connect to a silent (non-advertising) controller takes to fail. BlueZ's own LE
+# connect attempt runs until the client gives up (bleak: 10 s); a short value keeps tests fast
+# while still making the attempt cost real time.
+CONNECT_FAIL_DELAY_S = 2.0
+
+_central_ids: set[int] = {0}
+_connect_fail_delay = CONNECT_FAIL_DELAY_S
+
+
+def _fix_manufacturer_data_signature() -> None:
+    for cls in (bz_device.Device, bz_adv_iface.LEAdvertisementInterface):
+        for name in ("ManufacturerData", "ScanResponseManufacturerData"):
+            prop = cls.__dict__.get(name)
+            if prop is not None:
+                prop.property_signature = "a{qv}"
+
+
+def _jittered_rssi() -> int:
+    return random.randint(-75, -45)
+
+
+def _fix_rescan_rssi() -> None:
+    rssi = bz_device.Device.__dict__["RSSI"]
+
+    def set_rssi(self: Any, value: int) -> None:
+        self.rssi = value
+
+    rssi.property_setter = set_rssi
+    rssi.property_setter_is_public = False
+    original_add = bz_adapter.Adapter.add_device
+
+    async def add_device(self: Any, device: Any) -> None:
+        path = "/".join((self.get_object_path(), f"dev_{device.address.replace(':', '_')}"))
+        known = self.devices.get(path)
+        if known is None:
+            device.rssi = _jittered_rssi()
+            await original_add(self, device)
+            return
+        await original_add(self, device)
+        if device.is_le and not known.connected:
+            await known.RSSI.set_async(_jittered_rssi())
+
+    bz_adapter.Adapter.add_device = add_device
+
+
+def _counterpart(device: Any) -> Any | None:
+    """The exported object, on the peer's adapter, that represents this device's adapter."""
+    if device.adapter is None:
+        return None
+    path = "/".join((device.peer_adapter.get_object_path(),
+                     f"dev_{device.adapter.address.replace(':', '_')}"))
+    return device.peer_adapter.devices.get(path)
+
+
+async def _teardown_links(device: Any) -> None:
+    mock = device.peer_adapter.mock
+    for link in list(device.services.values()):
+        if isinstance(link, GattCharacteristicClientLink):
+            link.client_props_changed_subscription.unsubscribe()
+            if link.client.Notifying.get(False):
+                try:
+                    await link.client.StopNotify()
+                except Exception:  # the peripheral process may already be gone
+                    logging.getLogger(__name__).debug("stop_notify_failed", exc_info=True)
+        try:
+            mock.remove_object(link)
+        except KeyError:
+            pass
+    device.services = {}
+
+
+async def _set_connected(device: Any, value: bool) -> None:
+    if device.connected != value:
+        await device.Connected.set_async(value)
+    if not value and device.services_resolved:
+        await device.ServicesResolved.set_async(False)
+
+
+def _fix_connect_disconnect() -> None:
+    device_cls = bz_device.Device
+    original_connect = device_cls.connect
+
+    async def connect(self: Any, uuid: str | None = None) -> None:
+        if self.connected:
+            return
+        if self.is_le and not self.peer_adapter.advertisements:
+            await asyncio.sleep(_connect_fail_delay)
+            raise DBusBluezFailedError("le-connection-abort-by-local")
+        if self.peer_adapter.id not in self.peer_adapter.mock.adapters:
+            raise DBusBluezFailedError("Host is down")
+        await original_connect(self, uuid)
+        other = _counterpart(self)
+        if other is not None:
+            await _set_connected(other, True)
+
+    async def disconnect(self: Any, uuid: str | None = None) -> None:
+        self.connecting_task.cancel()
+        # The peripheral side may call Disconnect on its view of the central: route the
+        # teardown to the central's device object, which owns the links.
+        central_side = self if self.services else _counterpart(self)
+        peripheral_side = _counterpart(central_side) if central_side is not None else None
+        if central_side is not None:
+            await _teardown_links(central_side)
+            await _set_connected(central_side, False)
+        if peripheral_side is not None:
+            await _set_connected(peripheral_side, False)
+        await _set_connected(self, False)
+
+    device_cls.connect = connect
+    device_cls.disconnect = disconnect
+
+    mangled = "_GattManager__del_gatt_application"
+    original_del_app = getattr(bz_gatt_manager.GattManager, mangled)
+
+    async def del_gatt_application(self: Any, app: Any) -> None:
+        await original_del_app(self, app)
+        await _drop_links_to(self)
+
+    setattr(bz_gatt_manager.GattManager, mangled, del_gatt_application)
+
+    original_del_adapter = bz_main.BluezMockService.del_adapter
+
+    async def del_adapter(self: Any, adapter_id: int) -> None:
+        adapter = self.adapters.get(adapter_id)
+        if adapter is not None:
+            await _drop_links_to(adapter)
+            for other in list(self.adapters.values()):
+                for dev in list(other.devices.values()):
+                    if dev.peer_adapter is adapter:
+                        await other.del_device(dev)
+        await original_del_adapter(self, adapter_id)
+
+    bz_main.BluezMockService.del_adapter = del_adapter
+
+
+async def _drop_links_to(peripheral_adapter: Any) -> None:
+    """Disconnect every central connected to a peripheral adapter (its server went away)."""
+    for adapter in list(peripheral_adapter.mock.adapters.values()):
+        for dev in list(adapter.devices.values()):
+            if dev.peer_adapter is peripheral_adapter and dev.connected:
+                await dev.disconnect()
+
+
+def _fix_roles() -> None:
+    roles = bz_adapter.Adapter.__dict__["Roles"]
+
+    def get_roles(self: Any) -> list[str]:
+        return ["central", "peripheral", "central-peripheral"] if self.id in _central_ids else [
+            "peripheral"]
+
+    roles.property_getter = get_roles
+
+
+def apply_patches() -> None:
+    _fix_manufacturer_data_signature()
+    _fix_rescan_rssi()
+    _fix_connect_disconnect()
+    _fix_roles()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    await bz_main.startup(bus="system", adapters=args.adapters, auto_enable=True,
+                          scan_interval=args.scan_interval)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print("READY", flush=True)
+    await stop.wait()
+    await bz_main.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="BlueZoo with the AutoWatering rig's fixes")
+    parser.add_argument("-a", "--adapter", dest="adapters", action="append", default=[])
+    parser.add_argument("--central", type=int, action="append", default=None)
+    parser.add_argument("--scan-interval", type=int, default=1)
+    parser.add_argument("--connect-fail-delay", type=float, default=CONNECT_FAIL_DELAY_S)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    global _connect_fail_delay  # noqa: PLW0603 - module-level knob read by the patched connect
+    _connect_fail_delay = args.connect_fail_delay
+    if args.central is not None:
+        _central_ids.clear()
+        _central_ids.update(args.central)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    apply_patches()
+    asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

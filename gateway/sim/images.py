@@ -1,0 +1,34 @@
+"""Build MCUboot images (unsigned, SHA256 TLV) for the virtual controllers and for tests.
+
+The layout is imgtool's ``create --header-size 0x200 --pad-header``: header, 0xFF padding,
+body, then an unprotected TLV area holding the SHA256 of header + body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from firmware_bridge.mcuboot import HEADER, IMAGE_MAGIC, TLV_MAGIC, TLV_SHA256
+
+HEADER_SIZE = 0x200
+
+
+def make_image(version: tuple[int, int, int, int], body: bytes, *, flags: int = 0) -> bytes:
+    major, minor, revision, build = version
+    header = HEADER.pack(IMAGE_MAGIC, 0, HEADER_SIZE, 0, len(body), flags, major, minor,
+                         revision, build, 0)
+    signed_part = header + b"\xff" * (HEADER_SIZE - len(header)) + body
+    digest = hashlib.sha256(signed_part).digest()
+    tlv = struct.pack("<HH", TLV_SHA256, len(digest)) + digest
+    return signed_part + struct.pack("<HH", TLV_MAGIC, 4 + len(tlv)) + tlv
+
+
+def firmware_body(seed: str, size: int) -> bytes:
+    """Deterministic pseudo-firmware bytes, different per seed."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
