@@ -23,7 +23,7 @@ class GattDecodeError(DecodeError):
     """A characteristic value does not fit its documented layout."""
 
 
-def _unpack(layout: struct.Struct, data: bytes, name: str) -> tuple[int, ...]:
+def _unpack(layout: struct.Struct, data: bytes | bytearray, name: str) -> tuple[int, ...]:
     if len(data) != layout.size:
         raise GattDecodeError(f"{name}: expected {layout.size} bytes, got {len(data)}")
     values: tuple[int, ...] = layout.unpack(data)
@@ -103,7 +103,7 @@ class SystemStatus:
     code: SystemStatusCode | int
 
     @classmethod
-    def decode(cls, data: bytes) -> SystemStatus:
+    def decode(cls, data: bytes | bytearray) -> SystemStatus:
         (value,) = _unpack(cls.LAYOUT, data, "System Status")
         return cls(_enum_or_int(SystemStatusCode, value))
 
@@ -117,7 +117,7 @@ class FlowSensor:
     pulses_per_second: int
 
     @classmethod
-    def decode(cls, data: bytes) -> FlowSensor:
+    def decode(cls, data: bytes | bytearray) -> FlowSensor:
         (value,) = _unpack(cls.LAYOUT, data, "Flow Sensor")
         return cls(value)
 
@@ -138,7 +138,7 @@ class ValveControl:
     value: int
 
     @classmethod
-    def decode(cls, data: bytes) -> ValveControl:
+    def decode(cls, data: bytes | bytearray) -> ValveControl:
         return cls(*_unpack(cls.LAYOUT, data, "Valve Control"))
 
     def encode(self) -> bytes:
@@ -190,7 +190,7 @@ class TaskQueue:
     active_task_id: int = 0
 
     @classmethod
-    def decode(cls, data: bytes) -> TaskQueue:
+    def decode(cls, data: bytes | bytearray) -> TaskQueue:
         return cls(*_unpack(cls.LAYOUT, data, "Task Queue"))
 
     def encode(self) -> bytes:
@@ -226,7 +226,7 @@ class CurrentTask:
     reserved: int = 0
 
     @classmethod
-    def decode(cls, data: bytes) -> CurrentTask:
+    def decode(cls, data: bytes | bytearray) -> CurrentTask:
         ch, start, mode, target, current, total, status, reserved = _unpack(
             cls.LAYOUT, data, "Current Task")
         return cls(ch, start, _enum_or_int(TaskMode, mode), target, current, total,
@@ -255,7 +255,7 @@ class AlarmStatus:
     timestamp: int
 
     @classmethod
-    def decode(cls, data: bytes) -> AlarmStatus:
+    def decode(cls, data: bytes | bytearray) -> AlarmStatus:
         code, value, ts = _unpack(cls.LAYOUT, data, "Alarm Status")
         return cls(_enum_or_int(AlarmCode, code), value, ts)
 
@@ -283,10 +283,12 @@ class RtcConfig:
     dst_active: int
 
     @classmethod
-    def decode(cls, data: bytes) -> RtcConfig:
+    def decode(cls, data: bytes | bytearray) -> RtcConfig:
         if len(data) != cls.LAYOUT.size:
             raise GattDecodeError(f"RTC Configuration: expected 16 bytes, got {len(data)}")
         y, mo, d, h, mi, s, dow, off, dst, _reserved = cls.LAYOUT.unpack(data)
+        if y > 99:
+            raise GattDecodeError(f"RTC Configuration: year field {y} is outside 0..99")
         return cls(2000 + y, mo, d, h, mi, s, dow, off, dst)
 
     def encode(self) -> bytes:
@@ -336,7 +338,7 @@ class BulkSync:
     serial: str | None = None
 
     @classmethod
-    def decode(cls, data: bytes) -> BulkSync:
+    def decode(cls, data: bytes | bytearray) -> BulkSync:
         if len(data) < cls.LAYOUT.size:
             raise GattDecodeError(f"Bulk Sync: expected >= 60 bytes, got {len(data)}")
         (version, flags, _reserved, utc, tz, dst, _pad1, mode, alarms, valves, active,

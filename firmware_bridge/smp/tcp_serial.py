@@ -8,6 +8,7 @@ streams and satisfies smpclient's ``SMPTransport`` protocol, so ``SMPClient`` ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from urllib.parse import urlparse
 
 from smp import packet as smp_packet
@@ -45,19 +46,18 @@ class TcpSerialTransport:
                 while True:
                     try:
                         self._reader, self._writer = await asyncio.open_connection(host, port)
-                        return
                     except ConnectionRefusedError:
                         await asyncio.sleep(0.05)
+                    else:
+                        return
         except TimeoutError as exc:
             raise TransportTimeout(f"no listener at {address} within {timeout_s}s") from exc
 
     async def disconnect(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
         self._reader = self._writer = None
 
     @property

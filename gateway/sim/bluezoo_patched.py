@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -97,10 +98,8 @@ async def _teardown_links(device: Any) -> None:
                     await link.client.StopNotify()
                 except Exception:  # the peripheral process may already be gone
                     logging.getLogger(__name__).debug("stop_notify_failed", exc_info=True)
-        try:
+        with contextlib.suppress(KeyError):
             mock.remove_object(link)
-        except KeyError:
-            pass
     device.services = {}
 
 

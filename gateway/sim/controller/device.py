@@ -120,9 +120,8 @@ class Faults:
 
 
 def _version_tuple(text: str) -> tuple[int, int, int, int]:
-    parts = [int(p) for p in text.split(".")][:4]
-    return (parts + [0, 0, 0, 0])[0], (parts + [0] * 4)[1], (parts + [0] * 4)[2], (
-        parts + [0] * 4)[3]
+    major, minor, revision, build = [*(int(p) for p in text.split(".")[:4]), 0, 0, 0, 0][:4]
+    return major, minor, revision, build
 
 
 class ControlInterface(ServiceInterface):
@@ -133,18 +132,18 @@ class ControlInterface(ServiceInterface):
         self._c = controller
 
     @method()
-    async def InjectFault(self, kind: DBusStr, params: Options) -> None:  # noqa: N802
+    async def InjectFault(self, kind: DBusStr, params: Options) -> None:
         try:
             await self._c.inject(kind, {k: v.value for k, v in params.items()})
         except ValueError as exc:
             raise DBusError("org.autowatering.Error.InvalidFault", str(exc)) from exc
 
     @method()
-    def RaiseAlarm(self, code: DBusUInt16, data: DBusUInt16) -> None:  # noqa: N802
+    def RaiseAlarm(self, code: DBusUInt16, data: DBusUInt16) -> None:
         self._c.model.raise_alarm(code, data)
 
     @method()
-    def Status(self) -> DBusStr:  # noqa: N802
+    def Status(self) -> DBusStr:
         return json.dumps(self._c.status())
 
 
@@ -411,7 +410,7 @@ class VirtualController:
         iface, changed, _ = msg.body
         if iface != "org.bluez.Device1" or "Connected" not in changed:
             return
-        if changed["Connected"].value:
+        if changed["Connected"].value and msg.path:
             self._on_connected(msg.path)
         elif msg.path == self.connected_device:
             self._on_disconnected()

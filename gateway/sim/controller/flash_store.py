@@ -1,4 +1,4 @@
-"""Keeps a virtual controller's flash on disk, so a reboot or a power loss keeps what flash keeps."""
+"""Keeps a virtual controller's flash on disk: a reboot or a power loss keeps what flash keeps."""
 
 from __future__ import annotations
 

@@ -46,15 +46,15 @@ class GattService(ServiceInterface):
         self._primary = primary
 
     @dbus_property(access=PropertyAccess.READ)
-    def UUID(self) -> DBusStr:  # noqa: N802
+    def UUID(self) -> DBusStr:
         return self._uuid
 
     @dbus_property(access=PropertyAccess.READ)
-    def Primary(self) -> DBusBool:  # noqa: N802
+    def Primary(self) -> DBusBool:
         return self._primary
 
     @dbus_property(access=PropertyAccess.READ)
-    def Includes(self) -> ObjectPaths:  # noqa: N802
+    def Includes(self) -> ObjectPaths:
         return []
 
 
@@ -79,19 +79,19 @@ class GattCharacteristic(ServiceInterface):
         self._acquired: list[socket.socket] = []
 
     @method()
-    async def ReadValue(self, options: Options) -> DBusBytes:  # noqa: N802
+    async def ReadValue(self, options: Options) -> DBusBytes:
         if self._read is None:
             raise DBusError("org.bluez.Error.NotPermitted", "Read not permitted")
         return await self._read(_unwrap(options))
 
     @method()
-    async def WriteValue(self, value: DBusBytes, options: Options) -> None:  # noqa: N802
+    async def WriteValue(self, value: DBusBytes, options: Options) -> None:
         if self._write is None:
             raise DBusError("org.bluez.Error.NotPermitted", "Write not permitted")
         await self._write(bytes(value), _unwrap(options))
 
     @method()
-    def StartNotify(self) -> None:  # noqa: N802
+    def StartNotify(self) -> None:
         if not self.notifying:
             self.notifying = True
             self.emit_properties_changed({"Notifying": True})
@@ -99,7 +99,7 @@ class GattCharacteristic(ServiceInterface):
                 self._on_notify_change(self.uuid, True)
 
     @method()
-    def StopNotify(self) -> None:  # noqa: N802
+    def StopNotify(self) -> None:
         if self.notifying:
             self.notifying = False
             self.emit_properties_changed({"Notifying": False})
@@ -107,12 +107,12 @@ class GattCharacteristic(ServiceInterface):
                 self._on_notify_change(self.uuid, False)
 
     @method()
-    def Confirm(self) -> None:  # noqa: N802
+    def Confirm(self) -> None:
         if self._on_confirm:
             self._on_confirm(self.uuid)
 
     @method()
-    def AcquireWrite(self, options: Options) -> FdAndMtu:  # noqa: N802
+    def AcquireWrite(self, options: Options) -> FdAndMtu:
         # Centrals use this to learn the MTU (bleak's _acquire_mtu); give them a real socket.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._acquired.append(ours)
@@ -130,27 +130,27 @@ class GattCharacteristic(ServiceInterface):
         self.emit_properties_changed({"Value": value})
 
     @dbus_property(access=PropertyAccess.READ)
-    def UUID(self) -> DBusStr:  # noqa: N802
+    def UUID(self) -> DBusStr:
         return self.uuid
 
     @dbus_property(access=PropertyAccess.READ)
-    def Service(self) -> DBusObjectPath:  # noqa: N802
+    def Service(self) -> DBusObjectPath:
         return self._service
 
     @dbus_property(access=PropertyAccess.READ)
-    def Flags(self) -> Strings:  # noqa: N802
+    def Flags(self) -> Strings:
         return self._flags
 
     @dbus_property(access=PropertyAccess.READ)
-    def Notifying(self) -> DBusBool:  # noqa: N802
+    def Notifying(self) -> DBusBool:
         return self.notifying
 
     @dbus_property(access=PropertyAccess.READ)
-    def Value(self) -> DBusBytes:  # noqa: N802
+    def Value(self) -> DBusBytes:
         return self.value
 
     @dbus_property(access=PropertyAccess.READ)
-    def MTU(self) -> DBusUInt16:  # noqa: N802
+    def MTU(self) -> DBusUInt16:
         return self.mtu
 
 
@@ -162,27 +162,27 @@ class LEAdvertisement(ServiceInterface):
         self._manufacturer = manufacturer
 
     @method()
-    def Release(self) -> None:  # noqa: N802
+    def Release(self) -> None:
         return None
 
     @dbus_property(access=PropertyAccess.READ)
-    def Type(self) -> DBusStr:  # noqa: N802
+    def Type(self) -> DBusStr:
         return "peripheral"
 
     @dbus_property(access=PropertyAccess.READ)
-    def ServiceUUIDs(self) -> Strings:  # noqa: N802
+    def ServiceUUIDs(self) -> Strings:
         return self._uuids
 
     @dbus_property(access=PropertyAccess.READ)
-    def LocalName(self) -> DBusStr:  # noqa: N802
+    def LocalName(self) -> DBusStr:
         return self._name
 
     @dbus_property(access=PropertyAccess.READ)
-    def ManufacturerData(self) -> ManufacturerMap:  # noqa: N802
+    def ManufacturerData(self) -> ManufacturerMap:
         return {k: Variant("ay", v) for k, v in self._manufacturer.items()}
 
     @dbus_property(access=PropertyAccess.READ)
-    def Discoverable(self) -> DBusBool:  # noqa: N802
+    def Discoverable(self) -> DBusBool:
         return True
 
 

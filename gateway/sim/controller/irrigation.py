@@ -138,15 +138,18 @@ class IrrigationModel:
     def read(self, uuid: str) -> bytes:
         readers: dict[str, Callable[[], bytes]] = {
             uuids.BULK_SYNC: lambda: self.bulk_sync().encode(),
-            uuids.VALVE_CONTROL: lambda: self.valve_read,
+            uuids.VALVE_CONTROL: self._valve_read_value,
             uuids.FLOW_SENSOR: lambda: FlowSensor(self.flow_pps).encode(),
             uuids.SYSTEM_STATUS: lambda: SystemStatus(self.status).encode(),
             uuids.TASK_QUEUE: lambda: self.task_queue().encode(),
             uuids.CURRENT_TASK: lambda: self.current_task().encode(),
-            uuids.ALARM_STATUS: lambda: self.alarm.encode(),
+            uuids.ALARM_STATUS: lambda: self.alarm.encode(),  # noqa: PLW0108 - alarm is replaced, read it late
             uuids.RTC_CONFIG: lambda: self.rtc().encode(),
         }
         return readers[uuid]()
+
+    def _valve_read_value(self) -> bytes:
+        return self.valve_read
 
     def current_task(self) -> CurrentTask:
         task = self.running

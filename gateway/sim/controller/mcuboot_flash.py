@@ -142,11 +142,11 @@ class McubootFlash:
                 self.slot1 = bytearray()
             return "swapped-permanent" if permanent else "swapped-test"
         if self.revert_scheduled and not self.slot0_confirmed:
-            old = SlotImage(bytes(self.slot1)).parsed()
-            new = self.slot0
-            if old is not None:
-                self.slot0 = bytes(self.slot1[: old.total_size])
-                self.slot1 = bytearray(new)
+            previous = SlotImage(bytes(self.slot1)).parsed()
+            running = self.slot0
+            if previous is not None:
+                self.slot0 = bytes(self.slot1[: previous.total_size])
+                self.slot1 = bytearray(running)
             self.slot0_confirmed = True
             self.revert_scheduled = False
             return "reverted"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The two front-door commands. Each does all of its own set-up on a fresh Debian machine (root):
+#   ./dev.sh demo   - run the demo on the virtual rig (no hardware needed)
+#   ./dev.sh test   - run the whole test suite (rig tests and the QEMU conformance peer)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${AWGW_VENV:-.venv}"
+APT_PACKAGES=(dbus qemu-system-arm)
+
+ensure_apt() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_venv() {
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+}
+
+ensure_fixtures() {
+  # The QEMU conformance peer: sha-pinned artifacts from the smpclient sdist on PyPI.
+  "$VENV/bin/python" -c "from gateway.sim.qemu_peer import fetch_artifacts; fetch_artifacts()"
+}
+
+case "${1:-}" in
+  demo)
+    shift
+    ensure_apt
+    ensure_venv
+    exec "$VENV/bin/awgw" demo "$@"
+    ;;
+  test)
+    shift
+    ensure_apt
+    ensure_venv
+    ensure_fixtures
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  lint)
+    ensure_venv
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/mypy"
+    ;;
+  *)
+    echo "usage: $0 demo [--duration S] [--json] | test [pytest args] | lint" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,176 @@
+"""``awgw``: the gateway's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.logging import configure_logging
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """``INDEX:KIND[:key=value,...]`` from the command line, e.g. ``0:drop_link:delay_s=5``."""
+
+    index: int
+    kind: str
+    params: dict[str, Any]
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        parts = text.split(":", 2)
+        if len(parts) < 2 or not parts[0].isdigit() or not parts[1]:
+            raise argparse.ArgumentTypeError(
+                f"fault {text!r} is not INDEX:KIND[:key=value,...]")
+        params: dict[str, Any] = {}
+        if len(parts) == 3 and parts[2]:
+            for item in parts[2].split(","):
+                key, sep, raw = item.partition("=")
+                if not sep or not key:
+                    raise argparse.ArgumentTypeError(f"fault parameter {item!r} is not key=value")
+                params[key] = _number(raw)
+        return cls(int(parts[0]), parts[1], params)
+
+
+def _number(raw: str) -> int | float | str:
+    for conv in (int, float):
+        try:
+            return conv(raw)
+        except ValueError:
+            continue
+    return raw
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="awgw", description="AutoWatering home gateway")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("sim", help="run the virtual rig of AutoWatering controllers")
+    sim.add_argument("--controllers", type=_positive_int, default=3)
+    sim.add_argument("--udp-base-port", type=_positive_int, default=None,
+                     help="also serve SMP over UDP on this port + controller index")
+    sim.add_argument("--interval-ms", type=_positive_float, default=30.0,
+                     help="BLE connection interval of the link model")
+    sim.add_argument("--packets-per-event", type=_positive_int, default=4)
+    sim.add_argument("--mtu", type=_positive_int, default=247)
+    sim.add_argument("--buf-size", type=_positive_int, default=384, help="SMP netbuf size")
+    sim.add_argument("--buf-count", type=_positive_int, default=4, help="SMP netbuf count")
+    sim.add_argument("--no-mcumgr-params", action="store_true",
+                     help="answer MCUmgr params with rc 8, like the spec'd firmware")
+    sim.add_argument("--no-smp", action="store_true", help="firmware without MCUboot/SMP")
+    sim.add_argument("--firmware-version", default="3.1.0")
+    sim.add_argument("--schedule-every", type=_positive_float, default=None, metavar="S",
+                     help="each controller waters one zone every S seconds")
+    sim.add_argument("--time-scale", type=_positive_float, default=1.0,
+                     help="simulated watering time per real second")
+    sim.add_argument("--fault", type=FaultSpec.parse, action="append", default=[],
+                     metavar="INDEX:KIND[:k=v,...]",
+                     help="inject a fault after start (add delay_s=S to wait first)")
+
+    demo = sub.add_parser("demo", help="run the virtual rig and watch it live")
+    demo.add_argument("--controllers", type=_positive_int, default=3)
+    demo.add_argument("--duration", type=_positive_float, default=None, metavar="S")
+    demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    return parser
+
+
+async def _run_sim(args: argparse.Namespace) -> int:
+    from gateway.sim.controller.device import ControllerConfig
+    from gateway.sim.rig import FAULT_KINDS, Rig, RigOptions
+
+    for spec in args.fault:
+        if spec.kind not in FAULT_KINDS:
+            raise GatewayError(f"unknown fault {spec.kind!r}; known: {', '.join(FAULT_KINDS)}")
+        if spec.index >= args.controllers:
+            raise GatewayError(f"fault names controller {spec.index}, "
+                               f"but there are {args.controllers}")
+    template = ControllerConfig(
+        0, 0, "", firmware_version=args.firmware_version, smp=not args.no_smp,
+        mcumgr_params=not args.no_mcumgr_params, buf_size=args.buf_size,
+        buf_count=args.buf_count, interval_ms=args.interval_ms,
+        packets_per_event=args.packets_per_event, mtu=args.mtu,
+        schedule_every_s=args.schedule_every, time_scale=args.time_scale)
+    options = RigOptions(controllers=args.controllers, udp_base_port=args.udp_base_port,
+                         template=template)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Rig(options) as rig:
+        print(f"DBUS_SYSTEM_BUS_ADDRESS={rig.bus_address}", flush=True)
+        for handle in rig.controllers:
+            print(f"# controller {handle.index}: {handle.address} on hci{handle.adapter_id}",
+                  file=sys.stderr, flush=True)
+        async with asyncio.TaskGroup() as group:
+            for spec in args.fault:
+                group.create_task(_delayed_fault(rig, spec), name=f"fault-{spec.kind}")
+            await stop.wait()
+            for task in asyncio.all_tasks():
+                if task.get_name().startswith("fault-"):
+                    task.cancel()
+    return 0
+
+
+async def _delayed_fault(rig: Any, spec: FaultSpec) -> None:
+    params = dict(spec.params)
+    await asyncio.sleep(float(params.pop("delay_s", 0.0)))
+    await rig.fault(spec.index, spec.kind, **params)
+
+
+async def _run_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import print_report, run_demo
+
+    report = await run_demo(args.controllers, args.duration, args.json)
+    if args.json:
+        print_report(report)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(json_logs=True, level=args.log_level)
+    runner = {"sim": _run_sim, "demo": _run_demo}[args.command]
+    try:
+        return asyncio.run(runner(args))
+    except GatewayError as exc:
+        print(f"awgw {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if "unknown fault" in str(exc) or "names controller" in str(
+            exc) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Shared fixtures: the virtual rig (real bleak over a private D-Bus) and the QEMU peer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.rig import Rig, RigOptions
+
+
+@pytest.fixture
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    marker = request.node.get_closest_marker("rig_options")
+    kwargs = dict(marker.kwargs) if marker else {}
+    template = kwargs.pop("template", ControllerConfig(0, 0, ""))
+    options = RigOptions(controllers=kwargs.pop("controllers", 1), template=template, **kwargs)
+    async with Rig(options) as running:
+        previous = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = running.bus_address
+        try:
+            yield running
+        finally:
+            if previous is None:
+                os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+            else:
+                os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = previous
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return Path(os.environ.get("AWGW_FIXTURES", Path.home() / ".cache" / "autowatering-gateway"
+                               / "fixtures"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "rig_options(**kwargs): options for the rig fixture")

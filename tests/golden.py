@@ -1,0 +1,12 @@
+"""Golden inputs shared by tests: the ota.md section 2.5 / 7 test image, rebuilt bit for bit."""
+
+from __future__ import annotations
+
+from gateway.sim.images import make_image
+
+BODY = bytes((7 * i + 3) % 256 for i in range(3000))
+NEW_IMAGE = make_image((1, 2, 3, 4), BODY)  # out_unsigned.bin
+OLD_IMAGE = make_image((1, 0, 0, 0), BODY)  # old_unsigned.bin
+FILE_SHA256 = "b9283e304dc5e8f08016e91634b59d39daf5786755a58933a468203f40619a77"
+H_NEW = "3412a80ce8180ab90a171e9248f9860cf4a4437f4d5017bd1510547e66ff6828"
+H_OLD = "c46dab286999493d8093456698b6e55109b7b1dd0be863306d480d51a209e45b"
