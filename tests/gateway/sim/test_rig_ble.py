@@ -107,8 +107,8 @@ async def test_invalid_writes_get_the_firmware_att_errors(rig: Rig) -> None:
         # The task queue answers every 9-byte frame with success; failure only by notification.
         errors: list[bytes] = []
         await client.start_notify(uuids.TASK_QUEUE, lambda _c, d: errors.append(bytes(d)))
-        await client.write_gatt_char(uuids.TASK_QUEUE, TaskQueue.command_frame(TaskQueueCommand.START_NEXT).encode(),
-                                     response=True)
+        start_next = TaskQueue.command_frame(TaskQueueCommand.START_NEXT).encode()
+        await client.write_gatt_char(uuids.TASK_QUEUE, start_next, response=True)
         for _ in range(40):
             if errors:
                 break
