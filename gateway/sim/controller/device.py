@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
@@ -392,8 +392,7 @@ class VirtualController:
             self.transport: asyncio.DatagramTransport | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.DatagramTransport)
-            self.transport = transport
+            self.transport = cast(asyncio.DatagramTransport, transport)
 
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
             async def send(frame: bytes) -> None:
