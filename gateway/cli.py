@@ -6,14 +6,13 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.logging import configure_logging
 
-EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
@@ -50,24 +49,24 @@ def _number(raw: str) -> int | float | str:
     return raw
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    noun = "whole number" if kind is int else "number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{value} must be positive")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
+_positive_int = _positive(int)
+_positive_float = _positive(float)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,22 +104,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_sim(args: argparse.Namespace) -> int:
-    from gateway.sim.controller.device import ControllerConfig
-    from gateway.sim.rig import FAULT_KINDS, Rig, RigOptions
+def _check_sim_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Cross-option checks argparse cannot express; failures exit 2 with argparse's message."""
+    from gateway.sim.errors import SimConfigError
+    from gateway.sim.rig import FAULT_KINDS, RigOptions
 
     for spec in args.fault:
         if spec.kind not in FAULT_KINDS:
-            raise GatewayError(f"unknown fault {spec.kind!r}; known: {', '.join(FAULT_KINDS)}")
+            parser.error(f"unknown fault {spec.kind!r}; known: {', '.join(FAULT_KINDS)}")
         if spec.index >= args.controllers:
-            raise GatewayError(f"fault names controller {spec.index}, "
-                               f"but there are {args.controllers}")
-    template = ControllerConfig(
+            parser.error(f"fault names controller {spec.index}, "
+                         f"but there are {args.controllers}")
+    try:
+        RigOptions(controllers=args.controllers, template=_controller_template(args)).validate()
+    except SimConfigError as exc:
+        parser.error(str(exc))
+
+
+def _controller_template(args: argparse.Namespace) -> Any:
+    from gateway.sim.controller.device import ControllerConfig
+
+    return ControllerConfig(
         0, 0, "", firmware_version=args.firmware_version, smp=not args.no_smp,
         mcumgr_params=not args.no_mcumgr_params, buf_size=args.buf_size,
         buf_count=args.buf_count, interval_ms=args.interval_ms,
         packets_per_event=args.packets_per_event, mtu=args.mtu,
         schedule_every_s=args.schedule_every, time_scale=args.time_scale)
+
+
+async def _run_sim(args: argparse.Namespace) -> int:
+    from gateway.sim.rig import Rig, RigOptions
+
+    template = _controller_template(args)
     options = RigOptions(controllers=args.controllers, udp_base_port=args.udp_base_port,
                          template=template)
     stop = asyncio.Event()
@@ -133,12 +148,11 @@ async def _run_sim(args: argparse.Namespace) -> int:
             print(f"# controller {handle.index}: {handle.address} on hci{handle.adapter_id}",
                   file=sys.stderr, flush=True)
         async with asyncio.TaskGroup() as group:
-            for spec in args.fault:
-                group.create_task(_delayed_fault(rig, spec), name=f"fault-{spec.kind}")
+            faults = [group.create_task(_delayed_fault(rig, spec), name=f"fault-{spec.kind}")
+                      for spec in args.fault]
             await stop.wait()
-            for task in asyncio.all_tasks():
-                if task.get_name().startswith("fault-"):
-                    task.cancel()
+            for task in faults:
+                task.cancel()
     return 0
 
 
@@ -160,14 +174,15 @@ async def _run_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "sim":
+        _check_sim_args(parser, args)
     configure_logging(json_logs=True, level=args.log_level)
     runner = {"sim": _run_sim, "demo": _run_demo}[args.command]
     try:
         return asyncio.run(runner(args))
     except GatewayError as exc:
         print(f"awgw {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if "unknown fault" in str(exc) or "names controller" in str(
-            exc) else EXIT_FAILURE
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 

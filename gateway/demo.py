@@ -9,7 +9,6 @@ the per-controller watcher for the gateway's own device sessions and add relay a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -204,9 +203,9 @@ async def run_demo(controllers: int, duration: float | None, as_json: bool) -> D
 
 
 async def _sleep(duration: float | None) -> None:
+    """Run for ``duration`` seconds, or until cancelled (Ctrl-C) when there is none."""
     if duration is None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.Event().wait()
+        await asyncio.Event().wait()
     else:
         await asyncio.sleep(duration)
 

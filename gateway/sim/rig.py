@@ -51,7 +51,7 @@ class RigOptions:
         if not 1 <= self.controllers <= 64:
             raise SimConfigError(f"--controllers must be 1..64, got {self.controllers}")
         t = self.template
-        if not 5 <= t.interval_ms <= 4000:
+        if not 7.5 <= t.interval_ms <= 4000:
             raise SimConfigError(f"connection interval {t.interval_ms} ms is outside 7.5..4000")
         if not 1 <= t.packets_per_event <= 64:
             raise SimConfigError("packets per event must be 1..64")

@@ -65,6 +65,8 @@ THROTTLE_S = {
     uuids.FLOW_SENSOR: 0.2,
     uuids.RTC_CONFIG: 0.2,
 }
+# Faults after which the device cannot answer the request that triggered them.
+LINK_ENDING_FAULTS = {"drop_link", "reboot", "busy", "mute"}
 # Characteristics whose every notification is an event that must not be coalesced away.
 UNTHROTTLED_EVENTS = {uuids.ALARM_STATUS, uuids.SMP_CHARACTERISTIC}
 
@@ -161,6 +163,7 @@ class VirtualController:
         self._services: list[tuple[str, GattService]] = []
         self._pending: dict[str, bytes] = {}
         self._last_sent: dict[str, float] = {}
+        self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._notify_wakeup = asyncio.Event()
         self._confirmed = asyncio.Event()
         self._smp_buffer = bytearray()
@@ -221,14 +224,13 @@ class VirtualController:
         for i, (service, uuid, flags) in enumerate(table):
             is_smp = uuid == uuids.SMP_CHARACTERISTIC
             char = GattCharacteristic(
-                uuid, service, flags, mtu,
+                f"{service}/char{i:04d}", uuid, service, flags, mtu,
                 read=None if is_smp else self._make_reader(uuid),
                 write=self._smp_write if is_smp else (
                     self._make_writer(uuid) if "write" in flags else None),
                 on_notify_change=self._on_notify_change,
                 on_confirm=lambda _uuid: self._confirmed.set(),
             )
-            char.path = f"{service}/char{i:04d}"  # type: ignore[attr-defined]
             self._chars[uuid] = char
 
     def _make_reader(self, uuid: str) -> Any:
@@ -351,14 +353,12 @@ class VirtualController:
         await self._serve_smp(frame, self._send_smp_ble)
 
     async def _serve_smp(self, frame: bytes, send: Any) -> None:
-        before = self.flash.upload.off if self.flash.upload else None
         reply = self.smp.handle(frame)
-        self.store.save(self.flash, self.smp.touched or None)
+        self.store.save(self.flash, self.smp.touched)
         if reply.busy_s:
             await asyncio.sleep(reply.busy_s)
-        after = self.flash.upload.off if self.flash.upload else None
-        if await self._upload_offset_faults(before, after):
-            return
+        if await self._upload_offset_faults():
+            return  # the link or the device went away before the reply could leave
         if reply.frame is not None:
             if self.faults.drop_smp_replies > 0:
                 self.faults.drop_smp_replies -= 1
@@ -367,16 +367,17 @@ class VirtualController:
         if reply.reset_after_s is not None:
             self._spawn(self._reboot(reply.reset_after_s), "reboot")
 
-    async def _upload_offset_faults(self, before: int | None, after: int | None) -> bool:
-        if after is None and before is None:
+    async def _upload_offset_faults(self) -> bool:
+        """Fire faults armed for an upload offset this request's write reached; return whether
+        one of them ends the link (the reply is then never sent)."""
+        if not self.smp.touched or not self.faults.at_upload_offset:
             return False
-        reached = after if after is not None else (self.flash.upload.size if self.flash.upload
-                                                   else before or 0)
+        reached = max(end for _start, end in self.smp.touched)
         fired = [f for f in self.faults.at_upload_offset if reached >= f[0]]
         for fault in fired:
             self.faults.at_upload_offset.remove(fault)
             await self.inject(fault[1], fault[2])
-        return bool(fired)
+        return any(kind in LINK_ENDING_FAULTS for _off, kind, _params in fired)
 
     async def _send_smp_ble(self, frame: bytes) -> None:
         chunk = self.config.mtu - 3
@@ -474,7 +475,7 @@ class VirtualController:
         for path, service in self._services:
             self.bus.export(path, service)
         for char in self._chars.values():
-            self.bus.export(char.path, char)  # type: ignore[attr-defined]
+            self.bus.export(char.path, char)
         await self._call(self.adapter_path, "org.bluez.GattManager1", "RegisterApplication",
                          "oa{sv}", [APP_ROOT, {}])
 
@@ -484,7 +485,7 @@ class VirtualController:
             await self._call(self.adapter_path, "org.bluez.GattManager1",
                              "UnregisterApplication", "o", [APP_ROOT])
         for char in self._chars.values():
-            self.bus.unexport(char.path)  # type: ignore[attr-defined]
+            self.bus.unexport(char.path)
         for path, _service in self._services:
             self.bus.unexport(path)
 
@@ -577,7 +578,6 @@ class VirtualController:
                 self.model.tick()
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
         self.bus.export(CONTROL_PATH, ControlInterface(self))
         self.bus.export(ADV_PATH, LEAdvertisement(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.sim.controller.mcuboot_flash import FlashGeometry, McubootFlash
@@ -15,8 +16,10 @@ class FlashStore:
         self._meta = directory / "flash.json"
         self._slot0 = directory / "slot0.bin"
         self._slot1 = directory / "slot1.bin"
+        # Slots are replaced wholesale (new upload, erase, swap) or written in place (chunks);
+        # the object identity tells the two apart.
         self._saved_slot0: bytes | None = None
-        self._saved_slot1_len = -1
+        self._saved_slot1: bytearray | None = None
 
     def load(self, geometry: FlashGeometry, factory_image: bytes) -> McubootFlash:
         if not self._meta.exists():
@@ -34,22 +37,22 @@ class FlashStore:
             revert_scheduled=bool(meta["revert_scheduled"]),
         )
         self._saved_slot0 = flash.slot0
-        self._saved_slot1_len = len(flash.slot1)
+        self._saved_slot1 = flash.slot1
         return flash
 
-    def save(self, flash: McubootFlash, touched: list[tuple[int, int]] | None = None) -> None:
-        """Write what changed: slot contents by range when possible, flags always (tiny)."""
+    def save(self, flash: McubootFlash, touched: Sequence[tuple[int, int]] = ()) -> None:
+        """Write what changed: a replaced slot whole, in-place writes by range, flags (tiny)."""
         if flash.slot0 is not self._saved_slot0:
             self._slot0.write_bytes(flash.slot0)
             self._saved_slot0 = flash.slot0
-        if touched and len(flash.slot1) == self._saved_slot1_len:
+        if flash.slot1 is not self._saved_slot1:
+            self._slot1.write_bytes(bytes(flash.slot1))
+            self._saved_slot1 = flash.slot1
+        elif touched:
             with self._slot1.open("r+b") as fh:
                 for start, end in touched:
                     fh.seek(start)
                     fh.write(flash.slot1[start:end])
-        elif touched is None or len(flash.slot1) != self._saved_slot1_len:
-            self._slot1.write_bytes(bytes(flash.slot1))
-            self._saved_slot1_len = len(flash.slot1)
         self._meta.write_text(json.dumps({
             "slot0_confirmed": flash.slot0_confirmed,
             "slot1_pending": flash.slot1_pending,

@@ -60,12 +60,13 @@ class GattService(ServiceInterface):
 
 class GattCharacteristic(ServiceInterface):
     def __init__(
-        self, uuid: str, service_path: str, flags: list[str], mtu: int,
+        self, path: str, uuid: str, service_path: str, flags: list[str], mtu: int,
         read: ReadHandler | None = None, write: WriteHandler | None = None,
         on_notify_change: Callable[[str, bool], None] | None = None,
         on_confirm: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__("org.bluez.GattCharacteristic1")
+        self.path = path
         self.uuid = uuid
         self._service = service_path
         self._flags = flags

@@ -12,6 +12,7 @@ live in a single slot; the RTC keeps local time plus a total offset.
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections import deque
 from collections.abc import Callable
@@ -314,8 +315,6 @@ class IrrigationModel:
                 and rtc.hour < 24 and rtc.minute < 60 and rtc.second < 60
                 and rtc.day_of_week <= 6 and rtc.dst_active <= 1):
             raise AttError(ATT_VALUE_NOT_ALLOWED, "RTC field out of range")
-        import calendar
-
         local = calendar.timegm((rtc.year, rtc.month, rtc.day, rtc.hour, rtc.minute,
                                  rtc.second, 0, 0, 0))
         utc = local - rtc.utc_offset_minutes * 60

@@ -10,14 +10,12 @@ Semantics were captured from the real Zephyr 4.4.0 + MCUboot build under QEMU
   vanishes from the list, in swap-using-scratch mode it keeps the old image with no flags;
 * MCUboot erases a slot-1 image whose hash does not verify instead of booting it.
 
-State is plain data (``to_json``/``from_json``) so a controller process that "reboots" keeps
-its flash, like the device does.
+State is plain data; ``FlashStore`` keeps it on disk so a controller process that reboots or
+loses power keeps its flash, like the device does.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -163,28 +161,3 @@ class McubootFlash:
         self.slot1 = bytearray()
         self.slot1_pending = self.slot1_permanent = False
         self.upload = None
-
-    # ---- persistence ----------------------------------------------------------------------------
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "slot0": base64.b64encode(self.slot0).decode(),
-            "slot0_confirmed": self.slot0_confirmed,
-            "slot1": base64.b64encode(bytes(self.slot1)).decode(),
-            "slot1_pending": self.slot1_pending,
-            "slot1_permanent": self.slot1_permanent,
-            "revert_scheduled": self.revert_scheduled,
-        })
-
-    @classmethod
-    def from_json(cls, geometry: FlashGeometry, text: str) -> McubootFlash:
-        raw = json.loads(text)
-        return cls(
-            geometry=geometry,
-            slot0=base64.b64decode(raw["slot0"]),
-            slot0_confirmed=bool(raw["slot0_confirmed"]),
-            slot1=bytearray(base64.b64decode(raw["slot1"])),
-            slot1_pending=bool(raw["slot1_pending"]),
-            slot1_permanent=bool(raw["slot1_permanent"]),
-            revert_scheduled=bool(raw["revert_scheduled"]),
-        )
