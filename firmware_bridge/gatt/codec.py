@@ -23,7 +23,7 @@ class GattDecodeError(DecodeError):
     """A characteristic value does not fit its documented layout."""
 
 
-def _unpack(layout: struct.Struct, data: bytes | bytearray, name: str) -> tuple[int, ...]:
+def unpack_exact(layout: struct.Struct, data: bytes | bytearray, name: str) -> tuple[int, ...]:
     if len(data) != layout.size:
         raise GattDecodeError(f"{name}: expected {layout.size} bytes, got {len(data)}")
     values: tuple[int, ...] = layout.unpack(data)
@@ -33,7 +33,7 @@ def _unpack(layout: struct.Struct, data: bytes | bytearray, name: str) -> tuple[
 E = TypeVar("E", bound=IntEnum)
 
 
-def _enum_or_int(enum: type[E], value: int) -> E | int:
+def enum_or_int(enum: type[E], value: int) -> E | int:
     try:
         return enum(value)
     except ValueError:
@@ -104,8 +104,8 @@ class SystemStatus:
 
     @classmethod
     def decode(cls, data: bytes | bytearray) -> SystemStatus:
-        (value,) = _unpack(cls.LAYOUT, data, "System Status")
-        return cls(_enum_or_int(SystemStatusCode, value))
+        (value,) = unpack_exact(cls.LAYOUT, data, "System Status")
+        return cls(enum_or_int(SystemStatusCode, value))
 
     def encode(self) -> bytes:
         return self.LAYOUT.pack(int(self.code))
@@ -118,7 +118,7 @@ class FlowSensor:
 
     @classmethod
     def decode(cls, data: bytes | bytearray) -> FlowSensor:
-        (value,) = _unpack(cls.LAYOUT, data, "Flow Sensor")
+        (value,) = unpack_exact(cls.LAYOUT, data, "Flow Sensor")
         return cls(value)
 
     def encode(self) -> bytes:
@@ -139,7 +139,7 @@ class ValveControl:
 
     @classmethod
     def decode(cls, data: bytes | bytearray) -> ValveControl:
-        return cls(*_unpack(cls.LAYOUT, data, "Valve Control"))
+        return cls(*unpack_exact(cls.LAYOUT, data, "Valve Control"))
 
     def encode(self) -> bytes:
         try:
@@ -191,7 +191,7 @@ class TaskQueue:
 
     @classmethod
     def decode(cls, data: bytes | bytearray) -> TaskQueue:
-        return cls(*_unpack(cls.LAYOUT, data, "Task Queue"))
+        return cls(*unpack_exact(cls.LAYOUT, data, "Task Queue"))
 
     def encode(self) -> bytes:
         return self.LAYOUT.pack(
@@ -227,10 +227,10 @@ class CurrentTask:
 
     @classmethod
     def decode(cls, data: bytes | bytearray) -> CurrentTask:
-        ch, start, mode, target, current, total, status, reserved = _unpack(
+        ch, start, mode, target, current, total, status, reserved = unpack_exact(
             cls.LAYOUT, data, "Current Task")
-        return cls(ch, start, _enum_or_int(TaskMode, mode), target, current, total,
-                   _enum_or_int(TaskStatus, status), reserved)
+        return cls(ch, start, enum_or_int(TaskMode, mode), target, current, total,
+                   enum_or_int(TaskStatus, status), reserved)
 
     def encode(self) -> bytes:
         return self.LAYOUT.pack(
@@ -256,8 +256,8 @@ class AlarmStatus:
 
     @classmethod
     def decode(cls, data: bytes | bytearray) -> AlarmStatus:
-        code, value, ts = _unpack(cls.LAYOUT, data, "Alarm Status")
-        return cls(_enum_or_int(AlarmCode, code), value, ts)
+        code, value, ts = unpack_exact(cls.LAYOUT, data, "Alarm Status")
+        return cls(enum_or_int(AlarmCode, code), value, ts)
 
     def encode(self) -> bytes:
         return self.LAYOUT.pack(int(self.code), self.data, self.timestamp)
@@ -282,6 +282,12 @@ class RtcConfig:
     utc_offset_minutes: int
     dst_active: int
 
+    @property
+    def is_fallback(self) -> bool:
+        """The fixed value the firmware returns when its RTC is unreadable (5.8)."""
+        return (self.year, self.month, self.day, self.hour, self.minute, self.second,
+                self.utc_offset_minutes, self.dst_active) == (2025, 7, 13, 12, 0, 0, 120, 1)
+
     @classmethod
     def decode(cls, data: bytes | bytearray) -> RtcConfig:
         if len(data) != cls.LAYOUT.size:
@@ -297,7 +303,6 @@ class RtcConfig:
         return self.LAYOUT.pack(self.year - 2000, self.month, self.day, self.hour, self.minute,
                                 self.second, self.day_of_week, self.utc_offset_minutes,
                                 self.dst_active, bytes(6))
-
 
 
 @dataclass(frozen=True)
@@ -350,7 +355,7 @@ class BulkSync:
             text = data[60:68].rstrip(b"\0")
             if len(text) == 6 and text.isdigit():
                 serial = text.decode()
-        return cls(version, flags, utc, tz, dst, _enum_or_int(SystemMode, mode), alarms, valves,
+        return cls(version, flags, utc, tz, dst, enum_or_int(SystemMode, mode), alarms, valves,
                    active, remaining, flow, temp, hum, press, dew, vpd, rain_today, rain_week,
                    rain_int, skip, skip_min, temp_comp, rain_comp, temp_adj, rain_adj, pending,
                    next_ch, next_min, next_ts, ch_status, serial)
