@@ -19,3 +19,29 @@ class TransportError(BridgeError):
 
 class TransportTimeout(TransportError):
     """No answer came within the named timeout."""
+
+
+class AttRefused(BridgeError):
+    """The device answered a GATT request with an ATT error (device-ble.md 4.1)."""
+
+    def __init__(self, code: int, operation: str) -> None:
+        super().__init__(f"{operation}: ATT error 0x{code:02x}")
+        self.code = code
+        self.operation = operation
+
+
+class PeerNotFound(TransportError):
+    """The adapter does not know the device (not advertising, or never seen)."""
+
+
+class LinkLost(TransportError):
+    """The connection went away while an operation was in flight."""
+
+
+class LinkDBusError(TransportError):
+    """BlueZ refused an operation; ``name`` is the D-Bus error name, kept for classification."""
+
+    def __init__(self, name: str, details: str) -> None:
+        super().__init__(f"{name}: {details}" if details else name)
+        self.name = name
+        self.details = details

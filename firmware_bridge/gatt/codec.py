@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from firmware_bridge.errors import DecodeError, EncodeError
 
@@ -23,11 +23,11 @@ class GattDecodeError(DecodeError):
     """A characteristic value does not fit its documented layout."""
 
 
-def unpack_exact(layout: struct.Struct, data: bytes | bytearray, name: str) -> tuple[int, ...]:
+def unpack_exact(layout: struct.Struct, data: bytes | bytearray, name: str) -> tuple[Any, ...]:
+    """Unpack a fixed-size value; any other length is the codec's own decode error."""
     if len(data) != layout.size:
         raise GattDecodeError(f"{name}: expected {layout.size} bytes, got {len(data)}")
-    values: tuple[int, ...] = layout.unpack(data)
-    return values
+    return layout.unpack(data)
 
 
 E = TypeVar("E", bound=IntEnum)

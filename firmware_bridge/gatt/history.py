@@ -8,7 +8,13 @@ from enum import IntEnum
 from typing import ClassVar
 
 from firmware_bridge.errors import EncodeError
-from firmware_bridge.gatt.codec import CHANNELS, GattDecodeError, TaskMode, enum_or_int, unpack_exact
+from firmware_bridge.gatt.codec import (
+    CHANNELS,
+    GattDecodeError,
+    TaskMode,
+    enum_or_int,
+    unpack_exact,
+)
 from firmware_bridge.gatt.fragments import UnifiedResponse, is_unified_fragment
 from firmware_bridge.gatt.units import Millilitres, UnixSeconds
 

@@ -73,7 +73,7 @@ def zone_rules(zone: ZoneInfo, year: int) -> TimezoneConfig:
     start, end = _rule_for(starts[0]), _rule_for(ends[0])
     # A "4th Sunday" that is also the last one this year may not be next year: ask next year.
     following = [local for local, _ in _transitions(zone, year + 1)]
-    if len(following) == 2:  # noqa: PLR2004 - one start and one end
+    if len(following) == 2:
         nxt = {local.month: _rule_for(local) for local in following}
         start = DstRule(start.month, max(start.week, nxt.get(start.month, start).week), start.dow)
         end = DstRule(end.month, max(end.week, nxt.get(end.month, end).week), end.dow)
@@ -100,9 +100,12 @@ def device_utc(rtc: RtcConfig) -> datetime:
     return local - timedelta(minutes=rtc.utc_offset_minutes)
 
 
-def needs_sync(rtc: RtcConfig, now: datetime) -> bool:
-    """True when the device clock is the firmware's fallback value or drifts beyond 60 s."""
+def needs_sync(rtc: RtcConfig, now: datetime, zone: ZoneInfo | None = None) -> bool:
+    """True when the device clock is the firmware's fallback value, drifts beyond 60 s, or
+    (given ``zone``) shows another offset than the zone has now: schedules run on local time."""
     if rtc.is_fallback:
+        return True
+    if zone is not None and rtc.utc_offset_minutes != _minutes(now.astimezone(zone).utcoffset()):
         return True
     try:
         shown = device_utc(rtc)

@@ -18,6 +18,15 @@ RTC_CONFIG: Final = _irrigation("def9")
 ALARM_STATUS: Final = _irrigation("defa")
 CURRENT_TASK: Final = _irrigation("deff")
 BULK_SYNC: Final = _irrigation("de60")
+CHANNEL_CONFIG: Final = _irrigation("def4")
+SCHEDULE_CONFIG: Final = _irrigation("def5")
+SYSTEM_CONFIG: Final = _irrigation("def6")
+STATISTICS: Final = _irrigation("def8")
+HISTORY: Final = _irrigation("defc")
+DIAGNOSTICS: Final = _irrigation("defd")
+RAIN_DATA: Final = _irrigation("de13")
+ENVIRONMENTAL_DATA: Final = _irrigation("de15")
+HYDRAULIC_STATUS: Final = _irrigation("de22")
 # Timezone sits in the other UUID family although it belongs to the irrigation service.
 TIMEZONE_CONFIG: Final = "12345678-1234-5678-9abc-def123456793"
 

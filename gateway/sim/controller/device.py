@@ -68,7 +68,11 @@ THROTTLE_S = {
 # Faults after which the device cannot answer the request that triggered them.
 LINK_ENDING_FAULTS = {"drop_link", "reboot", "busy", "mute"}
 # Characteristics whose every notification is an event that must not be coalesced away.
-UNTHROTTLED_EVENTS = {uuids.ALARM_STATUS, uuids.SMP_CHARACTERISTIC}
+UNTHROTTLED_EVENTS = {uuids.ALARM_STATUS, uuids.SMP_CHARACTERISTIC, uuids.HISTORY,
+                      uuids.TIMEZONE_CONFIG}
+# Characteristics that push their current value right after a subscription (4.3).
+SNAPSHOT_ON_SUBSCRIBE = (uuids.ALARM_STATUS, uuids.TIMEZONE_CONFIG, uuids.DIAGNOSTICS,
+                         uuids.RAIN_DATA, uuids.HYDRAULIC_STATUS)
 
 
 @dataclass
@@ -211,6 +215,16 @@ class VirtualController:
             (irrigation_path, uuids.ALARM_STATUS, ["read", "write", "notify"]),
             (irrigation_path, uuids.CURRENT_TASK, ["read", "write", "notify"]),
             (irrigation_path, uuids.BULK_SYNC, ["read"]),
+            (irrigation_path, uuids.CHANNEL_CONFIG, ["read", "write", "notify"]),
+            (irrigation_path, uuids.SCHEDULE_CONFIG, ["read", "write", "notify"]),
+            (irrigation_path, uuids.SYSTEM_CONFIG, ["read", "write", "notify"]),
+            (irrigation_path, uuids.STATISTICS, ["read", "write", "notify"]),
+            (irrigation_path, uuids.HISTORY, ["read", "write", "notify"]),
+            (irrigation_path, uuids.DIAGNOSTICS, ["read", "notify"]),
+            (irrigation_path, uuids.RAIN_DATA, ["read", "notify"]),
+            (irrigation_path, uuids.ENVIRONMENTAL_DATA, ["read", "notify"]),
+            (irrigation_path, uuids.HYDRAULIC_STATUS, ["read", "write", "notify"]),
+            (irrigation_path, uuids.TIMEZONE_CONFIG, ["read", "write", "notify"]),
             (dis_path, uuids.DIS_FIRMWARE_REVISION, ["read"]),
             (dis_path, uuids.DIS_SERIAL_NUMBER, ["read"]),
             (dis_path, uuids.DIS_HARDWARE_REVISION, ["read"]),
@@ -279,9 +293,8 @@ class VirtualController:
     def _on_notify_change(self, uuid: str, enabled: bool) -> None:
         if not enabled:
             self._pending.pop(uuid, None)
-        elif uuid == uuids.ALARM_STATUS:
-            # The firmware pushes the current alarm snapshot right after subscription.
-            self._queue_notification(uuid, self.model.alarm.encode())
+        elif uuid in SNAPSHOT_ON_SUBSCRIBE:
+            self._queue_notification(uuid, self.model.read(uuid))
 
     def _on_model_change(self, uuid: str, value: bytes) -> None:
         self._queue_notification(uuid, value)

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from firmware_bridge.errors import EncodeError
 from firmware_bridge.gatt import uuids
 from firmware_bridge.gatt.codec import (
     NO_CHANNEL,
@@ -35,6 +36,20 @@ from firmware_bridge.gatt.codec import (
     TaskStatus,
     ValveControl,
 )
+from firmware_bridge.gatt.configuration import (
+    ChannelConfig,
+    CoverageType,
+    HydraulicStatus,
+    ScheduleConfig,
+    ScheduleType,
+    Statistics,
+    SystemConfig,
+    TimezoneConfig,
+)
+from firmware_bridge.gatt.fragments import UnifiedHeader
+from firmware_bridge.gatt.history import DetailedEntry, HistoryQuery, HistoryType
+from firmware_bridge.gatt.sensors import Diagnostics, EnvironmentalData, RainData
+from firmware_bridge.gatt.units import Millilitres, UnixSeconds
 
 # ATT error codes the firmware returns (device-ble.md 4.1).
 ATT_WRITE_NOT_PERMITTED = 0x03
@@ -48,6 +63,12 @@ NO_FLOW_DETECT_S = 5.0
 TASK_QUEUE_ACTIVE_NOTIFY_S = 5.0
 FLOW_NOTIFY_S = 5.0
 STATUS_REMINDER_S = 30.0
+# Unified-header payload per fragment at MTU 247 (device-ble.md 8.3).
+HISTORY_FRAGMENT = 232
+HISTORY_PAGE = 30
+# Characteristics whose 1-byte write selects the channel a later read returns (4.2).
+SELECTORS = (uuids.CHANNEL_CONFIG, uuids.SCHEDULE_CONFIG, uuids.STATISTICS,
+             uuids.HYDRAULIC_STATUS)
 
 
 class AttError(Exception):
@@ -114,6 +135,12 @@ class IrrigationModel:
     rtc_skew_s: float = 0.0
     utc_offset_min: int = 0
     dst_active: int = 0
+    timezone: TimezoneConfig = field(
+        default_factory=lambda: TimezoneConfig(60, True, 3, 5, 0, 10, 5, 0, 60))  # type: ignore[arg-type]
+    selected: dict[str, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=lambda: [f"Zone {i + 1}" for i in range(8)])
+    volumes: list[int] = field(default_factory=lambda: [0] * 8)
+    history: list[DetailedEntry] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.boot_monotonic = self.monotonic()
@@ -146,8 +173,54 @@ class IrrigationModel:
             uuids.CURRENT_TASK: lambda: self.current_task().encode(),
             uuids.ALARM_STATUS: lambda: self.alarm.encode(),  # noqa: PLW0108 - alarm is replaced, read it late
             uuids.RTC_CONFIG: lambda: self.rtc().encode(),
+            uuids.TIMEZONE_CONFIG: self.timezone.encode,
+            uuids.SYSTEM_CONFIG: lambda: self.system_config().encode(),
+            uuids.ENVIRONMENTAL_DATA: lambda: EnvironmentalData(
+                21.5, 48.25, 1013.25, self.uptime_s() * 1000, True, 60, 92).encode(),  # type: ignore[arg-type]
+            uuids.RAIN_DATA: lambda: RainData(0, 0, 0, 0, 0, 0, 1, 80).encode(),  # type: ignore[arg-type]
+            uuids.DIAGNOSTICS: lambda: Diagnostics(
+                self.uptime_s() // 60, 0, 0, self.valve_states, None).encode(),
+            uuids.CHANNEL_CONFIG: lambda: self.channel_config(self._selected(uuids.CHANNEL_CONFIG)).encode(),
+            uuids.SCHEDULE_CONFIG: lambda: self.schedule(self._selected(uuids.SCHEDULE_CONFIG)).encode(),
+            uuids.STATISTICS: lambda: self.statistics(self._selected(uuids.STATISTICS)).encode(),
+            uuids.HYDRAULIC_STATUS: lambda: self.hydraulic(self._selected(uuids.HYDRAULIC_STATUS)).encode(),
+            uuids.HISTORY: lambda: bytes(32),
         }
         return readers[uuid]()
+
+    def _selected(self, uuid: str) -> int:
+        channel = self.selected.get(uuid, 0)
+        if channel == NO_CHANNEL:  # Hydraulic: the channel now watering, else 0
+            return self.running.channel if self.running else 0
+        return channel
+
+    def system_config(self) -> SystemConfig:
+        return SystemConfig(2, 0, PULSES_PER_LITRE, 1, 8, True, 3, 2, 5, True,  # type: ignore[arg-type]
+                            self.master_open, True, 60, 1, 0, False, 0.0, 0.05, 0, 0.0, 20.0,
+                            0, 0, 0, 92, self.utc_now(), self.uptime_s() * 1000)  # type: ignore[arg-type]
+
+    def channel_config(self, channel: int) -> ChannelConfig:
+        return ChannelConfig(channel, self.names[channel], False, 5, 2, 1,
+                             CoverageType.AREA_M2, 25.0, 80)
+
+    def schedule(self, channel: int) -> ScheduleConfig:
+        for sched in self.config.schedules:
+            if sched.channel == channel:
+                return ScheduleConfig(channel, ScheduleType.DAILY, 0x7F, 6, 30, 0,
+                                      sched.minutes, True)
+        return ScheduleConfig(channel, ScheduleType.DAILY, 0, 0, 0, 0, 0, False)
+
+    def statistics(self, channel: int) -> Statistics:
+        done = [e for e in self.history if e.channel_id == channel]
+        last = done[-1] if done else None
+        return Statistics(channel, Millilitres(self.volumes[channel]),
+                          last.total_volume_ml if last else Millilitres(0),
+                          last.timestamp if last else UnixSeconds(0), len(done))
+
+    def hydraulic(self, channel: int) -> HydraulicStatus:
+        nominal = self.config.nominal_pps[channel] * 60 * 1000 // PULSES_PER_LITRE
+        return HydraulicStatus(channel, 2, 0, 0, nominal, 12, 30, 40, True, True, 5, 3,  # type: ignore[arg-type]
+                               False, False, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # type: ignore[arg-type]
 
     def _valve_read_value(self) -> bytes:
         return self.valve_read
@@ -223,10 +296,60 @@ class IrrigationModel:
             uuids.CURRENT_TASK: self._write_current_task,
             uuids.ALARM_STATUS: self._write_alarm,
             uuids.RTC_CONFIG: self._write_rtc,
+            uuids.TIMEZONE_CONFIG: self._write_timezone,
+            uuids.HISTORY: self._write_history,
         }
         if offset != 0:
             raise AttError(ATT_INVALID_OFFSET, "non-zero offset")
+        if uuid in SELECTORS and len(value) == 1:
+            allow_active = uuid == uuids.HYDRAULIC_STATUS
+            if value[0] >= 8 and not (allow_active and value[0] == NO_CHANNEL):
+                raise AttError(ATT_VALUE_NOT_ALLOWED, "selector channel out of range")
+            self.selected[uuid] = value[0]
+            return
+        if uuid not in writers:
+            raise AttError(ATT_WRITE_NOT_PERMITTED, "write not modelled by the simulator")
         writers[uuid](value)
+
+    def _write_timezone(self, value: bytes) -> None:
+        if len(value) != 11:
+            raise AttError(ATT_INVALID_LENGTH, "timezone write must be 11 bytes")
+        tz = TimezoneConfig.decode(value)
+        try:
+            tz.validate()
+        except EncodeError as exc:
+            raise AttError(ATT_VALUE_NOT_ALLOWED, str(exc)) from exc
+        if not tz.dst_enabled:
+            tz = TimezoneConfig(tz.utc_offset_minutes, False)
+        self.timezone = tz
+        self.on_change(uuids.TIMEZONE_CONFIG, tz.encode())
+
+    def _write_history(self, value: bytes) -> None:
+        if len(value) != 12:
+            raise AttError(ATT_INVALID_LENGTH, "history query must be 12 bytes")
+        query = HistoryQuery.decode(value)
+        if query.channel_id >= 8 and query.channel_id != NO_CHANNEL:
+            raise AttError(ATT_VALUE_NOT_ALLOWED, "history channel out of range")
+        if query.history_type != HistoryType.DETAILED:
+            self.on_change(uuids.HISTORY, UnifiedHeader(int(query.history_type), 0, 0, 0, 1, 0).encode())
+            return
+        channel = 0 if query.channel_id == NO_CHANNEL else query.channel_id
+        count = min(max(query.count, 1), 50)
+        entries = [e for e in self.history if e.channel_id == channel][-HISTORY_PAGE:][:count]
+        if not entries:
+            self.on_change(uuids.HISTORY, UnifiedHeader(0, 0, 0, 0, 1, 0).encode())
+            return
+        echo = bytearray(value)
+        echo[3] = len(entries)
+        payload = bytes(echo) + b"".join(
+            DetailedEntry.LAYOUT.pack(e.timestamp, e.channel_id, int(e.event_type), int(e.mode),
+                                      e.target_value_ml, e.actual_value_ml, e.total_volume_ml,
+                                      int(e.trigger_type), int(e.success), e.error_code,
+                                      e.flow_rate_avg_ml_s, bytes(6)) for e in entries)
+        chunks = [payload[i:i + HISTORY_FRAGMENT] for i in range(0, len(payload), HISTORY_FRAGMENT)]
+        for index, chunk in enumerate(chunks):
+            self.on_change(uuids.HISTORY, UnifiedHeader(0, 0, len(entries), index, len(chunks),
+                                                        len(chunk)).encode(chunk))
 
     def _write_valve(self, value: bytes) -> None:
         if len(value) != 4:
@@ -321,6 +444,8 @@ class IrrigationModel:
         self.rtc_skew_s = utc - self.clock()
         self.utc_offset_min = rtc.utc_offset_minutes
         self.dst_active = rtc.dst_active
+        # The offset becomes the base offset and the DST rules are erased (5.8).
+        self.timezone = TimezoneConfig(rtc.utc_offset_minutes, False)  # type: ignore[arg-type]
         self.on_change(uuids.RTC_CONFIG, self.rtc().encode())
 
     # ---- alarms and faults ---------------------------------------------------------------------
@@ -372,8 +497,15 @@ class IrrigationModel:
         if task is None:
             return
         self.running = None
+        volume = int(task.volume_ml)
+        self.volumes[task.channel] += volume
         if not cancelled:
             self.completed += 1
+            target = task.target if task.mode == TaskMode.VOLUME else volume
+            self.history.append(DetailedEntry(
+                UnixSeconds(self.utc_now()), task.channel, 1, task.mode, Millilitres(min(target, 0xFFFF)),  # type: ignore[arg-type]
+                Millilitres(min(volume, 0xFFFF)), Millilitres(min(volume, 0xFFFF)), 0, True, 0,  # type: ignore[arg-type]
+                int(volume / max(task.elapsed_s, 1))))
         self._set_valve(task.channel, False)
         self.on_change(uuids.CURRENT_TASK, CurrentTask.idle_frame().encode())
         self._notify_queue()
