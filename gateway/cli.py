@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--controllers", type=_positive_int, default=3)
     demo.add_argument("--duration", type=_positive_float, default=None, metavar="S")
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    sim.add_argument("--passkey", action="append", default=[], metavar="INDEX=NNNNNN",
+                     help="that controller's firmware demands this pairing passkey")
+
+    from gateway.cli_link import add_link_commands, common_options  # noqa: PLC0415
+
+    add_link_commands(sub, common_options())
     return parser
 
 
@@ -109,6 +115,12 @@ def _check_sim_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     from gateway.sim.errors import SimConfigError
     from gateway.sim.rig import FAULT_KINDS, RigOptions
 
+    for item in args.passkey:
+        index, sep, key = item.partition("=")
+        if not sep or not index.isdigit() or len(key) != 6 or not key.isdigit():
+            parser.error(f"--passkey {item!r} is not INDEX=NNNNNN")
+        if int(index) >= args.controllers:
+            parser.error(f"--passkey names controller {index}, but there are {args.controllers}")
     for spec in args.fault:
         if spec.kind not in FAULT_KINDS:
             parser.error(f"unknown fault {spec.kind!r}; known: {', '.join(FAULT_KINDS)}")
@@ -136,8 +148,9 @@ async def _run_sim(args: argparse.Namespace) -> int:
     from gateway.sim.rig import Rig, RigOptions
 
     template = _controller_template(args)
+    passkeys = {int(i): int(k) for i, _, k in (p.partition("=") for p in args.passkey)}
     options = RigOptions(controllers=args.controllers, udp_base_port=args.udp_base_port,
-                         template=template)
+                         template=template, passkeys=passkeys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -172,17 +185,28 @@ async def _run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gateway.cli_link import (  # noqa: PLC0415 - the sim needs none of it
+        LINK_COMMANDS,
+        check_link_args,
+        exit_code,
+        run_link_command,
+    )
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "sim":
         _check_sim_args(parser, args)
-    configure_logging(json_logs=True, level=args.log_level)
-    runner = {"sim": _run_sim, "demo": _run_demo}[args.command]
+    if args.command in LINK_COMMANDS:
+        check_link_args(parser, args)
+    level = "info" if args.command == "daemon" and args.log_level == "warning" else args.log_level
+    configure_logging(json_logs=True, level=level)
+    runners = {"sim": _run_sim, "demo": _run_demo}
+    runner = runners.get(args.command, run_link_command)
     try:
         return asyncio.run(runner(args))
     except GatewayError as exc:
         print(f"awgw {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
 

@@ -7,3 +7,27 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """Configuration is missing or invalid."""
+
+
+class RegistryError(GatewayError):
+    """The controller registry (SQLite) could not be read or written."""
+
+
+class UnknownController(GatewayError):
+    """The address is not a paired controller."""
+
+
+class ControllerBusy(GatewayError):
+    """The controller is busy with something that excludes the request (a firmware update)."""
+
+
+class PairingError(GatewayError):
+    """Pairing failed or was refused (window closed, wrong passkey, bond slots full)."""
+
+
+class ControlError(GatewayError):
+    """The daemon's control socket failed or answered with an error."""
+
+
+class CommandFailed(GatewayError):
+    """The controller refused or never confirmed a command."""

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 from bleak import BleakClient
+from bleak.backends.device import BLEDevice
 from bleak.exc import (
     BleakCharacteristicNotFoundError,
     BleakDBusError,
@@ -87,13 +88,16 @@ class BleakGattLink:
         self._callbacks: dict[str, NotifyCallback] = {}
 
     @classmethod
-    async def connect(cls, address: str, *, adapter: str, timeout_s: float,
+    async def connect(cls, target: str | BLEDevice, *, adapter: str, timeout_s: float,
                       on_disconnect: Callable[[], None] | None = None) -> BleakGattLink:
+        """Connect to ``target``; a ``BLEDevice`` from a scan spares bleak its own scan (which
+        would run while the gateway keeps the radio quiet for connects)."""
         def disconnected(_client: BleakClient) -> None:
             if on_disconnect is not None:
                 on_disconnect()
 
-        client = BleakClient(address, bluez={"adapter": adapter}, timeout=timeout_s,
+        address = target if isinstance(target, str) else target.address
+        client = BleakClient(target, bluez={"adapter": adapter}, timeout=timeout_s,
                              disconnected_callback=disconnected)
         with translated(f"connect {address}"):
             await client.connect()

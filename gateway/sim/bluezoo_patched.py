@@ -14,6 +14,10 @@ Fixes:
 4. Every adapter claims the central role: only the gateway's adapter does now.
 5. A controller that does not advertise (connected elsewhere, busy with the phone app) cannot
    be connected to: Connect fails like BlueZ's ``le-connection-abort-by-local``.
+6. Pairing supports only a NoInputNoOutput agent (anything else raises NotImplementedError)
+   and fails with no agent: Just Works now pairs with any agent or none, and a controller
+   started with ``--passkey ADDR=NNNNNN`` asks the central's agent for the passkey
+   (RequestPasskey) and fails with AuthenticationFailed on a wrong or missing one.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import bluezoo.bluezoo as bz_main
 import bluezoo.device as bz_device
 import bluezoo.gatt.manager as bz_gatt_manager
 import bluezoo.interfaces.LEAdvertisement as bz_adv_iface
-from bluezoo.exceptions import DBusBluezFailedError
+from bluezoo.exceptions import DBusBluezAuthenticationFailedError, DBusBluezFailedError
 from bluezoo.gatt import GattCharacteristicClientLink
 
 # How long a Connect to a silent (non-advertising) controller takes to fail. BlueZ's own LE
@@ -40,6 +44,7 @@ from bluezoo.gatt import GattCharacteristicClientLink
 CONNECT_FAIL_DELAY_S = 2.0
 
 _central_ids: set[int] = {0}
+_passkeys: dict[str, int] = {}
 _connect_fail_delay = CONNECT_FAIL_DELAY_S
 
 
@@ -119,6 +124,10 @@ def _fix_connect_disconnect() -> None:
             return
         if self.is_le and not self.peer_adapter.advertisements:
             await asyncio.sleep(_connect_fail_delay)
+            # BlueZ reports Connected=True then False around this error (bleak waits for
+            # that before it retries the Connect).
+            await self.Connected.set_async(True)
+            await self.Connected.set_async(False)
             raise DBusBluezFailedError("le-connection-abort-by-local")
         if self.peer_adapter.id not in self.peer_adapter.mock.adapters:
             raise DBusBluezFailedError("Host is down")
@@ -185,11 +194,36 @@ def _fix_roles() -> None:
     roles.property_getter = get_roles
 
 
+def _fix_pairing() -> None:
+    async def pair(self: Any) -> None:
+        # ``self`` is the central's object for the controller; ``self.address`` is the
+        # controller's address.
+        expected = _passkeys.get(self.address)
+        if expected is not None:
+            agent = self.adapter.mock.root.agent
+            if agent is None or agent.capability == "NoInputNoOutput":
+                raise DBusBluezAuthenticationFailedError("controller requires a passkey")
+            try:
+                entered = await agent.RequestPasskey(self.get_object_path())
+            except Exception as exc:  # the agent rejected: BlueZ reports a failed pairing
+                raise DBusBluezAuthenticationFailedError(str(exc)) from exc
+            if entered != expected:
+                raise DBusBluezAuthenticationFailedError("passkey mismatch")
+        self.peer.paired = True
+        self.peer.bonded = True
+        await self.peer_adapter.add_device(self.peer)
+        await self.Paired.set_async(True)
+        await self.Bonded.set_async(True)
+
+    bz_device.Device.pair = pair
+
+
 def apply_patches() -> None:
     _fix_manufacturer_data_signature()
     _fix_rescan_rssi()
     _fix_connect_disconnect()
     _fix_roles()
+    _fix_pairing()
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -210,8 +244,13 @@ def main() -> None:
     parser.add_argument("--central", type=int, action="append", default=None)
     parser.add_argument("--scan-interval", type=int, default=1)
     parser.add_argument("--connect-fail-delay", type=float, default=CONNECT_FAIL_DELAY_S)
+    parser.add_argument("--passkey", action="append", default=[],
+                        help="ADDR=NNNNNN: that controller pairs only with this passkey")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
+    for item in args.passkey:
+        address, _, key = item.partition("=")
+        _passkeys[address.upper()] = int(key)
     global _connect_fail_delay  # noqa: PLW0603 - module-level knob read by the patched connect
     _connect_fail_delay = args.connect_fail_delay
     if args.central is not None:

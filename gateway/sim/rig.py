@@ -46,6 +46,8 @@ class RigOptions:
     template: ControllerConfig = field(default_factory=lambda: ControllerConfig(0, 0, ""))
     scan_interval_s: int = 1
     connect_fail_delay_s: float = 2.0
+    # Controller index -> the passkey its (non-shipping) firmware demands when pairing.
+    passkeys: dict[int, int] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not 1 <= self.controllers <= 64:
@@ -122,6 +124,8 @@ class Rig:
                 "--connect-fail-delay", str(self.options.connect_fail_delay_s)]
         for address in adapters:
             args += ["-a", address]
+        for index, passkey in self.options.passkeys.items():
+            args += ["--passkey", f"{controller_address(index)}={passkey:06d}"]
         self._bluezoo = await self._spawn_ready(args, "bluezoo")
         for i in range(n):
             udp = None if self.options.udp_base_port is None else self.options.udp_base_port + i

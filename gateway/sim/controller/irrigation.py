@@ -219,7 +219,7 @@ class IrrigationModel:
 
     def hydraulic(self, channel: int) -> HydraulicStatus:
         nominal = self.config.nominal_pps[channel] * 60 * 1000 // PULSES_PER_LITRE
-        return HydraulicStatus(channel, 2, 0, 0, nominal, 12, 30, 40, True, True, 5, 3,  # type: ignore[arg-type]
+        return HydraulicStatus(channel, 2, 0, 0, nominal, 12, 30, 40, True, True, 5, 3,
                                False, False, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # type: ignore[arg-type]
 
     def _valve_read_value(self) -> bytes:
@@ -503,8 +503,8 @@ class IrrigationModel:
             self.completed += 1
             target = task.target if task.mode == TaskMode.VOLUME else volume
             self.history.append(DetailedEntry(
-                UnixSeconds(self.utc_now()), task.channel, 1, task.mode, Millilitres(min(target, 0xFFFF)),  # type: ignore[arg-type]
-                Millilitres(min(volume, 0xFFFF)), Millilitres(min(volume, 0xFFFF)), 0, True, 0,  # type: ignore[arg-type]
+                UnixSeconds(self.utc_now()), task.channel, 1, task.mode, Millilitres(min(target, 0xFFFF)),
+                Millilitres(min(volume, 0xFFFF)), Millilitres(min(volume, 0xFFFF)), 0, True, 0,
                 int(volume / max(task.elapsed_s, 1))))
         self._set_valve(task.channel, False)
         self.on_change(uuids.CURRENT_TASK, CurrentTask.idle_frame().encode())

@@ -1,0 +1,89 @@
+"""The daemon's configuration: one TOML file, validated by pydantic at the boundary."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/awgw/config.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/awgw")
+
+
+class LinkPolicy(StrEnum):
+    """KEEP holds the link (instant commands, the phone app is locked out: the controller takes
+    one connection); SHARE connects, syncs and releases so the phone app can reach it."""
+
+    KEEP = "keep"
+    SHARE = "share"
+
+
+class LinkSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    adapter: str = "hci0"
+    # A Pi's onboard controller manages ~4-7 LE links in practice; 3 leaves room for the
+    # phone and for a connect in progress.
+    max_links: Annotated[int, Field(ge=1, le=10)] = 3
+    default_policy: LinkPolicy = LinkPolicy.SHARE
+    # How old a controller's state may get: share visits are spaced by it, keep-links poll
+    # the Bulk Snapshot at least this often.
+    refresh_period_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # BlueZ's LE connect gives up after its own ~20 s; 15 s ends our wait a little earlier
+    # so the scheduler can move on to the next controller.
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 15.0
+    # No advertisement from any controller for this long while some are not connected:
+    # the scanner is presumed stuck and the recovery ladder starts.
+    scan_watchdog_s: Annotated[float, Field(gt=0)] = 120.0
+    time_zone: str | None = None
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    control_socket: Path | None = None
+    # How long `awgw pair` keeps the pairing agent accepting requests.
+    pairing_window_s: Annotated[float, Field(gt=0, le=600)] = 120.0
+    log_level: str = "info"
+    link: LinkSettings = LinkSettings()
+
+    @property
+    def socket_path(self) -> Path:
+        if self.control_socket is not None:
+            return self.control_socket
+        runtime = os.environ.get("RUNTIME_DIRECTORY")  # systemd's RuntimeDirectory=
+        return Path(runtime) / "control.sock" if runtime else self.state_dir / "control.sock"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.state_dir / "registry.sqlite3"
+
+
+def load_config(path: Path | None = None) -> GatewayConfig:
+    """Read ``path`` (or $AWGW_CONFIG, or /etc/awgw/config.toml if present); $AWGW_STATE_DIR
+    overrides the state directory so tests and unprivileged users need no file."""
+    chosen = path or (Path(os.environ["AWGW_CONFIG"]) if "AWGW_CONFIG" in os.environ else None)
+    raw: dict[str, object] = {}
+    if chosen is not None or DEFAULT_CONFIG_PATH.exists():
+        file = chosen or DEFAULT_CONFIG_PATH
+        try:
+            raw = tomllib.loads(file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {file} is not valid TOML: {exc}") from exc
+    if "AWGW_STATE_DIR" in os.environ:
+        raw["state_dir"] = os.environ["AWGW_STATE_DIR"]
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,147 @@
+"""`awgw daemon`: the long-running gateway. Connection manager + control socket, with
+systemd readiness, structured shutdown on SIGTERM, and no single controller able to stop it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
+from firmware_bridge.link.session import ControllerSession
+from gateway import bluez, systemd
+from gateway.config import GatewayConfig
+from gateway.control import ControlRequest, ControlServer
+from gateway.errors import ControlError
+from gateway.link.manager import ConnectionManager
+from gateway.link.scheduler import Priority
+from gateway.operations import (
+    SCAN_TIMEOUT_S,
+    CommandResult,
+    DeviceEntry,
+    ScanEntry,
+    ValveAction,
+    list_devices,
+    pair_on_radio,
+    result_of,
+    unpair_on_radio,
+    valve_command,
+)
+from gateway.registry import Registry, normalise_address
+
+log = structlog.get_logger(__name__)
+
+
+class DaemonOperations:
+    """The CLI's operations, answered through the supervisors so the daemon stays the only
+    owner of the radio."""
+
+    def __init__(self, config: GatewayConfig, registry: Registry,
+                 manager: ConnectionManager) -> None:
+        self.config = config
+        self.registry = registry
+        self.manager = manager
+
+    async def scan(self) -> list[ScanEntry]:
+        paired = {r.address for r in self.registry.all()}
+        if not self.manager.scanner.present():
+            await asyncio.sleep(SCAN_TIMEOUT_S)
+        return [ScanEntry(address=s.address, name=s.name, rssi=s.rssi,
+                          paired=s.address in paired) for s in self.manager.scanner.present()]
+
+    async def pair(self, address: str, passkey: int | None) -> DeviceEntry:
+        address = normalise_address(address)
+        scheduler = self.manager.scheduler
+        async with scheduler.slot(address, Priority.URGENT, kept=False), \
+                scheduler.connect_turn():
+            entry = await pair_on_radio(self.config, self.registry, address, passkey,
+                                        self.manager.scanner.device(address))
+        supervisor = self.manager.add(self.registry.get(address))
+        supervisor.bond_reset()
+        return entry
+
+    async def repair(self, address: str) -> None:
+        """The supervisor's one automatic attempt after an authentication failure: forget our
+        half of the bond and pair again (Just Works)."""
+        await bluez.remove_bond(self.config.link.adapter, address)
+        scheduler = self.manager.scheduler
+        async with scheduler.connect_turn():
+            await pair_on_radio(self.config, self.registry, address, None,
+                                self.manager.scanner.device(address))
+
+    async def unpair(self, address: str) -> DeviceEntry:
+        address = normalise_address(address)
+        self.registry.get(address)
+        await self.manager.remove(address)
+        return await unpair_on_radio(self.config, self.registry, address)
+
+    async def devices(self) -> list[DeviceEntry]:
+        links = {a: s.state.value for a, s in self.manager.supervisors.items()}
+        return await list_devices(self.config, self.registry, links)
+
+    async def state(self, address: str) -> dict[str, Any]:
+        address = normalise_address(address)
+        record = self.registry.get(address)
+        supervisor = self.manager.supervisor(address)
+        if not self.manager.store.fresh(address):
+            # Nothing fresh to show: ask for an urgent visit rather than print old values.
+            await supervisor.submit("refresh", _refresh)
+        document = self.manager.store.as_json(address, record.firmware_version)
+        document["link_state"] = supervisor.state.value
+        document["policy"] = supervisor.policy.value
+        return document
+
+    async def valve(self, address: str, channel: int, action: ValveAction,
+                    minutes: int | None) -> CommandResult:
+        address = normalise_address(address)
+        self.registry.get(address)
+        name, run = valve_command(channel, action, minutes)
+        outcome = await self.manager.command(address, name, run)
+        return result_of(address, name, outcome)
+
+    async def handle(self, request: ControlRequest) -> Any:
+        args = request.args
+        match request.op:
+            case "ping":
+                return {"pong": True}
+            case "scan":
+                return await self.scan()
+            case "pair":
+                return await self.pair(str(args["address"]), args.get("passkey"))
+            case "unpair":
+                return await self.unpair(str(args["address"]))
+            case "devices":
+                return await self.devices()
+            case "state":
+                return await self.state(str(args["address"]))
+            case "valve":
+                return await self.valve(str(args["address"]), int(args["channel"]),
+                                        args["action"], args.get("minutes"))
+        raise ControlError(f"unsupported operation {request.op}")
+
+
+async def _refresh(session: ControllerSession) -> CommandOutcome:
+    await session.refresh()
+    return CommandOutcome(OutcomeStatus.CONFIRMED, "refreshed")
+
+
+async def run_daemon(config: GatewayConfig) -> None:
+    registry = Registry(config.registry_path)
+    manager = ConnectionManager(config, registry)
+    operations = DaemonOperations(config, registry, manager)
+    manager.repairer = operations.repair
+    server = ControlServer(config.socket_path, operations.handle)
+    log.info("daemon_starting", state_dir=str(config.state_dir), adapter=config.link.adapter,
+             max_links=config.link.max_links, policy=config.link.default_policy.value)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(manager.run(), name="connection manager")
+            await manager.ready.wait()
+            await server.start()
+            systemd.notify("READY=1")
+            systemd.notify(f"STATUS=supervising {len(manager.supervisors)} controllers")
+    finally:
+        systemd.notify("STOPPING=1")
+        await server.close()
+        log.info("daemon_stopped")

@@ -1,0 +1,107 @@
+"""The connection manager: scanner, slot scheduler, state store and one supervisor per paired
+controller, run as one structured task group."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
+from firmware_bridge.link.outcome import CommandOutcome
+from gateway.config import GatewayConfig, LinkPolicy
+from gateway.errors import UnknownController
+from gateway.link.scanner import Scanner
+from gateway.link.scheduler import ScanGate, SlotScheduler
+from gateway.link.supervisor import CommandFn, Connector, LinkState, Repairer, Supervisor
+from gateway.registry import ControllerRecord, Registry, normalise_address
+from gateway.state_store import StateStore
+
+log = structlog.get_logger(__name__)
+
+
+class ConnectionManager:
+    def __init__(self, config: GatewayConfig, registry: Registry, *,
+                 connector: Connector | None = None, repairer: Repairer | None = None,
+                 scanner: Scanner | None = None) -> None:
+        self.config = config
+        self.settings = config.link
+        self.registry = registry
+        self.gate = ScanGate()
+        self.scheduler = SlotScheduler(self.settings.max_links, self.gate)
+        self.store = StateStore(stale_after_s=2 * self.settings.refresh_period_s)
+        self.scanner = scanner or Scanner(self.settings.adapter, self.gate,
+                                          watchdog_s=self.settings.scan_watchdog_s,
+                                          expecting=self._expecting)
+        self.connector = connector or self._bleak_connect
+        self.repairer = repairer
+        self.supervisors: dict[str, Supervisor] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self.ready = asyncio.Event()
+
+    async def _bleak_connect(self, address: str, timeout_s: float,
+                             on_disconnect: Callable[[], None]) -> GattLink:
+        target = self.scanner.device(address) or address
+        return await BleakGattLink.connect(target, adapter=self.settings.adapter,
+                                           timeout_s=timeout_s, on_disconnect=on_disconnect)
+
+    def _expecting(self) -> bool:
+        """The watchdog only cares while some controller is wanted but not connected."""
+        return any(s.state is not LinkState.CONNECTED for s in self.supervisors.values())
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            group.create_task(self.scanner.run(), name="scanner")
+            for record in self.registry.all():
+                self.add(record)
+            self.ready.set()
+            await asyncio.Event().wait()  # until cancelled by the daemon's shutdown
+
+    def add(self, record: ControllerRecord) -> Supervisor:
+        if record.address in self.supervisors:
+            return self.supervisors[record.address]
+        supervisor = Supervisor(
+            record.address, settings=self.settings,
+            policy=record.policy or self.settings.default_policy, scheduler=self.scheduler,
+            store=self.store, registry=self.registry, connector=self.connector,
+            repairer=self.repairer)
+        self.supervisors[record.address] = supervisor
+        if self._group is not None:
+            self._tasks[record.address] = self._group.create_task(
+                self._guarded(supervisor), name=f"supervisor {record.address}")
+        return supervisor
+
+    async def remove(self, address: str) -> None:
+        address = normalise_address(address)
+        self.supervisors.pop(address, None)
+        task = self._tasks.pop(address, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def supervisor(self, address: str) -> Supervisor:
+        address = normalise_address(address)
+        supervisor = self.supervisors.get(address)
+        if supervisor is None:
+            raise UnknownController(f"{address} is not a paired controller "
+                                    f"(pair it first: awgw pair {address})")
+        return supervisor
+
+    async def command(self, address: str, name: str, run: CommandFn) -> CommandOutcome:
+        return await self.supervisor(address).submit(name, run)
+
+    def set_policy(self, address: str, policy: LinkPolicy | None) -> None:
+        self.registry.set_policy(address, policy)
+        self.supervisor(address).set_policy(policy or self.settings.default_policy)
+
+    async def _guarded(self, supervisor: Supervisor) -> None:
+        """A bug in one supervisor must not take the daemon (and every other controller)
+        down: it is logged once and that supervisor stops."""
+        try:
+            await supervisor.run()
+        except Exception:
+            supervisor.state = LinkState.FAULTED
+            log.exception("supervisor_crashed", address=supervisor.address)

@@ -1,0 +1,359 @@
+"""One supervisor per paired controller: an explicit state machine around connect, sync, serve
+commands, release, and back off by failure class.
+
+States (``LinkState``):
+
+    IDLE -> WAITING_SLOT -> CONNECTING -> SYNCING -> CONNECTED -> (release) -> IDLE
+                 ^                                        |
+                 +------------ BACKOFF <------------------+ (classified failure)
+    any -> BOND_LOST (authentication, after one automatic re-pair) | FAULTED (programming error)
+    CONNECTED/IDLE -> UPDATING (firmware update holds the controller) -> IDLE
+
+SHARE visits connect, take the snapshot, run queued commands and release; KEEP holds the link
+and polls. Either way a command submitted while disconnected triggers an urgent visit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import structlog
+
+from firmware_bridge.errors import LinkLost
+from firmware_bridge.link.gatt_link import GattLink
+from firmware_bridge.link.outcome import CommandOutcome
+from firmware_bridge.link.session import ControllerSession, PollPlan
+from firmware_bridge.link.state import DecodeProblem, Field
+from gateway.config import LinkPolicy, LinkSettings
+from gateway.errors import CommandFailed, ControllerBusy, PairingError
+from gateway.link.failures import Failure, FailureClass, classify
+from gateway.link.scheduler import Lease, Priority, SlotScheduler
+from gateway.registry import Registry
+from gateway.state_store import StateStore
+
+log = structlog.get_logger(__name__)
+
+Connector = Callable[[str, float, Callable[[], None]], Awaitable[GattLink]]
+Repairer = Callable[[str], Awaitable[None]]
+CommandFn = Callable[[ControllerSession], Awaitable[CommandOutcome]]
+
+# A command waits for a slot, a connect and the controller's confirmation: connect timeout
+# (15 s) + bring-up (~2 s) + confirmation (10 s) + a queue of one other visit.
+COMMAND_DEADLINE_S = 60.0
+# Share visits start this fraction of the refresh period apart, so that a wait for a slot and
+# the visit itself fit in the rest and the state is never older than one period.
+VISIT_LEAD = 0.75
+# Channel names change rarely (a person renames a zone in the app); re-read them this often.
+NAMES_EVERY_S = 6 * 3600.0
+
+
+class LinkState(StrEnum):
+    IDLE = "idle"
+    WAITING_SLOT = "waiting_slot"
+    CONNECTING = "connecting"
+    SYNCING = "syncing"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    BOND_LOST = "bond_lost"
+    FAULTED = "faulted"
+    UPDATING = "updating"
+    STOPPED = "stopped"
+
+
+class _EndVisit(Exception):
+    """Internal: the visit is over (released or pre-empted); not a failure."""
+
+
+@dataclass
+class _Command:
+    name: str
+    run: CommandFn
+    future: asyncio.Future[CommandOutcome] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Supervisor:
+    def __init__(self, address: str, *, settings: LinkSettings, policy: LinkPolicy,
+                 scheduler: SlotScheduler, store: StateStore, registry: Registry,
+                 connector: Connector, repairer: Repairer | None = None) -> None:
+        self.address = address
+        self.settings = settings
+        self.policy = policy
+        self.scheduler = scheduler
+        self.store = store
+        self.registry = registry
+        self.connector = connector
+        self.repairer = repairer
+        self.state = LinkState.IDLE
+        self.failure: Failure | None = None
+        self.session: ControllerSession | None = None
+        self._commands: asyncio.Queue[_Command] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._link_lost = asyncio.Event()
+        self._control = asyncio.Event()  # policy changed or an update wants the controller
+        self._update_lock = asyncio.Lock()
+        self._repaired = False
+        self._names_at: float | None = None
+        self._attempt = 0
+        self._log = log.bind(address=address)
+
+    # ---- public ----------------------------------------------------------------------------
+
+    async def submit(self, name: str, run: CommandFn,
+                     deadline_s: float = COMMAND_DEADLINE_S) -> CommandOutcome:
+        if self.state is LinkState.UPDATING:
+            raise ControllerBusy(f"{self.address} is busy with a firmware update")
+        if self.state is LinkState.BOND_LOST:
+            raise PairingError(self._bond_remedy())
+        if self.state is LinkState.FAULTED:
+            raise CommandFailed(f"{self.address}: link supervisor stopped after an internal "
+                                f"error ({self.failure.summary if self.failure else '?'})")
+        command = _Command(name, run)
+        self._commands.put_nowait(command)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await asyncio.shield(command.future)
+        except TimeoutError:
+            command.future.cancel()
+            reason = self.failure.summary if self.failure else self.state.value
+            raise CommandFailed(f"{name} on {self.address} not done within {deadline_s:.0f} s "
+                                f"(link: {reason})") from None
+
+    def set_policy(self, policy: LinkPolicy) -> None:
+        self.policy = policy
+        self._control.set()
+        self._wake.set()
+
+    @contextlib.asynccontextmanager
+    async def firmware_update(self) -> AsyncIterator[None]:
+        """Hold the controller for a firmware update: commands are refused as busy and the
+        link is released so the updater can own it."""
+        async with self._update_lock:
+            previous = self.state
+            self.state = LinkState.UPDATING
+            self._control.set()
+            self._wake.set()
+            try:
+                yield
+            finally:
+                self.state = previous if previous is not LinkState.UPDATING else LinkState.IDLE
+                self._wake.set()
+
+    def bond_reset(self) -> None:
+        """A person re-paired the controller: leave BOND_LOST and try again."""
+        self._repaired = False
+        if self.state is LinkState.BOND_LOST:
+            self.state = LinkState.IDLE
+        self._wake.set()
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        next_visit = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.state in (LinkState.BOND_LOST, LinkState.UPDATING):
+                await self._sleep_until_woken(None)
+                continue
+            if self.policy is LinkPolicy.SHARE and self._commands.empty():
+                self._set(LinkState.IDLE)
+                await self._sleep_until_woken(max(0.0, next_visit - loop.time()))
+                if self._updating() or (self._commands.empty() and loop.time() < next_visit):
+                    continue
+            started = loop.time()
+            try:
+                await self._visit()
+                self._attempt = 0
+                next_visit = started + self.settings.refresh_period_s * VISIT_LEAD
+            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                delay = await self._on_failure(exc)
+                if delay is None:
+                    return
+                self._set(LinkState.BACKOFF)
+                await self._sleep_until_woken(delay, urgent_only=True)
+                next_visit = 0.0
+
+    async def _on_failure(self, exc: BaseException) -> float | None:
+        """Classify once, log once with the class, decide; None means stop supervising."""
+        failure = classify(exc)
+        self.failure = failure
+        self.store.set_link(self.address, "down", failure.kind.value)
+        if failure.kind is FailureClass.PROGRAMMING:
+            self._set(LinkState.FAULTED)
+            self._log.error("supervisor_faulted", failure_class=failure.kind.value,
+                            exc_info=exc)
+            self._fail_commands(CommandFailed(f"internal error: {failure.summary}"))
+            return None
+        if failure.kind is FailureClass.AUTHENTICATION:
+            if self.repairer is not None and not self._repaired:
+                self._repaired = True
+                self._log.warning("link_failure", failure_class=failure.kind.value,
+                                  error=failure.summary, action="remove_bond_and_repair")
+                try:
+                    await self.repairer(self.address)
+                except Exception as repair_exc:  # noqa: BLE001 - classified on the next lap
+                    self._log.warning("repair_failed", error=str(repair_exc))
+                return 0.0
+            self._set(LinkState.BOND_LOST)
+            self._log.error("bond_lost", failure_class=failure.kind.value,
+                            error=failure.summary, remedy=self._bond_remedy())
+            self._fail_commands(PairingError(self._bond_remedy()))
+            return 0.0
+        self._attempt += 1
+        delay = failure.policy.delay(self._attempt)
+        self._log.warning("link_failure", failure_class=failure.kind.value,
+                          error=failure.summary, attempt=self._attempt,
+                          retry_in_s=round(delay, 2))
+        return delay
+
+    def _bond_remedy(self) -> str:
+        return (f"{self.address} no longer accepts this gateway's bond (the controller was "
+                f"reset or its 5 bond slots are full). Clear the bond on the controller if it "
+                f"was reset, then run: awgw unpair {self.address} && awgw pair {self.address}")
+
+    async def _visit(self) -> None:
+        urgent = not self._commands.empty()
+        self._set(LinkState.WAITING_SLOT)
+        async with self.scheduler.slot(self.address, Priority.URGENT if urgent
+                                       else Priority.BACKGROUND,
+                                       kept=self.policy is LinkPolicy.KEEP) as lease:
+            self._set(LinkState.CONNECTING)
+            self._link_lost.clear()
+            async with self.scheduler.connect_turn():
+                link = await self.connector(self.address, self.settings.connect_timeout_s,
+                                            self._link_lost.set)
+            try:
+                await self._serve(link, lease)
+            finally:
+                self.session = None
+                self.store.set_link(self.address, "disconnected")
+                await link.disconnect()
+
+    async def _serve(self, link: GattLink, lease: Lease) -> None:
+        loop = asyncio.get_running_loop()
+        names_due = self._names_at is None or loop.time() - self._names_at > NAMES_EVERY_S
+        plan = PollPlan(read_channel_names=names_due, time_zone=self.settings.time_zone).scaled(
+            self.settings.refresh_period_s)
+        session = ControllerSession(link, plan=plan)
+        self._set(LinkState.SYNCING)
+        self.store.set_link(self.address, "syncing")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._pump(session), name=f"pump {self.address}")
+                tasks.create_task(self._watch_link(lease), name=f"watch {self.address}")
+                await session.bring_up()
+                if names_due:
+                    self._names_at = loop.time()
+                self._record_seen(session)
+                self.session = session
+                self._set(LinkState.CONNECTED)
+                self.store.set_link(self.address, "connected")
+                if self.policy is LinkPolicy.KEEP:
+                    tasks.create_task(session.run(), name=f"poll {self.address}")
+                tasks.create_task(self._serve_commands(session, lease),
+                                  name=f"commands {self.address}")
+        except* _EndVisit:
+            pass
+
+    async def _serve_commands(self, session: ControllerSession, lease: Lease) -> None:
+        while True:
+            if self._commands.empty():
+                self.scheduler.demote(lease)
+                if self.policy is LinkPolicy.SHARE:
+                    raise _EndVisit  # snapshot taken, commands done: release the link
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            command = self._commands.get_nowait()
+            if command.future.done():
+                continue
+            self._log.info("command_start", command=command.name)
+            try:
+                outcome = await command.run(session)
+            except Exception as exc:
+                if not command.future.done():
+                    command.future.set_exception(CommandFailed(f"{command.name}: {exc}"))
+                raise
+            self._log.info("command_done", command=command.name, status=outcome.status.value,
+                           detail=outcome.detail)
+            if not command.future.done():
+                command.future.set_result(outcome)
+
+    async def _watch_link(self, lease: Lease) -> None:
+        """End the visit when the link drops, a waiting command needs the slot, the policy
+        changes, or a firmware update takes the controller."""
+        policy = self.policy
+        self._control.clear()
+        waits = {asyncio.ensure_future(self._link_lost.wait()),
+                 asyncio.ensure_future(lease.preempted.wait()),
+                 asyncio.ensure_future(self._control.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if self._link_lost.is_set():
+            raise LinkLost(f"{self.address} disconnected")
+        self._log.info("link_released", preempted=lease.preempted.is_set(),
+                       policy_changed=self.policy is not policy,
+                       updating=self.state is LinkState.UPDATING)
+        raise _EndVisit
+
+    async def _pump(self, session: ControllerSession) -> None:
+        while True:
+            item = await session.events.get()
+            self.store.apply(item)
+            if isinstance(item, DecodeProblem):
+                self._log.warning("decode_problem", uuid=item.uuid, reason=item.reason,
+                                  raw=item.raw.hex())
+
+    def _record_seen(self, session: ControllerSession) -> None:
+        version = session.latest.get(Field.FIRMWARE_VERSION)
+        serial = session.latest.get(Field.SERIAL)
+        fw = version.value if version is not None and isinstance(version.value, str) else None
+        previous = self.registry.get(self.address).firmware_version
+        if fw is not None and previous is not None and fw != previous:
+            # Handles may have moved (GATT caching, Service Changed): the session discovered
+            # services afresh on this connect; record the change for the OTA verifier.
+            self._log.info("firmware_changed", previous=previous, current=fw)
+        self.registry.seen(self.address, firmware_version=fw,
+                           serial=serial.value if serial is not None
+                           and isinstance(serial.value, str) else None)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _updating(self) -> bool:
+        return self.state is LinkState.UPDATING
+
+    def _set(self, state: LinkState) -> None:
+        if state is not self.state and self.state is not LinkState.UPDATING:
+            self._log.debug("link_state", state=state.value, previous=self.state.value)
+            self.state = state
+
+    async def _sleep_until_woken(self, timeout: float | None, *, urgent_only: bool = False) -> None:
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            self._wake.clear()
+            if urgent_only and not self._commands.empty():
+                return
+            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if remaining is not None and remaining <= 0:
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
+            if not urgent_only:
+                return
+
+    def _fail_commands(self, error: Exception) -> None:
+        while not self._commands.empty():
+            command = self._commands.get_nowait()
+            if not command.future.done():
+                command.future.set_exception(error)

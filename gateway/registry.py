@@ -1,0 +1,133 @@
+"""Paired controllers, in SQLite in the state directory: identity, bond, firmware, last seen,
+link policy. Small and synchronous: a handful of rows, written on pairing and per visit."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import LinkPolicy
+from gateway.errors import RegistryError, UnknownController
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS controllers (
+    address TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    serial TEXT,
+    bonded INTEGER NOT NULL DEFAULT 0,
+    firmware_version TEXT,
+    policy TEXT,
+    paired_at REAL NOT NULL,
+    last_seen REAL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ControllerRecord:
+    address: str
+    name: str
+    serial: str | None
+    bonded: bool
+    firmware_version: str | None
+    policy: LinkPolicy | None  # None: the configured default
+    paired_at: float
+    last_seen: float | None
+
+
+def normalise_address(address: str) -> str:
+    parts = address.strip().upper().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789ABCDEF" for c in p)
+                                  for p in parts):
+        raise UnknownController(f"{address!r} is not a Bluetooth address (AA:BB:CC:DD:EE:FF)")
+    return ":".join(parts)
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._db() as db:
+                db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(f"cannot open registry {path}: {exc}") from exc
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=5)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open registry {self.path}: {exc}") from exc
+        try:
+            with db:
+                yield db
+        except sqlite3.Error as exc:
+            raise RegistryError(f"registry {self.path}: {exc}") from exc
+        finally:
+            db.close()
+
+    def add(self, address: str, *, name: str, bonded: bool, serial: str | None = None,
+            firmware_version: str | None = None, policy: LinkPolicy | None = None) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO controllers (address, name, serial, bonded, firmware_version, "
+                "policy, paired_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(address) DO UPDATE SET name=excluded.name, bonded=excluded.bonded,"
+                " serial=COALESCE(excluded.serial, serial), firmware_version=COALESCE("
+                "excluded.firmware_version, firmware_version), policy=COALESCE(excluded.policy,"
+                " policy)",
+                (normalise_address(address), name, serial, int(bonded), firmware_version,
+                 policy.value if policy else None, time.time(), time.time()))
+
+    def remove(self, address: str) -> None:
+        with self._db() as db:
+            cursor = db.execute("DELETE FROM controllers WHERE address = ?",
+                                (normalise_address(address),))
+        if cursor.rowcount == 0:
+            raise UnknownController(f"{address} is not a paired controller")
+
+    def get(self, address: str) -> ControllerRecord:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM controllers WHERE address = ?",
+                             (normalise_address(address),)).fetchone()
+        if row is None:
+            raise UnknownController(f"{address} is not a paired controller "
+                                    f"(pair it first: awgw pair {address})")
+        return _record(row)
+
+    def all(self) -> list[ControllerRecord]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM controllers ORDER BY address").fetchall()
+        return [_record(r) for r in rows]
+
+    def seen(self, address: str, *, firmware_version: str | None = None,
+             serial: str | None = None) -> None:
+        with self._db() as db:
+            db.execute("UPDATE controllers SET last_seen = ?, firmware_version = COALESCE(?, "
+                       "firmware_version), serial = COALESCE(?, serial) WHERE address = ?",
+                       (time.time(), firmware_version, serial, normalise_address(address)))
+
+    def set_policy(self, address: str, policy: LinkPolicy | None) -> None:
+        self.get(address)
+        with self._db() as db:
+            db.execute("UPDATE controllers SET policy = ? WHERE address = ?",
+                       (policy.value if policy else None, normalise_address(address)))
+
+    def set_bonded(self, address: str, bonded: bool) -> None:
+        with self._db() as db:
+            db.execute("UPDATE controllers SET bonded = ? WHERE address = ?",
+                       (int(bonded), normalise_address(address)))
+
+
+def _record(row: tuple[object, ...]) -> ControllerRecord:
+    address, name, serial, bonded, firmware, policy, paired_at, last_seen = row
+    return ControllerRecord(
+        str(address), str(name), None if serial is None else str(serial), bool(bonded),
+        None if firmware is None else str(firmware),
+        None if policy is None else LinkPolicy(str(policy)), float(paired_at),  # type: ignore[arg-type]
+        None if last_seen is None else float(last_seen))  # type: ignore[arg-type]

@@ -1,0 +1,174 @@
+"""The latest known state of every controller, with when each value was learned.
+
+Values are only ever stamped by the session when they arrive; nothing here re-stamps an old
+value, so a controller that went quiet shows its age and turns ``fresh: false`` once its last
+full refresh is older than twice the refresh period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from firmware_bridge.gatt.codec import (
+    CHANNELS,
+    NO_CHANNEL,
+    AlarmStatus,
+    BulkSync,
+    CurrentTask,
+    FlowSensor,
+    SystemStatus,
+    SystemStatusCode,
+    TaskQueue,
+    TaskStatus,
+    ValveControl,
+)
+from firmware_bridge.gatt.configuration import ChannelConfig
+from firmware_bridge.link.state import DecodeProblem, Field, StateEvent
+
+
+@dataclass
+class ControllerView:
+    address: str
+    link: str = "disconnected"
+    values: dict[Field, StateEvent] = field(default_factory=dict)
+    valves: dict[int, tuple[bool, float]] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    last_refresh: float | None = None
+    decode_problems: int = 0
+    last_failure: str | None = None
+
+
+class StateStore:
+    def __init__(self, stale_after_s: float, clock: Any = time.time) -> None:
+        self.stale_after_s = stale_after_s
+        self.clock = clock
+        self.views: dict[str, ControllerView] = {}
+        self._subscribers: list[asyncio.Queue[StateEvent]] = []
+
+    def view(self, address: str) -> ControllerView:
+        return self.views.setdefault(address, ControllerView(address))
+
+    def subscribe(self) -> asyncio.Queue[StateEvent]:
+        queue: asyncio.Queue[StateEvent] = asyncio.Queue()
+        self._subscribers.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[StateEvent]) -> None:
+        self._subscribers.remove(queue)
+
+    def set_link(self, address: str, link: str, failure: str | None = None) -> None:
+        view = self.view(address)
+        view.link = link
+        if failure is not None:
+            view.last_failure = failure
+
+    def apply(self, item: StateEvent | DecodeProblem) -> None:
+        if isinstance(item, DecodeProblem):
+            self.view(item.address).decode_problems += 1
+            return
+        view = self.view(item.address)
+        view.values[item.field] = item
+        value = item.value
+        if isinstance(value, BulkSync):
+            view.last_refresh = item.at
+            for channel in range(CHANNELS):
+                view.valves[channel] = (value.valve_open(channel), item.at)
+        elif isinstance(value, ValveControl) and not value.is_master:
+            if 0 <= value.channel_id < CHANNELS:
+                view.valves[value.channel_id] = (value.is_open, item.at)
+        elif isinstance(value, CurrentTask):
+            running = (None if value.idle or value.status != TaskStatus.RUNNING
+                       else value.channel_id)
+            for channel in range(CHANNELS):
+                view.valves[channel] = (channel == running, item.at)
+        elif isinstance(value, ChannelConfig):
+            view.names[value.channel_id] = value.name
+        for queue in self._subscribers:
+            queue.put_nowait(item)
+
+    def fresh(self, address: str) -> bool:
+        view = self.view(address)
+        return view.last_refresh is not None and (
+            self.clock() - view.last_refresh <= self.stale_after_s)
+
+    def as_json(self, address: str, firmware_version: str | None = None) -> dict[str, Any]:
+        """The document `awgw state --json` prints."""
+        view = self.view(address)
+        now = self.clock()
+        values = view.values
+
+        def stamped(f: Field) -> tuple[Any, float | None]:
+            event = values.get(f)
+            return (event.value, event.at) if event is not None else (None, None)
+
+        fw, _ = stamped(Field.FIRMWARE_VERSION)
+        status, status_at = stamped(Field.SYSTEM_STATUS)
+        flow, flow_at = stamped(Field.FLOW)
+        alarm, alarm_at = stamped(Field.ALARM)
+        task, task_at = stamped(Field.CURRENT_TASK)
+        queue, queue_at = stamped(Field.TASK_QUEUE)
+        return {
+            "address": address,
+            "firmware_version": fw if isinstance(fw, str) else firmware_version,
+            "link": view.link,
+            "fresh": self.fresh(address),
+            "updated_at": view.last_refresh,
+            "age_s": None if view.last_refresh is None else round(now - view.last_refresh, 3),
+            "last_failure": view.last_failure,
+            "decode_problems": view.decode_problems,
+            "valves": [{"channel": ch, "open": view.valves.get(ch, (False, None))[0],
+                        "name": view.names.get(ch), "at": view.valves.get(ch, (False, None))[1]}
+                       for ch in range(CHANNELS)],
+            "system_status": _status_json(status, status_at),
+            "flow": _flow_json(flow, flow_at),
+            "alarm": _alarm_json(alarm, alarm_at),
+            "current_task": _task_json(task, task_at),
+            "task_queue": _queue_json(queue, queue_at),
+        }
+
+
+def _name(value: object) -> str:
+    return getattr(value, "name", "UNKNOWN")
+
+
+def _status_json(status: object, at: float | None) -> dict[str, Any] | None:
+    if not isinstance(status, SystemStatus):
+        return None
+    code = int(status.code)
+    # Unknown values are treated as a fault (device-ble.md 5.4).
+    ok = code == SystemStatusCode.OK
+    return {"code": code, "name": _name(status.code), "ok": ok, "at": at}
+
+
+def _flow_json(flow: object, at: float | None) -> dict[str, Any] | None:
+    if not isinstance(flow, FlowSensor):
+        return None
+    return {"pulses_per_second": flow.pulses_per_second,
+            "litres_per_minute": round(flow.litres_per_minute(750), 3), "at": at}
+
+
+def _alarm_json(alarm: object, at: float | None) -> dict[str, Any] | None:
+    if not isinstance(alarm, AlarmStatus):
+        return None
+    return {"code": int(alarm.code), "name": _name(alarm.code) if alarm.active or int(
+        alarm.code) == 0 else "UNKNOWN", "active": alarm.active, "data": alarm.data,
+        "device_timestamp": alarm.timestamp, "at": at}
+
+
+def _task_json(task: object, at: float | None) -> dict[str, Any] | None:
+    if not isinstance(task, CurrentTask) or task.channel_id == NO_CHANNEL:
+        return None
+    return {"channel": task.channel_id, "mode": _name(task.mode).lower(),
+            "status": _name(task.status).lower(), "target": task.target_value,
+            "current": task.current_value, "total_volume_ml": task.total_volume_ml, "at": at}
+
+
+def _queue_json(queue: object, at: float | None) -> dict[str, Any] | None:
+    if not isinstance(queue, TaskQueue):
+        return None
+    return {"pending": queue.pending_count, "completed": queue.completed_tasks,
+            "current_channel": None if queue.current_channel == NO_CHANNEL
+            else queue.current_channel, "at": at}
