@@ -51,6 +51,13 @@ VISIT_LEAD = 0.75
 NAMES_EVERY_S = 6 * 3600.0
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
 class LinkState(StrEnum):
     IDLE = "idle"
     WAITING_SLOT = "waiting_slot"
@@ -62,10 +69,6 @@ class LinkState(StrEnum):
     FAULTED = "faulted"
     UPDATING = "updating"
     STOPPED = "stopped"
-
-
-class _EndVisit(Exception):
-    """Internal: the visit is over (released or pre-empted); not a failure."""
 
 
 @dataclass
@@ -174,6 +177,8 @@ class Supervisor:
                 delay = await self._on_failure(exc)
                 if delay is None:
                     return
+                if self.state is LinkState.BOND_LOST:
+                    continue  # waits at the top of the loop for a person (bond_reset)
                 self._set(LinkState.BACKOFF)
                 await self._sleep_until_woken(delay, urgent_only=True)
                 next_visit = 0.0
@@ -242,10 +247,13 @@ class Supervisor:
         session = ControllerSession(link, plan=plan)
         self._set(LinkState.SYNCING)
         self.store.set_link(self.address, "syncing")
+        end = asyncio.Event()  # set when the visit is over by design (release, pre-emption)
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._pump(session), name=f"pump {self.address}")
-                tasks.create_task(self._watch_link(lease), name=f"watch {self.address}")
+                children = [
+                    tasks.create_task(self._pump(session), name=f"pump {self.address}"),
+                    tasks.create_task(self._watch_link(lease, end),
+                                      name=f"watch {self.address}")]
                 await session.bring_up()
                 if names_due:
                     self._names_at = loop.time()
@@ -254,18 +262,28 @@ class Supervisor:
                 self._set(LinkState.CONNECTED)
                 self.store.set_link(self.address, "connected")
                 if self.policy is LinkPolicy.KEEP:
-                    tasks.create_task(session.run(), name=f"poll {self.address}")
-                tasks.create_task(self._serve_commands(session, lease),
-                                  name=f"commands {self.address}")
-        except* _EndVisit:
-            pass
+                    children.append(tasks.create_task(session.run(),
+                                                      name=f"poll {self.address}"))
+                children.append(tasks.create_task(self._serve_commands(session, lease, end),
+                                                  name=f"commands {self.address}"))
+                # Ending by design is not an exception: an external cancel arriving now must
+                # still propagate, which a TaskGroup folding child errors would not guarantee.
+                await end.wait()
+                for child in children:
+                    child.cancel()
+        except BaseExceptionGroup as group:
+            # The first real failure is what ended the visit; the rest are its echoes (other
+            # tasks failing on the same dead link). Classification wants that one exception.
+            raise _leaves(group)[0] from None
 
-    async def _serve_commands(self, session: ControllerSession, lease: Lease) -> None:
+    async def _serve_commands(self, session: ControllerSession, lease: Lease,
+                              end: asyncio.Event) -> None:
         while True:
             if self._commands.empty():
                 self.scheduler.demote(lease)
                 if self.policy is LinkPolicy.SHARE:
-                    raise _EndVisit  # snapshot taken, commands done: release the link
+                    end.set()  # snapshot taken, commands done: release the link
+                    return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -284,7 +302,7 @@ class Supervisor:
             if not command.future.done():
                 command.future.set_result(outcome)
 
-    async def _watch_link(self, lease: Lease) -> None:
+    async def _watch_link(self, lease: Lease, end: asyncio.Event) -> None:
         """End the visit when the link drops, a waiting command needs the slot, the policy
         changes, or a firmware update takes the controller."""
         policy = self.policy
@@ -302,7 +320,7 @@ class Supervisor:
         self._log.info("link_released", preempted=lease.preempted.is_set(),
                        policy_changed=self.policy is not policy,
                        updating=self.state is LinkState.UPDATING)
-        raise _EndVisit
+        end.set()
 
     async def _pump(self, session: ControllerSession) -> None:
         while True:

@@ -1,0 +1,101 @@
+"""Slots, pre-emption, serialised connects and the scan gate."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.link.scheduler import Priority, ScanGate, SlotScheduler
+
+
+async def test_slots_are_bounded_and_urgent_waiters_go_first() -> None:
+    scheduler = SlotScheduler(max_links=2)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(name: str, priority: Priority) -> None:
+        async with scheduler.slot(name, priority, kept=False):
+            order.append(name)
+            await release.wait()
+
+    holders = [asyncio.create_task(hold(n, Priority.BACKGROUND)) for n in ("a", "b")]
+    await asyncio.sleep(0.01)
+    waiting_bg = asyncio.create_task(hold("c", Priority.BACKGROUND))
+    await asyncio.sleep(0.01)
+    waiting_urgent = asyncio.create_task(hold("d", Priority.URGENT))
+    await asyncio.sleep(0.01)
+    assert order == ["a", "b"] and len(scheduler.leases) == 2
+    release.set()
+    await asyncio.gather(*holders, waiting_bg, waiting_urgent)
+    assert order[2] == "d"  # the urgent request overtook the earlier background one
+
+
+async def test_an_urgent_waiter_preempts_a_background_holder_share_before_kept() -> None:
+    scheduler = SlotScheduler(max_links=2)
+    leases = {}
+
+    async def hold(name: str, kept: bool) -> None:
+        async with scheduler.slot(name, Priority.BACKGROUND, kept=kept) as lease:
+            leases[name] = lease
+            await lease.preempted.wait()
+
+    kept = asyncio.create_task(hold("kept", True))
+    share = asyncio.create_task(hold("share", False))
+    await asyncio.sleep(0.01)
+    async with asyncio.timeout(1), scheduler.slot("cmd", Priority.URGENT, kept=False):
+        assert leases["share"].preempted.is_set()
+        assert not leases["kept"].preempted.is_set()
+    await share
+    kept.cancel()
+
+
+async def test_urgent_holders_are_not_preempted_until_demoted() -> None:
+    scheduler = SlotScheduler(max_links=1)
+    async with scheduler.slot("a", Priority.URGENT, kept=False) as lease:
+        waiter = asyncio.create_task(_take(scheduler, "b"))
+        await asyncio.sleep(0.01)
+        assert not lease.preempted.is_set()
+        scheduler.demote(lease)
+        assert lease.preempted.is_set()
+    await asyncio.wait_for(waiter, 1)
+
+
+async def _take(scheduler: SlotScheduler, name: str) -> None:
+    async with scheduler.slot(name, Priority.URGENT, kept=False):
+        pass
+
+
+async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
+    scheduler = SlotScheduler(max_links=1)
+    async with scheduler.slot("a", Priority.BACKGROUND, kept=False):
+        waiter = asyncio.create_task(_take(scheduler, "b"))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    async with asyncio.timeout(1):
+        await _take(scheduler, "c")
+    assert scheduler.leases == []
+
+
+async def test_connects_are_serialised_and_pause_scanning() -> None:
+    gate = ScanGate()
+    gate.quiet.clear()  # a scanner is running
+    scheduler = SlotScheduler(3, gate)
+    inside = 0
+    peak = 0
+
+    async def connect() -> None:
+        nonlocal inside, peak
+        async with scheduler.connect_turn():
+            assert not gate.allowed.is_set()
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    async def scanner_stops() -> None:
+        await gate.stop_requested.wait()
+        gate.quiet.set()
+
+    await asyncio.gather(scanner_stops(), *(connect() for _ in range(4)))
+    assert peak == 1
+    assert gate.allowed.is_set() and not gate.stop_requested.is_set()

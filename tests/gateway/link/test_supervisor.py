@@ -1,0 +1,151 @@
+"""Supervisors against in-process fakes: the state machine's decisions, without a radio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from firmware_bridge.errors import AttRefused, LinkDBusError
+from firmware_bridge.link.gatt_link import GattLink
+from firmware_bridge.link.outcome import OutcomeStatus
+from gateway.config import LinkPolicy, LinkSettings
+from gateway.errors import ControllerBusy, PairingError
+from gateway.link.scheduler import SlotScheduler
+from gateway.link.supervisor import LinkState, Supervisor
+from gateway.registry import Registry
+from gateway.state_store import StateStore
+from tests.fakes import ModelLink
+
+ADDRESS = "C0:FF:EE:00:00:00"
+
+
+class Radio:
+    """A connector that hands out ModelLinks, or raises what the test queued."""
+
+    def __init__(self) -> None:
+        self.failures: list[BaseException] = []
+        self.links: list[ModelLink] = []
+        self.connects = 0
+
+    async def __call__(self, address: str, timeout_s: float,
+                       on_disconnect: Callable[[], None]) -> GattLink:
+        self.connects += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        link = ModelLink(address)
+        link.on_disconnect = on_disconnect
+        self.links.append(link)
+        return link
+
+
+def make(tmp_path: Path, radio: Radio, policy: LinkPolicy = LinkPolicy.KEEP,
+         repairer: object = None) -> tuple[Supervisor, StateStore]:
+    registry = Registry(tmp_path / "r.sqlite3")
+    registry.add(ADDRESS, name="AutoWatering", bonded=True)
+    store = StateStore(stale_after_s=10)
+    settings = LinkSettings(refresh_period_s=1.0, connect_timeout_s=1.0)
+    sup = Supervisor(ADDRESS, settings=settings, policy=policy, scheduler=SlotScheduler(1),
+                     store=store, registry=registry, connector=radio,
+                     repairer=repairer)  # type: ignore[arg-type]
+    return sup, store
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_keep_policy_connects_syncs_and_serves_a_command(tmp_path: Path) -> None:
+    radio = Radio()
+    sup, store = make(tmp_path, radio)
+    task = asyncio.create_task(sup.run())
+    try:
+        await wait_for(lambda: sup.state is LinkState.CONNECTED)
+        assert store.fresh(ADDRESS)
+        outcome = await sup.submit("open", lambda s: s.open_valve(1, 2))
+        assert outcome.status is OutcomeStatus.CONFIRMED
+        await wait_for(lambda: store.as_json(ADDRESS)["valves"][1]["open"])
+    finally:
+        task.cancel()
+
+
+async def test_link_loss_is_classified_backed_off_and_recovered(tmp_path: Path) -> None:
+    radio = Radio()
+    sup, _ = make(tmp_path, radio)
+    task = asyncio.create_task(sup.run())
+    try:
+        with capture_logs() as logs:
+            await wait_for(lambda: sup.state is LinkState.CONNECTED)
+            radio.links[-1].drop()
+            await wait_for(lambda: len(radio.links) == 2 and sup.state is LinkState.CONNECTED)
+        failures = [e for e in logs if e["event"] == "link_failure"]
+        assert failures and failures[0]["failure_class"] == "link_lost"
+    finally:
+        task.cancel()
+
+
+async def test_programming_error_is_not_retried_and_commands_fail_typed(tmp_path: Path) -> None:
+    radio = Radio()
+    radio.failures.append(TypeError("bug"))
+    sup, _ = make(tmp_path, radio)
+    with capture_logs() as logs:
+        await asyncio.wait_for(sup.run(), 2)  # returns: no retry loop
+    assert sup.state is LinkState.FAULTED and radio.connects == 1
+    assert any(e["event"] == "supervisor_faulted" for e in logs)
+    with pytest.raises(Exception, match="internal error"):
+        await sup.submit("open", lambda s: s.open_valve(1, 2))
+
+
+async def test_lost_bond_repairs_once_then_reports_the_remedy(tmp_path: Path) -> None:
+    radio = Radio()
+    auth = LinkDBusError("org.bluez.Error.AuthenticationFailed", "")
+    radio.failures += [auth, AttRefused(0x05, "read def3")]
+    repairs: list[str] = []
+
+    async def repair(address: str) -> None:
+        repairs.append(address)
+
+    sup, _ = make(tmp_path, radio, repairer=repair)
+    task = asyncio.create_task(sup.run())
+    try:
+        await wait_for(lambda: sup.state is LinkState.BOND_LOST)
+        assert repairs == [ADDRESS]
+        with pytest.raises(PairingError, match="awgw unpair"):
+            await sup.submit("open", lambda s: s.open_valve(1, 2))
+        sup.bond_reset()  # a person re-paired it
+        await wait_for(lambda: sup.state is LinkState.CONNECTED)
+    finally:
+        task.cancel()
+
+
+async def test_commands_are_refused_as_busy_during_a_firmware_update(tmp_path: Path) -> None:
+    radio = Radio()
+    sup, _ = make(tmp_path, radio)
+    task = asyncio.create_task(sup.run())
+    try:
+        await wait_for(lambda: sup.state is LinkState.CONNECTED)
+        async with sup.firmware_update():
+            await wait_for(lambda: radio.links[-1].connected is False)  # link handed over
+            with pytest.raises(ControllerBusy):
+                await sup.submit("open", lambda s: s.open_valve(1, 2))
+        await wait_for(lambda: sup.state is LinkState.CONNECTED and len(radio.links) == 2)
+    finally:
+        task.cancel()
+
+
+async def test_share_policy_releases_after_each_visit_and_comes_back(tmp_path: Path) -> None:
+    radio = Radio()
+    sup, store = make(tmp_path, radio, LinkPolicy.SHARE)
+    task = asyncio.create_task(sup.run())
+    try:
+        await wait_for(lambda: len(radio.links) >= 2, timeout=5)
+        assert not radio.links[0].connected  # released between visits
+        outcome = await sup.submit("open", lambda s: s.open_valve(3, 1))
+        assert outcome.ok and store.fresh(ADDRESS)
+    finally:
+        task.cancel()
