@@ -4,6 +4,7 @@ systemd readiness, structured shutdown on SIGTERM, and no single controller able
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import structlog
@@ -55,8 +56,7 @@ class DaemonOperations:
         scheduler = self.manager.scheduler
         async with scheduler.slot(address, Priority.URGENT, kept=False), \
                 scheduler.connect_turn():
-            entry = await pair_on_radio(self.config, self.registry, address, passkey,
-                                        self.manager.scanner.device(address))
+            entry = await pair_on_radio(self.config, self.registry, address, passkey)
         supervisor = self.manager.add(self.registry.get(address))
         supervisor.bond_reset()
         return entry
@@ -65,10 +65,10 @@ class DaemonOperations:
         """The supervisor's one automatic attempt after an authentication failure: forget our
         half of the bond and pair again (Just Works)."""
         await bluez.remove_bond(self.config.link.adapter, address)
+        self.manager.scanner.forget(address)
         scheduler = self.manager.scheduler
         async with scheduler.connect_turn():
-            await pair_on_radio(self.config, self.registry, address, None,
-                                self.manager.scanner.device(address))
+            await pair_on_radio(self.config, self.registry, address, None)
 
     async def unpair(self, address: str) -> DeviceEntry:
         address = normalise_address(address)
@@ -134,6 +134,18 @@ async def run_daemon(config: GatewayConfig) -> None:
     server = ControlServer(config.socket_path, operations.handle)
     log.info("daemon_starting", state_dir=str(config.state_dir), adapter=config.link.adapter,
              max_links=config.link.max_links, policy=config.link.default_policy.value)
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        if main is not None:
+            main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(manager.run(), name="connection manager")
@@ -141,6 +153,9 @@ async def run_daemon(config: GatewayConfig) -> None:
             await server.start()
             systemd.notify("READY=1")
             systemd.notify(f"STATUS=supervising {len(manager.supervisors)} controllers")
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
     finally:
         systemd.notify("STOPPING=1")
         await server.close()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import structlog
 
+from firmware_bridge.errors import PeerNotFound
 from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
 from firmware_bridge.link.outcome import CommandOutcome
 from gateway.config import GatewayConfig, LinkPolicy
@@ -43,8 +44,15 @@ class ConnectionManager:
 
     async def _bleak_connect(self, address: str, timeout_s: float,
                              on_disconnect: Callable[[], None]) -> GattLink:
-        target = self.scanner.device(address) or address
-        return await BleakGattLink.connect(target, adapter=self.settings.adapter,
+        device = self.scanner.device(address)
+        if device is not None:
+            try:
+                return await BleakGattLink.connect(device, adapter=self.settings.adapter,
+                                                   timeout_s=timeout_s,
+                                                   on_disconnect=on_disconnect)
+            except PeerNotFound:
+                self.scanner.forget(address)  # BlueZ removed the object since the sighting
+        return await BleakGattLink.connect(address, adapter=self.settings.adapter,
                                            timeout_s=timeout_s, on_disconnect=on_disconnect)
 
     def _expecting(self) -> bool:
@@ -76,6 +84,7 @@ class ConnectionManager:
 
     async def remove(self, address: str) -> None:
         address = normalise_address(address)
+        self.scanner.forget(address)
         self.supervisors.pop(address, None)
         task = self._tasks.pop(address, None)
         if task is not None:

@@ -117,6 +117,10 @@ class Scanner:
         sighting = self.seen.get(address)
         return sighting.device if sighting is not None else None
 
+    def forget(self, address: str) -> None:
+        """BlueZ dropped its object (bond removed): the cached BLEDevice is now dangling."""
+        self.seen.pop(address, None)
+
     def _on_advert(self, device: BLEDevice, adv: AdvertisementData) -> None:
         if not is_autowatering(adv):
             return

@@ -44,6 +44,8 @@ CommandFn = Callable[[ControllerSession], Awaitable[CommandOutcome]]
 # A command waits for a slot, a connect and the controller's confirmation: connect timeout
 # (15 s) + bring-up (~2 s) + confirmation (10 s) + a queue of one other visit.
 COMMAND_DEADLINE_S = 60.0
+# A person waits on a command: retry sooner than the class's backoff, but not in a tight loop.
+URGENT_RETRY_S = 2.0
 # Share visits start this fraction of the refresh period apart, so that a wait for a slot and
 # the visit itself fit in the rest and the state is never older than one period.
 VISIT_LEAD = 0.75
@@ -177,10 +179,12 @@ class Supervisor:
                 delay = await self._on_failure(exc)
                 if delay is None:
                     return
-                if self.state is LinkState.BOND_LOST:
+                if self._bond_lost():
                     continue  # waits at the top of the loop for a person (bond_reset)
                 self._set(LinkState.BACKOFF)
-                await self._sleep_until_woken(delay, urgent_only=True)
+                if not self._commands.empty():
+                    delay = min(delay, URGENT_RETRY_S)  # a person is waiting
+                await self._sleep_until_woken(delay, backoff=True)
                 next_visit = 0.0
 
     async def _on_failure(self, exc: BaseException) -> float | None:
@@ -228,7 +232,9 @@ class Supervisor:
                                        else Priority.BACKGROUND,
                                        kept=self.policy is LinkPolicy.KEEP) as lease:
             self._set(LinkState.CONNECTING)
-            self._link_lost.clear()
+            # A fresh event per visit: the previous link's disconnect callback may fire late
+            # and must not end this visit.
+            self._link_lost = asyncio.Event()
             async with self.scheduler.connect_turn():
                 link = await self.connector(self.address, self.settings.connect_timeout_s,
                                             self._link_lost.set)
@@ -278,10 +284,15 @@ class Supervisor:
 
     async def _serve_commands(self, session: ControllerSession, lease: Lease,
                               end: asyncio.Event) -> None:
+        served = False
         while True:
             if self._commands.empty():
                 self.scheduler.demote(lease)
                 if self.policy is LinkPolicy.SHARE:
+                    if served:
+                        # Notifications of a command's effects trail its confirmation; read
+                        # them before letting go so the store is consistent, not half-old.
+                        await session.refresh()
                     end.set()  # snapshot taken, commands done: release the link
                     return
                 self._wake.clear()
@@ -299,6 +310,7 @@ class Supervisor:
                 raise
             self._log.info("command_done", command=command.name, status=outcome.status.value,
                            detail=outcome.detail)
+            served = True
             if not command.future.done():
                 command.future.set_result(outcome)
 
@@ -345,6 +357,9 @@ class Supervisor:
 
     # ---- helpers ---------------------------------------------------------------------------
 
+    def _bond_lost(self) -> bool:
+        return self.state is LinkState.BOND_LOST
+
     def _updating(self) -> bool:
         return self.state is LinkState.UPDATING
 
@@ -353,13 +368,14 @@ class Supervisor:
             self._log.debug("link_state", state=state.value, previous=self.state.value)
             self.state = state
 
-    async def _sleep_until_woken(self, timeout: float | None, *, urgent_only: bool = False) -> None:
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    async def _sleep_until_woken(self, timeout: float | None, *, backoff: bool = False) -> None:
+        """Sleep until woken or ``timeout``. In a backoff only a command waiting shortens the
+        sleep, and then to at most URGENT_RETRY_S."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             self._wake.clear()
-            if urgent_only and not self._commands.empty():
-                return
-            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return
             try:
@@ -367,8 +383,10 @@ class Supervisor:
                     await self._wake.wait()
             except TimeoutError:
                 return
-            if not urgent_only:
+            if not backoff:
                 return
+            if not self._commands.empty() and deadline is not None:
+                deadline = min(deadline, loop.time() + URGENT_RETRY_S)
 
     def _fail_commands(self, error: Exception) -> None:
         while not self._commands.empty():

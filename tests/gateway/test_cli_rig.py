@@ -1,0 +1,105 @@
+"""The CLI as a user runs it against the rig: `awgw scan`, `pair`, `valve ... open`, then
+`state --json` shows that valve open; once acting directly on the radio, once through the
+daemon's control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.sim.rig import Rig
+
+pytestmark = [pytest.mark.rig, pytest.mark.rig_options(controllers=2)]
+FIRST, SECOND = "C0:FF:EE:00:00:00", "C0:FF:EE:00:00:01"
+
+
+class Cli:
+    def __init__(self, rig: Rig, state_dir: Path) -> None:
+        config = state_dir / "config.toml"
+        config.write_text("[link]\nrefresh_period_s = 5\nconnect_timeout_s = 8\n")
+        self.env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": rig.bus_address,
+                    "AWGW_STATE_DIR": str(state_dir), "AWGW_CONFIG": str(config)}
+
+    async def run(self, *args: str, expect: int = 0) -> Any:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", *args, env=self.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == expect, (args, proc.returncode, err.decode()[-1500:])
+        if "--json" in args and expect == 0:
+            return json.loads(out.decode().strip().splitlines()[-1])
+        return err.decode()
+
+
+@pytest.fixture
+async def cli(rig: Rig, tmp_path: Path) -> AsyncIterator[Cli]:
+    yield Cli(rig, tmp_path)
+
+
+async def _flow(cli: Cli) -> None:
+    found = await cli.run("scan", "--json")
+    by_address = {entry["address"]: entry for entry in found}
+    assert {FIRST, SECOND} <= set(by_address)
+    assert by_address[FIRST]["name"] == "AutoWatering" and by_address[FIRST]["rssi"] < 0
+    paired = await cli.run("pair", FIRST, "--json")
+    assert paired["address"] == FIRST and paired["bonded"] and paired["firmware_version"]
+    opened = await cli.run("valve", FIRST, "2", "open", "--minutes", "5", "--json")
+    assert opened["ok"] and opened["status"] == "confirmed", opened
+    state = await cli.run("state", FIRST, "--json")
+    assert state["address"] == FIRST and state["firmware_version"] == "3.1.0"
+    assert state["fresh"] is True
+    assert {v["channel"]: v["open"] for v in state["valves"]} == {
+        ch: ch == 2 for ch in range(8)}
+    assert state["current_task"]["channel"] == 2
+    assert state["system_status"]["name"] == "OK" and state["alarm"]["active"] is False
+    assert state["flow"] is not None and state["task_queue"] is not None
+    devices = await cli.run("devices", "--json")
+    assert [d["address"] for d in devices] == [FIRST] and devices[0]["bonded"]
+    closed = await cli.run("valve", FIRST, "2", "close", "--json")
+    assert closed["ok"], closed
+
+
+async def test_cli_direct_scan_pair_valve_state(cli: Cli) -> None:
+    await _flow(cli)
+    # Typed, clear errors with exit codes a script can act on.
+    assert "not a paired controller" in await cli.run("state", SECOND, "--json", expect=3)
+    assert "out of range" in await cli.run("valve", FIRST, "9", "open", "--minutes", "1",
+                                           expect=2)
+    assert "--minutes" in await cli.run("valve", FIRST, "1", "open", expect=2)
+    unpaired = await cli.run("unpair", FIRST, "--json")
+    assert unpaired["address"] == FIRST and not unpaired["bonded"]
+    assert await cli.run("devices", "--json") == []
+
+
+async def test_cli_through_the_daemon(cli: Cli, tmp_path: Path) -> None:
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "daemon", env=cli.env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    socket = tmp_path / "control.sock"
+    err = b""
+    try:
+        async with asyncio.timeout(20):
+            while not socket.is_socket():
+                await asyncio.sleep(0.1)
+        assert oct(socket.stat().st_mode & 0o777) == "0o660"
+        try:
+            await _flow(cli)
+            devices = await cli.run("devices", "--json")
+            assert devices[0]["link"] is not None  # answered by the daemon's supervisor
+        finally:
+            daemon.terminate()
+            _, err = await asyncio.wait_for(daemon.communicate(), 30)
+    except BaseException:
+        print(err.decode()[-6000:])
+        raise
+    events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    names = {e["event"] for e in events}
+    assert {"daemon_starting", "controller_paired", "command_done", "daemon_stopped"} <= names
+    assert daemon.returncode in (0, -15)
