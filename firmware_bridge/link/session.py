@@ -185,34 +185,40 @@ class ControllerSession:
         self._env = EnvDataReassembler()
         self._history = UnifiedReassembler()
         self._history_done: asyncio.Future[HistoryResult] | None = None
-        self._raw = {uuid: RawSplitReassembler(size) for uuid, size in FIXED_SIZES.items()}
+        # Only values longer than one notification can be split (8.5); at MTU 247 none are,
+        # and a short frame is then a malformed one, not half of a value.
+        self._raw = {uuid: RawSplitReassembler(size) for uuid, size in FIXED_SIZES.items()
+                     if size > link.mtu - 3}
         self._log = log.bind(address=link.address)
+        # Set once a command can be sent and its confirmation seen (essential subscriptions
+        # in, current task and queue known).
+        self.commands_ready = asyncio.Event()
 
     # ---- bring-up --------------------------------------------------------------------------
 
     async def bring_up(self) -> None:
-        """The connection bring-up of device-ble.md 9.1; raises on link failures."""
+        """The connection bring-up of device-ble.md 9.1; raises on link failures. The
+        subscriptions commands are confirmed by come first, so a waiting command can go out
+        (``commands_ready``) while the rest of the snapshot is still being read."""
         if self.link.mtu < EXPECTED_MTU:
             self._log.warning("mtu_below_expected", mtu=self.link.mtu, expected=EXPECTED_MTU)
         version = (await self._read(uuids.DIS_FIRMWARE_REVISION)).decode("utf-8", "replace")
         self._emit(Field.FIRMWARE_VERSION, version, Source.SNAPSHOT)
+        await self._subscribe_all(ESSENTIAL_SUBSCRIPTIONS)
+        # Alarm's read buffer only fills while subscribed (5.7); read after subscribing.
+        for uuid in (uuids.CURRENT_TASK, uuids.TASK_QUEUE, uuids.ALARM_STATUS):
+            await self._poll(uuid, Source.SNAPSHOT)
+        self.commands_ready.set()
         if self.link.has(uuids.DIS_SERIAL_NUMBER):
             serial = (await self._read(uuids.DIS_SERIAL_NUMBER)).decode("utf-8", "replace")
             self._emit(Field.SERIAL, serial, Source.SNAPSHOT)
-        await self._poll(uuids.BULK_SYNC, Source.SNAPSHOT)
         config = await self._poll(uuids.SYSTEM_CONFIG, Source.SNAPSHOT)
         if isinstance(config, SystemConfig):
             self.num_channels = min(max(config.num_channels, 1), 8)
             self.pulses_per_litre = config.flow_calibration or 750
-        for uuid in (*ESSENTIAL_SUBSCRIPTIONS, *P1_SUBSCRIPTIONS):
-            if self.link.has(uuid):
-                async with self._lock.hold(PriorityLock.BACKGROUND):
-                    await self._timed(self.link.subscribe(uuid, self._on_notify))
-                await asyncio.sleep(SUBSCRIBE_SPACING_S)
-        # Most characteristics push nothing on subscribe and Alarm's read buffer only fills
-        # while subscribed (5.7): read everything once now.
-        for uuid in (uuids.SYSTEM_STATUS, uuids.CURRENT_TASK, uuids.TASK_QUEUE,
-                     uuids.ALARM_STATUS, uuids.FLOW_SENSOR, uuids.RTC_CONFIG,
+        await self._subscribe_all(P1_SUBSCRIPTIONS)
+        # Most characteristics push nothing on subscribe: read each once now.
+        for uuid in (uuids.SYSTEM_STATUS, uuids.FLOW_SENSOR, uuids.RTC_CONFIG,
                      uuids.TIMEZONE_CONFIG, uuids.ENVIRONMENTAL_DATA, uuids.RAIN_DATA,
                      uuids.DIAGNOSTICS):
             await self._poll(uuid, Source.SNAPSHOT)
@@ -223,6 +229,16 @@ class ControllerSession:
                 value = await self.read_selected(uuids.CHANNEL_CONFIG, channel)
                 if isinstance(value, ChannelConfig):
                     self.channels[value.channel_id] = value
+        # The Bulk Snapshot last: it is what marks the controller's state as refreshed, so
+        # it must not predate the rest of the snapshot.
+        await self._poll(uuids.BULK_SYNC, Source.SNAPSHOT)
+
+    async def _subscribe_all(self, wanted: tuple[str, ...]) -> None:
+        for uuid in wanted:
+            if self.link.has(uuid):
+                async with self._lock.hold(PriorityLock.BACKGROUND):
+                    await self._timed(self.link.subscribe(uuid, self._on_notify))
+                await asyncio.sleep(SUBSCRIBE_SPACING_S)
 
     # ---- steady state ----------------------------------------------------------------------
 

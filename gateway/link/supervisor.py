@@ -172,9 +172,12 @@ class Supervisor:
                     continue
             started = loop.time()
             try:
-                await self._visit()
+                synced = await self._visit()
                 self._attempt = 0
-                next_visit = started + self.settings.refresh_period_s * VISIT_LEAD
+                # A visit pre-empted before its snapshot finished comes back as soon as a
+                # slot frees up; a complete one waits for its turn.
+                next_visit = (started + self.settings.refresh_period_s * VISIT_LEAD if synced
+                              else loop.time())
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 delay = await self._on_failure(exc)
                 if delay is None:
@@ -225,7 +228,8 @@ class Supervisor:
                 f"reset or its 5 bond slots are full). Clear the bond on the controller if it "
                 f"was reset, then run: awgw unpair {self.address} && awgw pair {self.address}")
 
-    async def _visit(self) -> None:
+    async def _visit(self) -> bool:
+        """One connection; True if the full snapshot was taken."""
         urgent = not self._commands.empty()
         self._set(LinkState.WAITING_SLOT)
         async with self.scheduler.slot(self.address, Priority.URGENT if urgent
@@ -239,13 +243,13 @@ class Supervisor:
                 link = await self.connector(self.address, self.settings.connect_timeout_s,
                                             self._link_lost.set)
             try:
-                await self._serve(link, lease)
+                return await self._serve(link, lease)
             finally:
                 self.session = None
                 self.store.set_link(self.address, "disconnected")
                 await link.disconnect()
 
-    async def _serve(self, link: GattLink, lease: Lease) -> None:
+    async def _serve(self, link: GattLink, lease: Lease) -> bool:
         loop = asyncio.get_running_loop()
         names_due = self._names_at is None or loop.time() - self._names_at > NAMES_EVERY_S
         plan = PollPlan(read_channel_names=names_due, time_zone=self.settings.time_zone).scaled(
@@ -253,50 +257,68 @@ class Supervisor:
         session = ControllerSession(link, plan=plan)
         self._set(LinkState.SYNCING)
         self.store.set_link(self.address, "syncing")
-        end = asyncio.Event()  # set when the visit is over by design (release, pre-emption)
+        end = asyncio.Event()  # the visit is over by design (released, pre-empted)
+        synced = asyncio.Event()  # the full snapshot is in
         try:
             async with asyncio.TaskGroup() as tasks:
                 children = [
                     tasks.create_task(self._pump(session), name=f"pump {self.address}"),
                     tasks.create_task(self._watch_link(lease, end),
-                                      name=f"watch {self.address}")]
-                await session.bring_up()
-                if names_due:
-                    self._names_at = loop.time()
-                self._record_seen(session)
-                self.session = session
-                self._set(LinkState.CONNECTED)
-                self.store.set_link(self.address, "connected")
-                if self.policy is LinkPolicy.KEEP:
-                    children.append(tasks.create_task(session.run(),
-                                                      name=f"poll {self.address}"))
-                children.append(tasks.create_task(self._serve_commands(session, lease, end),
-                                                  name=f"commands {self.address}"))
+                                      name=f"watch {self.address}"),
+                    tasks.create_task(self._sync(session, synced, names_due),
+                                      name=f"sync {self.address}"),
+                    # Commands start as soon as the essential subscriptions are in; their
+                    # GATT operations go ahead of the rest of the snapshot (priority lock).
+                    tasks.create_task(self._serve_commands(session, lease, end, synced),
+                                      name=f"commands {self.address}")]
                 # Ending by design is not an exception: an external cancel arriving now must
                 # still propagate, which a TaskGroup folding child errors would not guarantee.
                 await end.wait()
                 for child in children:
                     child.cancel()
+            return synced.is_set()
         except BaseExceptionGroup as group:
             # The first real failure is what ended the visit; the rest are its echoes (other
             # tasks failing on the same dead link). Classification wants that one exception.
             raise _leaves(group)[0] from None
 
+    async def _sync(self, session: ControllerSession, synced: asyncio.Event,
+                    names_due: bool) -> None:
+        await session.bring_up()
+        if names_due:
+            self._names_at = asyncio.get_running_loop().time()
+        self._record_seen(session)
+        self.session = session
+        self._set(LinkState.CONNECTED)
+        self.store.set_link(self.address, "connected")
+        synced.set()
+        if self.policy is LinkPolicy.KEEP:
+            await session.run()
+
     async def _serve_commands(self, session: ControllerSession, lease: Lease,
-                              end: asyncio.Event) -> None:
+                              end: asyncio.Event, synced: asyncio.Event) -> None:
+        await session.commands_ready.wait()
         served = False
         while True:
             if self._commands.empty():
-                self.scheduler.demote(lease)
-                if self.policy is LinkPolicy.SHARE:
+                if self.policy is LinkPolicy.SHARE and synced.is_set():
+                    self.scheduler.demote(lease)
                     if served:
                         # Notifications of a command's effects trail its confirmation; read
                         # them before letting go so the store is consistent, not half-old.
                         await session.refresh()
                     end.set()  # snapshot taken, commands done: release the link
                     return
+                if synced.is_set():
+                    self.scheduler.demote(lease)
                 self._wake.clear()
-                await self._wake.wait()
+                waits = {asyncio.ensure_future(self._wake.wait()),
+                         asyncio.ensure_future(synced.wait())}
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waits:
+                        waiter.cancel()
                 continue
             command = self._commands.get_nowait()
             if command.future.done():

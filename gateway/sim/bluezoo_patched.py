@@ -13,7 +13,8 @@ Fixes:
    updated; a vanished GATT application or a removed adapter drops its links.
 4. Every adapter claims the central role: only the gateway's adapter does now.
 5. A controller that does not advertise (connected elsewhere, busy with the phone app) cannot
-   be connected to: Connect fails like BlueZ's ``le-connection-abort-by-local``.
+   be connected to: Connect waits for it to advertise, then fails like BlueZ's
+   ``le-connection-abort-by-local``.
 6. Pairing supports only a NoInputNoOutput agent (anything else raises NotImplementedError)
    and fails with no agent: Just Works now pairs with any agent or none, and a controller
    started with ``--passkey ADDR=NNNNNN`` asks the central's agent for the passkey
@@ -123,7 +124,13 @@ def _fix_connect_disconnect() -> None:
         if self.connected:
             return
         if self.is_le and not self.peer_adapter.advertisements:
-            await asyncio.sleep(_connect_fail_delay)
+            # Like BlueZ's LE create-connection: wait for the peer to advertise again (it
+            # does ~0.8 s after its previous link ended) and give up after the delay.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _connect_fail_delay
+            while not self.peer_adapter.advertisements and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        if self.is_le and not self.peer_adapter.advertisements:
             # BlueZ reports Connected=True then False around this error (bleak waits for
             # that before it retries the Connect).
             await self.Connected.set_async(True)
