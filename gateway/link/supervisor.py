@@ -312,8 +312,9 @@ class Supervisor:
                 if synced.is_set():
                     self.scheduler.demote(lease)
                 self._wake.clear()
-                waits = {asyncio.ensure_future(self._wake.wait()),
-                         asyncio.ensure_future(synced.wait())}
+                waits = {asyncio.ensure_future(self._wake.wait())}
+                if not synced.is_set():
+                    waits.add(asyncio.ensure_future(synced.wait()))
                 try:
                     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:

@@ -98,6 +98,9 @@ class ControllerConfig:
     nominal_pps: tuple[int, ...] = (25, 20, 23, 30, 18, 22, 26, 24)
     state_dir: str = ""
     factory_image_size: int = 24_000
+    # Benchmarks: write "<uuid> <hex value> <monotonic ns>" per notification as it leaves the
+    # link model, so a central can measure its own latency beyond the modelled air time.
+    trace_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -186,6 +189,8 @@ class VirtualController:
             buf_size=config.buf_size, buf_count=config.buf_count,
             mcumgr_params=config.mcumgr_params, indefinite_cbor=config.indefinite_cbor))
         self.model = self._new_model()
+        self._trace = (open(Path(config.trace_dir) / f"{config.address}.trace", "a",  # noqa: SIM115 - lives as long as the controller
+                            buffering=1) if config.trace_dir else None)
 
     def _new_model(self) -> IrrigationModel:
         schedules: tuple[Schedule, ...] = ()
@@ -336,6 +341,8 @@ class VirtualController:
         if char is None or not char.notifying or self.connected_device is None:
             return
         await self.link.transmit(len(value))
+        if self._trace is not None:
+            self._trace.write(f"{uuid} {value.hex()} {time.monotonic_ns()}\n")
         self._confirmed.clear()
         self._last_sent[uuid] = time.monotonic()
         char.set_value(value)

@@ -1,0 +1,190 @@
+"""Notification -> typed state event latency and CPU cost of the gateway, next to bare bleak,
+measured side by side in one run on the virtual rig.
+
+    .venv/bin/python bench/relay_latency.py [--controllers 10] [--seconds 20]
+
+Each virtual controller writes the moment every notification leaves its link model (so the
+modelled air time is excluded). Phase A subscribes with bare bleak clients and timestamps the
+callbacks; phase B runs the gateway's connection manager (keep-connected links) and takes the
+timestamp of each typed StateEvent. Latency = that timestamp minus the controller's. CPU is this
+process's CPU time over each window. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bleak import BleakClient
+
+from firmware_bridge.gatt import uuids
+from firmware_bridge.link.state import Field, Source, StateEvent
+from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
+from gateway.link.manager import ConnectionManager
+from gateway.link.supervisor import LinkState
+from gateway.operations import pair_on_radio
+from gateway.registry import Registry
+from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.rig import Rig, RigOptions
+
+MEASURED = {Field.CURRENT_TASK: uuids.CURRENT_TASK, Field.FLOW: uuids.FLOW_SENSOR}
+TraceKey = tuple[str, str, str]  # address, uuid, value hex
+
+
+def read_traces(trace_dir: Path) -> dict[TraceKey, deque[int]]:
+    sent: dict[TraceKey, deque[int]] = defaultdict(deque)
+    for path in sorted(trace_dir.glob("*.trace")):
+        address = path.stem
+        for line in path.read_text().splitlines():
+            uuid, value, ns = line.split()
+            sent[(address, uuid, value)].append(int(ns))
+    return sent
+
+
+def match(received: list[tuple[TraceKey, int]], sent: dict[TraceKey, deque[int]]
+          ) -> list[float]:
+    """Pair each reception with the latest send of the same bytes that precedes it."""
+    latencies = []
+    for key, at_ns in sorted(received, key=lambda r: r[1]):
+        queue = sent.get(key)
+        best = None
+        while queue and queue[0] <= at_ns:
+            best = queue.popleft()
+        if best is not None:
+            latencies.append((at_ns - best) / 1e6)
+    return latencies
+
+
+def summary(latencies: list[float], cpu_s: float, wall_s: float, count: int) -> dict[str, Any]:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
+    return {"notifications": count, "matched": len(latencies),
+            "rate_per_s": round(count / wall_s, 1),
+            "p50_ms": round(statistics.median(ordered), 3) if ordered else None,
+            "p99_ms": round(p99, 3), "cpu_s": round(cpu_s, 3),
+            "cpu_ms_per_1000": round(cpu_s * 1e6 / max(count, 1), 1),
+            "core_percent": round(100 * cpu_s / wall_s, 2)}
+
+
+async def start_watering(manager: ConnectionManager, addresses: list[str]) -> None:
+    for i, address in enumerate(addresses):
+        outcome = await manager.command(address, "bench water",
+                                        lambda s, ch=i % 8: s.open_valve(ch, 60))
+        assert outcome.ok, outcome
+
+
+async def bare_bleak(addresses: list[str], seconds: float) -> tuple[list[tuple[TraceKey, int]],
+                                                                     float]:
+    received: list[tuple[TraceKey, int]] = []
+    clients = []
+    for address in addresses:
+        client = BleakClient(address, bluez={"adapter": "hci0"}, timeout=15)
+        await client.connect()
+        clients.append(client)
+    cpu0 = time.process_time()
+    for client, address in zip(clients, addresses, strict=True):
+        for uuid in MEASURED.values():
+            def callback(_c: Any, data: bytearray, address: str = address,
+                         uuid: str = uuid) -> None:
+                received.append(((address, uuid, bytes(data).hex()), time.monotonic_ns()))
+            await client.start_notify(uuid, callback)
+    await asyncio.sleep(seconds)
+    cpu = time.process_time() - cpu0
+    for client in clients:
+        await client.disconnect()
+    return received, cpu
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: GatewayConfig, registry: Registry
+                          ) -> AsyncIterator[ConnectionManager]:
+    manager = ConnectionManager(config, registry)
+    task = asyncio.create_task(manager.run(), name="gateway under bench")
+    try:
+        await manager.ready.wait()
+        while not all(s.state is LinkState.CONNECTED for s in manager.supervisors.values()):
+            await asyncio.sleep(0.1)
+        yield manager
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def gateway(manager: ConnectionManager, seconds: float
+                  ) -> tuple[list[tuple[TraceKey, int]], float]:
+    queue = manager.store.subscribe()
+    received: list[tuple[TraceKey, int]] = []
+    cpu0 = time.process_time()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            event = await asyncio.wait_for(queue.get(), left)
+        except TimeoutError:
+            break
+        if isinstance(event, StateEvent) and event.source is Source.NOTIFY \
+                and event.field in MEASURED:
+            raw = event.value.encode()  # type: ignore[union-attr]
+            received.append(((event.address, MEASURED[event.field], raw.hex()),
+                             int(event.monotonic * 1e9)))
+    return received, time.process_time() - cpu0
+
+
+async def main(controllers: int, seconds: float, watering: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        traces = tmp / "traces"
+        traces.mkdir()
+        template = ControllerConfig(0, 0, "", trace_dir=str(traces))
+        async with Rig(RigOptions(controllers=controllers, template=template)) as rig:
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = rig.bus_address
+            addresses = [h.address for h in rig.controllers]
+            config = GatewayConfig(state_dir=tmp / "gw", link=LinkSettings(
+                max_links=controllers, refresh_period_s=60, default_policy=LinkPolicy.KEEP))
+            registry = Registry(config.registry_path)
+            for address in addresses:
+                await pair_on_radio(config, registry, address, None)
+            # Start the watering whose progress notifications are the load (60 min tasks).
+            async with running_gateway(config, registry) as manager:
+                await start_watering(manager, addresses[:watering])
+            await asyncio.sleep(1.5)  # the controllers advertise again
+            received_a, cpu_a = await bare_bleak(addresses, seconds)
+            await asyncio.sleep(1.5)
+            async with running_gateway(config, registry) as manager:
+                await asyncio.sleep(2)  # past the bring-up snapshots
+                received_b, cpu_b = await gateway(manager, seconds)
+            sent = read_traces(traces)
+            a = summary(match(received_a, sent), cpu_a, seconds, len(received_a))
+            sent = read_traces(traces)
+            b = summary(match(received_b, sent), cpu_b, seconds, len(received_b))
+    result = {"controllers": controllers, "seconds": seconds, "bleak": a, "gateway": b,
+              "p99_ratio_gateway_to_bleak": round(b["p99_ms"] / a["p99_ms"], 2)
+              if a["p99_ms"] else None,
+              "cpu_ratio_gateway_to_bleak": round(b["cpu_s"] / a["cpu_s"], 2)
+              if a["cpu_s"] else None,
+              "goal_p99_ms": 20, "goal_core_percent": 2}
+    for name, row in (("bare bleak", a), ("gateway", b)):
+        print(f"{name:>10}: {row['rate_per_s']}/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms,"
+              f" {row['cpu_ms_per_1000']} ms CPU per 1000, {row['core_percent']} % of a core")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--controllers", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--watering", type=int, default=5,
+                        help="controllers watering during the run; each notifies ~10/s, so 5 "
+                             "of them make the 50/s of the goal")
+    args = parser.parse_args()
+    asyncio.run(main(args.controllers, args.seconds, args.watering))
