@@ -56,6 +56,22 @@ class PairingAgent(ServiceInterface):
             raise DBusError(REJECTED, "no pairing window is open for this device")
         return window
 
+    # The decisions, as plain methods (dbus-fast's @method wrappers do not return values to a
+    # Python caller, so tests exercise these).
+
+    def passkey_for(self, device: str) -> int:
+        window = self._check("passkey", device)
+        if window.passkey is None:
+            raise DBusError(REJECTED, "the controller asks for a passkey: "
+                                      "run awgw pair ADDRESS --passkey NNNNNN")
+        log.info("pairing_passkey_supplied", device=device, passkey=window.passkey)
+        return window.passkey
+
+    def confirm(self, device: str, passkey: int) -> None:
+        window = self._check("confirmation", device)
+        if window.passkey is not None and window.passkey != passkey:
+            raise DBusError(REJECTED, "numeric comparison does not match the given passkey")
+
     @method()
     def Release(self) -> None:
         self.window = None
@@ -73,12 +89,7 @@ class PairingAgent(ServiceInterface):
 
     @method()
     def RequestPasskey(self, device: DBusObjectPath) -> DBusUInt32:
-        window = self._check("passkey", device)
-        if window.passkey is None:
-            raise DBusError(REJECTED, "the controller asks for a passkey: "
-                                      "run awgw pair ADDRESS --passkey NNNNNN")
-        log.info("pairing_passkey_supplied", device=device, passkey=window.passkey)
-        return window.passkey
+        return self.passkey_for(device)
 
     @method()
     def DisplayPasskey(self, device: DBusObjectPath, passkey: DBusUInt32,
@@ -87,9 +98,7 @@ class PairingAgent(ServiceInterface):
 
     @method()
     def RequestConfirmation(self, device: DBusObjectPath, passkey: DBusUInt32) -> None:
-        window = self._check("confirmation", device)
-        if window.passkey is not None and window.passkey != passkey:
-            raise DBusError(REJECTED, "numeric comparison does not match the given passkey")
+        self.confirm(device, passkey)
 
     @method()
     def RequestAuthorization(self, device: DBusObjectPath) -> None:
