@@ -112,7 +112,8 @@ async def running_gateway(config: GatewayConfig, registry: Registry
     task = asyncio.create_task(manager.run(), name="gateway under bench")
     try:
         await manager.ready.wait()
-        while not all(s.state is LinkState.CONNECTED for s in manager.supervisors.values()):
+        while not all(s.state is LinkState.CONNECTED  # noqa: ASYNC110 - states have no event
+                      for s in manager.supervisors.values()):
             await asyncio.sleep(0.1)
         yield manager
     finally:

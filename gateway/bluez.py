@@ -31,7 +31,7 @@ async def _call(bus: MessageBus, path: str, interface: str, member: str, signatu
                 body: list[Any] | None = None) -> Message:
     reply = await bus.call(Message(destination=BLUEZ, path=path, interface=interface,
                                    member=member, signature=signature, body=body or []))
-    assert reply is not None  # noqa: S101 - bus.call returns None only for no-reply flags
+    assert reply is not None
     return reply
 
 

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--passkey", action="append", default=[], metavar="INDEX=NNNNNN",
                      help="that controller's firmware demands this pairing passkey")
 
-    from gateway.cli_link import add_link_commands, common_options  # noqa: PLC0415
+    from gateway.cli_link import add_link_commands, common_options
 
     add_link_commands(sub, common_options())
     return parser
@@ -185,7 +185,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from gateway.cli_link import (  # noqa: PLC0415 - the sim needs none of it
+    from gateway.cli_link import (
         LINK_COMMANDS,
         check_link_args,
         exit_code,

@@ -86,12 +86,12 @@ def check_link_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error("valve ... open needs --minutes M")
         if args.action == "close" and args.minutes is not None:
             parser.error("--minutes only goes with open")
-        if args.minutes is not None and not 1 <= args.minutes <= 1440:  # noqa: PLR2004
+        if args.minutes is not None and not 1 <= args.minutes <= 1440:
             parser.error(f"--minutes must be 1..1440, got {args.minutes}")
 
 
 def _passkey(text: str) -> int:
-    if len(text) != 6 or not text.isdigit():  # noqa: PLR2004 - BLE passkeys are 6 digits
+    if len(text) != 6 or not text.isdigit():
         raise argparse.ArgumentTypeError(f"passkey {text!r} is not 6 digits")
     return int(text)
 
@@ -101,7 +101,7 @@ def _channel(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"channel {text!r} is not a number") from None
-    if not (0 <= value <= 7 or value == 255):  # noqa: PLR2004
+    if not (0 <= value <= 7 or value == 255):
         raise argparse.ArgumentTypeError(f"channel {value} is out of range (0..7, 255 master)")
     return value
 

@@ -55,7 +55,7 @@ class TimezoneConfig:
     dst_end_month: int = 0
     dst_end_week: int = 0
     dst_end_dow: int = 0
-    dst_offset_minutes: OffsetMinutes = OffsetMinutes(0)
+    dst_offset_minutes: int = 0
 
     @classmethod
     def decode(cls, data: bytes | bytearray) -> TimezoneConfig:

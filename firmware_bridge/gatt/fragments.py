@@ -48,8 +48,8 @@ def write_fragments(channel_id: int, payload: bytes, *,
         raise EncodeError(f"fragmented payload must be 2..128 bytes, got {len(payload)}")
     if fragment_size < WRITE_HEADER.size + 2:
         raise EncodeError(f"fragment size {fragment_size} leaves no room for data")
-    size_field = (struct.pack(">H", len(payload)) if frag_type == WriteFragmentType.FULL_STRUCT_BE_SIZE
-                  else struct.pack("<H", len(payload)))
+    big_endian = frag_type == WriteFragmentType.FULL_STRUCT_BE_SIZE
+    size_field = struct.pack(">H" if big_endian else "<H", len(payload))
     first_data = min(fragment_size - WRITE_HEADER.size, len(payload) - 2)
     frames = [bytes([channel_id, int(frag_type)]) + size_field + payload[:first_data]]
     rest = payload[first_data:]
@@ -204,5 +204,6 @@ class RawSplitReassembler:
             return None
         data, self._buffer = bytes(self._buffer), bytearray()
         if len(data) != self.size:
-            raise GattDecodeError(f"raw split overran: {len(data)} bytes for a {self.size}-byte value")
+            raise GattDecodeError(
+                f"raw split overran: {len(data)} bytes for a {self.size}-byte value")
         return data

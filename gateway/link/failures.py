@@ -114,7 +114,7 @@ def classify(exc: BaseException) -> Failure:
     return Failure(kind, POLICIES[kind], f"{type(exc).__name__}: {exc}")
 
 
-def _kind(exc: BaseException) -> FailureClass:  # noqa: PLR0911 - one table, one return each
+def _kind(exc: BaseException) -> FailureClass:
     if isinstance(exc, AttRefused):
         if exc.code in ATT_AUTHENTICATION:
             return FailureClass.AUTHENTICATION

@@ -74,8 +74,8 @@ class AdapterRecovery:
             try:
                 await self._power_cycle()
             except (DBusError, OSError) as exc:
-                log.error("adapter_power_cycle_failed", adapter=self.adapter, error=str(exc),
-                          remedy="sudo systemctl restart bluetooth")
+                log.exception("adapter_power_cycle_failed", adapter=self.adapter,
+                              error=str(exc), remedy="sudo systemctl restart bluetooth")
                 return "power_cycle_failed"
             return "power_cycle"
         if self._allowed("restart", RESTART_EVERY_S):

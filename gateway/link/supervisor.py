@@ -178,7 +178,7 @@ class Supervisor:
                 # slot frees up; a complete one waits for its turn.
                 next_visit = (started + self.settings.refresh_period_s * VISIT_LEAD if synced
                               else loop.time())
-            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+            except Exception as exc:
                 delay = await self._on_failure(exc)
                 if delay is None:
                     return
@@ -208,7 +208,7 @@ class Supervisor:
                                   error=failure.summary, action="remove_bond_and_repair")
                 try:
                     await self.repairer(self.address)
-                except Exception as repair_exc:  # noqa: BLE001 - classified on the next lap
+                except Exception as repair_exc:
                     self._log.warning("repair_failed", error=str(repair_exc))
                 return 0.0
             self._set(LinkState.BOND_LOST)
@@ -391,11 +391,11 @@ class Supervisor:
             self._log.debug("link_state", state=state.value, previous=self.state.value)
             self.state = state
 
-    async def _sleep_until_woken(self, timeout: float | None, *, backoff: bool = False) -> None:
-        """Sleep until woken or ``timeout``. In a backoff only a command waiting shortens the
+    async def _sleep_until_woken(self, seconds: float | None, *, backoff: bool = False) -> None:
+        """Sleep until woken or for ``seconds``. In a backoff only a command waiting shortens the
         sleep, and then to at most URGENT_RETRY_S."""
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if seconds is None else loop.time() + seconds
         while True:
             self._wake.clear()
             remaining = None if deadline is None else deadline - loop.time()

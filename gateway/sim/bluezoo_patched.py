@@ -128,7 +128,7 @@ def _fix_connect_disconnect() -> None:
             # does ~0.8 s after its previous link ended) and give up after the delay.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + _connect_fail_delay
-            while not self.peer_adapter.advertisements and loop.time() < deadline:
+            while not self.peer_adapter.advertisements and loop.time() < deadline:  # noqa: ASYNC110 - bluezoo has no event for it
                 await asyncio.sleep(0.05)
         if self.is_le and not self.peer_adapter.advertisements:
             # BlueZ reports Connected=True then False around this error (bleak waits for

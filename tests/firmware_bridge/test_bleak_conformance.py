@@ -19,14 +19,14 @@ from gateway.sim.rig import Rig
 
 
 def test_acquire_mtu_is_a_no_argument_coroutine_on_the_bluez_backend() -> None:
-    method = BleakClientBlueZDBus._acquire_mtu  # noqa: SLF001 - the attribute under test
+    method = BleakClientBlueZDBus._acquire_mtu
     assert inspect.iscoroutinefunction(method)
     assert list(inspect.signature(method).parameters) == ["self"]
 
 
 def test_bleak_client_keeps_its_backend_in_underscore_backend() -> None:
     client = BleakClient("C0:FF:EE:00:00:00", bluez={"adapter": "hci0"})
-    assert isinstance(client._backend, BleakClientBlueZDBus)  # noqa: SLF001
+    assert isinstance(client._backend, BleakClientBlueZDBus)
 
 
 @pytest.mark.rig

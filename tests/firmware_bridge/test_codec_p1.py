@@ -150,11 +150,10 @@ def test_write_fragments_obey_the_firmware_rules(payload: bytes, size: int) -> N
     assert b"".join([frames[0][4:], *frames[1:]]) == payload
 
 
-def test_write_fragments_refuse_what_the_device_cannot_take() -> None:
-    for bad in (lambda: write_fragments(8, bytes(76)), lambda: write_fragments(0, bytes(129)),
-                lambda: write_fragments(0, b"x")):
-        with pytest.raises(EncodeError):
-            bad()
+@pytest.mark.parametrize(("channel", "payload"), [(8, bytes(76)), (0, bytes(129)), (0, b"x")])
+def test_write_fragments_refuse_what_the_device_cannot_take(channel: int, payload: bytes) -> None:
+    with pytest.raises(EncodeError):
+        write_fragments(channel, payload)
 
 
 def test_v21_history_query_response_and_notices() -> None:

@@ -5,14 +5,16 @@ replies) recovered without a restart, each logged with its class."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from firmware_bridge.gatt import uuids
 from firmware_bridge.gatt.codec import BulkSync
 from firmware_bridge.link.state import StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
@@ -55,9 +57,9 @@ def refreshes(queue: asyncio.Queue[StateEvent]) -> list[StateEvent]:
     return found
 
 
-async def until(predicate: Callable[[], bool], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def until(predicate: Callable[[], bool], limit_s: float) -> None:
+    async with asyncio.timeout(limit_s):
+        while not predicate():  # noqa: ASYNC110 - polls state that has no event
             await asyncio.sleep(0.05)
 
 
@@ -89,14 +91,14 @@ async def test_six_controllers_three_slots_fresh_and_prompt(rig: Rig, tmp_path: 
     for handle in rig.controllers:
         times = sorted(e.monotonic for e in seen if e.address == handle.address)
         assert times, f"{handle.address} never refreshed"
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(times) >= 4 and max(gaps) <= period, (handle.address, gaps)
     # A command goes ahead of background syncs: well under one refresh period.
     assert max(latencies) < 3.0, latencies
 
 
 async def _recovered(manager: ConnectionManager, address: str, after: float,
-                     timeout: float = 40) -> None:
+                     limit_s: float = 40) -> None:
     store = manager.store
 
     def fresh_again() -> bool:
@@ -104,7 +106,7 @@ async def _recovered(manager: ConnectionManager, address: str, after: float,
         return (manager.supervisors[address].state is LinkState.CONNECTED
                 and view.last_refresh is not None and view.last_refresh > after)
 
-    await until(fresh_again, timeout)
+    await until(fresh_again, limit_s)
 
 
 FAULTS: list[tuple[str, dict[str, Any], set[str]]] = [
@@ -146,7 +148,7 @@ async def test_fault_matrix_recovers_without_restart(rig: Rig, tmp_path: Path) -
         problems = manager.store.view(address).decode_problems
         with capture_logs() as logs:
             await manager.command(address, "open", lambda s: s.open_valve(4, 1))
-            await rig.fault(0, "corrupt_notification", uuid="12345678-1234-5678-1234-56789abcdeff")
+            await rig.fault(0, "corrupt_notification", uuid=uuids.CURRENT_TASK)
             await until(lambda: manager.store.view(address).decode_problems > problems, 10)
         assert any(e["event"] == "decode_problem" for e in logs)
         assert manager.supervisors[address].state is LinkState.CONNECTED

@@ -180,10 +180,13 @@ class IrrigationModel:
             uuids.RAIN_DATA: lambda: RainData(0, 0, 0, 0, 0, 0, 1, 80).encode(),  # type: ignore[arg-type]
             uuids.DIAGNOSTICS: lambda: Diagnostics(
                 self.uptime_s() // 60, 0, 0, self.valve_states, None).encode(),
-            uuids.CHANNEL_CONFIG: lambda: self.channel_config(self._selected(uuids.CHANNEL_CONFIG)).encode(),
-            uuids.SCHEDULE_CONFIG: lambda: self.schedule(self._selected(uuids.SCHEDULE_CONFIG)).encode(),
+            uuids.CHANNEL_CONFIG: lambda: self.channel_config(
+                self._selected(uuids.CHANNEL_CONFIG)).encode(),
+            uuids.SCHEDULE_CONFIG: lambda: self.schedule(
+                self._selected(uuids.SCHEDULE_CONFIG)).encode(),
             uuids.STATISTICS: lambda: self.statistics(self._selected(uuids.STATISTICS)).encode(),
-            uuids.HYDRAULIC_STATUS: lambda: self.hydraulic(self._selected(uuids.HYDRAULIC_STATUS)).encode(),
+            uuids.HYDRAULIC_STATUS: lambda: self.hydraulic(
+                self._selected(uuids.HYDRAULIC_STATUS)).encode(),
             uuids.HISTORY: lambda: bytes(32),
         }
         return readers[uuid]()
@@ -331,7 +334,8 @@ class IrrigationModel:
         if query.channel_id >= 8 and query.channel_id != NO_CHANNEL:
             raise AttError(ATT_VALUE_NOT_ALLOWED, "history channel out of range")
         if query.history_type != HistoryType.DETAILED:
-            self.on_change(uuids.HISTORY, UnifiedHeader(int(query.history_type), 0, 0, 0, 1, 0).encode())
+            self.on_change(uuids.HISTORY,
+                           UnifiedHeader(int(query.history_type), 0, 0, 0, 1, 0).encode())
             return
         channel = 0 if query.channel_id == NO_CHANNEL else query.channel_id
         count = min(max(query.count, 1), 50)
@@ -503,7 +507,8 @@ class IrrigationModel:
             self.completed += 1
             target = task.target if task.mode == TaskMode.VOLUME else volume
             self.history.append(DetailedEntry(
-                UnixSeconds(self.utc_now()), task.channel, 1, task.mode, Millilitres(min(target, 0xFFFF)),
+                UnixSeconds(self.utc_now()), task.channel, 1, task.mode,
+                Millilitres(min(target, 0xFFFF)),
                 Millilitres(min(volume, 0xFFFF)), Millilitres(min(volume, 0xFFFF)), 0, True, 0,
                 int(volume / max(task.elapsed_s, 1))))
         self._set_valve(task.channel, False)

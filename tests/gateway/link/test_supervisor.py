@@ -54,9 +54,9 @@ def make(tmp_path: Path, radio: Radio, policy: LinkPolicy = LinkPolicy.KEEP,
     return sup, store
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def wait_for(predicate: Callable[[], bool], limit_s: float = 5.0) -> None:
+    async with asyncio.timeout(limit_s):
+        while not predicate():  # noqa: ASYNC110 - polls state that has no event
             await asyncio.sleep(0.01)
 
 
@@ -143,7 +143,7 @@ async def test_share_policy_releases_after_each_visit_and_comes_back(tmp_path: P
     sup, store = make(tmp_path, radio, LinkPolicy.SHARE)
     task = asyncio.create_task(sup.run())
     try:
-        await wait_for(lambda: len(radio.links) >= 2, timeout=5)
+        await wait_for(lambda: len(radio.links) >= 2, limit_s=5)
         assert not radio.links[0].connected  # released between visits
         outcome = await sup.submit("open", lambda s: s.open_valve(3, 1))
         assert outcome.ok and store.fresh(ADDRESS)
