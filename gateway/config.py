@@ -14,6 +14,8 @@ from gateway.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/awgw/config.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/awgw")
+# systemd's RuntimeDirectory=awgw: where the service puts its control socket.
+DEFAULT_RUNTIME_DIR = Path("/run/awgw")
 
 
 class LinkPolicy(StrEnum):
@@ -58,8 +60,12 @@ class GatewayConfig(BaseModel):
     def socket_path(self) -> Path:
         if self.control_socket is not None:
             return self.control_socket
-        runtime = os.environ.get("RUNTIME_DIRECTORY")  # systemd's RuntimeDirectory=
-        return Path(runtime) / "control.sock" if runtime else self.state_dir / "control.sock"
+        runtime = os.environ.get("RUNTIME_DIRECTORY")  # set for the service itself
+        if runtime:
+            return Path(runtime) / "control.sock"
+        if self.state_dir == DEFAULT_STATE_DIR and DEFAULT_RUNTIME_DIR.is_dir():
+            return DEFAULT_RUNTIME_DIR / "control.sock"  # the CLI finding the service
+        return self.state_dir / "control.sock"
 
     @property
     def registry_path(self) -> Path:

@@ -126,6 +126,14 @@ async def _refresh(session: ControllerSession) -> CommandOutcome:
     return CommandOutcome(OutcomeStatus.CONFIRMED, "refreshed")
 
 
+async def _watchdog(interval_s: float) -> None:
+    """Ping systemd while the event loop turns: a wedged loop stops the pings and systemd
+    restarts the service (WatchdogSec= in systemd/awgw.service)."""
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval_s)
+
+
 async def run_daemon(config: GatewayConfig) -> None:
     registry = Registry(config.registry_path)
     manager = ConnectionManager(config, registry)
@@ -153,6 +161,9 @@ async def run_daemon(config: GatewayConfig) -> None:
             await server.start()
             systemd.notify("READY=1")
             systemd.notify(f"STATUS=supervising {len(manager.supervisors)} controllers")
+            interval = systemd.watchdog_interval_s()
+            if interval is not None:
+                tasks.create_task(_watchdog(interval), name="systemd watchdog")
     except asyncio.CancelledError:
         if not stopping:
             raise

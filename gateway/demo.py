@@ -1,9 +1,9 @@
-"""``awgw demo``: the virtual rig, discovered and watched by real bleak, shown live.
+"""``awgw demo``: the gateway's main job on the virtual rig, shown live.
 
-First version: scan for AutoWatering controllers on hci0, connect to each, read DIS and the
-Bulk Sync snapshot, subscribe to the P0 notifications and keep a live table. Later issues swap
-the per-controller watcher for the gateway's own device sessions and add relay and OTA views;
-``DemoReport`` is the JSON the CI and the README rely on.
+Starts the rig (virtual controllers that water on a schedule), scans and pairs every controller
+through the gateway's own agent, runs the real connection manager (supervisors, slot scheduler,
+sessions) in this process, sends one valve command, and shows the state store as a live table.
+``DemoReport`` is the JSON summary the README and the tests rely on.
 """
 
 from __future__ import annotations
@@ -11,28 +11,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
-from bleak import BleakClient, BleakScanner
-from bleak.exc import BleakError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from firmware_bridge.errors import DecodeError
-from firmware_bridge.gatt import uuids
-from firmware_bridge.gatt.codec import (
-    AlarmStatus,
-    BulkSync,
-    CurrentTask,
-    FlowSensor,
-    SystemStatus,
-    ValveControl,
-)
+from firmware_bridge.link.outcome import CommandOutcome
+from firmware_bridge.link.state import DecodeProblem, Source, StateEvent
+from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
+from gateway.link.manager import ConnectionManager
+from gateway.link.scanner import discover
+from gateway.operations import pair_on_radio
+from gateway.registry import Registry
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
 
@@ -41,164 +37,116 @@ log = structlog.get_logger(__name__)
 ADAPTER = "hci0"
 # Scanning on the rig sees every advertiser within one BlueZoo scan interval (1 s).
 SCAN_TIMEOUT_S = 5.0
-# bleak's own default; connecting to a live virtual controller takes ~50 ms.
-CONNECT_TIMEOUT_S = 10.0
-POLL_INTERVAL_S = 2.0
-
-
-@dataclass
-class ControllerView:
-    address: str
-    firmware: str = "?"
-    connected: bool = False
-    valves: int = 0
-    status: str = "?"
-    flow_pps: int = 0
-    task: str = "idle"
-    alarm: str = "none"
-    notifications: int = 0
-    decode_errors: int = 0
-    last_update: float = 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "address": self.address, "firmware_version": self.firmware,
-            "connected": self.connected,
-            "valves": [{"channel": ch, "open": bool(self.valves >> ch & 1)} for ch in range(8)],
-            "system_status": self.status, "flow_pps": self.flow_pps, "task": self.task,
-            "alarm": self.alarm, "notifications": self.notifications,
-            "decode_errors": self.decode_errors,
-        }
+# The demo's valve command goes out once the links are up, to show a confirmed command.
+COMMAND_AFTER_S = 4.0
+REFRESH_PERIOD_S = 10.0
 
 
 @dataclass
 class DemoReport:
-    controllers: list[ControllerView] = field(default_factory=list)
+    manager: ConnectionManager | None = None
+    notifications: dict[str, int] = field(default_factory=dict)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] | None = None  # taken just before shutdown
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "controllers": len(self.controllers),
-            "connected": sum(1 for c in self.controllers if c.connected),
-            "details": [c.as_json() for c in self.controllers],
-        }
-
-
-class Watcher:
-    """Keeps one controller connected and its view fresh."""
-
-    def __init__(self, view: ControllerView) -> None:
-        self.view = view
-
-    def _on_notify(self, uuid: str, data: bytes) -> None:
-        view = self.view
-        view.notifications += 1
-        view.last_update = time.time()
-        try:
-            if uuid == uuids.VALVE_CONTROL:
-                valve = ValveControl.decode(data)
-                if not valve.is_master:
-                    bit = 1 << valve.channel_id
-                    view.valves = view.valves | bit if valve.is_open else view.valves & ~bit
-            elif uuid == uuids.SYSTEM_STATUS:
-                view.status = _name(SystemStatus.decode(data).code)
-            elif uuid == uuids.FLOW_SENSOR:
-                view.flow_pps = FlowSensor.decode(data).pulses_per_second
-            elif uuid == uuids.CURRENT_TASK:
-                view.task = _task_text(CurrentTask.decode(data))
-            elif uuid == uuids.ALARM_STATUS:
-                view.alarm = _name(AlarmStatus.decode(data).code)
-        except DecodeError as exc:
-            view.decode_errors += 1
-            log.warning("notification_decode_failed", address=view.address, uuid=uuid,
-                        error=str(exc))
-
-    def _handler(self, uuid: str) -> Callable[[Any, bytearray], None]:
-        def handle(_char: Any, data: bytearray) -> None:
-            self._on_notify(uuid, bytes(data))
-        return handle
-
-    async def run(self) -> None:
-        view = self.view
-        while True:
-            try:
-                async with BleakClient(view.address, bluez={"adapter": ADAPTER},
-                                       timeout=CONNECT_TIMEOUT_S) as client:
-                    await self._session(client)
-            except (BleakError, TimeoutError, EOFError) as exc:
-                log.info("controller_link_lost", address=view.address, error=str(exc))
-            view.connected = False
-            await asyncio.sleep(1.0)
-
-    async def _session(self, client: BleakClient) -> None:
-        view = self.view
-        view.firmware = (await client.read_gatt_char(uuids.DIS_FIRMWARE_REVISION)).decode(
-            errors="replace")
-        for uuid in (uuids.ALARM_STATUS, uuids.SYSTEM_STATUS, uuids.CURRENT_TASK,
-                     uuids.VALVE_CONTROL, uuids.FLOW_SENSOR):
-            await client.start_notify(uuid, self._handler(uuid))
-        view.connected = True
-        while client.is_connected:
-            bulk = BulkSync.decode(await client.read_gatt_char(uuids.BULK_SYNC))
-            view.valves = bulk.valve_states
-            view.flow_pps = bulk.flow_rate_raw
-            view.status = _name(SystemStatus.decode(
-                await client.read_gatt_char(uuids.SYSTEM_STATUS)).code)
-            view.task = _task_text(CurrentTask.decode(
-                await client.read_gatt_char(uuids.CURRENT_TASK)))
-            view.last_update = time.time()
-            await asyncio.sleep(POLL_INTERVAL_S)
-
-
-def _name(value: object) -> str:
-    return getattr(value, "name", str(value))
-
-
-def _task_text(task: CurrentTask) -> str:
-    if task.idle:
-        return "idle"
-    state = _name(task.status).lower()
-    return f"ch{task.channel_id} {state} {task.current_value}/{task.target_value}"
+        if self.final is not None:
+            return self.final
+        manager = self.manager
+        details = []
+        if manager is not None:
+            for address, supervisor in sorted(manager.supervisors.items()):
+                state = manager.store.as_json(address)
+                details.append({
+                    "address": address, "firmware_version": state["firmware_version"],
+                    "link_state": supervisor.state.value, "policy": supervisor.policy.value,
+                    "connected": supervisor.state.value == "connected",
+                    "fresh": state["fresh"], "valves": state["valves"],
+                    "system_status": state["system_status"], "current_task":
+                    state["current_task"], "alarm": state["alarm"],
+                    "notifications": self.notifications.get(address, 0),
+                    "decode_errors": state["decode_problems"]})
+        return {"controllers": len(details),
+                "connected": sum(1 for d in details if d["connected"]),
+                "fresh": sum(1 for d in details if d["fresh"]),
+                "commands": self.commands, "details": details}
 
 
 def _table(report: DemoReport) -> Table:
-    table = Table(title="AutoWatering controllers (virtual rig)")
-    for col in ("address", "fw", "link", "valves open", "status", "flow pps", "task", "alarm",
-                "notifs"):
+    table = Table(title="AutoWatering gateway on the virtual rig")
+    for col in ("address", "fw", "link", "fresh", "valves open", "status", "flow l/min",
+                "task", "alarm", "notifs"):
         table.add_column(col)
-    for c in report.controllers:
-        open_ = ",".join(str(ch) for ch in range(8) if c.valves >> ch & 1) or "-"
-        table.add_row(c.address, c.firmware, "up" if c.connected else "down", open_, c.status,
-                      str(c.flow_pps), c.task, c.alarm, str(c.notifications))
+    for d in report.as_json()["details"]:
+        open_ = ",".join(str(v["channel"]) for v in d["valves"] if v["open"]) or "-"
+        task = d["current_task"]
+        task_text = "idle" if task is None else (
+            f"ch{task['channel']} {task['status']} {task['current']}/{task['target']}")
+        status = d["system_status"]["name"] if d["system_status"] else "?"
+        alarm = d["alarm"]["name"] if d["alarm"] else "?"
+        state = report.manager.store.as_json(d["address"]) if report.manager else {}
+        flow = state.get("flow") or {}
+        table.add_row(d["address"], d["firmware_version"] or "?", d["link_state"],
+                      "yes" if d["fresh"] else "no", open_, status,
+                      str(flow.get("litres_per_minute", "-")), task_text, alarm,
+                      str(d["notifications"]))
     return table
+
+
+async def _count(report: DemoReport, queue: asyncio.Queue[StateEvent]) -> None:
+    while True:
+        event = await queue.get()
+        if not isinstance(event, DecodeProblem) and event.source is Source.NOTIFY:
+            report.notifications[event.address] = report.notifications.get(event.address, 0) + 1
+
+
+async def _command(report: DemoReport, manager: ConnectionManager, address: str) -> None:
+    await asyncio.sleep(COMMAND_AFTER_S)
+    started = time.monotonic()
+    outcome: CommandOutcome = await manager.command(
+        address, "demo: water zone 6 for 1 min", lambda s: s.open_valve(6, 1))
+    report.commands.append({"address": address, "command": "valve 6 open 1 min",
+                            "status": outcome.status.value,
+                            "seconds": round(time.monotonic() - started, 3)})
 
 
 async def run_demo(controllers: int, duration: float | None, as_json: bool) -> DemoReport:
     template = ControllerConfig(0, 0, "", schedule_every_s=15.0, time_scale=20.0)
     report = DemoReport()
-    async with Rig(RigOptions(controllers=controllers, template=template)) as rig:
-        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = rig.bus_address
-        found = await BleakScanner.discover(timeout=SCAN_TIMEOUT_S, return_adv=True,
-                                            service_uuids=[uuids.IRRIGATION_SERVICE],
-                                            bluez={"adapter": ADAPTER})
-        addresses = sorted(a for a, (_d, adv) in found.items()
-                           if (adv.local_name or "").startswith(uuids.NAME_PREFIX))
-        report.controllers = [ControllerView(a) for a in addresses]
-        console = Console(stderr=as_json)
-        async with asyncio.TaskGroup() as group:
-            watchers = [group.create_task(Watcher(v).run(), name=f"watch-{v.address}")
-                        for v in report.controllers]
-            try:
-                if as_json:
-                    await _sleep(duration)
-                else:
-                    with Live(_table(report), console=console, refresh_per_second=4) as live:
-                        deadline = None if duration is None else time.monotonic() + duration
-                        while deadline is None or time.monotonic() < deadline:
-                            live.update(_table(report))
-                            await asyncio.sleep(0.25)
-            finally:
-                for task in watchers:
-                    task.cancel()
+    with tempfile.TemporaryDirectory(prefix="awgw-demo-") as state_dir:
+        async with Rig(RigOptions(controllers=controllers, template=template)) as rig:
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = rig.bus_address
+            config = GatewayConfig(state_dir=Path(state_dir), link=LinkSettings(
+                adapter=ADAPTER, max_links=max(3, controllers),
+                default_policy=LinkPolicy.KEEP, refresh_period_s=REFRESH_PERIOD_S))
+            registry = Registry(config.registry_path)
+            for sighting in await discover(ADAPTER, SCAN_TIMEOUT_S):
+                await pair_on_radio(config, registry, sighting.address, None)
+            manager = ConnectionManager(config, registry)
+            report.manager = manager
+            console = Console(stderr=as_json)
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(manager.run(), name="connection manager"),
+                         group.create_task(_count(report, manager.store.subscribe()),
+                                           name="count notifications")]
+                if registry.all():
+                    tasks.append(group.create_task(
+                        _command(report, manager, registry.all()[0].address),
+                        name="demo command"))
+                try:
+                    if as_json:
+                        await _sleep(duration)
+                    else:
+                        with Live(_table(report), console=console,
+                                  refresh_per_second=4) as live:
+                            deadline = None if duration is None else time.monotonic() + duration
+                            while deadline is None or time.monotonic() < deadline:
+                                live.update(_table(report))
+                                await asyncio.sleep(0.25)
+                finally:
+                    report.final = report.as_json()
+                    for task in tasks:
+                        task.cancel()
     return report
 
 

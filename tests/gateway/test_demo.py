@@ -1,4 +1,5 @@
-"""``awgw demo --duration 20 --json``: the front-door demo, end to end, as a user runs it."""
+"""``awgw demo --duration 20 --json``: the front-door demo (the gateway's main job on the
+virtual rig), end to end, as a user runs it."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ def test_demo_json_reports_three_connected_controllers() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["controllers"] == 3
-    assert summary["connected"] == 3
+    assert summary["connected"] == 3 and summary["fresh"] == 3
+    (command,) = summary["commands"]
+    assert command["status"] == "confirmed" and command["seconds"] < 5
     for controller in summary["details"]:
         assert controller["firmware_version"] == "3.1.0"
         assert len(controller["valves"]) == 8
         assert controller["decode_errors"] == 0
+        assert controller["link_state"] == "connected" and controller["policy"] == "keep"
     # The demo's schedules water a zone every 15 s: the live view must have seen it happen.
     assert sum(c["notifications"] for c in summary["details"]) > 3
