@@ -19,6 +19,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from firmware_bridge.gatt import uuids
+from gateway.link.events import first_of
 from gateway.link.scheduler import ScanGate
 
 log = structlog.get_logger(__name__)
@@ -148,13 +149,9 @@ class Scanner:
                     await asyncio.sleep(RESTART_EVERY_S / 6)
                     continue
                 self._restart.clear()
-                waits = {asyncio.ensure_future(self.gate.stop_requested.wait()),
-                         asyncio.ensure_future(self._restart.wait())}
                 try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    await first_of(self.gate.stop_requested, self._restart)
                 finally:
-                    for waiter in waits:
-                        waiter.cancel()
                     try:
                         await scanner.stop()
                     except (BleakError, EOFError, OSError) as exc:

@@ -30,6 +30,7 @@ from firmware_bridge.link.session import ControllerSession, PollPlan
 from firmware_bridge.link.state import DecodeProblem, Field
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError
+from gateway.link.events import first_of
 from gateway.link.failures import Failure, FailureClass, classify
 from gateway.link.scheduler import Lease, Priority, SlotScheduler
 from gateway.registry import Registry
@@ -312,14 +313,10 @@ class Supervisor:
                 if synced.is_set():
                     self.scheduler.demote(lease)
                 self._wake.clear()
-                waits = {asyncio.ensure_future(self._wake.wait())}
-                if not synced.is_set():
-                    waits.add(asyncio.ensure_future(synced.wait()))
-                try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiter in waits:
-                        waiter.cancel()
+                if synced.is_set():
+                    await self._wake.wait()
+                else:
+                    await first_of(self._wake, synced)
                 continue
             command = self._commands.get_nowait()
             if command.future.done():
@@ -342,14 +339,7 @@ class Supervisor:
         changes, or a firmware update takes the controller."""
         policy = self.policy
         self._control.clear()
-        waits = {asyncio.ensure_future(self._link_lost.wait()),
-                 asyncio.ensure_future(lease.preempted.wait()),
-                 asyncio.ensure_future(self._control.wait())}
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
+        await first_of(self._link_lost, lease.preempted, self._control)
         if self._link_lost.is_set():
             raise LinkLost(f"{self.address} disconnected")
         self._log.info("link_released", preempted=lease.preempted.is_set(),
