@@ -71,7 +71,7 @@ class AdapterRecovery:
 
     async def step(self) -> str:
         """Take the next allowed step; returns its name (logged by the caller's watchdog)."""
-        if self._allowed("power_cycle", POWER_CYCLE_EVERY_S) and "restart" in self._last:
+        if "restart" in self._last and self._allowed("power_cycle", POWER_CYCLE_EVERY_S):
             try:
                 await self._power_cycle()
             except (DBusError, OSError) as exc:

@@ -45,6 +45,9 @@ CommandFn = Callable[[ControllerSession], Awaitable[CommandOutcome]]
 # A command waits for a slot, a connect and the controller's confirmation: connect timeout
 # (15 s) + bring-up (~2 s) + confirmation (10 s) + a queue of one other visit.
 COMMAND_DEADLINE_S = 60.0
+# Consecutive GATT mismatches (missing characteristics, undecodable snapshots) before the
+# GATT cache is presumed stale: one can be a glitch, two in a row after reconnecting are not.
+STALE_CACHE_AFTER = 2
 # A person waits on a command: retry sooner than the class's backoff, but not in a tight loop.
 URGENT_RETRY_S = 2.0
 # Share visits start this fraction of the refresh period apart, so that a wait for a slot and
@@ -103,6 +106,7 @@ class Supervisor:
         self._control = asyncio.Event()  # policy changed or an update wants the controller
         self._update_lock = asyncio.Lock()
         self._repaired = False
+        self._cache_cleared = False
         self._names_at: float | None = None
         self._attempt = 0
         self._log = log.bind(address=address)
@@ -175,6 +179,7 @@ class Supervisor:
             try:
                 synced = await self._visit()
                 self._attempt = 0
+                self._cache_cleared = False
                 # A visit pre-empted before its snapshot finished comes back as soon as a
                 # slot frees up; a complete one waits for its turn.
                 next_visit = (started + self.settings.refresh_period_s * VISIT_LEAD if synced
@@ -218,6 +223,20 @@ class Supervisor:
             self._fail_commands(PairingError(self._bond_remedy()))
             return 0.0
         self._attempt += 1
+        if (failure.kind is FailureClass.GATT_MISMATCH and self._attempt >= STALE_CACHE_AFTER
+                and self.repairer is not None and not self._cache_cleared):
+            # The controller keeps answering with attributes that do not fit: BlueZ's GATT
+            # cache survived a firmware change (Service Changed missed). Removing the device
+            # is the only cache reset BlueZ offers a client; the re-pair restores the bond.
+            self._cache_cleared = True
+            self._log.warning("link_failure", failure_class=failure.kind.value,
+                              error=failure.summary, attempt=self._attempt,
+                              action="clear_gatt_cache_and_repair")
+            try:
+                await self.repairer(self.address)
+            except Exception as repair_exc:
+                self._log.warning("repair_failed", error=str(repair_exc))
+            return 0.0
         delay = failure.policy.delay(self._attempt)
         self._log.warning("link_failure", failure_class=failure.kind.value,
                           error=failure.summary, attempt=self._attempt,

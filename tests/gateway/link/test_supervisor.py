@@ -149,3 +149,25 @@ async def test_share_policy_releases_after_each_visit_and_comes_back(tmp_path: P
         assert outcome.ok and store.fresh(ADDRESS)
     finally:
         task.cancel()
+
+
+async def test_repeated_gatt_mismatch_clears_the_cache_once(tmp_path: Path) -> None:
+    from firmware_bridge.link.gatt_link import CharacteristicMissing
+
+    radio = Radio()
+    radio.failures += [CharacteristicMissing("read de60: characteristic not found")] * 2
+    repairs: list[str] = []
+
+    async def repair(address: str) -> None:
+        repairs.append(address)
+
+    sup, _ = make(tmp_path, radio, repairer=repair)
+    task = asyncio.create_task(sup.run())
+    try:
+        with capture_logs() as logs:
+            await wait_for(lambda: sup.state is LinkState.CONNECTED, limit_s=15)
+        assert repairs == [ADDRESS]
+        actions = [e.get("action") for e in logs if e["event"] == "link_failure"]
+        assert actions.count("clear_gatt_cache_and_repair") == 1
+    finally:
+        task.cancel()
