@@ -184,7 +184,7 @@ class Supervisor:
                 # slot frees up; a complete one waits for its turn.
                 next_visit = (started + self.settings.refresh_period_s * VISIT_LEAD if synced
                               else loop.time())
-            except Exception as exc:
+            except Exception as exc:  # every failure is classified in _on_failure
                 delay = await self._on_failure(exc)
                 if delay is None:
                     return
@@ -214,7 +214,7 @@ class Supervisor:
                                   error=failure.summary, action="remove_bond_and_repair")
                 try:
                     await self.repairer(self.address)
-                except Exception as repair_exc:
+                except Exception as repair_exc:  # classified on the next lap
                     self._log.warning("repair_failed", error=str(repair_exc))
                 return 0.0
             self._set(LinkState.BOND_LOST)
@@ -234,7 +234,7 @@ class Supervisor:
                               action="clear_gatt_cache_and_repair")
             try:
                 await self.repairer(self.address)
-            except Exception as repair_exc:
+            except Exception as repair_exc:  # classified on the next lap
                 self._log.warning("repair_failed", error=str(repair_exc))
             return 0.0
         delay = failure.policy.delay(self._attempt)
