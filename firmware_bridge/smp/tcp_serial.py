@@ -32,6 +32,9 @@ class TcpSerialTransport:
     """One SMP-over-serial connection carried by TCP."""
 
     _smp_server_transport_buffer_size: int | None = None
+    # Zephyr reassembles a serial packet (2-byte length + frame + 2-byte CRC) in one netbuf of
+    # buf_size bytes, so a frame may use buf_size - 4 of it; a bigger one is silently dropped.
+    frame_overhead = 4
 
     def __init__(self, line_length: int = LINE_LENGTH, buffer_size: int = 384) -> None:
         self._line_length = line_length

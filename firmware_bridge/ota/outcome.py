@@ -1,0 +1,71 @@
+"""How a firmware update ended, and how it is going: typed values, never bare strings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class OtaResult(StrEnum):
+    SUCCEEDED = "succeeded"
+    REVERTED = "reverted"
+    FAILED = "failed"
+
+
+class FailureReason(StrEnum):
+    INVALID_IMAGE = "invalid_image"  # truncated, corrupted, hash mismatch, not bootable
+    TOO_LARGE = "too_large"  # larger than the target slot can hold
+    WRONG_BOARD = "wrong_board"  # built for other hardware
+    BAD_SIGNATURE = "bad_signature"
+    DEVICE_BUSY = "device_busy"  # a previous update is still unconfirmed (slot 1 is its revert)
+    DEVICE_REJECTED = "device_rejected"  # the device answered with an SMP error rc
+    PROTOCOL = "protocol"  # a reply that does not fit the protocol
+    TRANSFER = "transfer"  # the upload could not be completed
+    VERIFY_MISMATCH = "verify_mismatch"  # slot 1 does not hold exactly the image's hash
+    REJECTED_BY_BOOTLOADER = "rejected_by_bootloader"  # MCUboot erased it at boot
+    LINK_LOST = "link_lost"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"  # no contact after the reset within the window
+
+
+class Phase(StrEnum):
+    PREFLIGHT = "preflight"
+    UPLOAD = "upload"
+    VERIFY = "verify"
+    TEST = "test"
+    RESET = "reset"
+    REBOOT_WAIT = "reboot_wait"
+    CONFIRM = "confirm"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: Phase
+    offset: int
+    total: int
+    rate_bytes_per_s: float
+    eta_s: float | None
+
+    @property
+    def fraction(self) -> float:
+        return self.offset / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class OtaOutcome:
+    result: OtaResult
+    detail: str
+    reason: FailureReason | None = None
+    rc: int | None = None  # the device's SMP rc for DEVICE_REJECTED
+    image_hash: str = ""
+    version: str = ""
+    uploaded_bytes: int = 0  # bytes sent on the air, resends included
+    seconds: float = 0.0
+    skipped_upload: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        return {"result": self.result.value, "reason": self.reason.value if self.reason else None,
+                "detail": self.detail, "rc": self.rc, "hash": self.image_hash,
+                "version": self.version, "uploaded_bytes": self.uploaded_bytes,
+                "seconds": round(self.seconds, 3), "skipped_upload": self.skipped_upload}
