@@ -113,7 +113,7 @@ class FirmwareUpdate:
         self.on_progress = on_progress
         self.sent_bytes = 0
         self.reconnects = 0
-        self._frame_overhead = 0  # what the transport's own framing takes from buf_size
+        self._transport: FrameTransport | None = None
         self._log = log.bind(device=device)
 
     async def run(self) -> OtaOutcome:
@@ -202,9 +202,8 @@ class FirmwareUpdate:
 
     async def _upload(self, image: McubootImage, params: commands.Params) -> None:
         settings = self.settings
-        overhead = self._frame_overhead
         plan = UploadPlan(window=max(1, settings.window or params.buf_count),
-                          frame_budget=(settings.frame_budget or params.buf_size) - overhead,
+                          frame_budget=self._budget(settings.frame_budget or params.buf_size),
                           first_timeout_s=settings.first_timeout_s, timeout_s=settings.timeout_s)
         session = self.store.load(self.device) if self.store else None
         resuming = session is not None and session.file_sha256 == image.file_sha256.hex()
@@ -335,7 +334,7 @@ class FirmwareUpdate:
     async def _channel(self) -> SmpChannel:
         try:
             transport = await self.connect()
-            self._frame_overhead = int(getattr(transport, "frame_overhead", 0))
+            self._transport = transport
         except BridgeError as exc:
             raise LinkLost(f"cannot connect: {exc}") from exc
         except OSError as exc:
@@ -351,6 +350,14 @@ class FirmwareUpdate:
             raise self._rejected(exc) from exc
         except SmpProtocolError as exc:
             raise _Fail(FailureReason.PROTOCOL, str(exc)) from exc
+
+    def _budget(self, buf_size: int) -> int:
+        """The frame size for this transport: what its framing leaves of buf_size, shaped to
+        its packets when it knows better (BLE)."""
+        shape = getattr(self._transport, "frame_budget", None)
+        if callable(shape):
+            return int(shape(buf_size))
+        return buf_size - int(getattr(self._transport, "frame_overhead", 0))
 
     def _rejected(self, exc: DeviceRejected) -> _Fail:
         if exc.rc == RC_TOO_LARGE:

@@ -175,6 +175,7 @@ class VirtualController:
         self._confirmed = asyncio.Event()
         self._smp_buffer = bytearray()
         self._smp_lock = asyncio.Lock()
+        self._smp_inbox: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         self._gatt_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -258,7 +259,7 @@ class VirtualController:
             value = self._read_value(uuid)
             offset = int(options.get("offset", 0))
             async with self._gatt_lock:
-                await self.link.transmit(len(value) - offset)
+                await self.link.transmit(len(value) - offset, "down")
             return value[offset:]
         return read
 
@@ -266,7 +267,7 @@ class VirtualController:
         async def write(value: bytes, options: dict[str, Any]) -> None:
             await self._fault_delays()
             async with self._gatt_lock:
-                await self.link.transmit(len(value))
+                await self.link.transmit(len(value), "up")
             try:
                 self.model.write(uuid, value, int(options.get("offset", 0)))
             except AttError as exc:
@@ -340,7 +341,7 @@ class VirtualController:
         char = self._chars.get(uuid)
         if char is None or not char.notifying or self.connected_device is None:
             return
-        await self.link.transmit(len(value))
+        await self.link.transmit(len(value), "down")
         if self._trace is not None:
             self._trace.write(f"{uuid} {value.hex()} {time.monotonic_ns()}\n")
         self._confirmed.clear()
@@ -353,10 +354,23 @@ class VirtualController:
     # ---- SMP over GATT ---------------------------------------------------------------------
 
     async def _smp_write(self, value: bytes, options: dict[str, Any]) -> None:
+        """Write Without Response: the host returns at once (the PDU waits in the link
+        layer's buffers); the piece reaches the SMP server in its connection event, in order."""
         if len(value) > self.config.mtu - 3:
             return  # larger than an ATT write can be: the link would never carry it
-        await self._fault_delays()
-        await self.link.transmit(len(value))
+        due = time.monotonic() + self.link.reserve(len(value), "up")
+        self._smp_inbox.put_nowait((due, value))
+
+    async def _smp_receiver(self) -> None:
+        while True:
+            due, value = await self._smp_inbox.get()
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._fault_delays()
+            await self._smp_piece(value)
+
+    async def _smp_piece(self, value: bytes) -> None:
         async with self._smp_lock:
             if not self._smp_buffer and len(value) >= HEADER_SIZE:
                 header = parse_header(value)
@@ -439,6 +453,8 @@ class VirtualController:
         self.connected_device = device_path
         self.link.reset()
         self._smp_buffer.clear()
+        while not self._smp_inbox.empty():  # in the air when the link went: lost with it
+            self._smp_inbox.get_nowait()
         self._spawn(self._stop_advertising(), "adv-stop")
         log.info("central_connected", controller=self.config.index, device=device_path)
 
@@ -618,6 +634,7 @@ class VirtualController:
         await self._start_advertising()
         self._spawn(self._notifier(), "notifier")
         self._spawn(self._ticker(), "ticker")
+        self._spawn(self._smp_receiver(), "smp-receiver")
         if ready is not None:
             ready.set()
         try:

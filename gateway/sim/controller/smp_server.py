@@ -205,9 +205,12 @@ class SmpServer:
             raise _GroupError(IMG_FLASH_ERASE_FAILED)
         if len(data) > size:
             raise _GroupError(IMG_DATA_OVERRUN)
+        # Zephyr scans the slot and erases [0, len) rounded up to pages plus the trailer,
+        # synchronously, only if it is not blank (a pre-erased slot costs just the scan).
+        blank = flash.slot1.count(0xFF) == len(flash.slot1)
         flash.erase_slot1()
-        # The first chunk erases [0, len) rounded up to pages plus the trailer, synchronously.
-        self._busy += geometry.erase_time(size + geometry.page_size)
+        if not blank:
+            self._busy += geometry.erase_time(size + geometry.page_size)
         flash.slot1 = bytearray(b"\xff" * size)
         flash.upload = UploadContext(size=size, off=0, sha=sha)
         self._write(0, data)
