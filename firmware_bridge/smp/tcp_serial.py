@@ -111,4 +111,6 @@ class TcpSerialTransport:
 
     @property
     def max_unencoded_size(self) -> int:
-        return self._smp_server_transport_buffer_size or self._default_buffer
+        """The largest SMP frame the device takes over serial (its netbuf minus framing)."""
+        return (self._smp_server_transport_buffer_size or self._default_buffer) - \
+            self.frame_overhead

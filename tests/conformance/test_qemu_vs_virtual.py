@@ -12,8 +12,6 @@ import asyncio
 import hashlib
 import shutil
 import struct
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from firmware_bridge.mcuboot import parse_image
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from firmware_bridge.smp.wire import decode_payload
 from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.images import rewrap_as_version
 from gateway.sim.qemu_peer import QemuPeer, fetch_artifacts, free_tcp_port
 from gateway.sim.rig import Rig, RigOptions
 
@@ -38,17 +37,7 @@ REPLY_TIMEOUT_S = 5.0
 
 
 def build_new_image(signed_bin: Path, workdir: Path) -> bytes:
-    """The peer notes' recipe: the shipped app payload re-wrapped as version 9.9.9."""
-    original = signed_bin.read_bytes()
-    header = parse_image(original)
-    payload = original[header.header_size:header.header_size + header.image_size]
-    app = workdir / "app.bin"
-    app.write_bytes(b"\0" * 0x200 + payload)
-    out = workdir / "new.bin"
-    imgtool = shutil.which("imgtool") or str(Path(sys.executable).with_name("imgtool"))
-    subprocess.run([imgtool, "create", "--version", "9.9.9", "--header-size", "0x200",
-                    "--slot-size", "0x1a000", "--align", "4", str(app), str(out)], check=True)
-    return out.read_bytes()
+    return rewrap_as_version(signed_bin, workdir, "9.9.9")
 
 
 class Scenario:
