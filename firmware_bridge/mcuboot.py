@@ -142,3 +142,46 @@ def parse_image(data: bytes, *, allow_trailing: bool = False) -> McubootImage:
         file_sha256=hashlib.sha256(data[:end]).digest(),
         total_size=end,
     )
+
+
+class SignatureError(ImageFormatError):
+    """The image's signature does not verify against the configured key (or is missing)."""
+
+
+def _signed_region(data: bytes, image: McubootImage) -> bytes:
+    """Header + body + protected TLVs: what MCUboot hashes and imgtool signs."""
+    return data[:image.header_size + image.image_size + image.protected_tlv_size]
+
+
+def verify_signature(data: bytes, image: McubootImage, public_key_pem: bytes) -> str:
+    """Verify the image's signature TLV with ``public_key_pem`` the way MCUboot does; return
+    the key type. ECDSA P-256 and RSA-PSS sign the region itself, Ed25519 its SHA-256 digest
+    (imgtool's conventions). Raises SignatureError."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    try:
+        key = serialization.load_pem_public_key(public_key_pem)
+    except ValueError as exc:
+        raise SignatureError(f"the public key is not a PEM public key: {exc}") from exc
+    signatures = {t.type: t.value for t in image.tlvs if t.type in SIGNATURE_TLVS}
+    region = _signed_region(data, image)
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey) and 0x22 in signatures:
+            key.verify(signatures[0x22], region, ec.ECDSA(hashes.SHA256()))
+            return "ecdsa-p256"
+        if isinstance(key, ed25519.Ed25519PublicKey) and 0x24 in signatures:
+            key.verify(signatures[0x24], hashlib.sha256(region).digest())
+            return "ed25519"
+        if isinstance(key, rsa.RSAPublicKey):
+            tlv = 0x20 if key.key_size == 2048 else 0x23
+            if tlv in signatures:
+                key.verify(signatures[tlv], region,
+                           padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+                           hashes.SHA256())
+                return f"rsa{key.key_size}"
+    except InvalidSignature as exc:
+        raise SignatureError("the signature does not verify with the configured key") from exc
+    raise SignatureError(f"no signature of the key's type in the image "
+                         f"(signatures: {', '.join(image.signature_types) or 'none'})")

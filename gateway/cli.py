@@ -105,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="that controller's firmware demands this pairing passkey")
 
     from gateway.cli_link import add_link_commands, common_options
+    from gateway.cli_ota import add_ota_commands
 
-    add_link_commands(sub, common_options())
+    common = common_options()
+    add_link_commands(sub, common)
+    add_ota_commands(sub, common)
     return parser
 
 
@@ -191,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exit_code,
         run_link_command,
     )
+    from gateway.cli_ota import check_ota_args, run_image_inspect, run_ota
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -198,17 +202,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_sim_args(parser, args)
     if args.command in LINK_COMMANDS:
         check_link_args(parser, args)
+    check_ota_args(parser, args)
     level = "info" if args.command == "daemon" and args.log_level == "warning" else args.log_level
     configure_logging(json_logs=True, level=level)
-    runners = {"sim": _run_sim, "demo": _run_demo}
+    runners = {"sim": _run_sim, "demo": _run_demo, "image": run_image_inspect,
+               "ota": run_ota}
     runner = runners.get(args.command, run_link_command)
     try:
-        return asyncio.run(runner(args))
+        code: int = asyncio.run(runner(args))
     except GatewayError as exc:
         print(f"awgw {args.command}: error: {exc}", file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt:
         return 130
+    return code
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ REQUEST_READ_TIMEOUT_S = 5.0
 # (supervisor.COMMAND_DEADLINE_S = 60 s) or a pairing window (up to 600 s, configured).
 CLIENT_TIMEOUT_S = 660.0
 
-Op = Literal["scan", "pair", "unpair", "devices", "state", "valve", "ping"]
+Op = Literal["scan", "pair", "unpair", "devices", "state", "valve", "ota", "ping"]
 
 
 class ControlRequest(BaseModel):

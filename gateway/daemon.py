@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
 from firmware_bridge.link.session import ControllerSession
+from firmware_bridge.ota.channel import FrameTransport
+from firmware_bridge.ota.session_store import FileSessionStore
+from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
+from firmware_bridge.smp.ble import BleSmpTransport
 from gateway import bluez, systemd
+from gateway.cli_ota import read_image
 from gateway.config import GatewayConfig
 from gateway.control import ControlRequest, ControlServer
 from gateway.errors import ControlError
@@ -100,6 +106,36 @@ class DaemonOperations:
         outcome = await self.manager.command(address, name, run)
         return result_of(address, name, outcome)
 
+    async def ota(self, address: str, file: str, options: dict[str, Any]) -> dict[str, Any]:
+        """A BLE update run by the daemon: the supervisor hands the controller over (commands
+        answer busy meanwhile) and the update holds an urgent slot until it ends."""
+        address = normalise_address(address)
+        self.registry.get(address)
+        _path, data = read_image(Path(file))
+        settings = OtaSettings(window=options.get("window"),
+                               pre_erase=bool(options.get("pre_erase")),
+                               confirm=ConfirmPolicy(options.get("confirm") or
+                                                     ConfirmPolicy.SELF_THEN_EXPLICIT.value),
+                               slot_limit=options.get("slot_limit"))
+        scheduler = self.manager.scheduler
+
+        async def connect() -> FrameTransport:
+            transport = BleSmpTransport(self.manager.scanner.device(address) or address,
+                                        adapter=self.config.link.adapter)
+            async with scheduler.connect_turn():
+                await transport.connect(self.config.link.connect_timeout_s)
+            return transport
+
+        supervisor = self.manager.supervisor(address)
+        async with supervisor.firmware_update(), scheduler.slot(address, Priority.URGENT,
+                                                                kept=False):
+            outcome = await FirmwareUpdate(
+                connect, data, device=address, settings=settings,
+                store=FileSessionStore(self.config.state_dir / "ota")).run()
+        log.info("ota_done", address=address, result=outcome.result.value,
+                 reason=outcome.reason.value if outcome.reason else None)
+        return outcome.as_json()
+
     async def handle(self, request: ControlRequest) -> Any:
         args = request.args
         match request.op:
@@ -115,6 +151,8 @@ class DaemonOperations:
                 return await self.devices()
             case "state":
                 return await self.state(str(args["address"]))
+            case "ota":
+                return await self.ota(str(args["address"]), str(args["file"]), args)
             case "valve":
                 return await self.valve(str(args["address"]), int(args["channel"]),
                                         args["action"], args.get("minutes"))

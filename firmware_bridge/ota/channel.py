@@ -131,19 +131,29 @@ class SmpChannel:
             stale.cancel()  # 256 requests later: nobody waits for that one any more
         self._pending[seq] = future
         try:
-            async with self._send_lock:
-                await self.transport.send(frame)
+            try:
+                async with self._send_lock:
+                    await self.transport.send(frame)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise LinkLost(f"{what}: send failed: {exc}") from exc
             self.frames_sent += 1
             self.bytes_sent += len(frame)
-        except Exception as exc:
-            self._pending.pop(seq, None)
-            raise LinkLost(f"{what}: send failed: {exc}") from exc
-        try:
-            async with asyncio.timeout(timeout_s):
-                header, reply = await future
-        except TimeoutError:
-            self._pending.pop(seq, None)
-            raise TransportTimeout(f"{what}: no reply within {timeout_s:.1f} s") from None
+            try:
+                async with asyncio.timeout(timeout_s):
+                    header, reply = await future
+            except TimeoutError:
+                raise TransportTimeout(f"{what}: no reply within {timeout_s:.1f} s") from None
+        finally:
+            # Whatever ended this request (reply, timeout, cancel, send failure), the future
+            # must not linger: a late failure on it would never be retrieved.
+            if self._pending.get(seq) is future:
+                del self._pending[seq]
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # mark a failure nobody will await now as seen
         if header.group != group or header.cmd != cmd:
             raise SmpProtocolError(f"{what}: reply for group {header.group} cmd {header.cmd}")
         return check_rc(reply, group, what)

@@ -133,6 +133,30 @@ class FirmwareUpdate:
         except _Fail as fail:
             return self._failed(fail, image, started, skipped)
 
+    async def recheck(self) -> OtaOutcome:
+        """The later re-check of ota.md 5.3: on a routine contact, is the new image still the
+        confirmed one, or did the device roll back since?"""
+        started = time.monotonic()
+        image: McubootImage | None = None
+        try:
+            image = check_image(self.data, self.settings.slot_limit)
+            async with await self._channel() as channel:
+                slots = await self._guard(commands.image_state(channel))
+        except _Fail as fail:
+            return self._failed(fail, image, started, True)
+        except (LinkLost, TransportError) as exc:
+            return self._failed(_Fail(FailureReason.LINK_LOST, str(exc)), image, started, True)
+        running, secondary = _slot(slots, 0), _slot(slots, 1)
+        new = image.image_hash
+        if running is not None and running.hash == new and running.confirmed:
+            return self._outcome(OtaResult.SUCCEEDED, "still running and confirmed", image,
+                                 started, skipped=True)
+        if secondary is not None and secondary.hash == new:
+            return self._outcome(OtaResult.REVERTED, "the device rolled back to the previous "
+                                 "image", image, started, skipped=True)
+        return self._failed(_Fail(FailureReason.VERIFY_MISMATCH, "the new image is neither "
+                                  "running confirmed nor in slot 1"), image, started, True)
+
     def _failed(self, fail: _Fail, image: McubootImage | None, started: float,
                 skipped: bool) -> OtaOutcome:
         if fail.reason not in (FailureReason.LINK_LOST, FailureReason.TIMEOUT,
@@ -213,36 +237,36 @@ class FirmwareUpdate:
                                           time.time()), force=True)
         first_connection = True
         while True:
-            async with await self._channel() as channel:
-                if not first_connection:
-                    # A completed upload whose last reply was lost must not be restarted:
-                    # off=0 would start a new upload and erase it (ota.md 4.6 step 2).
-                    slots = await self._guard(commands.image_state(channel))
-                    done = _slot(slots, 1)
-                    if done is not None and done.hash == image.image_hash:
-                        return
-                elif settings.pre_erase and not resuming:
-                    await self._guard(commands.erase_slot(channel))
-                first_connection = False
-                uploader = Uploader(channel, self.data, image.file_sha256, plan,
-                                    self.on_progress, self._acked(image))
-                try:
-                    await uploader.run()
-                except (LinkLost, TransportError) as exc:
-                    self.sent_bytes += uploader.sent_bytes
-                    self.reconnects += 1
-                    if self.reconnects > settings.max_reconnects:
-                        raise _Fail(FailureReason.TRANSFER, f"upload gave up after "
-                                    f"{self.reconnects} reconnects: {exc}") from exc
-                    self._log.info("upload_link_lost", error=str(exc),
-                                   reconnects=self.reconnects)
-                except DeviceRejected as exc:
-                    raise self._rejected(exc) from exc
-                except SmpProtocolError as exc:
-                    raise _Fail(FailureReason.PROTOCOL, str(exc)) from exc
-                else:
-                    self.sent_bytes += uploader.sent_bytes
+            try:
+                async with await self._channel() as channel:
+                    if not first_connection:
+                        # A completed upload whose last reply was lost must not be
+                        # restarted: off=0 would start a new upload and erase it (4.6).
+                        slots = await self._guard(commands.image_state(channel))
+                        done = _slot(slots, 1)
+                        if done is not None and done.hash == image.image_hash:
+                            return
+                    elif settings.pre_erase and not resuming:
+                        await self._guard(commands.erase_slot(channel))
+                    first_connection = False
+                    uploader = Uploader(channel, self.data, image.file_sha256, plan,
+                                        self.on_progress, self._acked(image))
+                    try:
+                        await uploader.run()
+                    finally:
+                        self.sent_bytes += uploader.sent_bytes
                     return
+            except (LinkLost, TransportError) as exc:
+                first_connection = False
+                self.reconnects += 1
+                if self.reconnects > settings.max_reconnects:
+                    raise _Fail(FailureReason.TRANSFER, f"upload gave up after "
+                                f"{self.reconnects} reconnects: {exc}") from exc
+                self._log.info("upload_link_lost", error=str(exc), reconnects=self.reconnects)
+            except DeviceRejected as exc:
+                raise self._rejected(exc) from exc
+            except SmpProtocolError as exc:
+                raise _Fail(FailureReason.PROTOCOL, str(exc)) from exc
             await asyncio.sleep(settings.reconnect_backoff_s)
 
     def _acked(self, image: McubootImage) -> Callable[[int], None]:

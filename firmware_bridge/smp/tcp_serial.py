@@ -82,6 +82,7 @@ class TcpSerialTransport:
             raise TransportError("not connected")
         decoder = smp_packet.decode()
         next(decoder)
+        started = False
         while True:
             try:
                 line = await self._reader.readuntil(b"\n")
@@ -90,13 +91,20 @@ class TcpSerialTransport:
             # The console shares the UART: anything that is not an SMP line is log output.
             if not line.startswith(_FRAME_STARTS):
                 continue
+            if not started and not line.startswith(_FRAME_STARTS[0]):
+                continue  # the tail of a packet sent before we connected
+            started = True
             try:
                 decoder.send(line)
             except StopIteration as done:
                 frame: bytes = done.value
                 return frame
-            except Exception as exc:  # smp.packet raises bare exceptions on bad CRC/base64
-                raise TransportError(f"corrupt SMP serial packet: {exc}") from exc
+            except Exception:  # smp.packet raises bare exceptions on bad CRC/base64  # noqa: BLE001
+                # A damaged packet is a lost reply (the request is resent on timeout), not a
+                # dead link: start over at the next packet.
+                decoder = smp_packet.decode()
+                next(decoder)
+                started = False
 
     async def send_and_receive(self, data: bytes) -> bytes:
         await self.send(data)
