@@ -137,6 +137,10 @@ class SmpChannel:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # A transport that cannot send is gone for every request in flight, not just
+                # this one: fail them all now rather than let each wait for its timeout.
+                self._failure = exc
+                self._fail_all(LinkLost(f"SMP transport failed to send: {exc}"))
                 raise LinkLost(f"{what}: send failed: {exc}") from exc
             self.frames_sent += 1
             self.bytes_sent += len(frame)

@@ -112,7 +112,7 @@ class Peer:
 
     def connect(self, faults: Faults) -> Callable[[], Awaitable[FrameTransport]]:
         async def connect() -> FrameTransport:
-            return FaultyTransport(await self.connect_raw(), faults)  # type: ignore[return-value]
+            return FaultyTransport(await self.connect_raw(), faults)
         return connect
 
 
@@ -250,7 +250,7 @@ async def test_resume_after_the_gateway_is_killed(peer: Peer, tmp_path: Path) ->
                                                 stderr=asyncio.subprocess.DEVNULL)
     store = FileSessionStore(tmp_path / "state" / "ota")
     async with asyncio.timeout(60):
-        while True:  # noqa: ASYNC110 - a file on disk has no event
+        while True:
             session = store.load(peer.url)
             if session is not None and session.acked > len(peer.image) // 3:
                 break
@@ -262,7 +262,7 @@ async def test_resume_after_the_gateway_is_killed(peer: Peer, tmp_path: Path) ->
     proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.DEVNULL)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    import json  # noqa: PLC0415
+    import json
     outcome = json.loads(out.decode().strip().splitlines()[-1])
     assert proc.returncode == 0 and outcome["result"] == "succeeded", outcome
     # Resumed, not restarted: the second run sent less than the whole image.

@@ -1,0 +1,58 @@
+"""50 randomised link drops during uploads to a virtual controller (SMP over UDP): every
+upload completes, and no drop costs more than one window of resent data."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from smpclient.transport.udp import SMPUDPTransport
+
+from firmware_bridge.ota.outcome import OtaResult
+from firmware_bridge.ota.update import FirmwareUpdate, OtaSettings
+from firmware_bridge.ota.upload import max_data
+from gateway.sim.images import firmware_body, make_image
+from gateway.sim.qemu_peer import free_tcp_port
+from gateway.sim.rig import Rig, RigOptions
+from tests.conformance.test_ota import Faults, FaultyTransport
+
+pytestmark = pytest.mark.rig
+UPLOADS = 5
+DROPS_PER_UPLOAD = 10
+WINDOW = 4
+SETTINGS = OtaSettings(window=WINDOW, timeout_s=1.0, self_confirm_wait_s=0.2, poll_s=0.1,
+                       reset_settle_s=0.8, reconnect_backoff_s=0.05, reboot_window_s=20.0)
+
+
+async def test_fifty_random_link_drops_cost_at_most_a_window_each() -> None:
+    port = free_tcp_port()
+    rng = random.Random(20261126)
+    async with Rig(RigOptions(controllers=1, udp_base_port=port)) as rig:
+        assert rig.controllers
+
+        async def udp() -> Any:
+            transport = SMPUDPTransport()
+            await transport.connect("127.0.0.1", 5.0, port=port)
+            return transport
+
+        drops = 0
+        for n in range(UPLOADS):
+            image = make_image((10, n, 0, 0), firmware_body(f"drops-{n}", 40_000))
+            chunks = len(image) // max_data(384, len(image), None)
+            # Frames 1-2 are params and image state; the upload's frames follow.
+            points = set(rng.sample(range(4, chunks), DROPS_PER_UPLOAD))
+            faults = Faults(drop_link_at=points)
+
+            async def connect(faults: Faults = faults) -> Any:
+                return FaultyTransport(await udp(), faults)
+
+            outcome = await FirmwareUpdate(connect, image, device=f"udp-{n}",
+                                           settings=SETTINGS).run()
+            assert outcome.result is OtaResult.SUCCEEDED, (n, outcome)
+            drops += len(points & set(range(faults.frames + 1)))
+            chunk = max_data(384, len(image), None)
+            # Each drop may lose the window in flight, and the resume repeats a first chunk.
+            allowed = len(image) + DROPS_PER_UPLOAD * (WINDOW + 1) * chunk
+            assert faults.upload_bytes() <= allowed, (n, faults.upload_bytes(), allowed)
+        assert drops == UPLOADS * DROPS_PER_UPLOAD
