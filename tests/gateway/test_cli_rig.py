@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
 
 pytestmark = [pytest.mark.rig, pytest.mark.rig_options(controllers=2)]
@@ -92,6 +93,16 @@ async def test_cli_through_the_daemon(cli: Cli, tmp_path: Path) -> None:
             await _flow(cli)
             devices = await cli.run("devices", "--json")
             assert devices[0]["link"] is not None  # answered by the daemon's supervisor
+            # A firmware update through the daemon: the controller answers busy meanwhile.
+            image = tmp_path / "new.bin"
+            image.write_bytes(make_image((9, 2, 0, 0), firmware_body("daemon-ota", 200_000)))
+            ota = asyncio.create_task(cli.run("ota", FIRST, str(image), "--json"))
+            await asyncio.sleep(1.5)
+            busy = await cli.run("valve", FIRST, "1", "open", "--minutes", "1", expect=4)
+            assert "firmware update" in busy
+            outcome = await ota
+            assert outcome["result"] == "succeeded", outcome
+            assert outcome["version"] == "9.2.0" and not outcome["skipped_upload"]
         finally:
             daemon.terminate()
             _, err = await asyncio.wait_for(daemon.communicate(), 30)
