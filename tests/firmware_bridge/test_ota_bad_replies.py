@@ -55,7 +55,7 @@ async def run(reply_for: Any) -> tuple[Any, ScriptedDevice]:
     async def connect() -> ScriptedDevice:
         return device
 
-    outcome = await FirmwareUpdate(connect, IMAGE, device="scripted",  # type: ignore[arg-type]
+    outcome = await FirmwareUpdate(connect, IMAGE, device="scripted",
                                    settings=OtaSettings(timeout_s=0.5)).run()
     return outcome, device
 

@@ -96,7 +96,8 @@ async def test_cli_through_the_daemon(cli: Cli, tmp_path: Path) -> None:
             # A firmware update through the daemon: the controller answers busy meanwhile.
             image = tmp_path / "new.bin"
             image.write_bytes(make_image((9, 2, 0, 0), firmware_body("daemon-ota", 200_000)))
-            ota = asyncio.create_task(cli.run("ota", FIRST, str(image), "--json"))
+            ota = asyncio.create_task(cli.run("ota", FIRST, str(image), "--confirm", "explicit",
+                                              "--json"))
             await asyncio.sleep(1.5)
             busy = await cli.run("valve", FIRST, "1", "open", "--minutes", "1", expect=4)
             assert "firmware update" in busy
