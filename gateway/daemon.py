@@ -20,7 +20,7 @@ from gateway import bluez, systemd
 from gateway.cli_ota import read_image
 from gateway.config import GatewayConfig
 from gateway.control import ControlRequest, ControlServer
-from gateway.errors import ControlError
+from gateway.errors import ControlError, ControllerBusy
 from gateway.link.manager import ConnectionManager
 from gateway.link.scheduler import Priority
 from gateway.operations import (
@@ -127,6 +127,11 @@ class DaemonOperations:
             return transport
 
         supervisor = self.manager.supervisor(address)
+        task = self.manager.store.as_json(address)["current_task"]
+        if task is not None and task["status"] in ("running", "paused"):
+            # ota.md 5.1: never update a controller in the middle of watering.
+            raise ControllerBusy(f"{address} is watering channel {task['channel']}; update "
+                                 "it when the task has finished")
         async with supervisor.firmware_update(), scheduler.slot(address, Priority.URGENT,
                                                                 kept=False):
             outcome = await FirmwareUpdate(

@@ -268,3 +268,31 @@ async def test_resume_after_the_gateway_is_killed(peer: Peer, tmp_path: Path) ->
     # Resumed, not restarted: the second run sent less than the whole image.
     assert outcome["uploaded_bytes"] < len(peer.image) - killed_at.acked // 2
     assert store.load(peer.url) is None
+
+
+@pytest.mark.rig
+async def test_firmware_that_confirms_itself_is_waited_for(tmp_path: Path) -> None:
+    """AutoWatering firmware confirms its own image after a good boot: the SELF policy waits
+    for that and never sends a confirm itself."""
+    from gateway.sim.controller.device import ControllerConfig
+
+    template = ControllerConfig(0, 0, "", self_confirm_after_s=1.5)
+    async with Rig(RigOptions(controllers=1, template=template)) as rig:
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = rig.bus_address
+        address = rig.controllers[0].address
+
+        async def ble() -> Any:
+            transport = BleSmpTransport(address, adapter="hci0")
+            await transport.connect(10)
+            return transport
+
+        peer = Peer("ble", make_image((9, 9, 8, 0), firmware_body("self", 30_000)), ble,
+                    window=4, chunk_max=244)
+        faults = Faults()
+        settings = OtaSettings(**{**FAST.__dict__, "confirm": ConfirmPolicy.SELF,
+                                  "self_confirm_wait_s": 10.0})
+        outcome = await FirmwareUpdate(peer.connect(faults), peer.image, device="self",
+                                       settings=settings).run()
+        assert outcome.result is OtaResult.SUCCEEDED, outcome
+        assert outcome.detail == "the firmware confirmed itself"
+        assert not any(p.get("confirm") is True for _g, _c, _o, p in faults.requests)

@@ -101,6 +101,9 @@ class ControllerConfig:
     # Benchmarks: write "<uuid> <hex value> <monotonic ns>" per notification as it leaves the
     # link model, so a central can measure its own latency beyond the modelled air time.
     trace_dir: str = ""
+    # AutoWatering firmware confirms its own image (boot_write_img_confirmed) once it has run
+    # this long after a boot; None models firmware that leaves it to the updater.
+    self_confirm_after_s: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -545,6 +548,15 @@ class VirtualController:
         self._rebooting = False
         await self._register_app()
         await self._start_advertising()
+        if self.config.self_confirm_after_s is not None and not self.flash.slot0_confirmed:
+            self._spawn(self._self_confirm(self.config.self_confirm_after_s), "self-confirm")
+
+    async def _self_confirm(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        if not self._rebooting and not self.flash.slot0_confirmed:
+            self.flash.confirm_running()
+            self.store.save(self.flash)
+            log.info("controller_self_confirmed", controller=self.config.index)
 
     # ---- faults ------------------------------------------------------------------------------
 
