@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="each controller waters one zone every S seconds")
     sim.add_argument("--time-scale", type=_positive_float, default=1.0,
                      help="simulated watering time per real second")
+    sim.add_argument("--self-confirm-after", type=_positive_float, default=None, metavar="S",
+                     help="firmware confirms a new image itself S seconds after booting it, "
+                          "as AutoWatering firmware does")
     sim.add_argument("--fault", type=FaultSpec.parse, action="append", default=[],
                      metavar="INDEX:KIND[:k=v,...]",
                      help="inject a fault after start (add delay_s=S to wait first)")
@@ -144,7 +147,8 @@ def _controller_template(args: argparse.Namespace) -> Any:
         mcumgr_params=not args.no_mcumgr_params, buf_size=args.buf_size,
         buf_count=args.buf_count, interval_ms=args.interval_ms,
         packets_per_event=args.packets_per_event, mtu=args.mtu,
-        schedule_every_s=args.schedule_every, time_scale=args.time_scale)
+        schedule_every_s=args.schedule_every, time_scale=args.time_scale,
+        self_confirm_after_s=args.self_confirm_after)
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
