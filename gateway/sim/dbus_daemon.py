@@ -46,6 +46,7 @@ class PrivateBus:
         self._proc = await asyncio.create_subprocess_exec(
             daemon, f"--config-file={config}", "--nofork", "--print-address",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # stopped by the rig, after the processes that use it
         )
         assert self._proc.stdout is not None
         async with asyncio.timeout(START_TIMEOUT_S):

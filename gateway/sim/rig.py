@@ -139,9 +139,11 @@ class Rig:
                                              bus_address=self.bus_address).connect()
 
     async def _spawn_ready(self, args: list[str], what: str) -> asyncio.subprocess.Process:
+        # Own process group: a Ctrl-C in the terminal reaches only awgw, which then stops the
+        # rig in order (controllers, BlueZoo, bus) instead of everything dying at once.
         proc = await asyncio.create_subprocess_exec(
             *args, env=self.env(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=None)
+            stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True)
         assert proc.stdout is not None
         try:
             async with asyncio.timeout(PROCESS_READY_TIMEOUT_S):
