@@ -34,6 +34,9 @@ from gateway.sim.rig import Rig, RigOptions
 
 pytestmark = pytest.mark.qemu
 
+# The emulated UART loses a frame now and then (notes/zephyr-qemu-peer.md pitfall 3); each such
+# loss may cost one window of resent data, so byte budgets allow a few of them.
+UART_LOSSES = 3
 # Short timeouts keep the resend paths quick; the peers answer in milliseconds.
 FAST = OtaSettings(timeout_s=2.0, self_confirm_wait_s=1.0, poll_s=0.2, reset_settle_s=1.0,
                    reconnect_backoff_s=1.0, reboot_window_s=30.0)
@@ -167,7 +170,7 @@ async def test_happy_path_to_permanent_then_already_present(peer: Peer, tmp_path
     new = parse_image(peer.image).image_hash
     running = next(s for s in await slots(peer) if s.slot == 0)
     assert running.hash == new and running.confirmed and running.active
-    assert faults.upload_bytes() <= len(peer.image) + peer.window * peer.chunk_max
+    assert faults.upload_bytes() <= len(peer.image) + UART_LOSSES * peer.window * peer.chunk_max
     again = Faults()
     second = await FirmwareUpdate(peer.connect(again), peer.image, device=peer.name,
                                   settings=FAST).run()
@@ -183,7 +186,7 @@ async def test_resume_after_dropped_links_and_a_dropped_frame(peer: Peer) -> Non
                                    settings=FAST).run()
     assert outcome.result is OtaResult.SUCCEEDED, outcome
     # Each drop costs at most one window of resent data (plus the resume's first chunk).
-    budget = len(peer.image) + 4 * (peer.window + 1) * peer.chunk_max
+    budget = len(peer.image) + (4 + UART_LOSSES) * (peer.window + 1) * peer.chunk_max
     assert faults.upload_bytes() <= budget, (faults.upload_bytes(), len(peer.image))
 
 
