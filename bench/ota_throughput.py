@@ -28,7 +28,7 @@ from smpclient.transport.ble import SMPBLETransport
 from firmware_bridge.mcuboot import parse_image
 from firmware_bridge.ota import commands
 from firmware_bridge.ota.channel import SmpChannel
-from firmware_bridge.ota.upload import Uploader, UploadPlan
+from firmware_bridge.ota.upload import Uploader, UploadPlan, frame_budget
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from gateway.sim.controller.device import ControllerConfig
@@ -49,9 +49,7 @@ async def ours(transport: Any, image: bytes, *, pre_erase: bool) -> float:
         params = await commands.read_params(channel)
         if pre_erase:
             await commands.erase_slot(channel)
-        shape = getattr(transport, "frame_budget", None)
-        budget = shape(params.buf_size) if callable(shape) else (
-            params.buf_size - getattr(transport, "frame_overhead", 0))
+        budget = frame_budget(transport, params.buf_size)
         started = time.monotonic()
         await Uploader(channel, image, info.file_sha256,
                        UploadPlan(params.buf_count, budget, timeout_s=2.0)).run()

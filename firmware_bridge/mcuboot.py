@@ -144,6 +144,21 @@ def parse_image(data: bytes, *, allow_trailing: bool = False) -> McubootImage:
     )
 
 
+def image_problems(image: McubootImage, slot_limit: int | None) -> list[tuple[str, str]]:
+    """What makes a parsed image unfit to send, as (kind, message); kind is "invalid" or
+    "too_large". Empty when the image may go to a device (ota.md 2.6)."""
+    problems = []
+    if not image.hash_ok:
+        problems.append(("invalid", "the SHA256 TLV does not match the image contents "
+                                    "(corrupted)"))
+    if not image.bootable:
+        problems.append(("invalid", "the image is flagged non-bootable"))
+    if slot_limit is not None and image.total_size > slot_limit:
+        problems.append(("too_large", f"{image.total_size} bytes exceeds the slot limit of "
+                                      f"{slot_limit} bytes"))
+    return problems
+
+
 class SignatureError(ImageFormatError):
     """The image's signature does not verify against the configured key (or is missing)."""
 

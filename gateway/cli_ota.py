@@ -21,7 +21,13 @@ from rich.progress import (
 )
 from smpclient.transport.udp import SMPUDPTransport
 
-from firmware_bridge.mcuboot import ImageFormatError, SignatureError, parse_image, verify_signature
+from firmware_bridge.mcuboot import (
+    ImageFormatError,
+    SignatureError,
+    image_problems,
+    parse_image,
+    verify_signature,
+)
 from firmware_bridge.ota.channel import FrameTransport
 from firmware_bridge.ota.outcome import OtaOutcome, OtaResult
 from firmware_bridge.ota.outcome import Progress as OtaProgress
@@ -32,6 +38,7 @@ from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from gateway import control
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import CommandFailed, ConfigError
+from gateway.operations import read_image
 
 # Exit codes of `awgw ota` beyond the common ones (README "CLI").
 EXIT_REVERTED = 8
@@ -88,13 +95,7 @@ def inspect_image(path: Path, key: Path | None, slot_size: int | None) -> dict[s
         image = parse_image(data)
     except ImageFormatError as exc:
         return {**document, "valid": False, "problems": [str(exc)]}
-    problems = []
-    if not image.hash_ok:
-        problems.append("SHA256 TLV does not match the image contents")
-    if not image.bootable:
-        problems.append("flagged non-bootable")
-    if slot_size is not None and len(data) > slot_size:
-        problems.append(f"{len(data)} bytes exceeds the slot's {slot_size}")
+    problems = [message for _kind, message in image_problems(image, slot_size)]
     signature = None
     if key is not None:
         try:
@@ -119,13 +120,6 @@ async def run_image_inspect(args: argparse.Namespace) -> int:
         for key, value in document.items():
             console.print(f"[bold]{key}[/bold]: {value}")
     return 0 if document["valid"] else EXIT_BAD_IMAGE
-
-
-def read_image(path: Path) -> tuple[str, bytes]:
-    try:
-        return str(path.resolve()), path.read_bytes()
-    except OSError as exc:
-        raise CommandFailed(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _settings(args: argparse.Namespace) -> OtaSettings:

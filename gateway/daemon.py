@@ -17,7 +17,6 @@ from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.ble import BleSmpTransport
 from gateway import bluez, systemd
-from gateway.cli_ota import read_image
 from gateway.config import GatewayConfig
 from gateway.control import ControlRequest, ControlServer
 from gateway.errors import ControlError, ControllerBusy
@@ -31,6 +30,7 @@ from gateway.operations import (
     ValveAction,
     list_devices,
     pair_on_radio,
+    read_image,
     result_of,
     unpair_on_radio,
     valve_command,

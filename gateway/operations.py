@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -233,3 +234,9 @@ class DirectOperations:
             await session.link.disconnect()
         return result_of(session.link.address, name, outcome)
 
+
+def read_image(path: Path) -> tuple[str, bytes]:
+    try:
+        return str(path.resolve()), path.read_bytes()
+    except OSError as exc:
+        raise CommandFailed(f"cannot read {path}: {exc.strerror}") from exc

@@ -20,7 +20,7 @@ from typing import TypeVar
 import structlog
 
 from firmware_bridge.errors import BridgeError, LinkLost, TransportError, TransportTimeout
-from firmware_bridge.mcuboot import ImageFormatError, McubootImage, parse_image
+from firmware_bridge.mcuboot import ImageFormatError, McubootImage, image_problems, parse_image
 from firmware_bridge.ota import commands
 from firmware_bridge.ota.channel import (
     DeviceRejected,
@@ -36,6 +36,7 @@ from firmware_bridge.ota.upload import (
     FIRST_CHUNK_TIMEOUT_S,
     Uploader,
     UploadPlan,
+    frame_budget,
 )
 
 log = structlog.get_logger(__name__)
@@ -90,14 +91,9 @@ def check_image(data: bytes, slot_limit: int | None) -> McubootImage:
         image = parse_image(data)
     except ImageFormatError as exc:
         raise _Fail(FailureReason.INVALID_IMAGE, str(exc)) from exc
-    if not image.hash_ok:
-        raise _Fail(FailureReason.INVALID_IMAGE,
-                    "the image's SHA256 TLV does not match its contents (corrupted)")
-    if not image.bootable:
-        raise _Fail(FailureReason.INVALID_IMAGE, "the image is flagged non-bootable")
-    if slot_limit is not None and len(data) > slot_limit:
-        raise _Fail(FailureReason.TOO_LARGE,
-                    f"{len(data)} bytes exceeds the slot limit of {slot_limit} bytes")
+    for kind, message in image_problems(image, slot_limit):
+        reason = FailureReason.TOO_LARGE if kind == "too_large" else FailureReason.INVALID_IMAGE
+        raise _Fail(reason, message)
     return image
 
 
@@ -227,7 +223,8 @@ class FirmwareUpdate:
     async def _upload(self, image: McubootImage, params: commands.Params) -> None:
         settings = self.settings
         plan = UploadPlan(window=max(1, settings.window or params.buf_count),
-                          frame_budget=self._budget(settings.frame_budget or params.buf_size),
+                          frame_budget=frame_budget(self._transport,
+                                                    settings.frame_budget or params.buf_size),
                           first_timeout_s=settings.first_timeout_s, timeout_s=settings.timeout_s)
         session = self.store.load(self.device) if self.store else None
         resuming = session is not None and session.file_sha256 == image.file_sha256.hex()
@@ -374,14 +371,6 @@ class FirmwareUpdate:
             raise self._rejected(exc) from exc
         except SmpProtocolError as exc:
             raise _Fail(FailureReason.PROTOCOL, str(exc)) from exc
-
-    def _budget(self, buf_size: int) -> int:
-        """The frame size for this transport: what its framing leaves of buf_size, shaped to
-        its packets when it knows better (BLE)."""
-        shape = getattr(self._transport, "frame_budget", None)
-        if callable(shape):
-            return int(shape(buf_size))
-        return buf_size - int(getattr(self._transport, "frame_overhead", 0))
 
     def _rejected(self, exc: DeviceRejected) -> _Fail:
         if exc.rc == RC_TOO_LARGE:

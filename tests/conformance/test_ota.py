@@ -25,6 +25,7 @@ from firmware_bridge.ota.channel import FrameTransport, SmpChannel
 from firmware_bridge.ota.outcome import FailureReason, OtaResult
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
+from firmware_bridge.ota.upload import frame_budget
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from firmware_bridge.smp.wire import HEADER_SIZE, decode_payload, encode_cbor, parse_header
@@ -70,8 +71,7 @@ class FaultyTransport:
         return int(getattr(self.inner, "frame_overhead", 0))
 
     def frame_budget(self, buf_size: int) -> int:
-        shape = getattr(self.inner, "frame_budget", None)
-        return int(shape(buf_size)) if callable(shape) else buf_size - self.frame_overhead
+        return frame_budget(self.inner, buf_size)
 
     async def send(self, data: bytes) -> None:
         faults = self.faults
