@@ -25,8 +25,11 @@ from firmware_bridge.gatt.codec import (
     TaskStatus,
     ValveControl,
 )
-from firmware_bridge.gatt.configuration import ChannelConfig
+from firmware_bridge.gatt.configuration import ChannelConfig, SystemConfig
 from firmware_bridge.link.state import DecodeProblem, Field, StateEvent
+
+# The firmware's default flow sensor calibration (device-ble.md 6.9).
+DEFAULT_PULSES_PER_LITRE = 750
 
 
 @dataclass
@@ -123,7 +126,7 @@ class StateStore:
                         "name": view.names.get(ch), "at": view.valves.get(ch, (False, None))[1]}
                        for ch in range(CHANNELS)],
             "system_status": _status_json(status, status_at),
-            "flow": _flow_json(flow, flow_at),
+            "flow": _flow_json(flow, flow_at, _pulses_per_litre(values)),
             "alarm": _alarm_json(alarm, alarm_at),
             "current_task": _task_json(task, task_at),
             "task_queue": _queue_json(queue, queue_at),
@@ -143,11 +146,20 @@ def _status_json(status: object, at: float | None) -> dict[str, Any] | None:
     return {"code": code, "name": _name(status.code), "ok": ok, "at": at}
 
 
-def _flow_json(flow: object, at: float | None) -> dict[str, Any] | None:
+def _pulses_per_litre(values: dict[Field, StateEvent]) -> int:
+    """The controller's own flow calibration (System Configuration), else its default 750."""
+    config = values.get(Field.SYSTEM_CONFIG)
+    if config is not None and isinstance(config.value, SystemConfig) \
+            and config.value.flow_calibration > 0:
+        return int(config.value.flow_calibration)
+    return DEFAULT_PULSES_PER_LITRE
+
+
+def _flow_json(flow: object, at: float | None, pulses_per_litre: int) -> dict[str, Any] | None:
     if not isinstance(flow, FlowSensor):
         return None
     return {"pulses_per_second": flow.pulses_per_second,
-            "litres_per_minute": round(flow.litres_per_minute(750), 3), "at": at}
+            "litres_per_minute": round(flow.litres_per_minute(pulses_per_litre), 3), "at": at}
 
 
 def _alarm_json(alarm: object, at: float | None) -> dict[str, Any] | None:
