@@ -26,10 +26,10 @@ from smpclient import SMPClient
 from smpclient.transport.ble import SMPBLETransport
 
 from firmware_bridge.mcuboot import parse_image
-from firmware_bridge.ota import commands
-from firmware_bridge.ota.channel import SmpChannel
 from firmware_bridge.ota.upload import Uploader, UploadPlan, frame_budget
+from firmware_bridge.smp import commands
 from firmware_bridge.smp.ble import BleSmpTransport
+from firmware_bridge.smp.channel import SmpChannel
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.controller.link_model import LinkParams

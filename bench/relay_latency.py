@@ -32,10 +32,10 @@ from firmware_bridge.link.state import Field, Source, StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
 from gateway.link.supervisor import LinkState
-from gateway.operations import pair_on_radio
-from gateway.registry import Registry
+from gateway.ops.radio import pair_on_radio
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
+from gateway.store.registry import Registry
 
 MEASURED = {Field.CURRENT_TASK: uuids.CURRENT_TASK, Field.FLOW: uuids.FLOW_SENSOR}
 TraceKey = tuple[str, str, str]  # address, uuid, value hex

@@ -12,17 +12,17 @@ import structlog
 
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
 from firmware_bridge.link.session import ControllerSession
-from firmware_bridge.ota.channel import FrameTransport
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.ble import BleSmpTransport
+from firmware_bridge.smp.channel import FrameTransport
 from gateway import bluez, systemd
 from gateway.config import GatewayConfig
 from gateway.control import ControlRequest, ControlServer
 from gateway.errors import ControlError, ControllerBusy
 from gateway.link.manager import ConnectionManager
 from gateway.link.scheduler import Priority
-from gateway.operations import (
+from gateway.ops.radio import (
     SCAN_TIMEOUT_S,
     CommandResult,
     DeviceEntry,
@@ -35,7 +35,7 @@ from gateway.operations import (
     unpair_on_radio,
     valve_command,
 )
-from gateway.registry import Registry, normalise_address
+from gateway.store.registry import Registry, normalise_address
 
 log = structlog.get_logger(__name__)
 

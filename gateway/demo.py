@@ -27,10 +27,10 @@ from firmware_bridge.link.state import DecodeProblem, Source, StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
 from gateway.link.scanner import discover
-from gateway.operations import pair_on_radio
-from gateway.registry import Registry
+from gateway.ops.radio import pair_on_radio
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
+from gateway.store.registry import Registry
 
 log = structlog.get_logger(__name__)
 

@@ -21,14 +21,6 @@ import structlog
 
 from firmware_bridge.errors import BridgeError, LinkLost, TransportError, TransportTimeout
 from firmware_bridge.mcuboot import ImageFormatError, McubootImage, image_problems, parse_image
-from firmware_bridge.ota import commands
-from firmware_bridge.ota.channel import (
-    DeviceRejected,
-    FrameTransport,
-    SmpChannel,
-    SmpProtocolError,
-)
-from firmware_bridge.ota.commands import ImageSlot
 from firmware_bridge.ota.outcome import FailureReason, OtaOutcome, OtaResult, Phase, Progress
 from firmware_bridge.ota.session_store import SessionStore, UploadSession
 from firmware_bridge.ota.upload import (
@@ -38,6 +30,14 @@ from firmware_bridge.ota.upload import (
     UploadPlan,
     frame_budget,
 )
+from firmware_bridge.smp import commands
+from firmware_bridge.smp.channel import (
+    DeviceRejected,
+    FrameTransport,
+    SmpChannel,
+    SmpProtocolError,
+)
+from firmware_bridge.smp.commands import ImageSlot
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -17,9 +17,9 @@ from typing import Any
 import structlog
 
 from firmware_bridge.errors import TransportTimeout
-from firmware_bridge.ota.channel import SmpChannel, SmpProtocolError
-from firmware_bridge.ota.commands import IMAGE_UPLOAD
 from firmware_bridge.ota.outcome import Phase, Progress
+from firmware_bridge.smp.channel import SmpChannel, SmpProtocolError
+from firmware_bridge.smp.commands import IMAGE_UPLOAD
 from firmware_bridge.smp.wire import HEADER_SIZE, Group, Op, encode_cbor
 
 log = structlog.get_logger(__name__)

@@ -16,8 +16,8 @@ from gateway.errors import UnknownController
 from gateway.link.scanner import Scanner
 from gateway.link.scheduler import ScanGate, SlotScheduler
 from gateway.link.supervisor import CommandFn, Connector, LinkState, Repairer, Supervisor
-from gateway.registry import ControllerRecord, Registry, normalise_address
-from gateway.state_store import StateStore
+from gateway.store.registry import ControllerRecord, Registry, normalise_address
+from gateway.store.state import StateStore
 
 log = structlog.get_logger(__name__)
 

@@ -33,8 +33,8 @@ from gateway.errors import CommandFailed, ControllerBusy, PairingError
 from gateway.link.events import first_of
 from gateway.link.failures import Failure, FailureClass, classify
 from gateway.link.scheduler import Lease, Priority, SlotScheduler
-from gateway.registry import Registry
-from gateway.state_store import StateStore
+from gateway.store.registry import Registry
+from gateway.store.state import StateStore
 
 log = structlog.get_logger(__name__)
 

@@ -20,13 +20,13 @@ import pytest
 
 from firmware_bridge.errors import LinkLost
 from firmware_bridge.mcuboot import parse_image
-from firmware_bridge.ota import commands
-from firmware_bridge.ota.channel import FrameTransport, SmpChannel
 from firmware_bridge.ota.outcome import FailureReason, OtaResult
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
 from firmware_bridge.ota.upload import frame_budget
+from firmware_bridge.smp import commands
 from firmware_bridge.smp.ble import BleSmpTransport
+from firmware_bridge.smp.channel import FrameTransport, SmpChannel
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from firmware_bridge.smp.wire import HEADER_SIZE, decode_payload, encode_cbor, parse_header
 from gateway.sim.images import firmware_body, make_image, rewrap_as_version

@@ -12,11 +12,11 @@ import pytest
 from dbus_fast import DBusError
 
 from gateway import control
+from gateway.bluez.agent import PairingAgent, PairingWindow, device_path
 from gateway.config import LinkPolicy, load_config
 from gateway.control import ControlRequest, ControlServer
 from gateway.errors import ConfigError, ControlError, UnknownController
-from gateway.pairing_agent import PairingAgent, PairingWindow, device_path
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 
 
 def test_config_defaults_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,9 +20,9 @@ from firmware_bridge.link.state import StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
 from gateway.link.supervisor import LinkState
-from gateway.operations import pair_on_radio
-from gateway.registry import Registry
+from gateway.ops.radio import pair_on_radio
 from gateway.sim.rig import Rig
+from gateway.store.registry import Registry
 
 pytestmark = pytest.mark.rig
 

@@ -10,9 +10,9 @@ import pytest
 from gateway import bluez
 from gateway.config import GatewayConfig
 from gateway.errors import PairingError
-from gateway.operations import list_devices, pair_on_radio, unpair_on_radio
-from gateway.registry import Registry
+from gateway.ops.radio import list_devices, pair_on_radio, unpair_on_radio
 from gateway.sim.rig import Rig
+from gateway.store.registry import Registry
 
 pytestmark = [pytest.mark.rig, pytest.mark.rig_options(controllers=2, passkeys={1: 123456})]
 

@@ -16,8 +16,8 @@ from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import ControllerBusy, PairingError
 from gateway.link.scheduler import SlotScheduler
 from gateway.link.supervisor import LinkState, Supervisor
-from gateway.registry import Registry
-from gateway.state_store import StateStore
+from gateway.store.registry import Registry
+from gateway.store.state import StateStore
 from tests.fakes import ModelLink
 
 ADDRESS = "C0:FF:EE:00:00:00"

@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--passkey", action="append", default=[], metavar="INDEX=NNNNNN",
                      help="that controller's firmware demands this pairing passkey")
 
-    from gateway.cli_link import add_link_commands, common_options
-    from gateway.cli_ota import add_ota_commands
+    from gateway.cli.link import add_link_commands, common_options
+    from gateway.cli.ota import add_ota_commands
 
     common = common_options()
     add_link_commands(sub, common)
@@ -192,13 +192,13 @@ async def _run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from gateway.cli_link import (
+    from gateway.cli.link import (
         LINK_COMMANDS,
         check_link_args,
         exit_code,
         run_link_command,
     )
-    from gateway.cli_ota import check_ota_args, run_image_inspect, run_ota
+    from gateway.cli.ota import check_ota_args, run_image_inspect, run_ota
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -28,17 +28,17 @@ from firmware_bridge.mcuboot import (
     parse_image,
     verify_signature,
 )
-from firmware_bridge.ota.channel import FrameTransport
 from firmware_bridge.ota.outcome import OtaOutcome, OtaResult
 from firmware_bridge.ota.outcome import Progress as OtaProgress
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.ble import BleSmpTransport
+from firmware_bridge.smp.channel import FrameTransport
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from gateway import control
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import CommandFailed, ConfigError
-from gateway.operations import read_image
+from gateway.ops.radio import read_image
 
 # Exit codes of `awgw ota` beyond the common ones (README "CLI").
 EXIT_REVERTED = 8

@@ -12,8 +12,8 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from gateway.bluez.agent import AGENT_PATH, PairingAgent, PairingWindow, device_path
 from gateway.errors import PairingError
-from gateway.pairing_agent import AGENT_PATH, PairingAgent, PairingWindow, device_path
 
 BLUEZ = "org.bluez"
 

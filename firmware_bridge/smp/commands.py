@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_bridge.ota.channel import DeviceRejected, SmpChannel, SmpProtocolError
+from firmware_bridge.smp.channel import DeviceRejected, SmpChannel, SmpProtocolError
 from firmware_bridge.smp.wire import Group, Op
 
 # Zephyr's "not supported" (MGMT_ERR_ENOTSUP): firmware without MCUmgr params.

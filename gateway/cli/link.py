@@ -27,8 +27,8 @@ from gateway.errors import (
     PairingError,
     UnknownController,
 )
-from gateway.operations import DirectOperations
-from gateway.registry import Registry
+from gateway.ops.radio import DirectOperations
+from gateway.store.registry import Registry
 
 # Exit codes a script can act on (README "CLI"): 2 is argparse's usage error.
 EXIT_CODES: dict[type[GatewayError], int] = {

@@ -24,8 +24,8 @@ from gateway.config import GatewayConfig
 from gateway.errors import CommandFailed, GatewayError, PairingError
 from gateway.link.failures import classify
 from gateway.link.scanner import discover
-from gateway.registry import Registry, normalise_address
-from gateway.state_store import StateStore
+from gateway.store.registry import Registry, normalise_address
+from gateway.store.state import StateStore
 
 log = structlog.get_logger(__name__)
 
