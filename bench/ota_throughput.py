@@ -26,7 +26,7 @@ from smpclient import SMPClient
 from smpclient.transport.ble import SMPBLETransport
 
 from firmware_bridge.mcuboot import parse_image
-from firmware_bridge.ota.upload import Uploader, UploadPlan, frame_budget
+from firmware_bridge.ota.upload import Uploader, UploadPlan
 from firmware_bridge.smp import commands
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.channel import SmpChannel
@@ -49,7 +49,7 @@ async def ours(transport: Any, image: bytes, *, pre_erase: bool) -> float:
         params = await commands.read_params(channel)
         if pre_erase:
             await commands.erase_slot(channel)
-        budget = frame_budget(transport, params.buf_size)
+        budget = transport.frame_budget(params.buf_size)
         started = time.monotonic()
         await Uploader(channel, image, info.file_sha256,
                        UploadPlan(params.buf_count, budget, timeout_s=2.0)).run()

@@ -45,3 +45,8 @@ class LinkDBusError(TransportError):
         super().__init__(f"{name}: {details}" if details else name)
         self.name = name
         self.details = details
+
+
+class CharacteristicMissing(BridgeError):
+    """The controller does not expose a characteristic (older firmware, or a GATT cache gone
+    stale after a firmware change)."""

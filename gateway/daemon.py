@@ -15,7 +15,7 @@ from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.ble import BleSmpTransport
-from firmware_bridge.smp.channel import FrameTransport
+from firmware_bridge.smp.transport import FrameTransport
 from gateway import bluez, systemd
 from gateway.config import GatewayConfig
 from gateway.control import ControlRequest, ControlServer

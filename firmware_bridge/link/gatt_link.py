@@ -2,35 +2,19 @@
 
 ``GattLink`` is the small interface the session needs; tests and benchmarks can stand a fake
 behind it. ``BleakGattLink`` translates every bleak/BlueZ failure into firmware_bridge errors
-once, keeping the original as ``__cause__``.
+once (``bleak_compat.translated``), keeping the original as ``__cause__``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from bleak import BleakClient
 from bleak.backends.device import BLEDevice
-from bleak.exc import (
-    BleakCharacteristicNotFoundError,
-    BleakDBusError,
-    BleakDeviceNotFoundError,
-    BleakError,
-    BleakGATTProtocolError,
-)
 
-from firmware_bridge.errors import (
-    AttRefused,
-    BridgeError,
-    LinkDBusError,
-    LinkLost,
-    PeerNotFound,
-    TransportError,
-    TransportTimeout,
-)
+from firmware_bridge.bleak_compat import acquire_mtu, quiet_disconnect, translated
+from firmware_bridge.errors import BridgeError
 
 NotifyCallback = Callable[[str, bytes], None]
 
@@ -49,42 +33,13 @@ class GattLink(Protocol):
     async def disconnect(self) -> None: ...
 
 
-class CharacteristicMissing(BridgeError):
-    """The controller does not expose a characteristic (older firmware, or a GATT cache gone
-    stale after a firmware change)."""
-
-
-@contextlib.contextmanager
-def translated(operation: str) -> Iterator[None]:
-    """Map bleak's exceptions to ours, once, at the boundary."""
-    try:
-        yield
-    except BleakGATTProtocolError as exc:
-        raise AttRefused(int(exc.args[0]), operation) from exc
-    except BleakCharacteristicNotFoundError as exc:
-        raise CharacteristicMissing(f"{operation}: characteristic not found") from exc
-    except BleakDeviceNotFoundError as exc:
-        raise PeerNotFound(f"{operation}: device {exc.identifier} not found") from exc
-    except BleakDBusError as exc:
-        raise LinkDBusError(exc.dbus_error, exc.dbus_error_details or "") from exc
-    except TimeoutError as exc:
-        raise TransportTimeout(f"{operation}: timed out") from exc
-    except EOFError as exc:
-        raise LinkLost(f"{operation}: D-Bus connection closed") from exc
-    except BleakError as exc:
-        text = str(exc)
-        if "not connected" in text.lower():
-            raise LinkLost(f"{operation}: {text}") from exc
-        raise TransportError(f"{operation}: {text}") from exc
-
-
 class BleakGattLink:
     """A connected controller over bleak/BlueZ."""
 
-    def __init__(self, client: BleakClient, address: str) -> None:
+    def __init__(self, client: BleakClient, address: str, characteristics: set[str]) -> None:
         self._client = client
         self._address = address
-        self._uuids: set[str] = set()
+        self._uuids = characteristics
         self._callbacks: dict[str, NotifyCallback] = {}
 
     @classmethod
@@ -101,14 +56,13 @@ class BleakGattLink:
                              disconnected_callback=disconnected)
         with translated(f"connect {address}"):
             await client.connect()
-        link = cls(client, address)
+        link = cls(client, address, {c.uuid for s in client.services for c in s.characteristics})
         try:
             with translated(f"acquire MTU {address}"):
                 await acquire_mtu(client)
         except BridgeError:
             await link.disconnect()
             raise
-        link._uuids = {c.uuid for s in client.services for c in s.characteristics}
         return link
 
     @property
@@ -143,19 +97,8 @@ class BleakGattLink:
             await self._client.start_notify(uuid, relay)
 
     async def disconnect(self) -> None:
-        with contextlib.suppress(BleakError, EOFError, TimeoutError, asyncio.CancelledError):
-            await self._client.disconnect()
+        await quiet_disconnect(self._client)
 
     async def pair(self) -> None:
         with translated(f"pair {self._address}"):
             await self._client.pair()
-
-
-async def acquire_mtu(client: BleakClient) -> None:
-    """BlueZ only reports the negotiated MTU through AcquireWrite/AcquireNotify; bleak exposes
-    that as the private ``_acquire_mtu`` (tests/firmware_bridge/test_bleak_conformance.py pins
-    it). Without it ``mtu_size`` says 23 and the session would wrongly warn about the MTU."""
-    backend: Any = client._backend
-    acquire: Callable[[], Awaitable[None]] | None = getattr(backend, "_acquire_mtu", None)
-    if acquire is not None:
-        await acquire()

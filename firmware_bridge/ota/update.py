@@ -28,16 +28,11 @@ from firmware_bridge.ota.upload import (
     FIRST_CHUNK_TIMEOUT_S,
     Uploader,
     UploadPlan,
-    frame_budget,
 )
 from firmware_bridge.smp import commands
-from firmware_bridge.smp.channel import (
-    DeviceRejected,
-    FrameTransport,
-    SmpChannel,
-    SmpProtocolError,
-)
+from firmware_bridge.smp.channel import DeviceRejected, SmpChannel, SmpProtocolError
 from firmware_bridge.smp.commands import ImageSlot
+from firmware_bridge.smp.transport import FrameTransport
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -222,9 +217,12 @@ class FirmwareUpdate:
 
     async def _upload(self, image: McubootImage, params: commands.Params) -> None:
         settings = self.settings
+        transport = self._transport
+        if transport is None:
+            raise LinkLost("upload: no transport was ever connected")
         plan = UploadPlan(window=max(1, settings.window or params.buf_count),
-                          frame_budget=frame_budget(self._transport,
-                                                    settings.frame_budget or params.buf_size),
+                          frame_budget=transport.frame_budget(
+                              settings.frame_budget or params.buf_size),
                           first_timeout_s=settings.first_timeout_s, timeout_s=settings.timeout_s)
         session = self.store.load(self.device) if self.store else None
         resuming = session is not None and session.file_sha256 == image.file_sha256.hex()

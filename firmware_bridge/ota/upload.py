@@ -44,15 +44,6 @@ class UploadPlan:
     timeout_s: float = CHUNK_TIMEOUT_S
 
 
-def frame_budget(transport: object, buf_size: int) -> int:
-    """The frame size for ``transport``: what its own framing leaves of the device's buf_size
-    (``frame_overhead``), or its own shaping when it knows better (``frame_budget``, BLE)."""
-    shape = getattr(transport, "frame_budget", None)
-    if callable(shape):
-        return int(shape(buf_size))
-    return buf_size - int(getattr(transport, "frame_overhead", 0))
-
-
 def _frame_size(payload: dict[str, Any]) -> int:
     return HEADER_SIZE + len(encode_cbor(payload))
 

@@ -9,15 +9,13 @@ own scan when handed a BLEDevice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from bleak import BleakClient
 from bleak.backends.device import BLEDevice
-from bleak.exc import BleakError
 
+from firmware_bridge.bleak_compat import acquire_mtu, quiet_disconnect, translated
 from firmware_bridge.errors import LinkLost, TransportError
 from firmware_bridge.gatt import uuids
-from firmware_bridge.link.gatt_link import acquire_mtu, translated
 from firmware_bridge.smp.wire import HEADER_SIZE, parse_header
 
 # Writes whose D-Bus reply is still outstanding before send() waits for one: bounds memory
@@ -28,8 +26,6 @@ MAX_REPLY = 8192
 
 
 class BleSmpTransport:
-    frame_overhead = 0
-
     def __init__(self, target: str | BLEDevice, *, adapter: str) -> None:
         self._target = target
         self._adapter = adapter
@@ -105,8 +101,7 @@ class BleSmpTransport:
     async def disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(BleakError, EOFError, TimeoutError):
-                await client.disconnect()
+            await quiet_disconnect(client)
 
     @property
     def mtu(self) -> int:

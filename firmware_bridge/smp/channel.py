@@ -1,9 +1,9 @@
 """SMP requests over one transport, many in flight, matched to replies by sequence number.
 
-The transport is anything with smpclient's SMPTransport shape (send a frame, receive a frame):
-smpclient's UDP transport, ``smp.tcp_serial.TcpSerialTransport`` for ``socket://`` serial, or
-``smp.ble.BleSmpTransport``. One reader task owns ``receive``; replies that arrive for a request
-nobody waits for any more (a resend made it redundant) are dropped.
+The transport is a ``FrameTransport`` (``smp.transport``): ``smp.udp.UdpSmpTransport``,
+``smp.tcp_serial.TcpSerialTransport`` for ``socket://`` serial, or ``smp.ble.BleSmpTransport``.
+One reader task owns ``receive``; replies that arrive for a request nobody waits for any more
+(a resend made it redundant) are dropped.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
+from firmware_bridge.aio import cancelling
 from firmware_bridge.errors import BridgeError, DecodeError, LinkLost, TransportTimeout
+from firmware_bridge.smp.transport import FrameTransport
 from firmware_bridge.smp.wire import (
     HEADER_SIZE,
     Op,
@@ -29,12 +31,6 @@ from firmware_bridge.smp.wire import (
 log = structlog.get_logger(__name__)
 
 SMP_V2 = 1
-
-
-class FrameTransport(Protocol):
-    async def send(self, data: bytes) -> None: ...
-    async def receive(self) -> bytes: ...
-    async def disconnect(self) -> None: ...
 
 
 class DeviceRejected(BridgeError):
@@ -79,12 +75,18 @@ class SmpChannel:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        with contextlib.suppress(Exception):
-            await self.transport.disconnect()
+        reader, self._reader = self._reader, None
+        try:
+            if reader is not None:
+                reader.cancel()
+                try:
+                    await reader  # _read lets only its cancellation out
+                except asyncio.CancelledError:
+                    if cancelling():
+                        raise  # we are being cancelled ourselves, not just our reader
+        finally:
+            with contextlib.suppress(Exception):  # a transport that is gone is disconnected
+                await self.transport.disconnect()
 
     async def _read(self) -> None:
         try:

@@ -34,7 +34,7 @@ class TcpSerialTransport:
     _smp_server_transport_buffer_size: int | None = None
     # Zephyr reassembles a serial packet (2-byte length + frame + 2-byte CRC) in one netbuf of
     # buf_size bytes, so a frame may use buf_size - 4 of it; a bigger one is silently dropped.
-    frame_overhead = 4
+    FRAME_OVERHEAD = 4
 
     def __init__(self, line_length: int = LINE_LENGTH, buffer_size: int = 384) -> None:
         self._line_length = line_length
@@ -121,4 +121,7 @@ class TcpSerialTransport:
     def max_unencoded_size(self) -> int:
         """The largest SMP frame the device takes over serial (its netbuf minus framing)."""
         return (self._smp_server_transport_buffer_size or self._default_buffer) - \
-            self.frame_overhead
+            self.FRAME_OVERHEAD
+
+    def frame_budget(self, buf_size: int) -> int:
+        return buf_size - self.FRAME_OVERHEAD

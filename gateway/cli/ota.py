@@ -19,7 +19,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from smpclient.transport.udp import SMPUDPTransport
 
 from firmware_bridge.mcuboot import (
     ImageFormatError,
@@ -33,8 +32,10 @@ from firmware_bridge.ota.outcome import Progress as OtaProgress
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.ble import BleSmpTransport
-from firmware_bridge.smp.channel import FrameTransport
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
+from firmware_bridge.smp.transport import FrameTransport
+from firmware_bridge.smp.udp import DEFAULT_PORT as DEFAULT_UDP_PORT
+from firmware_bridge.smp.udp import UdpSmpTransport
 from gateway import control
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import CommandFailed, ConfigError
@@ -44,7 +45,6 @@ from gateway.ops.radio import read_image
 EXIT_REVERTED = 8
 EXIT_OTA_FAILED = 9
 EXIT_BAD_IMAGE = 10
-DEFAULT_UDP_PORT = 1337  # mcumgr's UDP port
 # Connecting a transport: BLE connect + service discovery; serial/UDP are instant when up.
 CONNECT_TIMEOUT_S = 15.0
 
@@ -141,7 +141,7 @@ def _connector(args: argparse.Namespace, config: GatewayConfig
     if args.udp:
         host, _, port = args.udp.partition(":")
         async def udp() -> FrameTransport:
-            transport = SMPUDPTransport()
+            transport = UdpSmpTransport()
             await transport.connect(host, CONNECT_TIMEOUT_S, port=int(port or DEFAULT_UDP_PORT))
             return transport
         return args.udp, udp

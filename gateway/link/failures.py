@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from firmware_bridge.errors import (
     AttRefused,
+    CharacteristicMissing,
     DecodeError,
     LinkDBusError,
     LinkLost,
@@ -20,7 +21,6 @@ from firmware_bridge.errors import (
     TransportError,
     TransportTimeout,
 )
-from firmware_bridge.link.gatt_link import CharacteristicMissing
 
 # ATT codes meaning "this link is not (or no longer) encrypted with a bond the peer knows".
 ATT_AUTHENTICATION = {0x05, 0x08, 0x0F}

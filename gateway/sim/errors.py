@@ -1,9 +1,9 @@
-"""Errors of the virtual rig and the QEMU peer."""
+"""Errors of the virtual rig and the QEMU peer: a tree of their own, since the rig stands
+beside the gateway (it imports only firmware_bridge, cloud_client and itself); the CLI
+translates them at its boundary."""
 
-from gateway.errors import GatewayError
 
-
-class SimError(GatewayError):
+class SimError(Exception):
     """The virtual rig or a simulation peer could not do what was asked."""
 
 

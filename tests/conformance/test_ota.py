@@ -23,11 +23,11 @@ from firmware_bridge.mcuboot import parse_image
 from firmware_bridge.ota.outcome import FailureReason, OtaResult
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
-from firmware_bridge.ota.upload import frame_budget
 from firmware_bridge.smp import commands
 from firmware_bridge.smp.ble import BleSmpTransport
-from firmware_bridge.smp.channel import FrameTransport, SmpChannel
+from firmware_bridge.smp.channel import SmpChannel
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
+from firmware_bridge.smp.transport import FrameTransport
 from firmware_bridge.smp.wire import HEADER_SIZE, decode_payload, encode_cbor, parse_header
 from gateway.sim.images import firmware_body, make_image, rewrap_as_version
 from gateway.sim.qemu_peer import QemuPeer, fetch_artifacts
@@ -66,12 +66,9 @@ class FaultyTransport:
         self.inner = inner
         self.faults = faults
 
-    @property
-    def frame_overhead(self) -> int:
-        return int(getattr(self.inner, "frame_overhead", 0))
-
     def frame_budget(self, buf_size: int) -> int:
-        return frame_budget(self.inner, buf_size)
+        budget: int = self.inner.frame_budget(buf_size)
+        return budget
 
     async def send(self, data: bytes) -> None:
         faults = self.faults

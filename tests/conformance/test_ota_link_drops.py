@@ -7,11 +7,11 @@ import random
 from typing import Any
 
 import pytest
-from smpclient.transport.udp import SMPUDPTransport
 
 from firmware_bridge.ota.outcome import OtaResult
 from firmware_bridge.ota.update import FirmwareUpdate, OtaSettings
 from firmware_bridge.ota.upload import max_data
+from firmware_bridge.smp.udp import UdpSmpTransport
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.qemu_peer import free_tcp_port
 from gateway.sim.rig import Rig, RigOptions
@@ -32,7 +32,7 @@ async def test_fifty_random_link_drops_cost_at_most_a_window_each() -> None:
         assert rig.controllers
 
         async def udp() -> Any:
-            transport = SMPUDPTransport()
+            transport = UdpSmpTransport()
             await transport.connect("127.0.0.1", 5.0, port=port)
             return transport
 

@@ -1,7 +1,8 @@
 """Conformance for every private bleak attribute the gateway touches. If a bleak upgrade
 breaks one, this fails before the gateway silently degrades.
 
-- ``BleakClient._backend``: the platform backend object (acquire_mtu reaches through it).
+- ``BleakClient._backend``: the platform backend object (``bleak_compat.acquire_mtu`` reaches
+  through it; no other module may touch bleak's private API: tests/test_architecture.py).
 - ``BleakClientBlueZDBus._acquire_mtu``: a coroutine taking no arguments that fills
   ``mtu_size`` from BlueZ's AcquireWrite/AcquireNotify.
 """

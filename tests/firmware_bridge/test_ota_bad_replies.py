@@ -48,6 +48,9 @@ class ScriptedDevice:
     async def disconnect(self) -> None:
         return None
 
+    def frame_budget(self, buf_size: int) -> int:
+        return buf_size
+
 
 async def run(reply_for: Any) -> tuple[Any, ScriptedDevice]:
     device = ScriptedDevice(reply_for)

@@ -6,8 +6,8 @@ import asyncio
 import signal
 import sys
 
-from gateway.logging import configure_logging
 from gateway.sim.controller.device import ControllerConfig, VirtualController
+from gateway.sim.logs import configure_sim_logging
 
 
 async def _main(config: ControllerConfig) -> None:
@@ -25,7 +25,7 @@ async def _main(config: ControllerConfig) -> None:
 
 
 def main() -> None:
-    configure_logging(json_logs=True, level="warning")
+    configure_sim_logging("warning")
     config = ControllerConfig.from_json(sys.argv[1])
     asyncio.run(_main(config))
 

@@ -8,6 +8,7 @@ import pytest
 
 from firmware_bridge.errors import (
     AttRefused,
+    CharacteristicMissing,
     DecodeError,
     LinkDBusError,
     LinkLost,
@@ -15,7 +16,6 @@ from firmware_bridge.errors import (
     TransportError,
     TransportTimeout,
 )
-from firmware_bridge.link.gatt_link import CharacteristicMissing
 from gateway.link.failures import POLICIES, FailureClass, RetryPolicy, classify
 
 

@@ -152,7 +152,7 @@ async def test_share_policy_releases_after_each_visit_and_comes_back(tmp_path: P
 
 
 async def test_repeated_gatt_mismatch_clears_the_cache_once(tmp_path: Path) -> None:
-    from firmware_bridge.link.gatt_link import CharacteristicMissing
+    from firmware_bridge.errors import CharacteristicMissing
 
     radio = Radio()
     radio.failures += [CharacteristicMissing("read de60: characteristic not found")] * 2

@@ -15,6 +15,7 @@ from smpclient.requests.image_management import ImageStatesRead, ImageStatesWrit
 from smpclient.requests.os_management import EchoWrite, ResetWrite
 from smpclient.transport.ble import SMPBLETransport
 
+from firmware_bridge.bleak_compat import acquire_mtu
 from firmware_bridge.gatt import uuids
 from firmware_bridge.gatt.codec import (
     AlarmCode,
@@ -50,7 +51,7 @@ async def test_scan_sees_name_uuid_and_manufacturer_data(rig: Rig) -> None:
 async def test_p0_reads_match_the_spec(rig: Rig) -> None:
     client = await connect(rig.controllers[0].address)
     try:
-        await client._backend._acquire_mtu()  # type: ignore[attr-defined]
+        await acquire_mtu(client)
         assert client.mtu_size == 247
         assert await client.read_gatt_char(uuids.DIS_FIRMWARE_REVISION) == b"3.1.0"  # V8a
         assert await client.read_gatt_char(uuids.DIS_HARDWARE_REVISION) == b"v1"
