@@ -6,7 +6,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -16,6 +16,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/awgw/config.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/awgw")
 # systemd's RuntimeDirectory=awgw: where the service puts its control socket.
 DEFAULT_RUNTIME_DIR = Path("/run/awgw")
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class LinkPolicy(StrEnum):
@@ -46,6 +48,18 @@ class LinkSettings(BaseModel):
     time_zone: str | None = None
 
 
+class OtaConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # ota.md 5.2 W: MCUboot swaps ~180 sectors through scratch after the reset, tens of seconds
+    # on an nRF52840; the controller is retried with back-off for this long before the update
+    # is reported unreachable.
+    reboot_window_s: Annotated[float, Field(gt=0, le=1800)] = 180.0
+    # ota.md 5.3: the firmware confirms itself after a good boot; poll for it this long before
+    # the confirm policy decides.
+    self_confirm_wait_s: Annotated[float, Field(ge=0, le=600)] = 60.0
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,8 +67,9 @@ class GatewayConfig(BaseModel):
     control_socket: Path | None = None
     # How long `awgw pair` keeps the pairing agent accepting requests.
     pairing_window_s: Annotated[float, Field(gt=0, le=600)] = 120.0
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     link: LinkSettings = LinkSettings()
+    ota: OtaConfig = OtaConfig()
 
     @property
     def socket_path(self) -> Path:

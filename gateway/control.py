@@ -1,5 +1,11 @@
 """The daemon's local control socket: one JSON request per connection, one JSON answer.
 
+A request is one of ``ops.models.Request`` (discriminated on ``op``); anything else (unknown
+op, missing or wrongly typed fields, an oversized or unreadable body) is answered with a typed
+``ControlError`` and the server keeps serving. The answer is ``{"ok": true, "result": ...}``
+with the op's result model, or ``{"ok": false, "error": {"type": ..., "message": ...}}`` naming
+a GatewayError class, which the client raises again.
+
 The socket is created owner+group only (0660): whoever may run `awgw` against the daemon is
 decided by the socket's group (the systemd unit's), not by anything on the network.
 """
@@ -12,13 +18,15 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
 
 from gateway import errors
 from gateway.errors import ControlError, GatewayError
+from gateway.ops.models import REQUEST, Request, Result
 
 log = structlog.get_logger(__name__)
 
@@ -31,16 +39,8 @@ REQUEST_READ_TIMEOUT_S = 5.0
 # (supervisor.COMMAND_DEADLINE_S = 60 s) or a pairing window (up to 600 s, configured).
 CLIENT_TIMEOUT_S = 660.0
 
-Op = Literal["scan", "pair", "unpair", "devices", "state", "valve", "ota", "ping"]
-
-
-class ControlRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    op: Op
-    args: dict[str, Any] = {}
-
-
-Handler = Callable[[ControlRequest], Awaitable[Any]]
+Handler = Callable[[Request], Awaitable[Result]]
+T = TypeVar("T")
 
 
 class ControlServer:
@@ -74,51 +74,59 @@ class ControlServer:
             try:
                 async with asyncio.timeout(REQUEST_READ_TIMEOUT_S):
                     line = await reader.readline()
-                request = ControlRequest.model_validate_json(line)
-            except (TimeoutError, ValueError, ValidationError, asyncio.LimitOverrunError) as exc:
-                await _send(writer, {"ok": False, "error": {
-                    "type": "ControlError", "message": f"bad control request: {exc}"}})
+                request = REQUEST.validate_json(line)
+            except ValidationError as exc:
+                await _send(writer, _error("ControlError",
+                                           f"bad control request: {_problems(exc)}"))
+                return
+            except (TimeoutError, ValueError, asyncio.LimitOverrunError) as exc:
+                # ValueError: a line over MAX_REQUEST (asyncio's limit) or not UTF-8.
+                reason = "no request within the read timeout" if isinstance(exc, TimeoutError) \
+                    else f"unreadable or oversized request ({type(exc).__name__})"
+                await _send(writer, _error("ControlError", f"bad control request: {reason}"))
                 return
             try:
                 result = await self.handler(request)
-                await _send(writer, {"ok": True, "result": result})
+                await _send(writer, {"ok": True, "result": to_jsonable_python(result)})
             except GatewayError as exc:
-                await _send(writer, {"ok": False, "error": {"type": type(exc).__name__,
-                                                            "message": str(exc)}})
+                await _send(writer, _error(type(exc).__name__, str(exc)))
             except Exception as exc:
                 log.exception("control_request_failed", op=request.op)
-                await _send(writer, {"ok": False, "error": {
-                    "type": "GatewayError", "message": f"internal error: {exc}"}})
+                await _send(writer, _error("GatewayError", f"internal error: {exc}"))
         except (ConnectionError, OSError):
             pass  # the client went away; nothing to answer
         finally:
             writer.close()
 
 
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"type": kind, "message": message}}
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
+                     for e in exc.errors())
+
+
 async def _send(writer: asyncio.StreamWriter, document: dict[str, Any]) -> None:
-    writer.write(json.dumps(document, default=_jsonable).encode() + b"\n")
+    writer.write(json.dumps(document).encode() + b"\n")
     await writer.drain()
-
-
-def _jsonable(value: object) -> object:
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def daemon_running(path: Path) -> bool:
     return path.is_socket()
 
 
-async def call(path: Path, op: Op, **args: Any) -> Any:
-    """One request to the daemon; its typed errors come back as the same GatewayError class."""
+async def call(path: Path, request: Request, result: TypeAdapter[T]) -> T:
+    """One request to the daemon, its answer parsed by ``result`` (``ops.models.RESULTS`` names
+    the one for each op); the daemon's typed errors come back as the same GatewayError class."""
+    op = request.op
     try:
         reader, writer = await asyncio.open_unix_connection(str(path), limit=16 * 1024 * 1024)
     except OSError as exc:
         raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror}") from exc
     try:
-        writer.write(ControlRequest(op=op, args=args).model_dump_json().encode() + b"\n")
+        writer.write(request.model_dump_json().encode() + b"\n")
         await writer.drain()
         async with asyncio.timeout(CLIENT_TIMEOUT_S):
             line = await reader.readline()
@@ -134,7 +142,11 @@ async def call(path: Path, op: Op, **args: Any) -> Any:
     if not isinstance(answer, dict) or "ok" not in answer:
         raise ControlError(f"the daemon sent a malformed answer to {op}")
     if answer["ok"]:
-        return answer.get("result")
+        try:
+            return result.validate_python(answer.get("result"))
+        except ValidationError as exc:
+            raise ControlError(f"the daemon's answer to {op} does not fit its result: "
+                               f"{_problems(exc)}") from exc
     error = answer.get("error") or {}
     cls = getattr(errors, str(error.get("type")), None)
     if not (isinstance(cls, type) and issubclass(cls, GatewayError)):

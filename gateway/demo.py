@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -27,6 +28,7 @@ from firmware_bridge.link.state import DecodeProblem, Source, StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
 from gateway.link.scanner import discover
+from gateway.ops.models import ControllerState, LinkState
 from gateway.ops.radio import pair_on_radio
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
@@ -42,34 +44,54 @@ COMMAND_AFTER_S = 4.0
 REFRESH_PERIOD_S = 10.0
 
 
+class DemoController(BaseModel):
+    """One controller as the demo shows it: the typed state every caller reads, and what the
+    demo counted of it."""
+
+    state: ControllerState
+    notifications: int
+
+    @property
+    def connected(self) -> bool:
+        return self.state.link is LinkState.CONNECTED
+
+
+class DemoCommand(BaseModel):
+    address: str
+    command: str
+    status: str
+    seconds: float
+
+
 @dataclass
 class DemoReport:
     manager: ConnectionManager | None = None
     notifications: dict[str, int] = field(default_factory=dict)
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[DemoCommand] = field(default_factory=list)
     final: dict[str, Any] | None = None  # taken just before shutdown
 
+    def controllers(self) -> list[DemoController]:
+        manager = self.manager
+        if manager is None:
+            return []
+        return [DemoController(state=manager.store.snapshot(address).model_copy(
+                    update={"policy": supervisor.policy}),
+                    notifications=self.notifications.get(address, 0))
+                for address, supervisor in sorted(manager.supervisors.items())]
+
     def as_json(self) -> dict[str, Any]:
+        """The summary `awgw demo --json` prints: counts, the commands, and per controller its
+        ControllerState with ``notifications`` and ``connected`` added."""
         if self.final is not None:
             return self.final
-        manager = self.manager
-        details = []
-        if manager is not None:
-            for address, supervisor in sorted(manager.supervisors.items()):
-                state = manager.store.as_json(address)
-                details.append({
-                    "address": address, "firmware_version": state["firmware_version"],
-                    "link_state": supervisor.state.value, "policy": supervisor.policy.value,
-                    "connected": supervisor.state.value == "connected",
-                    "fresh": state["fresh"], "valves": state["valves"],
-                    "system_status": state["system_status"], "current_task":
-                    state["current_task"], "alarm": state["alarm"],
-                    "notifications": self.notifications.get(address, 0),
-                    "decode_errors": state["decode_problems"]})
-        return {"controllers": len(details),
-                "connected": sum(1 for d in details if d["connected"]),
-                "fresh": sum(1 for d in details if d["fresh"]),
-                "commands": self.commands, "details": details}
+        controllers = self.controllers()
+        details = [{**c.state.model_dump(mode="json"), "notifications": c.notifications,
+                    "connected": c.connected} for c in controllers]
+        return {"controllers": len(controllers),
+                "connected": sum(1 for c in controllers if c.connected),
+                "fresh": sum(1 for c in controllers if c.state.fresh),
+                "commands": [c.model_dump(mode="json") for c in self.commands],
+                "details": details}
 
 
 def _table(report: DemoReport) -> Table:
@@ -77,19 +99,17 @@ def _table(report: DemoReport) -> Table:
     for col in ("address", "fw", "link", "fresh", "valves open", "status", "flow l/min",
                 "task", "alarm", "notifs"):
         table.add_column(col)
-    for d in report.as_json()["details"]:
-        open_ = ",".join(str(v["channel"]) for v in d["valves"] if v["open"]) or "-"
-        task = d["current_task"]
+    for controller in report.controllers():
+        state = controller.state
+        open_ = ",".join(str(v.channel) for v in state.valves if v.open) or "-"
+        task = state.current_task
         task_text = "idle" if task is None else (
-            f"ch{task['channel']} {task['status']} {task['current']}/{task['target']}")
-        status = d["system_status"]["name"] if d["system_status"] else "?"
-        alarm = d["alarm"]["name"] if d["alarm"] else "?"
-        state = report.manager.store.as_json(d["address"]) if report.manager else {}
-        flow = state.get("flow") or {}
-        table.add_row(d["address"], d["firmware_version"] or "?", d["link_state"],
-                      "yes" if d["fresh"] else "no", open_, status,
-                      str(flow.get("litres_per_minute", "-")), task_text, alarm,
-                      str(d["notifications"]))
+            f"ch{task.channel} {task.status} {task.current}/{task.target}")
+        table.add_row(state.address, state.firmware_version or "?", state.link.value,
+                      "yes" if state.fresh else "no", open_,
+                      state.system_status.name if state.system_status else "?",
+                      str(state.flow.litres_per_minute) if state.flow else "-", task_text,
+                      state.alarm.name if state.alarm else "?", str(controller.notifications))
     return table
 
 
@@ -105,9 +125,9 @@ async def _command(report: DemoReport, manager: ConnectionManager, address: str)
     started = time.monotonic()
     outcome: CommandOutcome = await manager.command(
         address, "demo: water zone 6 for 1 min", lambda s: s.open_valve(6, 1))
-    report.commands.append({"address": address, "command": "valve 6 open 1 min",
-                            "status": outcome.status.value,
-                            "seconds": round(time.monotonic() - started, 3)})
+    report.commands.append(DemoCommand(address=address, command="valve 6 open 1 min",
+                                       status=outcome.status.value,
+                                       seconds=round(time.monotonic() - started, 3)))
 
 
 async def run_demo(controllers: int, duration: float | None, as_json: bool) -> DemoReport:

@@ -40,7 +40,6 @@ class BleakGattLink:
         self._client = client
         self._address = address
         self._uuids = characteristics
-        self._callbacks: dict[str, NotifyCallback] = {}
 
     @classmethod
     async def connect(cls, target: str | BLEDevice, *, adapter: str, timeout_s: float,

@@ -94,8 +94,12 @@ P1_SUBSCRIPTIONS = (uuids.ENVIRONMENTAL_DATA, uuids.RAIN_DATA, uuids.DIAGNOSTICS
 
 
 class Clock(Protocol):
+    """Wall time for stamps, monotonic time for schedules, and the session's pauses: injected
+    so that tests can run a session's pacing in virtual time."""
+
     def time(self) -> float: ...
     def monotonic(self) -> float: ...
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
@@ -104,6 +108,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,6 @@ class ControllerSession:
         self.latest: dict[Field, StateEvent] = {}
         self.channels: dict[int, ChannelConfig] = {}
         self.num_channels = 8
-        self.pulses_per_litre = 750
         self._lock = PriorityLock()
         self._waiters: list[tuple[EventPredicate, asyncio.Future[StateEvent]]] = []
         self._env = EnvDataReassembler()
@@ -215,7 +221,6 @@ class ControllerSession:
         config = await self._poll(uuids.SYSTEM_CONFIG, Source.SNAPSHOT)
         if isinstance(config, SystemConfig):
             self.num_channels = min(max(config.num_channels, 1), 8)
-            self.pulses_per_litre = config.flow_calibration or 750
         await self._subscribe_all(P1_SUBSCRIPTIONS)
         # Most characteristics push nothing on subscribe: read each once now.
         for uuid in (uuids.SYSTEM_STATUS, uuids.FLOW_SENSOR, uuids.RTC_CONFIG,
@@ -238,7 +243,7 @@ class ControllerSession:
             if self.link.has(uuid):
                 async with self._lock.hold(PriorityLock.BACKGROUND):
                     await self._timed(self.link.subscribe(uuid, self._on_notify))
-                await asyncio.sleep(SUBSCRIBE_SPACING_S)
+                await self.clock.sleep(SUBSCRIBE_SPACING_S)
 
     # ---- steady state ----------------------------------------------------------------------
 
@@ -262,7 +267,7 @@ class ControllerSession:
                 if self.link.has(uuids.HYDRAULIC_STATUS):
                     await self.read_selected(uuids.HYDRAULIC_STATUS, NO_CHANNEL)
                 due["slow"] = now + plan.slow_s
-            await asyncio.sleep(max(0.0, min(due.values()) - self.clock.monotonic()))
+            await self.clock.sleep(max(0.0, min(due.values()) - self.clock.monotonic()))
 
     async def refresh(self) -> None:
         """One full poll now (what a share-policy visit does before releasing the link)."""
@@ -380,7 +385,7 @@ class ControllerSession:
         async with self._lock.hold(PriorityLock.BACKGROUND):
             await self._timed(self.link.write(uuid, commands.selector(
                 channel, allow_active=uuid == uuids.HYDRAULIC_STATUS)))
-            await asyncio.sleep(SELECT_PAUSE_S)
+            await self.clock.sleep(SELECT_PAUSE_S)
             raw = await self._timed(self.link.read(uuid))
         return self._decode_and_emit(uuid, raw, Source.POLL)
 

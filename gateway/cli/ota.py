@@ -1,12 +1,14 @@
 """`awgw image inspect` and `awgw ota`: check an MCUboot image, and update a controller over
-BLE (through the daemon when it runs), serial (``socket://`` or a tty) or UDP."""
+BLE (through the daemon when it runs), serial over TCP (``socket://``) or UDP, all through
+the OTA service (gateway/ota/service.py)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -27,29 +30,24 @@ from firmware_bridge.mcuboot import (
     parse_image,
     verify_signature,
 )
-from firmware_bridge.ota.outcome import OtaOutcome, OtaResult
+from firmware_bridge.ota.outcome import OtaResult
 from firmware_bridge.ota.outcome import Progress as OtaProgress
-from firmware_bridge.ota.session_store import FileSessionStore
-from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
-from firmware_bridge.smp.ble import BleSmpTransport
+from firmware_bridge.ota.update import ConfirmPolicy, OtaSettings
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from firmware_bridge.smp.transport import FrameTransport
 from firmware_bridge.smp.udp import DEFAULT_PORT as DEFAULT_UDP_PORT
 from firmware_bridge.smp.udp import UdpSmpTransport
-from gateway import control
+from gateway.cli import exits, output
+from gateway.cli.link import operations
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import CommandFailed, ConfigError
-from gateway.ops.radio import read_image
-
-# Exit codes of `awgw ota` beyond the common ones (README "CLI").
-EXIT_REVERTED = 8
-EXIT_OTA_FAILED = 9
-EXIT_BAD_IMAGE = 10
-# Connecting a transport: BLE connect + service discovery; serial/UDP are instant when up.
-CONNECT_TIMEOUT_S = 15.0
+from gateway.ops.models import Ota, OtaReport
+from gateway.ops.protocol import ProgressFn
+from gateway.ota.service import OtaService, read_image
+from gateway.store.registry import Registry
 
 
-def add_ota_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     image = sub.add_parser("image", help="MCUboot image tools")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     inspect = image_sub.add_parser("inspect", parents=[common], help="parse and check an image")
@@ -74,7 +72,7 @@ def add_ota_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     ota.add_argument("--json", action="store_true")
 
 
-def check_ota_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command != "ota":
         return
     wants = 1 if (args.serial or args.udp) else 2
@@ -82,6 +80,8 @@ def check_ota_args(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("ota takes ADDRESS FILE over BLE, or FILE with --serial/--udp")
     if args.window is not None and not 1 <= args.window <= 64:
         parser.error("--window must be 1..64")
+    # The daemon reads the file from its own working directory: name it absolutely.
+    args.target[-1] = str(Path(args.target[-1]).resolve())
 
 
 def inspect_image(path: Path, key: Path | None, slot_size: int | None) -> dict[str, Any]:
@@ -119,83 +119,87 @@ async def run_image_inspect(args: argparse.Namespace) -> int:
         console = Console()
         for key, value in document.items():
             console.print(f"[bold]{key}[/bold]: {value}")
-    return 0 if document["valid"] else EXIT_BAD_IMAGE
+    return 0 if document["valid"] else exits.BAD_IMAGE
 
 
-def _settings(args: argparse.Namespace) -> OtaSettings:
-    return OtaSettings(window=args.window, pre_erase=args.pre_erase,
-                       confirm=ConfirmPolicy(args.confirm), slot_limit=args.slot_limit)
+def _settings(args: argparse.Namespace, service: OtaService) -> OtaSettings:
+    return service.settings(Ota(address="-", file="-", window=args.window,
+                                confirm=ConfirmPolicy(args.confirm), pre_erase=args.pre_erase,
+                                slot_limit=args.slot_limit))
 
 
-def _connector(args: argparse.Namespace, config: GatewayConfig
-               ) -> tuple[str, Callable[[], Awaitable[FrameTransport]]]:
+def _endpoint(args: argparse.Namespace, config: GatewayConfig
+              ) -> tuple[str, Callable[[], Awaitable[FrameTransport]]]:
+    """A serial console or UDP endpoint; the connect timeout is the configured one."""
+    timeout_s = config.link.connect_timeout_s
     if args.serial:
-        async def serial() -> FrameTransport:
-            transport = TcpSerialTransport()
-            await transport.connect(args.serial, CONNECT_TIMEOUT_S)
-            return transport
         if not args.serial.startswith("socket://"):
             raise ConfigError("only socket://HOST:PORT serial URLs are supported here; for a "
                               "tty use ser2net or socat to expose it on a TCP port")
-        return args.serial, serial
-    if args.udp:
-        host, _, port = args.udp.partition(":")
-        async def udp() -> FrameTransport:
-            transport = UdpSmpTransport()
-            await transport.connect(host, CONNECT_TIMEOUT_S, port=int(port or DEFAULT_UDP_PORT))
-            return transport
-        return args.udp, udp
-    address = args.target[0].upper()
 
-    async def ble() -> FrameTransport:
-        transport = BleSmpTransport(address, adapter=config.link.adapter)
-        await transport.connect(CONNECT_TIMEOUT_S)
+        async def serial() -> FrameTransport:
+            transport = TcpSerialTransport()
+            await transport.connect(args.serial, timeout_s)
+            return transport
+        return args.serial, serial
+    host, _, port = args.udp.partition(":")
+    if port and not port.isdigit():
+        raise ConfigError(f"--udp {args.udp!r} is not HOST[:PORT]")
+
+    async def udp() -> FrameTransport:
+        transport = UdpSmpTransport()
+        await transport.connect(host, timeout_s, port=int(port or DEFAULT_UDP_PORT))
         return transport
-    return address, ble
+    return args.udp, udp
 
 
 async def run_ota(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    path, data = read_image(Path(args.target[-1]))
-    ble = not (args.serial or args.udp)
-    if ble and control.daemon_running(config.socket_path):
-        result = await control.call(config.socket_path, "ota", address=args.target[0],
-                                    file=path, window=args.window,
-                                    confirm=args.confirm, pre_erase=args.pre_erase,
-                                    slot_limit=args.slot_limit)
-        return _report(args, result)
-    device, connect = _connector(args, config)
-    store = FileSessionStore(config.state_dir / "ota")
+    file = Path(args.target[-1])
+    with _progress(args) as show:
+        if args.serial or args.udp:
+            service = OtaService(config, Registry(config.registry_path))
+            device, connect = _endpoint(args, config)
+            _path, data = read_image(file)
+            report = await service.update_endpoint(device, data, _settings(args, service),
+                                                   connect, show)
+        else:
+            request = Ota(address=args.target[0], file=str(file), window=args.window,
+                          confirm=ConfirmPolicy(args.confirm), pre_erase=args.pre_erase,
+                          slot_limit=args.slot_limit)
+            report = await operations(config).ota(request, show)
+    return _report(args, report)
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[ProgressFn | None]:
+    """A progress bar for people; nothing for --json (its stdout is the document)."""
     if args.json:
-        outcome = await FirmwareUpdate(connect, data, device=device, settings=_settings(args),
-                                       store=store).run()
-    else:
-        outcome = await _with_progress(connect, data, device, _settings(args), store)
-    return _report(args, outcome.as_json())
-
-
-async def _with_progress(connect: Callable[[], Awaitable[FrameTransport]], data: bytes,
-                         device: str, settings: OtaSettings,
-                         store: FileSessionStore) -> OtaOutcome:
+        yield None
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task("preflight", total=len(data))
+    with Progress(*columns, transient=True) as bar:
+        task: TaskID | None = None
 
         def show(progress: OtaProgress) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task(progress.phase.value, total=progress.total or None)
             bar.update(task, description=progress.phase.value,
+                       total=progress.total or None,
                        completed=progress.offset or bar.tasks[0].completed)
-
-        return await FirmwareUpdate(connect, data, device=device, settings=settings,
-                                    store=store, on_progress=show).run()
+        yield show
 
 
-def _report(args: argparse.Namespace, outcome: dict[str, Any]) -> int:
+def _report(args: argparse.Namespace, report: OtaReport) -> int:
     if args.json:
-        print(json.dumps(outcome, sort_keys=True))
+        output.print_json(report)
     else:
-        style = {"succeeded": "green", "reverted": "yellow"}.get(outcome["result"], "red")
-        Console().print(f"[{style}]{outcome['result']}[/{style}] {outcome['detail']} "
-                        f"(version {outcome['version']}, {outcome['seconds']} s)")
-    return {OtaResult.SUCCEEDED.value: 0, OtaResult.REVERTED.value: EXIT_REVERTED}.get(
-        outcome["result"], EXIT_OTA_FAILED)
+        style = {"succeeded": "green", "reverted": "yellow"}.get(report.result, "red")
+        revision = "" if report.firmware_revision is None else (
+            f", the controller reports {report.firmware_revision}")
+        Console().print(f"[{style}]{report.result}[/{style}] {report.detail} "
+                        f"(version {report.version}, {report.seconds} s{revision})")
+    return {OtaResult.SUCCEEDED.value: 0, OtaResult.REVERTED.value: exits.OTA_REVERTED}.get(
+        report.result, exits.OTA_FAILED)

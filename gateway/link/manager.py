@@ -11,11 +11,12 @@ import structlog
 from firmware_bridge.errors import PeerNotFound
 from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
 from firmware_bridge.link.outcome import CommandOutcome
-from gateway.config import GatewayConfig, LinkPolicy
+from gateway.config import GatewayConfig
 from gateway.errors import UnknownController
 from gateway.link.scanner import Scanner
 from gateway.link.scheduler import ScanGate, SlotScheduler
-from gateway.link.supervisor import CommandFn, Connector, LinkState, Repairer, Supervisor
+from gateway.link.supervisor import CommandFn, Connector, Repairer, Supervisor
+from gateway.ops.models import LinkState
 from gateway.store.registry import ControllerRecord, Registry, normalise_address
 from gateway.store.state import StateStore
 
@@ -102,15 +103,11 @@ class ConnectionManager:
     async def command(self, address: str, name: str, run: CommandFn) -> CommandOutcome:
         return await self.supervisor(address).submit(name, run)
 
-    def set_policy(self, address: str, policy: LinkPolicy | None) -> None:
-        self.registry.set_policy(address, policy)
-        self.supervisor(address).set_policy(policy or self.settings.default_policy)
-
     async def _guarded(self, supervisor: Supervisor) -> None:
         """A bug in one supervisor must not take the daemon (and every other controller)
         down: it is logged once and that supervisor stops."""
         try:
             await supervisor.run()
         except Exception:
-            supervisor.state = LinkState.FAULTED
+            supervisor.fault()
             log.exception("supervisor_crashed", address=supervisor.address)

@@ -11,28 +11,34 @@ States (``LinkState``):
 
 SHARE visits connect, take the snapshot, run queued commands and release; KEEP holds the link
 and polls. Either way a command submitted while disconnected triggers an urgent visit.
+What to do after a failure is decided by ``decision.decide`` (pure); this module carries it out.
+Every state change goes through ``_set``, which also tells the state store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import structlog
 
 from firmware_bridge.errors import LinkLost
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome
+from firmware_bridge.link.session import Clock as SessionClock
 from firmware_bridge.link.session import ControllerSession, PollPlan
 from firmware_bridge.link.state import DecodeProblem, Field
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError
+from gateway.link.clock import Clock, LoopClock
+from gateway.link.decision import URGENT_RETRY_S, Action, Memory, decide
 from gateway.link.events import first_of
-from gateway.link.failures import Failure, FailureClass, classify
+from gateway.link.failures import Failure, classify
 from gateway.link.scheduler import Lease, Priority, SlotScheduler
+from gateway.ops.models import LinkState
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 
@@ -45,11 +51,6 @@ CommandFn = Callable[[ControllerSession], Awaitable[CommandOutcome]]
 # A command waits for a slot, a connect and the controller's confirmation: connect timeout
 # (15 s) + bring-up (~2 s) + confirmation (10 s) + a queue of one other visit.
 COMMAND_DEADLINE_S = 60.0
-# Consecutive GATT mismatches (missing characteristics, undecodable snapshots) before the
-# GATT cache is presumed stale: one can be a glitch, two in a row after reconnecting are not.
-STALE_CACHE_AFTER = 2
-# A person waits on a command: retry sooner than the class's backoff, but not in a tight loop.
-URGENT_RETRY_S = 2.0
 # Share visits start this fraction of the refresh period apart, so that a wait for a slot and
 # the visit itself fit in the rest and the state is never older than one period.
 VISIT_LEAD = 0.75
@@ -64,19 +65,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
-class LinkState(StrEnum):
-    IDLE = "idle"
-    WAITING_SLOT = "waiting_slot"
-    CONNECTING = "connecting"
-    SYNCING = "syncing"
-    CONNECTED = "connected"
-    BACKOFF = "backoff"
-    BOND_LOST = "bond_lost"
-    FAULTED = "faulted"
-    UPDATING = "updating"
-    STOPPED = "stopped"
-
-
 @dataclass
 class _Command:
     name: str
@@ -88,7 +76,9 @@ class _Command:
 class Supervisor:
     def __init__(self, address: str, *, settings: LinkSettings, policy: LinkPolicy,
                  scheduler: SlotScheduler, store: StateStore, registry: Registry,
-                 connector: Connector, repairer: Repairer | None = None) -> None:
+                 connector: Connector, repairer: Repairer | None = None,
+                 clock: Clock | None = None, session_clock: SessionClock | None = None,
+                 rng: random.Random | None = None) -> None:
         self.address = address
         self.settings = settings
         self.policy = policy
@@ -97,6 +87,9 @@ class Supervisor:
         self.registry = registry
         self.connector = connector
         self.repairer = repairer
+        self.clock = clock or LoopClock()
+        self.session_clock = session_clock
+        self.rng = rng
         self.state = LinkState.IDLE
         self.failure: Failure | None = None
         self.session: ControllerSession | None = None
@@ -105,11 +98,10 @@ class Supervisor:
         self._link_lost = asyncio.Event()
         self._control = asyncio.Event()  # policy changed or an update wants the controller
         self._update_lock = asyncio.Lock()
-        self._repaired = False
-        self._cache_cleared = False
+        self._memory = Memory()
         self._names_at: float | None = None
-        self._attempt = 0
         self._log = log.bind(address=address)
+        store.set_link(address, self.state)
 
     # ---- public ----------------------------------------------------------------------------
 
@@ -134,114 +126,104 @@ class Supervisor:
             raise CommandFailed(f"{name} on {self.address} not done within {deadline_s:.0f} s "
                                 f"(link: {reason})") from None
 
-    def set_policy(self, policy: LinkPolicy) -> None:
-        self.policy = policy
-        self._control.set()
-        self._wake.set()
-
     @contextlib.asynccontextmanager
     async def firmware_update(self) -> AsyncIterator[None]:
         """Hold the controller for a firmware update: commands are refused as busy and the
         link is released so the updater can own it."""
         async with self._update_lock:
-            previous = self.state
-            self.state = LinkState.UPDATING
+            self._set(LinkState.UPDATING)
             self._control.set()
             self._wake.set()
             try:
                 yield
             finally:
-                self.state = previous if previous is not LinkState.UPDATING else LinkState.IDLE
+                self._set(LinkState.IDLE, leaving_update=True)
                 self._wake.set()
 
     def bond_reset(self) -> None:
         """A person re-paired the controller: leave BOND_LOST and try again."""
-        self._repaired = False
+        self._memory = Memory()
         if self.state is LinkState.BOND_LOST:
-            self.state = LinkState.IDLE
+            self._set(LinkState.IDLE)
         self._wake.set()
+
+    def fault(self) -> None:
+        """The supervisor's task died of a bug (the manager's guard saw it)."""
+        self._set(LinkState.FAULTED, leaving_update=True)
 
     # ---- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
         next_visit = 0.0
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         while True:
             if self.state in (LinkState.BOND_LOST, LinkState.UPDATING):
                 await self._sleep_until_woken(None)
                 continue
             if self.policy is LinkPolicy.SHARE and self._commands.empty():
                 self._set(LinkState.IDLE)
-                await self._sleep_until_woken(max(0.0, next_visit - loop.time()))
-                if self._updating() or (self._commands.empty() and loop.time() < next_visit):
+                await self._sleep_until_woken(max(0.0, next_visit - clock.now()))
+                if self._updating() or (self._commands.empty() and clock.now() < next_visit):
                     continue
-            started = loop.time()
+            started = clock.now()
             try:
                 synced = await self._visit()
-                self._attempt = 0
-                self._cache_cleared = False
+                self._memory = self._memory.after_success()
                 # A visit pre-empted before its snapshot finished comes back as soon as a
                 # slot frees up; a complete one waits for its turn.
                 next_visit = (started + self.settings.refresh_period_s * VISIT_LEAD if synced
-                              else loop.time())
+                              else clock.now())
             except Exception as exc:  # every failure is classified in _on_failure
                 delay = await self._on_failure(exc)
                 if delay is None:
                     return
                 if self._bond_lost():
                     continue  # waits at the top of the loop for a person (bond_reset)
-                self._set(LinkState.BACKOFF)
-                if not self._commands.empty():
-                    delay = min(delay, URGENT_RETRY_S)  # a person is waiting
-                await self._sleep_until_woken(delay, backoff=True)
+                if delay > 0:
+                    self._set(LinkState.BACKOFF)
+                    await self._sleep_until_woken(delay, backoff=True)
                 next_visit = 0.0
 
     async def _on_failure(self, exc: BaseException) -> float | None:
-        """Classify once, log once with the class, decide; None means stop supervising."""
+        """Classify once, decide (pure), then act and log once with the class; returns the
+        delay before the next visit, or None when this supervisor stops."""
         failure = classify(exc)
         self.failure = failure
-        self.store.set_link(self.address, "down", failure.kind.value)
-        if failure.kind is FailureClass.PROGRAMMING:
-            self._set(LinkState.FAULTED)
-            self._log.error("supervisor_faulted", failure_class=failure.kind.value,
-                            exc_info=exc)
-            self._fail_commands(CommandFailed(f"internal error: {failure.summary}"))
-            return None
-        if failure.kind is FailureClass.AUTHENTICATION:
-            if self.repairer is not None and not self._repaired:
-                self._repaired = True
-                self._log.warning("link_failure", failure_class=failure.kind.value,
-                                  error=failure.summary, action="remove_bond_and_repair")
-                try:
-                    await self.repairer(self.address)
-                except Exception as repair_exc:  # classified on the next lap
-                    self._log.warning("repair_failed", error=str(repair_exc))
-                return 0.0
-            self._set(LinkState.BOND_LOST)
-            self._log.error("bond_lost", failure_class=failure.kind.value,
-                            error=failure.summary, remedy=self._bond_remedy())
-            self._fail_commands(PairingError(self._bond_remedy()))
-            return 0.0
-        self._attempt += 1
-        if (failure.kind is FailureClass.GATT_MISMATCH and self._attempt >= STALE_CACHE_AFTER
-                and self.repairer is not None and not self._cache_cleared):
-            # The controller keeps answering with attributes that do not fit: BlueZ's GATT
-            # cache survived a firmware change (Service Changed missed). Removing the device
-            # is the only cache reset BlueZ offers a client; the re-pair restores the bond.
-            self._cache_cleared = True
-            self._log.warning("link_failure", failure_class=failure.kind.value,
-                              error=failure.summary, attempt=self._attempt,
-                              action="clear_gatt_cache_and_repair")
-            try:
-                await self.repairer(self.address)
-            except Exception as repair_exc:  # classified on the next lap
-                self._log.warning("repair_failed", error=str(repair_exc))
-            return 0.0
-        delay = failure.policy.delay(self._attempt)
-        self._log.warning("link_failure", failure_class=failure.kind.value,
-                          error=failure.summary, attempt=self._attempt,
-                          retry_in_s=round(delay, 2))
-        return delay
+        self.store.set_failure(self.address, failure.kind.value)
+        decision = decide(failure.kind, self._memory, can_repair=self.repairer is not None,
+                          command_waiting=not self._commands.empty(), rng=self.rng)
+        self._memory = decision.memory
+        fields = {"failure_class": failure.kind.value, "error": failure.summary,
+                  "attempt": decision.memory.attempt, "action": decision.action.value}
+        match decision.action:
+            case Action.FAULT:
+                self._set(LinkState.FAULTED)
+                self._log.error("supervisor_faulted", failure_class=failure.kind.value,
+                                exc_info=exc)
+                self._fail_commands(CommandFailed(f"internal error: {failure.summary}"))
+                return None
+            case Action.BOND_LOST:
+                self._set(LinkState.BOND_LOST)
+                self._log.error("bond_lost", failure_class=failure.kind.value,
+                                error=failure.summary, remedy=self._bond_remedy())
+                self._fail_commands(PairingError(self._bond_remedy()))
+            case Action.REPAIR_BOND | Action.CLEAR_GATT_CACHE:
+                # A lost bond, or a GATT cache that survived a firmware change (Service
+                # Changed missed): removing the device is the only reset BlueZ offers a
+                # client, and the re-pair restores the bond.
+                self._log.warning("link_failure", **fields)
+                await self._repair()
+            case Action.BACKOFF:
+                self._log.warning("link_failure", **fields, retry_in_s=round(decision.delay_s, 2))
+        return decision.delay_s
+
+    async def _repair(self) -> None:
+        if self.repairer is None:
+            return
+        try:
+            await self.repairer(self.address)
+        except Exception as exc:  # the next visit classifies whatever is still wrong
+            self._log.warning("repair_failed", error=str(exc))
 
     def _bond_remedy(self) -> str:
         return (f"{self.address} no longer accepts this gateway's bond (the controller was "
@@ -266,17 +248,15 @@ class Supervisor:
                 return await self._serve(link, lease)
             finally:
                 self.session = None
-                self.store.set_link(self.address, "disconnected")
                 await link.disconnect()
 
     async def _serve(self, link: GattLink, lease: Lease) -> bool:
-        loop = asyncio.get_running_loop()
-        names_due = self._names_at is None or loop.time() - self._names_at > NAMES_EVERY_S
+        names_due = (self._names_at is None
+                     or self.clock.now() - self._names_at > NAMES_EVERY_S)
         plan = PollPlan(read_channel_names=names_due, time_zone=self.settings.time_zone).scaled(
             self.settings.refresh_period_s)
-        session = ControllerSession(link, plan=plan)
+        session = ControllerSession(link, plan=plan, clock=self.session_clock)
         self._set(LinkState.SYNCING)
-        self.store.set_link(self.address, "syncing")
         end = asyncio.Event()  # the visit is over by design (released, pre-empted)
         synced = asyncio.Event()  # the full snapshot is in
         try:
@@ -306,11 +286,10 @@ class Supervisor:
                     names_due: bool) -> None:
         await session.bring_up()
         if names_due:
-            self._names_at = asyncio.get_running_loop().time()
+            self._names_at = self.clock.now()
         self._record_seen(session)
         self.session = session
         self._set(LinkState.CONNECTED)
-        self.store.set_link(self.address, "connected")
         synced.set()
         if self.policy is LinkPolicy.KEEP:
             await session.run()
@@ -354,15 +333,13 @@ class Supervisor:
                 command.future.set_result(outcome)
 
     async def _watch_link(self, lease: Lease, end: asyncio.Event) -> None:
-        """End the visit when the link drops, a waiting command needs the slot, the policy
-        changes, or a firmware update takes the controller."""
-        policy = self.policy
+        """End the visit when the link drops, a waiting command needs the slot, or a firmware
+        update takes the controller."""
         self._control.clear()
         await first_of(self._link_lost, lease.preempted, self._control)
         if self._link_lost.is_set():
             raise LinkLost(f"{self.address} disconnected")
         self._log.info("link_released", preempted=lease.preempted.is_set(),
-                       policy_changed=self.policy is not policy,
                        updating=self.state is LinkState.UPDATING)
         end.set()
 
@@ -389,36 +366,37 @@ class Supervisor:
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _bond_lost(self) -> bool:
-        return self.state is LinkState.BOND_LOST
-
     def _updating(self) -> bool:
         return self.state is LinkState.UPDATING
 
-    def _set(self, state: LinkState) -> None:
-        if state is not self.state and self.state is not LinkState.UPDATING:
-            self._log.debug("link_state", state=state.value, previous=self.state.value)
-            self.state = state
+    def _bond_lost(self) -> bool:
+        return self.state is LinkState.BOND_LOST
+
+    def _set(self, state: LinkState, *, leaving_update: bool = False) -> None:
+        """The one place the state changes. While an update holds the controller, the visit
+        being wound down must not overwrite UPDATING; only the update's end leaves it."""
+        if state is self.state or (self.state is LinkState.UPDATING and not leaving_update):
+            return
+        self._log.debug("link_state", state=state.value, previous=self.state.value)
+        self.state = state
+        self.store.set_link(self.address, state)
 
     async def _sleep_until_woken(self, seconds: float | None, *, backoff: bool = False) -> None:
         """Sleep until woken or for ``seconds``. In a backoff only a command waiting shortens the
         sleep, and then to at most URGENT_RETRY_S."""
-        loop = asyncio.get_running_loop()
-        deadline = None if seconds is None else loop.time() + seconds
+        clock = self.clock
+        deadline = None if seconds is None else clock.now() + seconds
         while True:
             self._wake.clear()
-            remaining = None if deadline is None else deadline - loop.time()
+            remaining = None if deadline is None else deadline - clock.now()
             if remaining is not None and remaining <= 0:
                 return
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._wake.wait()
-            except TimeoutError:
+            if not await clock.wait(self._wake, remaining):
                 return
             if not backoff:
                 return
             if not self._commands.empty() and deadline is not None:
-                deadline = min(deadline, loop.time() + URGENT_RETRY_S)
+                deadline = min(deadline, clock.now() + URGENT_RETRY_S)
 
     def _fail_commands(self, error: Exception) -> None:
         while not self._commands.empty():

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from firmware_bridge.aio import cancelling
 from gateway.sim.errors import SimError
 
 log = structlog.get_logger(__name__)
@@ -241,10 +242,16 @@ class QemuPeer:
             await self._booted.wait()
 
     async def stop(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        # Kill first: the supervisor, cancelled while QEMU still runs, would give it the
+        # 5 s a guest-requested quit gets before reaping it by force.
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            try:
+                await self._supervisor
+            except asyncio.CancelledError:
+                if cancelling():
+                    raise
+        if self._proc is not None and self._proc.returncode is None:
             await self._proc.wait()

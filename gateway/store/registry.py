@@ -118,10 +118,6 @@ class Registry:
             db.execute("UPDATE controllers SET policy = ? WHERE address = ?",
                        (policy.value if policy else None, normalise_address(address)))
 
-    def set_bonded(self, address: str, bonded: bool) -> None:
-        with self._db() as db:
-            db.execute("UPDATE controllers SET bonded = ? WHERE address = ?",
-                       (int(bonded), normalise_address(address)))
 
 
 def _record(row: tuple[object, ...]) -> ControllerRecord:

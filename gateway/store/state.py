@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from firmware_bridge.gatt.codec import (
     CHANNELS,
@@ -27,6 +27,16 @@ from firmware_bridge.gatt.codec import (
 )
 from firmware_bridge.gatt.configuration import ChannelConfig, SystemConfig
 from firmware_bridge.link.state import DecodeProblem, Field, StateEvent
+from gateway.ops.models import (
+    AlarmView,
+    ControllerState,
+    FlowView,
+    LinkState,
+    QueueView,
+    StatusView,
+    TaskView,
+    ValveState,
+)
 
 # The firmware's default flow sensor calibration (device-ble.md 6.9).
 DEFAULT_PULSES_PER_LITRE = 750
@@ -35,7 +45,7 @@ DEFAULT_PULSES_PER_LITRE = 750
 @dataclass
 class ControllerView:
     address: str
-    link: str = "disconnected"
+    link: LinkState = LinkState.IDLE
     values: dict[Field, StateEvent] = field(default_factory=dict)
     valves: dict[int, tuple[bool, float]] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
@@ -45,7 +55,7 @@ class ControllerView:
 
 
 class StateStore:
-    def __init__(self, stale_after_s: float, clock: Any = time.time) -> None:
+    def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.time) -> None:
         self.stale_after_s = stale_after_s
         self.clock = clock
         self.views: dict[str, ControllerView] = {}
@@ -62,11 +72,11 @@ class StateStore:
     def unsubscribe(self, queue: asyncio.Queue[StateEvent]) -> None:
         self._subscribers.remove(queue)
 
-    def set_link(self, address: str, link: str, failure: str | None = None) -> None:
-        view = self.view(address)
-        view.link = link
-        if failure is not None:
-            view.last_failure = failure
+    def set_link(self, address: str, link: LinkState) -> None:
+        self.view(address).link = link
+
+    def set_failure(self, address: str, failure: str) -> None:
+        self.view(address).last_failure = failure
 
     def apply(self, item: StateEvent | DecodeProblem) -> None:
         if isinstance(item, DecodeProblem):
@@ -97,13 +107,14 @@ class StateStore:
         return view.last_refresh is not None and (
             self.clock() - view.last_refresh <= self.stale_after_s)
 
-    def as_json(self, address: str, firmware_version: str | None = None) -> dict[str, Any]:
-        """The document `awgw state --json` prints."""
+    def snapshot(self, address: str, firmware_version: str | None = None) -> ControllerState:
+        """The typed state `awgw state` shows; ``firmware_version`` is the registry's, used
+        until the controller has told us its own."""
         view = self.view(address)
         now = self.clock()
         values = view.values
 
-        def stamped(f: Field) -> tuple[Any, float | None]:
+        def stamped(f: Field) -> tuple[object, float | None]:
             event = values.get(f)
             return (event.value, event.at) if event is not None else (None, None)
 
@@ -113,37 +124,35 @@ class StateStore:
         alarm, alarm_at = stamped(Field.ALARM)
         task, task_at = stamped(Field.CURRENT_TASK)
         queue, queue_at = stamped(Field.TASK_QUEUE)
-        return {
-            "address": address,
-            "firmware_version": fw if isinstance(fw, str) else firmware_version,
-            "link": view.link,
-            "fresh": self.fresh(address),
-            "updated_at": view.last_refresh,
-            "age_s": None if view.last_refresh is None else round(now - view.last_refresh, 3),
-            "last_failure": view.last_failure,
-            "decode_problems": view.decode_problems,
-            "valves": [{"channel": ch, "open": view.valves.get(ch, (False, None))[0],
-                        "name": view.names.get(ch), "at": view.valves.get(ch, (False, None))[1]}
-                       for ch in range(CHANNELS)],
-            "system_status": _status_json(status, status_at),
-            "flow": _flow_json(flow, flow_at, _pulses_per_litre(values)),
-            "alarm": _alarm_json(alarm, alarm_at),
-            "current_task": _task_json(task, task_at),
-            "task_queue": _queue_json(queue, queue_at),
-        }
+        return ControllerState(
+            address=address,
+            firmware_version=fw if isinstance(fw, str) else firmware_version,
+            link=view.link,
+            fresh=self.fresh(address),
+            updated_at=view.last_refresh,
+            age_s=None if view.last_refresh is None else round(now - view.last_refresh, 3),
+            last_failure=view.last_failure,
+            decode_problems=view.decode_problems,
+            valves=[ValveState(channel=ch, open=view.valves.get(ch, (False, None))[0],
+                               name=view.names.get(ch), at=view.valves.get(ch, (False, None))[1])
+                    for ch in range(CHANNELS)],
+            system_status=_status(status, status_at),
+            flow=_flow(flow, flow_at, _pulses_per_litre(values)),
+            alarm=_alarm(alarm, alarm_at),
+            current_task=_task(task, task_at),
+            task_queue=_queue(queue, queue_at))
 
 
 def _name(value: object) -> str:
     return getattr(value, "name", "UNKNOWN")
 
 
-def _status_json(status: object, at: float | None) -> dict[str, Any] | None:
+def _status(status: object, at: float | None) -> StatusView | None:
     if not isinstance(status, SystemStatus):
         return None
     code = int(status.code)
     # Unknown values are treated as a fault (device-ble.md 5.4).
-    ok = code == SystemStatusCode.OK
-    return {"code": code, "name": _name(status.code), "ok": ok, "at": at}
+    return StatusView(code=code, name=_name(status.code), ok=code == SystemStatusCode.OK, at=at)
 
 
 def _pulses_per_litre(values: dict[Field, StateEvent]) -> int:
@@ -155,32 +164,33 @@ def _pulses_per_litre(values: dict[Field, StateEvent]) -> int:
     return DEFAULT_PULSES_PER_LITRE
 
 
-def _flow_json(flow: object, at: float | None, pulses_per_litre: int) -> dict[str, Any] | None:
+def _flow(flow: object, at: float | None, pulses_per_litre: int) -> FlowView | None:
     if not isinstance(flow, FlowSensor):
         return None
-    return {"pulses_per_second": flow.pulses_per_second,
-            "litres_per_minute": round(flow.litres_per_minute(pulses_per_litre), 3), "at": at}
+    return FlowView(pulses_per_second=flow.pulses_per_second,
+                    litres_per_minute=round(flow.litres_per_minute(pulses_per_litre), 3), at=at)
 
 
-def _alarm_json(alarm: object, at: float | None) -> dict[str, Any] | None:
+def _alarm(alarm: object, at: float | None) -> AlarmView | None:
     if not isinstance(alarm, AlarmStatus):
         return None
-    return {"code": int(alarm.code), "name": _name(alarm.code) if alarm.active or int(
-        alarm.code) == 0 else "UNKNOWN", "active": alarm.active, "data": alarm.data,
-        "device_timestamp": alarm.timestamp, "at": at}
+    known = alarm.active or int(alarm.code) == 0
+    return AlarmView(code=int(alarm.code), name=_name(alarm.code) if known else "UNKNOWN",
+                     active=alarm.active, data=alarm.data, device_timestamp=alarm.timestamp,
+                     at=at)
 
 
-def _task_json(task: object, at: float | None) -> dict[str, Any] | None:
+def _task(task: object, at: float | None) -> TaskView | None:
     if not isinstance(task, CurrentTask) or task.channel_id == NO_CHANNEL:
         return None
-    return {"channel": task.channel_id, "mode": _name(task.mode).lower(),
-            "status": _name(task.status).lower(), "target": task.target_value,
-            "current": task.current_value, "total_volume_ml": task.total_volume_ml, "at": at}
+    return TaskView(channel=task.channel_id, mode=_name(task.mode).lower(),
+                    status=_name(task.status).lower(), target=task.target_value,
+                    current=task.current_value, total_volume_ml=task.total_volume_ml, at=at)
 
 
-def _queue_json(queue: object, at: float | None) -> dict[str, Any] | None:
+def _queue(queue: object, at: float | None) -> QueueView | None:
     if not isinstance(queue, TaskQueue):
         return None
-    return {"pending": queue.pending_count, "completed": queue.completed_tasks,
-            "current_channel": None if queue.current_channel == NO_CHANNEL
-            else queue.current_channel, "at": at}
+    return QueueView(pending=queue.pending_count, completed=queue.completed_tasks,
+                     current_channel=None if queue.current_channel == NO_CHANNEL
+                     else queue.current_channel, at=at)

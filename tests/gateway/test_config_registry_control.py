@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dbus_fast import DBusError
@@ -14,8 +15,27 @@ from dbus_fast import DBusError
 from gateway import control
 from gateway.bluez.agent import PairingAgent, PairingWindow, device_path
 from gateway.config import LinkPolicy, load_config
-from gateway.control import ControlRequest, ControlServer
+from gateway.control import MAX_REQUEST, ControlServer
 from gateway.errors import ConfigError, ControlError, UnknownController
+from gateway.ops.models import (
+    PONG,
+    REQUEST,
+    RESULTS,
+    STATE,
+    Devices,
+    GetState,
+    Ota,
+    Pair,
+    Ping,
+    Pong,
+    Refresh,
+    Request,
+    Result,
+    Scan,
+    Unpair,
+    ValveClose,
+    ValveOpen,
+)
 from gateway.store.registry import Registry
 
 
@@ -54,30 +74,71 @@ def test_registry_round_trip_and_typed_errors(tmp_path: Path) -> None:
         registry.remove("C0:FF:EE:00:00:01")
 
 
+async def _raw(path: Path, line: bytes) -> dict[str, Any]:
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+    try:
+        writer.write(line)
+        await writer.drain()
+        answer: dict[str, Any] = json.loads(await reader.readline())
+        return answer
+    finally:
+        writer.close()
+
+
 async def test_control_socket_answers_typed_errors_and_survives_garbage(tmp_path: Path) -> None:
-    async def handler(request: ControlRequest) -> object:
-        if request.op == "state":
-            raise UnknownController("C0:FF:EE:00:00:09 is not a paired controller")
-        return {"pong": True}
+    seen: list[Request] = []
+
+    async def handler(request: Request) -> Result:
+        seen.append(request)
+        if isinstance(request, GetState):
+            raise UnknownController(f"{request.address} is not a paired controller")
+        return Pong()
 
     path = tmp_path / "control.sock"
     server = ControlServer(path, handler)
     await server.start()
     try:
         assert oct(path.stat().st_mode & 0o777) == "0o660"
-        for garbage in (b"not json\n", b'{"op": "format_disk"}\n', b"\xff\xfe\n"):
-            reader, writer = await asyncio.open_unix_connection(str(path))
-            writer.write(garbage)
-            answer = json.loads(await reader.readline())
-            writer.close()
-            assert answer["ok"] is False and answer["error"]["type"] == "ControlError"
+        bad = {
+            b"not json\n": "bad control request",
+            b"\xff\xfe\n": "bad control request",
+            b'{"op": "format_disk"}\n': "format_disk",  # unknown op
+            b'{"op": "state"}\n': "state.address",  # missing field
+            b'{"op": "valve_open", "address": "C0:FF:EE:00:00:01", "channel": "two", '
+            b'"minutes": 5}\n': "valve_open.channel",  # wrongly typed
+            b'{"op": "valve_open", "address": "C0:FF:EE:00:00:01", "channel": 2, '
+            b'"minutes": 5000}\n': "valve_open.minutes",  # out of range
+            b'{"op": "valve_close", "address": "C0:FF:EE:00:00:01", "channel": 9}\n':
+                "out of range",
+            b'{"op": "ping", "args": {}}\n': "ping.args",  # the old untyped shape
+            b'{"op": "ping", "pad": "' + b"x" * (MAX_REQUEST + 10) + b'"}\n': "oversized",
+        }
+        for line, needle in bad.items():
+            answer = await _raw(path, line)
+            assert answer["ok"] is False and answer["error"]["type"] == "ControlError", line
+            assert needle in answer["error"]["message"], (needle, answer)
+        assert seen == []  # nothing malformed reached the handler
         with pytest.raises(UnknownController, match="not a paired"):
-            await control.call(path, "state", address="C0:FF:EE:00:00:09")
-        assert await control.call(path, "ping") == {"pong": True}  # still serving
+            await control.call(path, GetState(address="C0:FF:EE:00:00:09"), STATE)
+        assert await control.call(path, Ping(), PONG) == Pong()  # still serving
+        # An answer that does not fit the op's result model is a typed error too.
+        with pytest.raises(ControlError, match="does not fit"):
+            await control.call(path, Ping(), STATE)
     finally:
         await server.close()
     with pytest.raises(ControlError, match="cannot reach the daemon"):
-        await control.call(path, "ping")
+        await control.call(path, Ping(), PONG)
+
+
+def test_every_request_round_trips_and_names_its_result() -> None:
+    requests: list[Request] = [
+        Ping(), Scan(), Pair(address="C0:FF:EE:00:00:01", passkey=123456),
+        Unpair(address="C0:FF:EE:00:00:01"), Devices(), GetState(address="a"),
+        Refresh(address="a"), ValveOpen(address="a", channel=2, minutes=5),
+        ValveClose(address="a", channel=255), Ota(address="a", file="/tmp/x.bin", window=2)]
+    assert {r.op for r in requests} == set(RESULTS)
+    for request in requests:
+        assert REQUEST.validate_json(request.model_dump_json()) == request
 
 
 def test_pairing_agent_only_answers_inside_its_window() -> None:

@@ -25,7 +25,7 @@ def test_demo_json_reports_three_connected_controllers() -> None:
     for controller in summary["details"]:
         assert controller["firmware_version"] == "3.1.0"
         assert len(controller["valves"]) == 8
-        assert controller["decode_errors"] == 0
-        assert controller["link_state"] == "connected" and controller["policy"] == "keep"
+        assert controller["decode_problems"] == 0
+        assert controller["link"] == "connected" and controller["policy"] == "keep"
     # The demo's schedules water a zone every 15 s: the live view must have seen it happen.
     assert sum(c["notifications"] for c in summary["details"]) > 3

@@ -19,7 +19,7 @@ from firmware_bridge.gatt.codec import BulkSync
 from firmware_bridge.link.state import StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
-from gateway.link.supervisor import LinkState
+from gateway.ops.models import LinkState
 from gateway.ops.radio import pair_on_radio
 from gateway.sim.rig import Rig
 from gateway.store.registry import Registry
@@ -134,14 +134,14 @@ async def test_fault_matrix_recovers_without_restart(rig: Rig, tmp_path: Path) -
                     # keep their own timestamps, and never be re-stamped as fresh.
                     before = manager.store.view(address).last_refresh
                     await asyncio.sleep(2 * 2.0 + 1.5)
-                    document = manager.store.as_json(address)
-                    assert document["fresh"] is False and document["updated_at"] == before
+                    state = manager.store.snapshot(address)
+                    assert state.fresh is False and state.updated_at == before
                     await rig.fault(0, "power_restore")
                 await _recovered(manager, address, at)
             failures = [e for e in logs if e["event"] == "link_failure"]
             assert failures, f"{kind}: no failure logged"
             assert {f["failure_class"] for f in failures} <= classes, (kind, failures)
-            assert manager.store.as_json(address)["fresh"] is True
+            assert manager.store.snapshot(address).fresh is True
 
         # Corrupted notification: a typed decode problem, logged; the value is not updated
         # from garbage and the session keeps running.

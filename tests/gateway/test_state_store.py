@@ -23,10 +23,12 @@ def test_flow_uses_the_controllers_calibration() -> None:
     now = [1000.0]
     store = StateStore(stale_after_s=10, clock=lambda: now[0])
     store.apply(event(Field.FLOW, FlowSensor(25), 1000.0))
-    assert store.as_json(ADDRESS)["flow"]["litres_per_minute"] == 2.0  # 25 * 60 / 750
+    flow = store.snapshot(ADDRESS).flow
+    assert flow is not None and flow.litres_per_minute == 2.0  # 25 * 60 / 750
     calibrated = replace(SystemConfig.decode(V19), flow_calibration=PulsesPerLitre(500))
     store.apply(event(Field.SYSTEM_CONFIG, calibrated, 1000.0))
-    assert store.as_json(ADDRESS)["flow"]["litres_per_minute"] == 3.0  # 25 * 60 / 500
+    flow = store.snapshot(ADDRESS).flow
+    assert flow is not None and flow.litres_per_minute == 3.0  # 25 * 60 / 500
 
 
 def test_freshness_ages_without_restamping() -> None:
@@ -39,6 +41,6 @@ def test_freshness_ages_without_restamping() -> None:
     now[0] = 1009.0
     assert store.fresh(ADDRESS)
     now[0] = 1011.0
-    document = store.as_json(ADDRESS)
-    assert document["fresh"] is False and document["updated_at"] == 1000.0
-    assert document["age_s"] == 11.0
+    state = store.snapshot(ADDRESS)
+    assert state.fresh is False and state.updated_at == 1000.0
+    assert state.age_s == 11.0

@@ -184,6 +184,7 @@ class VirtualController:
         self._stopping = asyncio.Event()
         self._rebooting = False
         self.boots = 0
+        self._running_version: str | None = None  # parsed from slot 0 after each boot
         self.store = FlashStore(Path(config.state_dir) / "flash")
         factory = make_image(_version_tuple(config.firmware_version),
                              firmware_body(f"factory-{config.firmware_version}",
@@ -282,7 +283,11 @@ class VirtualController:
 
     def _read_value(self, uuid: str) -> bytes:
         if uuid == uuids.DIS_FIRMWARE_REVISION:
-            return self.config.firmware_version.encode()
+            # DIS follows the image that booted, so an update shows in the revision.
+            if self._running_version is None:
+                self._running_version = (self.flash.running_version()
+                                         or self.config.firmware_version)
+            return self._running_version.encode()
         if uuid == uuids.DIS_SERIAL_NUMBER:
             return self.config.serial_number.encode()
         if uuid == uuids.DIS_HARDWARE_REVISION:
@@ -540,6 +545,7 @@ class VirtualController:
         await self._unregister_app()
         self.connected_device = None
         outcome = self.flash.boot()
+        self._running_version = None
         self.store.save(self.flash)
         log.info("controller_rebooted", controller=self.config.index, boot=outcome)
         await asyncio.sleep(BOOT_TIME_S)

@@ -89,6 +89,12 @@ class McubootFlash:
 
     # ---- image list -------------------------------------------------------------------------
 
+    def running_version(self) -> str | None:
+        """The version of the image in slot 0, as the firmware built from it reports it in
+        Device Information (a build that injects its version, ota.md 5.2 V)."""
+        image = SlotImage(self.slot0).parsed()
+        return None if image is None else str(image.version)
+
     def slot_images(self) -> list[tuple[int, McubootImage]]:
         out: list[tuple[int, McubootImage]] = []
         for slot, data in ((0, self.slot0), (1, bytes(self.slot1))):

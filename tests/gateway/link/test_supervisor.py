@@ -1,4 +1,5 @@
-"""Supervisors against in-process fakes: the state machine's decisions, without a radio."""
+"""Supervisors against in-process fakes, in virtual time: the state machine carrying out its
+decisions, without a radio and without waiting out real backoffs."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from firmware_bridge.link.outcome import OutcomeStatus
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import ControllerBusy, PairingError
 from gateway.link.scheduler import SlotScheduler
-from gateway.link.supervisor import LinkState, Supervisor
+from gateway.link.supervisor import Supervisor
+from gateway.ops.models import LinkState
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
-from tests.fakes import ModelLink
+from tests.fakes import ModelLink, VirtualClock
 
 ADDRESS = "C0:FF:EE:00:00:00"
 
@@ -48,9 +50,10 @@ def make(tmp_path: Path, radio: Radio, policy: LinkPolicy = LinkPolicy.KEEP,
     registry.add(ADDRESS, name="AutoWatering", bonded=True)
     store = StateStore(stale_after_s=10)
     settings = LinkSettings(refresh_period_s=1.0, connect_timeout_s=1.0)
+    clock = VirtualClock()
     sup = Supervisor(ADDRESS, settings=settings, policy=policy, scheduler=SlotScheduler(1),
                      store=store, registry=registry, connector=radio,
-                     repairer=repairer)  # type: ignore[arg-type]
+                     repairer=repairer, clock=clock, session_clock=clock)  # type: ignore[arg-type]
     return sup, store
 
 
@@ -69,7 +72,7 @@ async def test_keep_policy_connects_syncs_and_serves_a_command(tmp_path: Path) -
         assert store.fresh(ADDRESS)
         outcome = await sup.submit("open", lambda s: s.open_valve(1, 2))
         assert outcome.status is OutcomeStatus.CONFIRMED
-        await wait_for(lambda: store.as_json(ADDRESS)["valves"][1]["open"])
+        await wait_for(lambda: store.snapshot(ADDRESS).valves[1].open)
     finally:
         task.cancel()
 

@@ -1,0 +1,159 @@
+"""`awgw sim` and `awgw demo`: the virtual rig, and the gateway's main job shown on it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.cli.args import positive_float, positive_int
+
+COMMANDS = ("sim", "demo")
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """``INDEX:KIND[:key=value,...]`` from the command line, e.g. ``0:drop_link:delay_s=5``."""
+
+    index: int
+    kind: str
+    params: dict[str, Any]
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        parts = text.split(":", 2)
+        if len(parts) < 2 or not parts[0].isdigit() or not parts[1]:
+            raise argparse.ArgumentTypeError(
+                f"fault {text!r} is not INDEX:KIND[:key=value,...]")
+        params: dict[str, Any] = {}
+        if len(parts) == 3 and parts[2]:
+            for item in parts[2].split(","):
+                key, sep, raw = item.partition("=")
+                if not sep or not key:
+                    raise argparse.ArgumentTypeError(f"fault parameter {item!r} is not key=value")
+                params[key] = _number(raw)
+        return cls(int(parts[0]), parts[1], params)
+
+
+def _number(raw: str) -> int | float | str:
+    for conv in (int, float):
+        try:
+            return conv(raw)
+        except ValueError:
+            continue
+    return raw
+
+
+def add_commands(sub: Any) -> None:
+    sim = sub.add_parser("sim", help="run the virtual rig of AutoWatering controllers")
+    sim.add_argument("--controllers", type=positive_int, default=3)
+    sim.add_argument("--udp-base-port", type=positive_int, default=None,
+                     help="also serve SMP over UDP on this port + controller index")
+    sim.add_argument("--interval-ms", type=positive_float, default=30.0,
+                     help="BLE connection interval of the link model")
+    sim.add_argument("--packets-per-event", type=positive_int, default=4)
+    sim.add_argument("--mtu", type=positive_int, default=247)
+    sim.add_argument("--buf-size", type=positive_int, default=384, help="SMP netbuf size")
+    sim.add_argument("--buf-count", type=positive_int, default=4, help="SMP netbuf count")
+    sim.add_argument("--no-mcumgr-params", action="store_true",
+                     help="answer MCUmgr params with rc 8, like the spec'd firmware")
+    sim.add_argument("--no-smp", action="store_true", help="firmware without MCUboot/SMP")
+    sim.add_argument("--firmware-version", default="3.1.0")
+    sim.add_argument("--schedule-every", type=positive_float, default=None, metavar="S",
+                     help="each controller waters one zone every S seconds")
+    sim.add_argument("--time-scale", type=positive_float, default=1.0,
+                     help="simulated watering time per real second")
+    sim.add_argument("--self-confirm-after", type=positive_float, default=None, metavar="S",
+                     help="firmware confirms a new image itself S seconds after booting it, "
+                          "as AutoWatering firmware does")
+    sim.add_argument("--fault", type=FaultSpec.parse, action="append", default=[],
+                     metavar="INDEX:KIND[:k=v,...]",
+                     help="inject a fault after start (add delay_s=S to wait first)")
+
+    demo = sub.add_parser("demo", help="run the virtual rig and watch it live")
+    demo.add_argument("--controllers", type=positive_int, default=3)
+    demo.add_argument("--duration", type=positive_float, default=None, metavar="S")
+    demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    sim.add_argument("--passkey", action="append", default=[], metavar="INDEX=NNNNNN",
+                     help="that controller's firmware demands this pairing passkey")
+
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Cross-option checks argparse cannot express; failures exit 2 with argparse's message."""
+    if args.command != "sim":
+        return
+    from gateway.sim.errors import SimConfigError
+    from gateway.sim.rig import FAULT_KINDS, RigOptions
+
+    for item in args.passkey:
+        index, sep, key = item.partition("=")
+        if not sep or not index.isdigit() or len(key) != 6 or not key.isdigit():
+            parser.error(f"--passkey {item!r} is not INDEX=NNNNNN")
+        if int(index) >= args.controllers:
+            parser.error(f"--passkey names controller {index}, but there are {args.controllers}")
+    for spec in args.fault:
+        if spec.kind not in FAULT_KINDS:
+            parser.error(f"unknown fault {spec.kind!r}; known: {', '.join(FAULT_KINDS)}")
+        if spec.index >= args.controllers:
+            parser.error(f"fault names controller {spec.index}, "
+                         f"but there are {args.controllers}")
+    try:
+        RigOptions(controllers=args.controllers, template=_controller_template(args)).validate()
+    except SimConfigError as exc:
+        parser.error(str(exc))
+
+
+def _controller_template(args: argparse.Namespace) -> Any:
+    from gateway.sim.controller.device import ControllerConfig
+
+    return ControllerConfig(
+        0, 0, "", firmware_version=args.firmware_version, smp=not args.no_smp,
+        mcumgr_params=not args.no_mcumgr_params, buf_size=args.buf_size,
+        buf_count=args.buf_count, interval_ms=args.interval_ms,
+        packets_per_event=args.packets_per_event, mtu=args.mtu,
+        schedule_every_s=args.schedule_every, time_scale=args.time_scale,
+        self_confirm_after_s=args.self_confirm_after)
+
+
+async def run_sim(args: argparse.Namespace) -> int:
+    from gateway.sim.rig import Rig, RigOptions
+
+    template = _controller_template(args)
+    passkeys = {int(i): int(k) for i, _, k in (p.partition("=") for p in args.passkey)}
+    options = RigOptions(controllers=args.controllers, udp_base_port=args.udp_base_port,
+                         template=template, passkeys=passkeys)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Rig(options) as rig:
+        print(f"DBUS_SYSTEM_BUS_ADDRESS={rig.bus_address}", flush=True)
+        for handle in rig.controllers:
+            print(f"# controller {handle.index}: {handle.address} on hci{handle.adapter_id}",
+                  file=sys.stderr, flush=True)
+        async with asyncio.TaskGroup() as group:
+            faults = [group.create_task(_delayed_fault(rig, spec), name=f"fault-{spec.kind}")
+                      for spec in args.fault]
+            await stop.wait()
+            for task in faults:
+                task.cancel()
+    return 0
+
+
+async def _delayed_fault(rig: Any, spec: FaultSpec) -> None:
+    params = dict(spec.params)
+    await asyncio.sleep(float(params.pop("delay_s", 0.0)))
+    await rig.fault(spec.index, spec.kind, **params)
+
+
+async def run_demo_command(args: argparse.Namespace) -> int:
+    from gateway.demo import print_report, run_demo
+
+    report = await run_demo(args.controllers, args.duration, args.json)
+    if args.json:
+        print_report(report)
+    return 0

@@ -1,0 +1,159 @@
+"""The operations answered by the running daemon, through its supervisors, so the daemon stays
+the only owner of the radio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
+from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
+from firmware_bridge.link.session import ControllerSession
+from firmware_bridge.smp.ble import BleSmpTransport
+from firmware_bridge.smp.transport import FrameTransport
+from gateway import bluez
+from gateway.config import GatewayConfig
+from gateway.link.manager import ConnectionManager
+from gateway.link.scheduler import Priority
+from gateway.ops.direct import SCAN_TIMEOUT_S
+from gateway.ops.models import (
+    CommandResult,
+    ControllerState,
+    DeviceEntry,
+    GetState,
+    Ota,
+    OtaReport,
+    Pair,
+    Refresh,
+    ScanEntry,
+    Unpair,
+    ValveClose,
+    ValveOpen,
+)
+from gateway.ops.protocol import ProgressFn
+from gateway.ops.radio import (
+    list_devices,
+    pair_on_radio,
+    result_of,
+    unpair_on_radio,
+    valve_command,
+)
+from gateway.ota.service import OtaService
+from gateway.store.registry import Registry, normalise_address
+
+
+class DaemonOperations:
+    def __init__(self, config: GatewayConfig, registry: Registry,
+                 manager: ConnectionManager) -> None:
+        self.config = config
+        self.registry = registry
+        self.manager = manager
+        self.ota_service = OtaService(config, registry)
+
+    async def scan(self) -> list[ScanEntry]:
+        paired = {r.address for r in self.registry.all()}
+        if not self.manager.scanner.present():
+            await asyncio.sleep(SCAN_TIMEOUT_S)  # the scanner runs anyway: give it one window
+        return [ScanEntry(address=s.address, name=s.name, rssi=s.rssi,
+                          paired=s.address in paired) for s in self.manager.scanner.present()]
+
+    async def pair(self, request: Pair) -> DeviceEntry:
+        address = normalise_address(request.address)
+        scheduler = self.manager.scheduler
+        async with scheduler.slot(address, Priority.URGENT, kept=False), \
+                scheduler.connect_turn():
+            entry = await pair_on_radio(self.config, self.registry, address, request.passkey)
+        supervisor = self.manager.add(self.registry.get(address))
+        supervisor.bond_reset()
+        return entry
+
+    async def repair(self, address: str) -> None:
+        """The supervisor's one automatic attempt after an authentication failure, and the GATT
+        cache reset: forget our half of the bond and pair again (Just Works)."""
+        await bluez.remove_bond(self.config.link.adapter, address)
+        self.manager.scanner.forget(address)
+        async with self.manager.scheduler.connect_turn():
+            await pair_on_radio(self.config, self.registry, address, None)
+
+    async def unpair(self, request: Unpair) -> DeviceEntry:
+        address = normalise_address(request.address)
+        self.registry.get(address)
+        await self.manager.remove(address)
+        return await unpair_on_radio(self.config, self.registry, address)
+
+    async def devices(self) -> list[DeviceEntry]:
+        links = {a: s.state for a, s in self.manager.supervisors.items()}
+        return await list_devices(self.config, self.registry, links)
+
+    async def state(self, request: GetState) -> ControllerState:
+        return await self.current_state(request.address, force=False)
+
+    async def refresh(self, request: Refresh) -> ControllerState:
+        return await self.current_state(request.address, force=True)
+
+    async def current_state(self, address: str, *, force: bool) -> ControllerState:
+        address = normalise_address(address)
+        record = self.registry.get(address)
+        supervisor = self.manager.supervisor(address)
+        if force or not self.manager.store.fresh(address):
+            # Nothing fresh to show: ask for an urgent visit rather than print old values.
+            await supervisor.submit("refresh", _refresh)
+        state = self.manager.store.snapshot(address, record.firmware_version)
+        return state.model_copy(update={"policy": supervisor.policy})
+
+    async def valve_open(self, request: ValveOpen) -> CommandResult:
+        return await self._valve(request)
+
+    async def valve_close(self, request: ValveClose) -> CommandResult:
+        return await self._valve(request)
+
+    async def _valve(self, request: ValveOpen | ValveClose) -> CommandResult:
+        address = normalise_address(request.address)
+        self.registry.get(address)
+        outcome = await self.manager.command(address, request.name, valve_command(request))
+        return result_of(address, request.name, outcome)
+
+    async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:
+        return await self.ota_service.update(request, SupervisedAccess(self), on_progress)
+
+
+class SupervisedAccess:
+    """The OTA service's way to a controller in the daemon: the supervisor hands it over and
+    commands answer busy until the update ends; every connect takes the scheduler's turn."""
+
+    def __init__(self, ops: DaemonOperations) -> None:
+        self.ops = ops
+        self.manager = ops.manager
+
+    async def current_state(self, address: str) -> ControllerState:
+        return await self.ops.current_state(address, force=False)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, address: str) -> AsyncIterator[None]:
+        supervisor = self.manager.supervisor(address)
+        async with supervisor.firmware_update(), self.manager.scheduler.slot(
+                address, Priority.URGENT, kept=False):
+            yield
+
+    async def connect_smp(self, address: str) -> FrameTransport:
+        transport = BleSmpTransport(self.manager.scanner.device(address) or address,
+                                    adapter=self.ops.config.link.adapter)
+        async with self.manager.scheduler.connect_turn():
+            await transport.connect(self.ops.config.link.connect_timeout_s)
+        return transport
+
+    async def connect_gatt(self, address: str) -> GattLink:
+        async with self.manager.scheduler.connect_turn():
+            return await BleakGattLink.connect(
+                self.manager.scanner.device(address) or address,
+                adapter=self.ops.config.link.adapter,
+                timeout_s=self.ops.config.link.connect_timeout_s)
+
+    async def refresh_gatt_cache(self, address: str) -> None:
+        await self.ops.repair(address)
+
+
+async def _refresh(session: ControllerSession) -> CommandOutcome:
+    await session.refresh()
+    return CommandOutcome(OutcomeStatus.CONFIRMED, "refreshed")

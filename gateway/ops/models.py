@@ -1,0 +1,284 @@
+"""The one vocabulary every caller speaks: typed requests, their results, and the controller
+state they read.
+
+The CLI, the control socket, and later MQTT commands and cloud jobs all parse into ``Request``
+(a union discriminated on ``op``) and get back the result model ``RESULTS`` names for that op.
+Validation lives here, so a valve duration or a channel is refused the same way whoever asks.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+
+from firmware_bridge.gatt.codec import CHANNELS, NO_CHANNEL
+from firmware_bridge.ota.update import ConfirmPolicy
+from gateway.config import LinkPolicy
+
+# The longest valve-open the gateway sends, in minutes (one day).
+MAX_VALVE_MINUTES = 1440
+# Requests name a file on the hub for OTA; a path longer than this is not a path.
+MAX_PATH = 4096
+
+
+class LinkState(StrEnum):
+    """Where a controller's link is: the supervisor's state machine (gateway/link/supervisor.py)
+    and what `awgw state` shows."""
+
+    IDLE = "idle"
+    WAITING_SLOT = "waiting_slot"
+    CONNECTING = "connecting"
+    SYNCING = "syncing"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    BOND_LOST = "bond_lost"
+    FAULTED = "faulted"
+    UPDATING = "updating"
+    STOPPED = "stopped"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _zone_or_master(channel: int) -> int:
+    if not (0 <= channel < CHANNELS or channel == NO_CHANNEL):
+        raise ValueError(f"channel {channel} is out of range (0..{CHANNELS - 1}, or "
+                         f"{NO_CHANNEL} for the master valve)")
+    return channel
+
+
+Address = Annotated[str, Field(min_length=1, max_length=64)]
+Zone = Annotated[int, Field(ge=0, lt=CHANNELS)]
+Minutes = Annotated[int, Field(ge=1, le=MAX_VALVE_MINUTES)]
+
+
+# ---- requests ------------------------------------------------------------------------------
+
+class Ping(_Model):
+    op: Literal["ping"] = "ping"
+
+
+class Scan(_Model):
+    op: Literal["scan"] = "scan"
+
+
+class Pair(_Model):
+    op: Literal["pair"] = "pair"
+    address: Address
+    passkey: Annotated[int, Field(ge=0, le=999_999)] | None = None
+
+
+class Unpair(_Model):
+    op: Literal["unpair"] = "unpair"
+    address: Address
+
+
+class Devices(_Model):
+    op: Literal["devices"] = "devices"
+
+
+class GetState(_Model):
+    op: Literal["state"] = "state"
+    address: Address
+
+
+class Refresh(_Model):
+    """Read the controller now, whatever its schedule, and answer with the fresh state."""
+
+    op: Literal["refresh"] = "refresh"
+    address: Address
+
+
+class ValveOpen(_Model):
+    op: Literal["valve_open"] = "valve_open"
+    address: Address
+    channel: Zone  # the master valve opens with the zones, never alone
+    minutes: Minutes
+
+    @property
+    def name(self) -> str:
+        return f"valve {self.channel} open {self.minutes} min"
+
+
+class ValveClose(_Model):
+    op: Literal["valve_close"] = "valve_close"
+    address: Address
+    channel: Annotated[int, AfterValidator(_zone_or_master)]
+
+    @property
+    def name(self) -> str:
+        return f"valve {self.channel} close"
+
+
+class Ota(_Model):
+    """A firmware update over BLE of a paired controller, from an image file on the hub."""
+
+    op: Literal["ota"] = "ota"
+    address: Address
+    file: Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+    window: Annotated[int, Field(ge=1, le=64)] | None = None
+    confirm: ConfirmPolicy = ConfirmPolicy.SELF_THEN_EXPLICIT
+    pre_erase: bool = False
+    slot_limit: Annotated[int, Field(gt=0)] | None = None
+
+
+Request = Annotated[Ping | Scan | Pair | Unpair | Devices | GetState | Refresh | ValveOpen
+                    | ValveClose | Ota, Field(discriminator="op")]
+REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
+
+
+# ---- results -------------------------------------------------------------------------------
+
+class Pong(_Model):
+    pong: bool = True
+
+
+class ScanEntry(_Model):
+    address: str
+    name: str | None
+    rssi: int
+    paired: bool
+
+
+class DeviceEntry(_Model):
+    address: str
+    name: str
+    serial: str | None
+    firmware_version: str | None
+    bonded: bool
+    policy: LinkPolicy
+    last_seen: float | None
+    link: LinkState | None = None
+
+
+class CommandResult(_Model):
+    address: str
+    command: str
+    ok: bool
+    status: str
+    detail: str
+    att_code: int | None = None
+    queue_error: int | None = None
+
+
+class ValveState(_Model):
+    channel: int
+    open: bool
+    name: str | None
+    at: float | None
+
+
+class StatusView(_Model):
+    code: int
+    name: str
+    ok: bool
+    at: float | None
+
+
+class FlowView(_Model):
+    pulses_per_second: int
+    litres_per_minute: float
+    at: float | None
+
+
+class AlarmView(_Model):
+    code: int
+    name: str
+    active: bool
+    data: int
+    device_timestamp: int
+    at: float | None
+
+
+class TaskView(_Model):
+    channel: int
+    mode: str
+    status: str
+    target: int
+    current: int
+    total_volume_ml: int
+    at: float | None
+
+    @property
+    def runs(self) -> bool:
+        return self.status in ("running", "paused")
+
+
+class QueueView(_Model):
+    pending: int
+    completed: int
+    current_channel: int | None
+    at: float | None
+
+
+class ControllerState(_Model):
+    """What the gateway knows of one controller, each value with when it arrived (the
+    gateway's clock); ``fresh`` is false once the last full refresh is older than allowed."""
+
+    address: str
+    firmware_version: str | None
+    link: LinkState
+    policy: LinkPolicy | None = None
+    fresh: bool
+    updated_at: float | None
+    age_s: float | None
+    last_failure: str | None
+    decode_problems: int
+    valves: list[ValveState]
+    system_status: StatusView | None
+    flow: FlowView | None
+    alarm: AlarmView | None
+    current_task: TaskView | None
+    task_queue: QueueView | None
+
+    def watering(self) -> str | None:
+        """Why this controller must not be disturbed by an update, or None when it is idle."""
+        task = self.current_task
+        if task is not None and task.runs:
+            return f"it is watering channel {task.channel} ({task.status})"
+        opened = [v.channel for v in self.valves if v.open]
+        if opened:
+            return f"valve {opened[0]} is open"
+        if self.task_queue is not None and self.task_queue.pending:
+            return f"{self.task_queue.pending} task(s) are queued"
+        return None
+
+
+class OtaReport(_Model):
+    """How an update ended (firmware_bridge's OtaOutcome) and what the controller said after."""
+
+    result: str
+    reason: str | None
+    detail: str
+    rc: int | None
+    hash: str
+    version: str
+    uploaded_bytes: int
+    seconds: float
+    skipped_upload: bool
+    # Device Information's firmware revision read after the reboot (ota.md 5.2 V), and whether
+    # it names the image's version (a mismatch is a warning: not every build injects it).
+    firmware_revision: str | None = None
+    revision_matches: bool | None = None
+    gatt_cache_refreshed: bool = False
+
+
+Result = (Pong | list[ScanEntry] | DeviceEntry | list[DeviceEntry] | ControllerState
+          | CommandResult | OtaReport)
+
+# What each op answers with: the daemon's client parses the socket's answer into this.
+PONG: TypeAdapter[Pong] = TypeAdapter(Pong)
+SCAN_ENTRIES: TypeAdapter[list[ScanEntry]] = TypeAdapter(list[ScanEntry])
+DEVICE: TypeAdapter[DeviceEntry] = TypeAdapter(DeviceEntry)
+DEVICES: TypeAdapter[list[DeviceEntry]] = TypeAdapter(list[DeviceEntry])
+STATE: TypeAdapter[ControllerState] = TypeAdapter(ControllerState)
+COMMAND: TypeAdapter[CommandResult] = TypeAdapter(CommandResult)
+OTA_REPORT: TypeAdapter[OtaReport] = TypeAdapter(OtaReport)
+RESULTS: dict[str, TypeAdapter[Any]] = {
+    "ping": PONG, "scan": SCAN_ENTRIES, "pair": DEVICE, "unpair": DEVICE, "devices": DEVICES,
+    "state": STATE, "refresh": STATE, "valve_open": COMMAND, "valve_close": COMMAND,
+    "ota": OTA_REPORT,
+}

@@ -1,0 +1,70 @@
+"""``Operations``: what every caller can ask of the gateway, answered directly on the radio
+(``ops.direct``), by the daemon's supervisors (``ops.daemon``), or through the daemon's control
+socket (``ops.client``). ``dispatch`` routes a parsed ``Request`` to the method that answers it,
+so the control socket, and later MQTT and cloud jobs, need no routing of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from firmware_bridge.ota.outcome import Progress
+from gateway.ops.models import (
+    CommandResult,
+    ControllerState,
+    DeviceEntry,
+    Devices,
+    GetState,
+    Ota,
+    OtaReport,
+    Pair,
+    Ping,
+    Pong,
+    Refresh,
+    Request,
+    Result,
+    Scan,
+    ScanEntry,
+    Unpair,
+    ValveClose,
+    ValveOpen,
+)
+
+ProgressFn = Callable[[Progress], None]
+
+
+class Operations(Protocol):
+    async def scan(self) -> list[ScanEntry]: ...
+    async def pair(self, request: Pair) -> DeviceEntry: ...
+    async def unpair(self, request: Unpair) -> DeviceEntry: ...
+    async def devices(self) -> list[DeviceEntry]: ...
+    async def state(self, request: GetState) -> ControllerState: ...
+    async def refresh(self, request: Refresh) -> ControllerState: ...
+    async def valve_open(self, request: ValveOpen) -> CommandResult: ...
+    async def valve_close(self, request: ValveClose) -> CommandResult: ...
+    async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport: ...
+
+
+async def dispatch(ops: Operations, request: Request,
+                   on_progress: ProgressFn | None = None) -> Result:
+    match request:
+        case Ping():
+            return Pong()
+        case Scan():
+            return await ops.scan()
+        case Pair():
+            return await ops.pair(request)
+        case Unpair():
+            return await ops.unpair(request)
+        case Devices():
+            return await ops.devices()
+        case GetState():
+            return await ops.state(request)
+        case Refresh():
+            return await ops.refresh(request)
+        case ValveOpen():
+            return await ops.valve_open(request)
+        case ValveClose():
+            return await ops.valve_close(request)
+        case Ota():
+            return await ops.ota(request, on_progress)
