@@ -35,7 +35,8 @@ def print_record(result: BaseModel) -> None:
 
 def print_state(state: ControllerState) -> None:
     console = Console()
-    fresh = "fresh" if state.fresh else f"STALE ({state.age_s} s old)"
+    fresh = ("fresh" if state.fresh else "never read" if state.age_s is None
+             else f"STALE ({state.age_s} s old)")
     console.print(f"[bold]{state.address}[/bold] firmware {state.firmware_version} "
                   f"link {state.link.value} - {fresh}")
     valves = Table("channel", "name", "open")

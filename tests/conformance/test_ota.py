@@ -243,8 +243,10 @@ async def test_resume_after_the_gateway_is_killed(peer: Peer, tmp_path: Path) ->
     image_path.write_bytes(peer.image)
     env = {**os.environ, "AWGW_STATE_DIR": str(tmp_path / "state")}
     env.pop("AWGW_CONFIG", None)
+    # The QEMU build never confirms itself: confirm at once instead of waiting out the
+    # configured self-confirm window (this test is about the resume).
     args = [sys.executable, "-m", "gateway.cli", "ota", "--serial", peer.url, str(image_path),
-            "--json", "--window", "1"]
+            "--json", "--window", "1", "--confirm", "explicit"]
     proc = await asyncio.create_subprocess_exec(*args, env=env,
                                                 stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.DEVNULL)

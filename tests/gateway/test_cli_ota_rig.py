@@ -4,6 +4,8 @@ uploaded); an idle one is updated, and Device Information then names the new ver
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,27 @@ async def test_direct_ota_refuses_a_watering_controller_then_updates_an_idle_one
     assert outcome["firmware_revision"] == "9.2.0" and outcome["revision_matches"] is True
     state = await cli.run("state", FIRST, "--json")
     assert state["firmware_version"] == "9.2.0" and state["link"] == "idle"
+
+
+async def test_the_daemon_refuses_a_watering_controller_the_same_way(cli: Cli,
+                                                                     tmp_path: Path) -> None:
+    image = tmp_path / "new.bin"
+    image.write_bytes(make_image((9, 2, 0, 0), firmware_body("daemon-gate", 60_000)))
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "daemon", env=cli.env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        socket = tmp_path / "control.sock"
+        async with asyncio.timeout(20):
+            while not socket.is_socket():  # noqa: ASYNC110 - a file appearing has no event
+                await asyncio.sleep(0.1)
+        await cli.run("pair", FIRST, "--json")
+        assert (await cli.run("valve", FIRST, "2", "open", "--minutes", "5", "--json"))["ok"]
+        refused = await cli.run("ota", FIRST, str(image), "--json", expect=4)
+        assert "watering channel 2" in refused and "nothing was uploaded" in refused
+        state = await cli.run("state", FIRST, "--json")
+        assert "link_state" not in state and state["link"] in ("idle", "connected")
+        assert not list((tmp_path / "ota").glob("*.json"))
+    finally:
+        daemon.terminate()
+        await asyncio.wait_for(daemon.wait(), 30)

@@ -88,6 +88,10 @@ async def test_link_loss_is_classified_backed_off_and_recovered(tmp_path: Path) 
             await wait_for(lambda: len(radio.links) == 2 and sup.state is LinkState.CONNECTED)
         failures = [e for e in logs if e["event"] == "link_failure"]
         assert failures and failures[0]["failure_class"] == "link_lost"
+        # The backoff it slept is the one decided for the class (1 s +-20 % for a first loss).
+        assert isinstance(sup.clock, VirtualClock)
+        assert failures[0]["retry_in_s"] in [round(w, 2) for w in sup.clock.waited]
+        assert 0.8 <= failures[0]["retry_in_s"] <= 1.2
     finally:
         task.cancel()
 
