@@ -40,6 +40,11 @@ def enum_or_int(enum: type[E], value: int) -> E | int:
         return value
 
 
+# The longest duration task the firmware runs as asked: it accepts 1-1440 minutes but stores
+# them in a u8 (device-ble.md Δ21: 256 runs 0 minutes, 1440 runs 160).
+MAX_TASK_MINUTES = 255
+
+
 class SystemStatusCode(IntEnum):
     OK = 0
     NO_FLOW = 1
@@ -159,8 +164,9 @@ class ValveControl:
     def duration_task(cls, channel: int, minutes: int) -> ValveControl:
         if not 0 <= channel < CHANNELS:
             raise EncodeError(f"channel {channel} is outside 0..7")
-        if not 1 <= minutes <= 1440:
-            raise EncodeError(f"duration {minutes} min is outside 1..1440")
+        if not 1 <= minutes <= MAX_TASK_MINUTES:
+            raise EncodeError(f"duration {minutes} min is outside 1..{MAX_TASK_MINUTES}: the "
+                              "firmware keeps a task's minutes in one byte (device-ble.md Δ21)")
         return cls(channel, TaskMode.DURATION, minutes)
 
     @classmethod
@@ -263,8 +269,10 @@ class AlarmStatus:
         return self.LAYOUT.pack(int(self.code), self.data, self.timestamp)
 
     @property
-    def active(self) -> bool:
-        return int(self.code) != 0
+    def empty(self) -> bool:
+        """The slot holds no alarm (code 0). Whether a non-empty slot is an active alarm
+        depends on its data and System Status: ``gatt.alarms.read_alarm``."""
+        return int(self.code) == 0
 
 
 @dataclass(frozen=True)

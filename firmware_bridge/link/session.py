@@ -352,7 +352,7 @@ class ControllerSession:
     async def clear_alarm(self, code: AlarmCode | None = None) -> CommandOutcome:
         return await self._command(
             uuids.ALARM_STATUS, commands.alarm_clear(code),
-            lambda e: isinstance(e.value, AlarmStatus) and not e.value.active, None,
+            lambda e: isinstance(e.value, AlarmStatus) and e.value.empty, None,
             "clear alarm")
 
     async def sync_time_if_needed(self, zone: ZoneInfo) -> bool:

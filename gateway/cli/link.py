@@ -75,7 +75,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.action == "close" and args.minutes is not None:
         parser.error("--minutes only goes with open")
     if args.minutes is not None and not 1 <= args.minutes <= MAX_VALVE_MINUTES:
-        parser.error(f"--minutes must be 1..{MAX_VALVE_MINUTES}, got {args.minutes}")
+        parser.error(f"--minutes must be 1..{MAX_VALVE_MINUTES}, got {args.minutes}: the "
+                     "controller's firmware keeps a task's minutes in one byte (device-ble.md "
+                     "Δ21), so a longer run would not run as asked; water in separate runs")
 
 
 def request_of(args: argparse.Namespace) -> Request:

@@ -13,12 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
-from firmware_bridge.gatt.codec import CHANNELS, NO_CHANNEL
+from firmware_bridge.gatt.codec import CHANNELS, MAX_TASK_MINUTES, NO_CHANNEL
 from firmware_bridge.ota.update import ConfirmPolicy
 from gateway.config import LinkPolicy
 
-# The longest valve-open the gateway sends, in minutes (one day).
-MAX_VALVE_MINUTES = 1440
+# The longest valve-open the gateway sends, in minutes: the firmware accepts up to 1440 but
+# keeps a task's minutes in one byte, so anything longer would run short (device-ble.md Δ21).
+MAX_VALVE_MINUTES = MAX_TASK_MINUTES
 # Requests name a file on the hub for OTA; a path longer than this is not a path.
 MAX_PATH = 4096
 
@@ -52,7 +53,15 @@ def _zone_or_master(channel: int) -> int:
 
 Address = Annotated[str, Field(min_length=1, max_length=64)]
 Zone = Annotated[int, Field(ge=0, lt=CHANNELS)]
-Minutes = Annotated[int, Field(ge=1, le=MAX_VALVE_MINUTES)]
+def _runnable_minutes(minutes: int) -> int:
+    if not 1 <= minutes <= MAX_VALVE_MINUTES:
+        raise ValueError(f"minutes must be 1..{MAX_VALVE_MINUTES}: the controller's firmware "
+                         f"keeps a task's minutes in one byte (device-ble.md Δ21), so {minutes} "
+                         "would not run as asked; water longer in separate runs")
+    return minutes
+
+
+Minutes = Annotated[int, AfterValidator(_runnable_minutes)]
 
 
 # ---- requests ------------------------------------------------------------------------------
@@ -185,10 +194,16 @@ class FlowView(_Model):
 
 
 class AlarmView(_Model):
+    """The alarm slot as the firmware means it (``gatt.alarms.read_alarm``): ``active`` from the
+    code, its data and System Status together; ``healed`` for a clear frame."""
+
     code: int
-    name: str
+    name: str  # UNKNOWN for a code with no documented meaning
     active: bool
-    data: int
+    healed: bool
+    data: int  # as sent (u16)
+    temperature_c: float | None = None  # FREEZE_LOCKOUT, signed
+    sensor_stale: bool = False  # FREEZE_LOCKOUT on stale environmental data
     device_timestamp: int
     at: float | None
 
@@ -211,6 +226,7 @@ class QueueView(_Model):
     pending: int
     completed: int
     current_channel: int | None
+    error: int | None = None  # the frame was a command's error report (device-ble.md 5.5)
     at: float | None
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from firmware_bridge.gatt.alarms import read_alarm
 from firmware_bridge.gatt.codec import (
     CHANNELS,
     NO_CHANNEL,
@@ -138,7 +139,7 @@ class StateStore:
                     for ch in range(CHANNELS)],
             system_status=_status(status, status_at),
             flow=_flow(flow, flow_at, _pulses_per_litre(values)),
-            alarm=_alarm(alarm, alarm_at),
+            alarm=_alarm(alarm, alarm_at, status if isinstance(status, SystemStatus) else None),
             current_task=_task(task, task_at),
             task_queue=_queue(queue, queue_at))
 
@@ -171,13 +172,13 @@ def _flow(flow: object, at: float | None, pulses_per_litre: int) -> FlowView | N
                     litres_per_minute=round(flow.litres_per_minute(pulses_per_litre), 3), at=at)
 
 
-def _alarm(alarm: object, at: float | None) -> AlarmView | None:
+def _alarm(alarm: object, at: float | None, status: SystemStatus | None) -> AlarmView | None:
     if not isinstance(alarm, AlarmStatus):
         return None
-    known = alarm.active or int(alarm.code) == 0
-    return AlarmView(code=int(alarm.code), name=_name(alarm.code) if known else "UNKNOWN",
-                     active=alarm.active, data=alarm.data, device_timestamp=alarm.timestamp,
-                     at=at)
+    reading = read_alarm(alarm, status)
+    return AlarmView(code=reading.code, name=reading.name, active=reading.active,
+                     healed=reading.healed, data=alarm.data, temperature_c=reading.temperature_c,
+                     sensor_stale=reading.sensor_stale, device_timestamp=alarm.timestamp, at=at)
 
 
 def _task(task: object, at: float | None) -> TaskView | None:
@@ -193,4 +194,5 @@ def _queue(queue: object, at: float | None) -> QueueView | None:
         return None
     return QueueView(pending=queue.pending_count, completed=queue.completed_tasks,
                      current_channel=None if queue.current_channel == NO_CHANNEL
-                     else queue.current_channel, at=at)
+                     else queue.current_channel,
+                     error=queue.error_code, at=at)

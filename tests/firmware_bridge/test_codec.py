@@ -75,7 +75,9 @@ def test_valve_commands_build_the_spec_frames_and_refuse_out_of_range() -> None:
     assert ValveControl.duration_task(2, 15).encode() == bytes.fromhex("02000F00")
     assert ValveControl.volume_task(0, 5).encode() == bytes.fromhex("00010500")
     assert ValveControl.master(True).encode() == bytes.fromhex("FF010000")
-    for bad in ((8, 10), (0, 0), (0, 1441)):
+    assert ValveControl.duration_task(1, 255).encode() == bytes.fromhex("0100FF00")
+    # Above 255 the firmware would wrap the u8 it stores (Δ21): never encoded.
+    for bad in ((8, 10), (0, 0), (0, 256), (0, 1440), (0, 1441)):
         with pytest.raises(EncodeError):
             ValveControl.duration_task(*bad)
     with pytest.raises(EncodeError):
@@ -116,9 +118,9 @@ def test_v6_current_task_golden() -> None:
 def test_v7_alarm_golden() -> None:
     alarm = AlarmStatus.decode(bytes.fromhex("01020 0C61CB569".replace(" ", "")))
     assert alarm.code is AlarmCode.NO_FLOW and alarm.data == 2
-    assert alarm.timestamp == 1773477062 and alarm.active
+    assert alarm.timestamp == 1773477062 and not alarm.empty
     cleared = AlarmStatus.decode(bytes.fromhex("00000000 1DB569".replace(" ", "")))
-    assert not cleared.active and cleared.timestamp == 1773477120
+    assert cleared.empty and cleared.timestamp == 1773477120
     assert AlarmStatus.decode(bytes.fromhex("0E0000C61CB569")).code == 14
 
 

@@ -38,7 +38,7 @@ async def test_unknown_enum_values_are_kept_as_unknown_not_errors() -> None:
     status = session.latest[Field.SYSTEM_STATUS].value
     alarm = session.latest[Field.ALARM].value
     assert status.code == 9  # type: ignore[union-attr]
-    assert alarm.code == 42 and alarm.active  # type: ignore[union-attr]
+    assert alarm.code == 42 and not alarm.empty  # type: ignore[union-attr]
 
 
 async def test_session_keeps_working_after_garbage() -> None:

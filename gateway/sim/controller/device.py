@@ -594,6 +594,15 @@ class VirtualController:
             self.faults.drop_smp_replies += int(params.get("count", 1))
         elif kind == "corrupt_notification":
             self.faults.corrupt_next.add(str(params.get("uuid", uuids.CURRENT_TASK)).lower())
+        elif kind == "line_flow":  # a zone's line blocked (pps=0) or flowing again
+            self.model.set_line_flow(int(params.get("channel", 0)), int(params.get("pps", 0)))
+        elif kind == "stray_flow":
+            self.model.set_stray_flow(int(params.get("pps", 0)))
+        elif kind == "freeze":  # temperature_c_x10, or stale=1 for stale environmental data
+            stale = bool(params.get("stale", 0))
+            self.model.freeze(None if stale else int(params.get("temperature_c_x10", 0)))
+        elif kind == "thaw":
+            self.model.thaw()
         else:
             raise ValueError(f"unknown fault {kind!r}")
 

@@ -60,6 +60,13 @@ ATT_VALUE_NOT_ALLOWED = 0x13
 PULSES_PER_LITRE = 750
 QUEUE_CAPACITY = 10
 NO_FLOW_DETECT_S = 5.0
+# After NO_FLOW the firmware keeps checking the line; each failed check re-sends the alarm with
+# the attempt count, a line that flows again heals it (data 0, status OK; device-ble.md Δ22).
+NO_FLOW_RETRY_S = 3.0
+# Stray pulses with every valve closed beyond this count raise UNEXPECTED_FLOW (5.7).
+STRAY_PULSES_ALARM = 10
+# The firmware stores a duration task's minutes in a u8 (device-ble.md Δ21).
+TASK_MINUTES_MASK = 0xFF
 TASK_QUEUE_ACTIVE_NOTIFY_S = 5.0
 FLOW_NOTIFY_S = 5.0
 STATUS_REMINDER_S = 30.0
@@ -141,8 +148,14 @@ class IrrigationModel:
     names: list[str] = field(default_factory=lambda: [f"Zone {i + 1}" for i in range(8)])
     volumes: list[int] = field(default_factory=lambda: [0] * 8)
     history: list[DetailedEntry] = field(default_factory=list)
+    stray_pps: int = 0  # pulses with every valve closed (a leak, a stuck valve)
 
     def __post_init__(self) -> None:
+        self.line_pps = list(self.config.nominal_pps)  # what each line flows now
+        self._no_flow_channel: int | None = None
+        self._no_flow_attempts = 0
+        self._next_no_flow_check = 0.0
+        self._stray_pulses = 0.0
         self.boot_monotonic = self.monotonic()
         self.utc_offset_min = self.config.utc_offset_min
         self.dst_active = self.config.dst_active
@@ -243,8 +256,10 @@ class IrrigationModel:
     def task_queue(self, error: int | None = None) -> TaskQueue:
         task = self.running
         if error is not None:
-            return TaskQueue(len(self.queue), self.completed % 256, NO_CHANNEL,
-                             TaskQueue.ERROR_FRAME, error, 0, 0, 0)
+            # The error report keeps the running channel, as the firmware's frame does.
+            return TaskQueue(len(self.queue), self.completed % 256,
+                             NO_CHANNEL if task is None else task.channel,
+                             TaskQueue.ERROR_FRAME, error, 0, 0, 0 if task is None else 1)
         if task is None:
             return TaskQueue(len(self.queue), self.completed % 256, NO_CHANNEL, 0, 0, 0, 0, 0)
         configured = (task.target // 60 if task.mode == TaskMode.DURATION
@@ -374,7 +389,10 @@ class IrrigationModel:
             raise AttError(ATT_VALUE_NOT_ALLOWED, "duration/volume above limit")
         if len(self.queue) >= QUEUE_CAPACITY or self.status == SystemStatusCode.FREEZE_LOCKOUT:
             raise AttError(ATT_WRITE_NOT_PERMITTED, "queue full or lockout")
-        self.queue.append(QueuedTask(cmd.channel_id, TaskMode(cmd.task_type), cmd.value))
+        # Validated up to 1440, stored in a u8: 256 runs 0 minutes, 1440 runs 160 (Δ21).
+        stored = (cmd.value & TASK_MINUTES_MASK if cmd.task_type == TaskMode.DURATION
+                  else cmd.value)
+        self.queue.append(QueuedTask(cmd.channel_id, TaskMode(cmd.task_type), stored))
         self.valve_read = bytes(value)  # the firmware copies the write into the read buffer
         self._notify_queue()
         self._maybe_start_next()
@@ -465,6 +483,53 @@ class IrrigationModel:
             self._set_status(SystemStatusCode.OK)
         self.on_change(uuids.ALARM_STATUS, self.alarm.encode())
 
+    def set_line_flow(self, channel: int, pps: int) -> None:
+        """What a zone's line flows when its valve opens; 0 is a blocked line (NO_FLOW)."""
+        self.line_pps[channel] = pps
+
+    def set_stray_flow(self, pps: int) -> None:
+        self.stray_pps = pps
+
+    def freeze(self, temperature_x10: int | None) -> None:
+        """Freeze lockout at this reading (°C x 10; None: the environmental data is stale).
+        System Status goes to FREEZE_LOCKOUT without a notification (Δ15: poll to see it)."""
+        data = 0xFFFF if temperature_x10 is None else temperature_x10 & 0xFFFF
+        self._set_status(SystemStatusCode.FREEZE_LOCKOUT)
+        self.raise_alarm(AlarmCode.FREEZE_LOCKOUT, data)
+
+    def thaw(self) -> None:
+        """The lockout lifts: status OK, and the alarm re-sent with data 0 (Δ22)."""
+        if self.status == SystemStatusCode.FREEZE_LOCKOUT:
+            self._set_status(SystemStatusCode.OK)
+        self.raise_alarm(AlarmCode.FREEZE_LOCKOUT, 0)
+        self._maybe_start_next()
+
+    def _monitor_faults(self, now: float, dt: float) -> None:
+        """The firmware's watering monitor: NO_FLOW retries and heal, stray flow (Δ22)."""
+        channel = self._no_flow_channel
+        if channel is not None and now >= self._next_no_flow_check:
+            if self.line_pps[channel] > 0:
+                self._no_flow_channel = None
+                if self.status == SystemStatusCode.NO_FLOW:
+                    self._set_status(SystemStatusCode.OK)
+                self.raise_alarm(AlarmCode.NO_FLOW, 0)
+                self._maybe_start_next()
+            else:
+                self._no_flow_attempts += 1
+                self._next_no_flow_check = now + NO_FLOW_RETRY_S
+                self.raise_alarm(AlarmCode.NO_FLOW, self._no_flow_attempts)
+        if self.running is None and self.stray_pps > 0:
+            self._stray_pulses += self.stray_pps * dt
+            if self._stray_pulses > STRAY_PULSES_ALARM and self.status == SystemStatusCode.OK:
+                self._set_status(SystemStatusCode.UNEXPECTED_FLOW)
+                self.raise_alarm(AlarmCode.UNEXPECTED_FLOW, min(int(self._stray_pulses), 0xFFFF))
+        elif self.stray_pps == 0 and self._stray_pulses:
+            self._stray_pulses = 0.0
+            if self.status == SystemStatusCode.UNEXPECTED_FLOW:
+                self._set_status(SystemStatusCode.OK)
+                self.raise_alarm(AlarmCode.UNEXPECTED_FLOW, 0)
+                self._maybe_start_next()
+
     def _set_status(self, status: SystemStatusCode) -> None:
         if status == self.status:
             return
@@ -546,7 +611,7 @@ class IrrigationModel:
         task = self.running
         pps = 0
         if task is not None and not task.paused:
-            nominal = self.config.nominal_pps[task.channel]
+            nominal = self.line_pps[task.channel]
             pps = nominal + (int(now * 7) % 3 - 1 if nominal else 0)
             task.elapsed_s += dt
             task.volume_ml += pps * dt * 1000 / PULSES_PER_LITRE
@@ -554,6 +619,8 @@ class IrrigationModel:
             if task.dry_s >= NO_FLOW_DETECT_S:
                 self._finish(cancelled=True)
                 self._set_status(SystemStatusCode.NO_FLOW)
+                self._no_flow_channel, self._no_flow_attempts = task.channel, 1
+                self._next_no_flow_check = now + NO_FLOW_RETRY_S
                 self.raise_alarm(AlarmCode.NO_FLOW, 1)
             elif (task.mode == TaskMode.DURATION and task.elapsed_s >= task.target) or (
                     task.mode == TaskMode.VOLUME and task.volume_ml >= task.target):
@@ -562,6 +629,9 @@ class IrrigationModel:
                 self.on_change(uuids.CURRENT_TASK, self.current_task().encode())
                 if now - self._last_queue_notify >= TASK_QUEUE_ACTIVE_NOTIFY_S:
                     self._notify_queue()
+        if task is None:
+            pps = self.stray_pps  # the flow sensor counts whatever passes it
+        self._monitor_faults(now, dt)
         if pps != self.flow_pps or (pps and now - self._last_flow_notify >= FLOW_NOTIFY_S):
             self.flow_pps = pps
             self._last_flow_notify = now
