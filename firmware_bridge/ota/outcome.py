@@ -63,9 +63,10 @@ class OtaOutcome:
     uploaded_bytes: int = 0  # bytes sent on the air, resends included
     seconds: float = 0.0
     skipped_upload: bool = False
+    # What the link cost: frames that never came back, windows sent again, connections made
+    # again (upload and control phases), and the window the upload settled on.
+    frames_lost: int = 0
+    windows_resent: int = 0
+    reconnects: int = 0
+    window: int = 0
 
-    def as_json(self) -> dict[str, object]:
-        return {"result": self.result.value, "reason": self.reason.value if self.reason else None,
-                "detail": self.detail, "rc": self.rc, "hash": self.image_hash,
-                "version": self.version, "uploaded_bytes": self.uploaded_bytes,
-                "seconds": round(self.seconds, 3), "skipped_upload": self.skipped_upload}

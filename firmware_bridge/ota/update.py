@@ -5,12 +5,16 @@ refuse while a previous update is unconfirmed) -> upload with resume across drop
 verify slot 1 holds exactly the TLV hash -> mark for test -> reset -> wait for the reboot ->
 decide from the post-reboot image state -> confirm policy. Nothing is ever marked for test
 unless slot 1's hash equals the image's TLV hash.
+
+After the upload, every step is chosen from the device's image state as read on a fresh
+connection (``_finish``): a link that drops, or a reply that is lost, during verify, test,
+reset, the reboot wait or confirm costs a reconnect and a re-read, and the update goes on from
+what the device says (test and confirm are safe to repeat), within the update's budget.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,8 +30,11 @@ from firmware_bridge.ota.session_store import SessionStore, UploadSession
 from firmware_bridge.ota.upload import (
     CHUNK_TIMEOUT_S,
     FIRST_CHUNK_TIMEOUT_S,
+    ResendTimer,
+    UploadCost,
     Uploader,
     UploadPlan,
+    Window,
 )
 from firmware_bridge.smp import commands
 from firmware_bridge.smp.channel import DeviceRejected, SmpChannel, SmpProtocolError
@@ -42,8 +49,9 @@ Connect = Callable[[], Awaitable[FrameTransport]]
 # Zephyr's "no free slot": slot 1 is the revert target of an unconfirmed running image.
 RC_NO_FREE_SLOT = 9
 RC_TOO_LARGE = 30
-# Slot 1 still pending this long after the reset: the reset itself was lost.
-RESET_LOST_AFTER_S = 10.0
+# Marks for test or confirms sent without the device's state following: the device is not
+# doing what img_mgmt documents; give up with a protocol error rather than loop.
+MAX_STATE_WRITES = 3
 
 
 class ConfirmPolicy(StrEnum):
@@ -61,6 +69,8 @@ class OtaSettings:
     slot_limit: int | None = None  # bytes; ota.md 1.6 (741 376 on the Feb-2026 layout)
     first_timeout_s: float = FIRST_CHUNK_TIMEOUT_S
     timeout_s: float = CHUNK_TIMEOUT_S
+    # None: adapt the window between 1 and the device's buf_count, starting at buf_count - 1;
+    # a number (``window``) fixes it.
     # Between the reset's reply and the device going down (ota.md 4.9: the app waits 2.5 s).
     reset_settle_s: float = 2.5
     # MCUboot's swap through scratch takes tens of seconds on the device (ota.md 5.2 W).
@@ -68,8 +78,12 @@ class OtaSettings:
     # How long the firmware gets to confirm itself (ota.md 5.3: poll every 5 s up to 60 s).
     self_confirm_wait_s: float = 60.0
     poll_s: float = 5.0
+    # Slot 1 still pending this long after the reset: the reset itself was lost (resent once).
+    reset_lost_after_s: float = 10.0
     # Reconnects during the upload before giving up; each costs at most one window.
     max_reconnects: int = 60
+    # Reconnects for one control step (image state, test, confirm) before giving up.
+    max_control_attempts: int = 6
     reconnect_backoff_s: float = 1.0
 
 
@@ -104,7 +118,9 @@ class FirmwareUpdate:
         self.on_progress = on_progress
         self.sent_bytes = 0
         self.reconnects = 0
+        self.cost = UploadCost()
         self._transport: FrameTransport | None = None
+        self._open: SmpChannel | None = None  # the control steps' connection, kept between them
         self._log = log.bind(device=device)
 
     async def run(self) -> OtaOutcome:
@@ -116,13 +132,10 @@ class FirmwareUpdate:
             result, detail, skipped = await self._update(image)
             self._clear()
             return self._outcome(result, detail, image, started, skipped=skipped)
-        except TransportTimeout as exc:
-            return self._failed(_Fail(FailureReason.TIMEOUT, str(exc)), image, started, skipped)
-        except (LinkLost, TransportError) as exc:
-            return self._failed(_Fail(FailureReason.LINK_LOST, str(exc)), image, started,
-                                skipped)
         except _Fail as fail:
             return self._failed(fail, image, started, skipped)
+        finally:
+            await self._close()
 
     async def recheck(self) -> OtaOutcome:
         """The later re-check of ota.md 5.3: on a routine contact, is the new image still the
@@ -131,12 +144,11 @@ class FirmwareUpdate:
         image: McubootImage | None = None
         try:
             image = check_image(self.data, self.settings.slot_limit)
-            async with await self._channel() as channel:
-                slots = await self._guard(commands.image_state(channel))
+            slots = await self._control("image state", commands.image_state)
         except _Fail as fail:
             return self._failed(fail, image, started, True)
-        except (LinkLost, TransportError) as exc:
-            return self._failed(_Fail(FailureReason.LINK_LOST, str(exc)), image, started, True)
+        finally:
+            await self._close()
         running, secondary = _slot(slots, 0), _slot(slots, 1)
         new = image.image_hash
         if running is not None and running.hash == new and running.confirmed:
@@ -163,7 +175,10 @@ class FirmwareUpdate:
         return OtaOutcome(result, detail, reason, rc,
                           image.image_hash.hex() if image else "",
                           str(image.version) if image else "", self.sent_bytes,
-                          time.monotonic() - started, skipped)
+                          time.monotonic() - started, skipped,
+                          frames_lost=self.cost.frames_lost,
+                          windows_resent=self.cost.windows_resent, reconnects=self.reconnects,
+                          window=self.cost.window)
 
     def _clear(self) -> None:
         if self.store is not None:
@@ -178,52 +193,43 @@ class FirmwareUpdate:
     async def _update(self, image: McubootImage) -> tuple[OtaResult, str, bool]:
         new = image.image_hash
         self._phase(Phase.PREFLIGHT)
-        async with await self._channel() as channel:
-            params = await self._guard(commands.read_params(channel))
-            slots = await self._guard(commands.image_state(channel))
-            running = _slot(slots, 0)
-            if running is not None and running.hash == new and running.active:
-                if not running.confirmed:
-                    await self._confirm_policy(channel, new)
-                return OtaResult.SUCCEEDED, "the device already runs this image", True
-            if running is not None and running.active and not running.confirmed:
-                raise _Fail(FailureReason.DEVICE_BUSY,
-                            "a previous update is still unconfirmed on the device; slot 1 "
-                            "holds its revert image", RC_NO_FREE_SLOT)
-            secondary = _slot(slots, 1)
-            skip = secondary is not None and secondary.hash == new
+
+        async def preflight(channel: SmpChannel) -> tuple[commands.Params,
+                                                          tuple[ImageSlot, ...]]:
+            return await commands.read_params(channel), await commands.image_state(channel)
+
+        params, slots = await self._control("preflight", preflight)
+        running = _slot(slots, 0)
+        if running is not None and running.hash == new and running.active:
+            if not running.confirmed:
+                await self._finish(new, rebooted=True)
+            return OtaResult.SUCCEEDED, "the device already runs this image", True
+        if running is not None and running.active and not running.confirmed:
+            raise _Fail(FailureReason.DEVICE_BUSY,
+                        "a previous update is still unconfirmed on the device; slot 1 "
+                        "holds its revert image", RC_NO_FREE_SLOT)
+        secondary = _slot(slots, 1)
+        skip = secondary is not None and secondary.hash == new
         if not skip:
             await self._upload(image, params)
-        async with await self._channel() as channel:
-            self._phase(Phase.VERIFY)
-            slots = await self._guard(commands.image_state(channel))
-            secondary = _slot(slots, 1)
-            if secondary is None or secondary.hash != new:
-                # The one rule: nothing is marked for test unless slot 1 is exactly ours.
-                got = secondary.hash.hex() if secondary else "nothing"
-                raise _Fail(FailureReason.VERIFY_MISMATCH,
-                            f"slot 1 holds {got}, not the image's hash {new.hex()}")
-            if not secondary.bootable:
-                raise _Fail(FailureReason.VERIFY_MISMATCH, "slot 1 is not bootable")
-            self._phase(Phase.TEST)
-            slots = await self._guard(commands.mark_for_test(channel, new))
-            marked = _slot(slots, 1)
-            if marked is None or marked.hash != new or not marked.pending:
-                raise _Fail(FailureReason.PROTOCOL, "mark for test did not leave slot 1 pending")
-            self._phase(Phase.RESET)
-            await self._reset(channel)
-        result, detail = await self._after_reboot(new)
+        result, detail = await self._finish(new, rebooted=False)
         return result, detail, skip
 
     async def _upload(self, image: McubootImage, params: commands.Params) -> None:
         settings = self.settings
         transport = self._transport
         if transport is None:
-            raise LinkLost("upload: no transport was ever connected")
-        plan = UploadPlan(window=max(1, settings.window or params.buf_count),
+            raise _Fail(FailureReason.LINK_LOST, "upload: no transport was ever connected")
+        await self._close()  # the upload makes its own connections, one at a time
+        start = settings.window or max(1, params.buf_count - 1)
+        plan = UploadPlan(window=start,
                           frame_budget=transport.frame_budget(
                               settings.frame_budget or params.buf_size),
-                          first_timeout_s=settings.first_timeout_s, timeout_s=settings.timeout_s)
+                          first_timeout_s=(settings.timeout_s if settings.pre_erase
+                                           else settings.first_timeout_s),
+                          timeout_s=settings.timeout_s,
+                          max_window=None if settings.window else max(1, params.buf_count))
+        window, timer = Window(plan.window, plan.max_window), ResendTimer(plan.timeout_s)
         session = self.store.load(self.device) if self.store else None
         resuming = session is not None and session.file_sha256 == image.file_sha256.hex()
         if self.store is not None and not resuming:
@@ -245,7 +251,8 @@ class FirmwareUpdate:
                         await self._guard(commands.erase_slot(channel))
                     first_connection = False
                     uploader = Uploader(channel, self.data, image.file_sha256, plan,
-                                        self.on_progress, self._acked(image))
+                                        self.on_progress, self._acked(image), window=window,
+                                        timer=timer, cost=self.cost)
                     try:
                         await uploader.run()
                     finally:
@@ -254,6 +261,7 @@ class FirmwareUpdate:
             except (LinkLost, TransportError) as exc:
                 first_connection = False
                 self.reconnects += 1
+                self.cost.window = window.size
                 if self.reconnects > settings.max_reconnects:
                     raise _Fail(FailureReason.TRANSFER, f"upload gave up after "
                                 f"{self.reconnects} reconnects: {exc}") from exc
@@ -272,83 +280,152 @@ class FirmwareUpdate:
                                               time.time()))
         return save
 
-    async def _reset(self, channel: SmpChannel) -> None:
-        # The device rebooting before it answers is the expected case.
-        with contextlib.suppress(LinkLost, TransportError):
-            await commands.reset(channel)
-
-    async def _after_reboot(self, new: bytes) -> tuple[OtaResult, str]:
-        self._phase(Phase.REBOOT_WAIT)
+    async def _finish(self, new: bytes, *, rebooted: bool) -> tuple[OtaResult, str]:
+        """Verify, test, reset, wait for the reboot, confirm: each step chosen from the image
+        state just read, so a step lost to a dropped link or a lost reply is found undone (or
+        done) on the next read and the update goes on from there (ota.md 5.2, 5.3)."""
         settings = self.settings
-        # The device answers the reset before it goes down; reading its state right away
-        # would see the pre-reboot slots (the app waits 2.5 s too, ota.md 4.9).
-        await asyncio.sleep(settings.reset_settle_s)
-        deadline = time.monotonic() + settings.reboot_window_s
-        pending_since: float | None = None
-        reset_again = True
+        reset_at: float | None = None  # monotonic time the (last) reset went out
+        resets = marks = confirms = 0
+        reboot_deadline = 0.0
+        self_confirm_until: float | None = None
         while True:
-            slots = await self._reconnect_state(max(1.0, deadline - time.monotonic()))
+            if reset_at is not None and not rebooted:
+                slots = await self._reconnect_state(reboot_deadline - time.monotonic())
+            else:
+                slots = await self._control("image state", commands.image_state)
             running, secondary = _slot(slots, 0), _slot(slots, 1)
+            now = time.monotonic()
             if running is not None and running.hash == new and running.active:
+                rebooted = True
                 if running.confirmed:
+                    if confirms:
+                        return OtaResult.SUCCEEDED, "new image running, confirmed by the gateway"
+                    if self_confirm_until is not None:
+                        return OtaResult.SUCCEEDED, "the firmware confirmed itself"
                     return OtaResult.SUCCEEDED, "new image running and confirmed"
-                async with await self._channel() as channel:
-                    return await self._confirm_policy(channel, new)
-            if secondary is not None and secondary.hash == new and secondary.pending:
-                now = time.monotonic()
-                pending_since = pending_since or now
-                if now > deadline:
-                    raise _Fail(FailureReason.UNREACHABLE, "the device never rebooted into "
-                                "the new image (slot 1 still pending)")
-                if reset_again and now - pending_since > RESET_LOST_AFTER_S:
-                    reset_again = False  # the reset was lost: send it once more (ota.md 5.3)
-                    async with await self._channel() as channel:
-                        await self._reset(channel)
-                    await asyncio.sleep(settings.reset_settle_s)
-                await asyncio.sleep(1.0)
+                self._phase(Phase.CONFIRM)
+                if settings.confirm is not ConfirmPolicy.EXPLICIT and not confirms:
+                    if self_confirm_until is None:
+                        self_confirm_until = now + settings.self_confirm_wait_s
+                    if now < self_confirm_until:
+                        await asyncio.sleep(settings.poll_s)
+                        continue
+                    if settings.confirm is ConfirmPolicy.SELF:
+                        raise _Fail(FailureReason.TIMEOUT, "the new image did not confirm "
+                                    f"itself within {settings.self_confirm_wait_s:.0f} s; it "
+                                    "will revert on the next reset")
+                if confirms >= MAX_STATE_WRITES:
+                    raise _Fail(FailureReason.PROTOCOL,
+                                "confirm did not leave the new image confirmed")
+                # The image state just read is the health check (ota.md 5.4): SMP answers.
+                confirms += 1
+                await self._control("confirm", commands.confirm)
                 continue
             if secondary is not None and secondary.hash == new:
-                return OtaResult.REVERTED, "the device booted the new image and reverted it"
-            raise _Fail(FailureReason.REJECTED_BY_BOOTLOADER,
-                        "after the reset no slot holds the new image: MCUboot rejected it")
+                if secondary.pending:
+                    if reset_at is None or (resets < 2 and
+                                            now - reset_at > settings.reset_lost_after_s):
+                        if reset_at is not None:
+                            self._log.info("ota_reset_resent", pending_s=round(now - reset_at))
+                        self._phase(Phase.RESET)
+                        await self._reset()
+                        resets += 1
+                        if reset_at is None:
+                            reboot_deadline = now + settings.reboot_window_s
+                        reset_at = now
+                        self._phase(Phase.REBOOT_WAIT)
+                        # The device answers the reset before it goes down; reading its state
+                        # right away would see the pre-reboot slots (ota.md 4.9).
+                        await asyncio.sleep(settings.reset_settle_s)
+                        continue
+                    if now > reboot_deadline:
+                        raise _Fail(FailureReason.UNREACHABLE, "the device never rebooted into "
+                                    "the new image (slot 1 still pending)")
+                    await asyncio.sleep(min(1.0, settings.reset_lost_after_s / 4))
+                    continue
+                if reset_at is not None or rebooted:
+                    return OtaResult.REVERTED, "the device booted the new image and reverted it"
+                self._phase(Phase.VERIFY)
+                if not secondary.bootable:
+                    raise _Fail(FailureReason.VERIFY_MISMATCH, "slot 1 is not bootable")
+                if marks >= MAX_STATE_WRITES:
+                    raise _Fail(FailureReason.PROTOCOL,
+                                "mark for test did not leave slot 1 pending")
+                self._phase(Phase.TEST)
+                marks += 1
+                await self._control("mark for test",
+                                    lambda channel: commands.mark_for_test(channel, new))
+                continue
+            if reset_at is not None or rebooted:
+                raise _Fail(FailureReason.REJECTED_BY_BOOTLOADER,
+                            "after the reset no slot holds the new image: MCUboot rejected it")
+            # The one rule: nothing is marked for test unless slot 1 is exactly ours.
+            got = secondary.hash.hex() if secondary else "nothing"
+            raise _Fail(FailureReason.VERIFY_MISMATCH,
+                        f"slot 1 holds {got}, not the image's hash {new.hex()}")
+
+    async def _reset(self) -> None:
+        """Send the reset. Its reply is optional (the device may reboot first) and a link
+        that drops here may or may not have carried it: the image state read next tells,
+        and a reset that never arrived is sent again (``reset_lost_after_s``)."""
+        try:
+            await commands.reset(await self._session_channel())
+        except (LinkLost, TransportError) as exc:
+            self.reconnects += 1  # whatever happened, the next step needs a new connection
+            self._log.info("ota_reset_unanswered", error=str(exc))
+        finally:
+            await self._close()  # the device reboots: this connection is over either way
 
     async def _reconnect_state(self, window_s: float) -> tuple[ImageSlot, ...]:
-        deadline = time.monotonic() + window_s
+        deadline = time.monotonic() + max(1.0, window_s)
         delay = 0.5
         while True:
             try:
-                async with await self._channel() as channel:
-                    return await commands.image_state(channel)
+                return await self._guard(commands.image_state(await self._session_channel()))
             except (LinkLost, TransportError) as exc:
+                await self._close()
                 if time.monotonic() + delay > deadline:
                     raise _Fail(FailureReason.UNREACHABLE, f"no contact within "
                                 f"{window_s:.0f} s after the reset: {exc}") from exc
+                self.reconnects += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 6.0)
 
-    async def _confirm_policy(self, channel: SmpChannel, new: bytes) -> tuple[OtaResult, str]:
-        self._phase(Phase.CONFIRM)
-        policy = self.settings.confirm
-        if policy is not ConfirmPolicy.EXPLICIT:
-            deadline = time.monotonic() + self.settings.self_confirm_wait_s
-            while time.monotonic() < deadline:
-                running = _slot(await self._guard(commands.image_state(channel)), 0)
-                if running is not None and running.hash == new and running.confirmed:
-                    return OtaResult.SUCCEEDED, "the firmware confirmed itself"
-                await asyncio.sleep(self.settings.poll_s)
-            if policy is ConfirmPolicy.SELF:
-                raise _Fail(FailureReason.TIMEOUT, "the new image did not confirm itself within "
-                            f"{self.settings.self_confirm_wait_s:.0f} s; it will revert on the "
-                            "next reset")
-        # Health check before confirming: the device must still answer SMP (ota.md 5.4).
-        await self._guard(commands.image_state(channel))
-        await self._guard(commands.confirm(channel))
-        running = _slot(await self._guard(commands.image_state(channel)), 0)
-        if running is None or running.hash != new or not running.confirmed:
-            raise _Fail(FailureReason.PROTOCOL, "confirm did not leave the new image confirmed")
-        return OtaResult.SUCCEEDED, "new image running, confirmed by the gateway"
+    async def _control(self, what: str, step: Callable[[SmpChannel], Awaitable[T]]) -> T:
+        """One control step on a fresh connection; a dropped link or a lost reply reconnects
+        and runs it again (reads, test and confirm are all safe to repeat), up to
+        ``max_control_attempts`` times, then fails with the last trouble's reason."""
+        settings = self.settings
+        attempt = 0
+        while True:
+            try:
+                return await self._guard(step(await self._session_channel()))
+            except (LinkLost, TransportError) as exc:
+                await self._close()
+                attempt += 1
+                if attempt >= settings.max_control_attempts:
+                    reason = (FailureReason.TIMEOUT if isinstance(exc, TransportTimeout)
+                              else FailureReason.LINK_LOST)
+                    raise _Fail(reason, f"{what}: gave up after {attempt} attempts: {exc}"
+                                ) from exc
+                self.reconnects += 1
+                self._log.info("ota_control_retry", step=what, attempt=attempt, error=str(exc))
+                await asyncio.sleep(settings.reconnect_backoff_s)
 
     # ---- plumbing ------------------------------------------------------------------------
+
+    async def _session_channel(self) -> SmpChannel:
+        if self._open is None:
+            channel = await self._channel()
+            await channel.__aenter__()
+            self._open = channel
+        return self._open
+
+    async def _close(self) -> None:
+        channel, self._open = self._open, None
+        if channel is not None:
+            await channel.__aexit__(None, None, None)
 
     async def _channel(self) -> SmpChannel:
         try:

@@ -24,24 +24,102 @@ from firmware_bridge.smp.wire import HEADER_SIZE, Group, Op, encode_cbor
 
 log = structlog.get_logger(__name__)
 
-# The first chunk of a new upload erases the slot synchronously (ota.md 4.2, 4.8): 60 s.
-FIRST_CHUNK_TIMEOUT_S = 60.0
-# A continuation chunk answers in tens of ms; 10 s (ota.md 4.10) before resending.
+# The first chunk of a new upload erases the slot before it answers (ota.md 4.2, 4.8): a full
+# 728 KiB slot on the nRF52840 takes ~9 s; twice that covers a busy peer. A lost first frame
+# is resent after this, never waited on longer. With an explicit erase first (``pre_erase``)
+# the first chunk answers like any other.
+FIRST_CHUNK_TIMEOUT_S = 20.0
+# The ceiling for a continuation chunk's reply (ota.md 4.10: 10 s); the resend timeout itself
+# follows the measured round trip (``ResendTimer``), so a lost frame costs about one RTO.
 CHUNK_TIMEOUT_S = 10.0
+# The floor of the resend timeout: a BLE connection event with slave latency, a flash page
+# write and a Pi's scheduling jitter stay well below it, so a slow reply is not taken for lost.
+MIN_RESEND_S = 1.0
 # Consecutive timeouts without progress before the upload is given up as a dead link.
 MAX_STALLS = 5
 # The data size the phone app uploads with successfully (ota.md 4.7 fallback).
 FALLBACK_CHUNK = 128
 # The first chunk must carry the whole 32-byte image header (ota.md 4.7).
 MIN_FIRST_DATA = 32
+# Clean acknowledgements at the window's ceiling before probing one request more.
+PROBE_AFTER_ACKS = 64
 
 
 @dataclass(frozen=True)
 class UploadPlan:
-    window: int
+    window: int  # the starting window (the device's buf_count - 1)
     frame_budget: int  # whole SMP frame, header included (device buf_size)
     first_timeout_s: float = FIRST_CHUNK_TIMEOUT_S
     timeout_s: float = CHUNK_TIMEOUT_S
+    max_window: int | None = None  # None: fixed at ``window``; else adapt within 1..max_window
+
+
+@dataclass
+class UploadCost:
+    """What the link cost the upload, reported with the outcome."""
+
+    frames_lost: int = 0  # requests or replies that never came back (timeouts, resyncs)
+    windows_resent: int = 0
+    window: int = 0  # where the window settled
+
+
+class ResendTimer:
+    """The resend timeout from measured round trips (RFC 6298's estimator): smoothed RTT plus
+    four deviations, between MIN_RESEND_S and the ceiling, doubled after each timeout."""
+
+    def __init__(self, ceiling_s: float) -> None:
+        self.ceiling_s = ceiling_s
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.backoff = 1
+
+    def sample(self, rtt_s: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt_s, rtt_s / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt_s)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt_s
+        self.backoff = 1
+
+    def timed_out(self) -> None:
+        self.backoff = min(self.backoff * 2, 8)
+
+    @property
+    def timeout_s(self) -> float:
+        if self.srtt is None:
+            return self.ceiling_s
+        rto = max(MIN_RESEND_S, self.srtt + 4 * self.rttvar) * self.backoff
+        return min(self.ceiling_s, rto)
+
+
+class Window:
+    """How many chunk requests go out before the first is answered: starts below the device's
+    buffer count (Nordic's Device Manager keeps buf_count - 1 in flight: with every netbuf
+    taken, replies go missing), grows by one per clean window up to a ceiling, and shrinks
+    on a loss, with the ceiling set just below the window that lost. Probes above the ceiling
+    again after a long clean run."""
+
+    def __init__(self, start: int, maximum: int | None) -> None:
+        self.size = max(1, start)
+        self.maximum = self.size if maximum is None else max(1, maximum)
+        self.ceiling = self.maximum
+        self._clean = 0
+
+    def acked(self) -> None:
+        self._clean += 1
+        if self.size < self.ceiling and self._clean >= self.size:
+            self.size += 1
+            self._clean = 0
+        elif (self.size == self.ceiling and self.ceiling < self.maximum
+              and self._clean >= PROBE_AFTER_ACKS):
+            self.ceiling += 1
+            self._clean = 0
+
+    def lost(self) -> None:
+        if self.maximum > 1 and self.size > 1:
+            self.ceiling = self.size - 1
+        self.size = max(1, min(self.size - 1, self.ceiling))
+        self._clean = 0
 
 
 def _frame_size(payload: dict[str, Any]) -> int:
@@ -64,11 +142,15 @@ def max_data(budget: int, total: int, sha: bytes | None) -> int:
 
 class Uploader:
     """Uploads ``image`` through ``channel``; ``run`` returns when the device's offset reaches
-    the end. Raises the channel's errors (LinkLost, TransportTimeout, DeviceRejected...)."""
+    the end. Raises the channel's errors (LinkLost, TransportTimeout, DeviceRejected...).
+    ``window``, ``timer`` and ``cost`` outlive one connection: an upload that resumes after a
+    dropped link keeps what it learned of the link."""
 
     def __init__(self, channel: SmpChannel, image: bytes, sha: bytes, plan: UploadPlan,
                  on_progress: Callable[[Progress], None] | None = None,
-                 on_ack: Callable[[int], None] | None = None) -> None:
+                 on_ack: Callable[[int], None] | None = None, *,
+                 window: Window | None = None, timer: ResendTimer | None = None,
+                 cost: UploadCost | None = None) -> None:
         self.channel = channel
         self.image = image
         self.sha = sha
@@ -79,16 +161,19 @@ class Uploader:
                                                    self.total))
         self.on_progress = on_progress
         self.on_ack = on_ack
+        self.window = window or Window(plan.window, plan.max_window)
+        self.timer = timer or ResendTimer(plan.timeout_s)
+        self.cost = cost or UploadCost()
         self.sent_bytes = 0
-        self.resends = 0
         self._started = time.monotonic()
         self._start_offset = 0
 
     async def first(self) -> int:
         """The first-chunk request: starts a new upload, or resumes one with the same sha.
-        A silent first chunk may be a frame the device cannot take: retry once with the
-        128-byte chunks the app uses and keep that size (ota.md 4.7)."""
-        for attempt in range(2):
+        A silent first chunk may be a lost frame or one the device cannot take: it is resent
+        once at the 128-byte size the app uses (kept from then on, ota.md 4.7), then again at
+        that size, up to MAX_STALLS times, each after the first chunk's own timeout."""
+        for attempt in range(MAX_STALLS):
             data = self.image[:self.first_chunk]
             self.sent_bytes += len(data)
             try:
@@ -97,12 +182,16 @@ class Uploader:
                     {"off": 0, "data": data, "len": self.total, "sha": self.sha},
                     self.plan.first_timeout_s, "upload first chunk")
             except TransportTimeout:
-                if attempt or self.chunk <= FALLBACK_CHUNK:
+                self.cost.frames_lost += 1
+                if attempt + 1 >= MAX_STALLS:
                     raise
-                log.warning("upload_first_chunk_silent", chunk=self.chunk,
-                            fallback=FALLBACK_CHUNK)
-                self.chunk = FALLBACK_CHUNK
-                self.first_chunk = max(MIN_FIRST_DATA, min(FALLBACK_CHUNK, self.total))
+                if self.chunk > FALLBACK_CHUNK:
+                    log.warning("upload_first_chunk_silent", chunk=self.chunk,
+                                fallback=FALLBACK_CHUNK)
+                    self.chunk = FALLBACK_CHUNK
+                    self.first_chunk = max(MIN_FIRST_DATA, min(FALLBACK_CHUNK, self.total))
+                else:
+                    log.info("upload_first_chunk_resend", attempt=attempt + 1)
                 continue
             return self._offset(reply)
         raise AssertionError("unreachable")
@@ -122,12 +211,17 @@ class Uploader:
             try:
                 new = await self._slide(acked)
             except TransportTimeout:
-                # A reply (or its request) vanished: resend from the last acknowledged offset.
+                # A reply (or its request) vanished: resend from the last acknowledged offset,
+                # with a smaller window and a longer timeout.
                 stalls += 1
+                self.cost.frames_lost += 1
+                self.cost.windows_resent += 1
+                self.window.lost()
+                self.timer.timed_out()
                 if stalls >= MAX_STALLS:
                     raise
-                self.resends += 1
-                log.info("upload_resend", offset=acked, stalls=stalls)
+                log.info("upload_resend", offset=acked, stalls=stalls, window=self.window.size,
+                         timeout_s=round(self.timer.timeout_s, 2))
                 continue
             if new == 0 and acked > 0:
                 # The device reset and lost the context: start over with the first chunk,
@@ -138,40 +232,46 @@ class Uploader:
                 raise TransportTimeout(f"upload stuck at offset {acked}")
             acked = new
             self._acked(acked)
+        self.cost.window = self.window.size
 
     async def _slide(self, start: int) -> int:
-        """A sliding window from ``start``: keep ``window`` chunks in flight, advance on each
-        in-order reply; return when done or when the device reports another offset (a lost
-        frame, a rewind), which becomes the caller's new start."""
-        in_flight: deque[tuple[int, asyncio.Task[dict[str, Any]]]] = deque()
+        """A sliding window from ``start``: keep ``window.size`` chunks in flight, advance on
+        each in-order reply; return when done or when the device reports another offset (a
+        lost frame, a rewind), which becomes the caller's new start."""
+        in_flight: deque[tuple[int, float, asyncio.Task[dict[str, Any]]]] = deque()
         next_off = acked = start
         try:
             while acked < self.total:
-                while len(in_flight) < self.plan.window and next_off < self.total:
+                while len(in_flight) < self.window.size and next_off < self.total:
                     data = self.image[next_off:next_off + self.chunk]
                     self.sent_bytes += len(data)
-                    in_flight.append((next_off + len(data), asyncio.create_task(
+                    in_flight.append((next_off + len(data), time.monotonic(), asyncio.create_task(
                         self.channel.request(Op.WRITE, Group.IMAGE, IMAGE_UPLOAD,
                                              {"off": next_off, "data": data},
-                                             self.plan.timeout_s,
+                                             self.timer.timeout_s,
                                              f"upload chunk at {next_off}"))))
                     next_off += len(data)
                     await asyncio.sleep(0)  # the frame goes out before the next is queued
-                end, task = in_flight.popleft()
+                end, sent_at, task = in_flight.popleft()
                 reply_off = self._offset(await task)
                 if reply_off != end:
                     log.debug("upload_resync", expected=end, device=reply_off)
+                    self.cost.frames_lost += 1
+                    self.cost.windows_resent += 1
+                    self.window.lost()
                     return reply_off  # the rest of the window is discarded by the device
+                self.timer.sample(time.monotonic() - sent_at)
+                self.window.acked()
                 acked = end
                 if self.on_ack:
                     self.on_ack(acked)
                 self._progress(acked)
             return acked
         finally:
-            for _end, task in in_flight:
+            for _end, _sent, task in in_flight:
                 task.cancel()
             if in_flight:
-                await asyncio.gather(*(t for _e, t in in_flight), return_exceptions=True)
+                await asyncio.gather(*(t for _e, _s, t in in_flight), return_exceptions=True)
 
     def _acked(self, offset: int) -> None:
         if self.on_ack:

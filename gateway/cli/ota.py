@@ -200,6 +200,8 @@ def _report(args: argparse.Namespace, report: OtaReport) -> int:
         revision = "" if report.firmware_revision is None else (
             f", the controller reports {report.firmware_revision}")
         Console().print(f"[{style}]{report.result}[/{style}] {report.detail} "
-                        f"(version {report.version}, {report.seconds} s{revision})")
+                        f"(version {report.version}, {report.seconds} s{revision}; "
+                        f"{report.frames_lost} frames lost, {report.reconnects} reconnects, "
+                        f"window {report.window})")
     return {OtaResult.SUCCEEDED.value: 0, OtaResult.REVERTED.value: exits.OTA_REVERTED}.get(
         report.result, exits.OTA_FAILED)

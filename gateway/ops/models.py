@@ -275,6 +275,12 @@ class OtaReport(_Model):
     uploaded_bytes: int
     seconds: float
     skipped_upload: bool
+    # What the link cost (firmware_bridge's OtaOutcome): frames never answered, windows sent
+    # again, connections made again, the window the upload settled on.
+    frames_lost: int = 0
+    windows_resent: int = 0
+    reconnects: int = 0
+    window: int = 0
     # Device Information's firmware revision read after the reboot (ota.md 5.2 V), and whether
     # it names the image's version (a mismatch is a warning: not every build injects it).
     firmware_revision: str | None = None

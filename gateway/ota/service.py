@@ -212,7 +212,9 @@ def _report(outcome: OtaOutcome) -> OtaReport:
                      reason=outcome.reason.value if outcome.reason else None,
                      detail=outcome.detail, rc=outcome.rc, hash=outcome.image_hash,
                      version=outcome.version, uploaded_bytes=outcome.uploaded_bytes,
-                     seconds=round(outcome.seconds, 3), skipped_upload=outcome.skipped_upload)
+                     seconds=round(outcome.seconds, 3), skipped_upload=outcome.skipped_upload,
+                     frames_lost=outcome.frames_lost, windows_resent=outcome.windows_resent,
+                     reconnects=outcome.reconnects, window=outcome.window)
 
 
 def _same_version(revision: str, version: str) -> bool:

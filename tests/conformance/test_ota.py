@@ -20,7 +20,7 @@ import pytest
 
 from firmware_bridge.errors import LinkLost
 from firmware_bridge.mcuboot import parse_image
-from firmware_bridge.ota.outcome import FailureReason, OtaResult
+from firmware_bridge.ota.outcome import FailureReason, OtaOutcome, OtaResult
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
 from firmware_bridge.smp import commands
@@ -35,12 +35,19 @@ from gateway.sim.rig import Rig, RigOptions
 
 pytestmark = pytest.mark.qemu
 
-# The emulated UART loses a frame now and then (notes/zephyr-qemu-peer.md pitfall 3); each such
-# loss may cost one window of resent data, so byte budgets allow a few of them.
-UART_LOSSES = 3
-# Short timeouts keep the resend paths quick; the peers answer in milliseconds.
+# Short timeouts keep the resend paths quick; the peers answer in milliseconds. The reset-lost
+# rule waits 2 s (the peers reboot in well under 1 s).
 FAST = OtaSettings(timeout_s=2.0, self_confirm_wait_s=1.0, poll_s=0.2, reset_settle_s=1.0,
-                   reconnect_backoff_s=1.0, reboot_window_s=30.0)
+                   reconnect_backoff_s=1.0, reboot_window_s=30.0, reset_lost_after_s=2.0)
+# The phases after the upload in which a link can drop (or a request vanish).
+PHASES = ("test", "reset", "reboot_wait", "confirm")
+
+
+def resend_budget(image: bytes, outcome: OtaOutcome, drops: int, peer: Peer) -> int:
+    """What an upload may send: the image, plus for every frame the engine saw lost and every
+    link dropped under it one window of chunks and the first chunk of the resume. The link's
+    own losses (the emulated UART drops a frame now and then) count as observed, not guessed."""
+    return len(image) + (outcome.frames_lost + drops) * (peer.window + 1) * peer.chunk_max
 
 
 @dataclass
@@ -50,8 +57,21 @@ class Faults:
     drop_link_at: set[int] = field(default_factory=set)
     drop_frame_at: set[int] = field(default_factory=set)
     forge_slot1_hash: bytes | None = None
+    # Phase -> how many times its request is swallowed and the link dropped with it.
+    drop_on: dict[str, int] = field(default_factory=dict)
     frames: int = 0
+    reset_sent: bool = False
+    dropped: list[str] = field(default_factory=list)
     requests: list[tuple[int, int, int, dict[str, Any]]] = field(default_factory=list)
+
+    def phase_of(self, group: int, cmd: int, op: int, payload: dict[str, Any]) -> str | None:
+        if (group, cmd, op) == (1, 0, 2):
+            return "confirm" if payload.get("confirm") else "test"
+        if (group, cmd, op) == (0, 5, 2):
+            return "reset"
+        if (group, cmd, op) == (1, 0, 0) and self.reset_sent:
+            return "reboot_wait"
+        return None
 
     def upload_bytes(self) -> int:
         return sum(len(p.get("data", b"")) for g, c, _op, p in self.requests if (g, c) == (1, 1))
@@ -74,8 +94,16 @@ class FaultyTransport:
         faults = self.faults
         faults.frames += 1
         header = parse_header(data)
-        faults.requests.append((header.group, header.cmd, header.op,
-                                decode_payload(data[HEADER_SIZE:])))
+        payload = decode_payload(data[HEADER_SIZE:])
+        faults.requests.append((header.group, header.cmd, header.op, payload))
+        phase = faults.phase_of(header.group, header.cmd, header.op, payload)
+        if phase == "reset":
+            faults.reset_sent = True
+        if phase is not None and faults.drop_on.get(phase, 0) > 0:
+            faults.drop_on[phase] -= 1
+            faults.dropped.append(phase)
+            await self.inner.disconnect()
+            raise LinkLost(f"test: link dropped at {phase}")  # the request never left
         if faults.frames in faults.drop_link_at:
             await self.inner.disconnect()
             raise LinkLost("test: link dropped")
@@ -167,7 +195,8 @@ async def test_happy_path_to_permanent_then_already_present(peer: Peer, tmp_path
     new = parse_image(peer.image).image_hash
     running = next(s for s in await slots(peer) if s.slot == 0)
     assert running.hash == new and running.confirmed and running.active
-    assert faults.upload_bytes() <= len(peer.image) + UART_LOSSES * peer.window * peer.chunk_max
+    assert faults.upload_bytes() <= resend_budget(peer.image, outcome, 0, peer)
+    assert 1 <= outcome.window <= peer.window
     again = Faults()
     second = await FirmwareUpdate(peer.connect(again), peer.image, device=peer.name,
                                   settings=FAST).run()
@@ -183,8 +212,26 @@ async def test_resume_after_dropped_links_and_a_dropped_frame(peer: Peer) -> Non
                                    settings=FAST).run()
     assert outcome.result is OtaResult.SUCCEEDED, outcome
     # Each drop costs at most one window of resent data (plus the resume's first chunk).
-    budget = len(peer.image) + (4 + UART_LOSSES) * (peer.window + 1) * peer.chunk_max
-    assert faults.upload_bytes() <= budget, (faults.upload_bytes(), len(peer.image))
+    budget = resend_budget(peer.image, outcome, drops=3, peer=peer)
+    assert faults.upload_bytes() <= budget, (faults.upload_bytes(), len(peer.image), outcome)
+    assert outcome.reconnects >= 3 and outcome.frames_lost >= 1  # the dropped frame was seen
+
+
+@pytest.mark.parametrize("phase", PHASES)
+async def test_a_drop_in_any_phase_after_the_upload_is_survived(peer: Peer, phase: str) -> None:
+    """The link drops with the phase's request (a proxy that swallows it and hangs up): the
+    engine reconnects, reads the image state and carries on from there."""
+    faults = Faults(drop_on={phase: 1})
+    settings = OtaSettings(**{**FAST.__dict__, "confirm": ConfirmPolicy.EXPLICIT})
+    outcome = await FirmwareUpdate(peer.connect(faults), peer.image, device=peer.name,
+                                   settings=settings).run()
+    assert faults.dropped == [phase]
+    assert outcome.result is OtaResult.SUCCEEDED, outcome
+    assert outcome.reconnects >= 1
+    new = parse_image(peer.image).image_hash
+    running = next(s for s in await slots(peer) if s.slot == 0)
+    assert running.hash == new and running.confirmed
+    assert faults.test_marks() <= 2  # a mark is only sent again when the first never arrived
 
 
 async def test_revert_is_detected(peer: Peer) -> None:

@@ -1,5 +1,6 @@
-"""50 randomised link drops during uploads to a virtual controller (SMP over UDP): every
-upload completes, and no drop costs more than one window of resent data."""
+"""50 randomised link drops during uploads to a virtual controller (SMP over UDP), and a drop
+at test, reset and confirm in every update: every update succeeds, and no drop costs more than
+one window of resent data."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ UPLOADS = 5
 DROPS_PER_UPLOAD = 10
 WINDOW = 4
 SETTINGS = OtaSettings(window=WINDOW, timeout_s=1.0, self_confirm_wait_s=0.2, poll_s=0.1,
-                       reset_settle_s=0.8, reconnect_backoff_s=0.05, reboot_window_s=20.0)
+                       reset_settle_s=0.8, reconnect_backoff_s=0.05, reboot_window_s=20.0,
+                       reset_lost_after_s=2.0)
+AFTER_UPLOAD = {"test": 1, "reset": 1, "confirm": 1}
 
 
 async def test_fifty_random_link_drops_cost_at_most_a_window_each() -> None:
@@ -42,7 +45,7 @@ async def test_fifty_random_link_drops_cost_at_most_a_window_each() -> None:
             chunks = len(image) // max_data(384, len(image), None)
             # Frames 1-2 are params and image state; the upload's frames follow.
             points = set(rng.sample(range(4, chunks), DROPS_PER_UPLOAD))
-            faults = Faults(drop_link_at=points)
+            faults = Faults(drop_link_at=points, drop_on=dict(AFTER_UPLOAD))
 
             async def connect(faults: Faults = faults) -> Any:
                 return FaultyTransport(await udp(), faults)
@@ -50,6 +53,7 @@ async def test_fifty_random_link_drops_cost_at_most_a_window_each() -> None:
             outcome = await FirmwareUpdate(connect, image, device=f"udp-{n}",
                                            settings=SETTINGS).run()
             assert outcome.result is OtaResult.SUCCEEDED, (n, outcome)
+            assert sorted(faults.dropped) == sorted(AFTER_UPLOAD), (n, faults.dropped)
             drops += len(points & set(range(faults.frames + 1)))
             chunk = max_data(384, len(image), None)
             # Each drop may lose the window in flight, and the resume repeats a first chunk.
