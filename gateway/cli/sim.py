@@ -52,6 +52,8 @@ def add_commands(sub: Any) -> None:
     sim.add_argument("--controllers", type=positive_int, default=3)
     sim.add_argument("--udp-base-port", type=positive_int, default=None,
                      help="also serve SMP over UDP on this port + controller index")
+    sim.add_argument("--udp-addresses", action="store_true",
+                     help="also serve SMP over UDP on port 1337 at 127.0.1.<index + 1>")
     sim.add_argument("--interval-ms", type=positive_float, default=30.0,
                      help="BLE connection interval of the link model")
     sim.add_argument("--packets-per-event", type=positive_int, default=4)
@@ -102,7 +104,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"fault names controller {spec.index}, "
                          f"but there are {args.controllers}")
     try:
-        RigOptions(controllers=args.controllers, template=_controller_template(args)).validate()
+        RigOptions(controllers=args.controllers, template=_controller_template(args),
+                   udp_base_port=args.udp_base_port,
+                   udp_own_address=args.udp_addresses).validate()
     except SimConfigError as exc:
         parser.error(str(exc))
 
@@ -125,6 +129,7 @@ async def run_sim(args: argparse.Namespace) -> int:
     template = _controller_template(args)
     passkeys = {int(i): int(k) for i, _, k in (p.partition("=") for p in args.passkey)}
     options = RigOptions(controllers=args.controllers, udp_base_port=args.udp_base_port,
+                         udp_own_address=args.udp_addresses,
                          template=template, passkeys=passkeys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,7 +138,9 @@ async def run_sim(args: argparse.Namespace) -> int:
     async with Rig(options) as rig:
         print(f"DBUS_SYSTEM_BUS_ADDRESS={rig.bus_address}", flush=True)
         for handle in rig.controllers:
-            print(f"# controller {handle.index}: {handle.address} on hci{handle.adapter_id}",
+            udp = "" if handle.config.udp_port is None else (
+                f", SMP over UDP at {handle.config.udp_host}:{handle.config.udp_port}")
+            print(f"# controller {handle.index}: {handle.address} on hci{handle.adapter_id}{udp}",
                   file=sys.stderr, flush=True)
         async with asyncio.TaskGroup() as group:
             faults = [group.create_task(_delayed_fault(rig, spec), name=f"fault-{spec.kind}")

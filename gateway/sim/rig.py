@@ -41,10 +41,25 @@ def controller_address(index: int) -> str:
     return f"C0:FF:EE:00:{index >> 8 & 0xFF:02X}:{index & 0xFF:02X}"
 
 
+MCUMGR_UDP_PORT = 1337
+
+
+def udp_endpoint(options: RigOptions, index: int) -> tuple[str, int | None]:
+    """Where controller ``index`` serves SMP over UDP, if it does."""
+    if options.udp_own_address:
+        return f"127.0.1.{index + 1}", MCUMGR_UDP_PORT
+    if options.udp_base_port is not None:
+        return "127.0.0.1", options.udp_base_port + index
+    return "127.0.0.1", None
+
+
 @dataclass(frozen=True)
 class RigOptions:
     controllers: int = 3
     udp_base_port: int | None = None
+    # Each controller on mcumgr's own port 1337 at an address of its own (127.0.1.<index+1>),
+    # for tools that cannot choose a port.
+    udp_own_address: bool = False
     template: ControllerConfig = field(default_factory=lambda: ControllerConfig(0, 0, ""))
     scan_interval_s: int = 1
     connect_fail_delay_s: float = 2.0
@@ -65,6 +80,8 @@ class RigOptions:
             raise SimConfigError("SMP buffer size must be >= 64 and count >= 1")
         if self.udp_base_port is not None and not 1 <= self.udp_base_port <= 65535 - 64:
             raise SimConfigError(f"UDP port {self.udp_base_port} is out of range")
+        if self.udp_base_port is not None and self.udp_own_address:
+            raise SimConfigError("choose a UDP base port or an address per controller, not both")
 
 
 @dataclass
@@ -130,10 +147,10 @@ class Rig:
             args += ["--passkey", f"{controller_address(index)}={passkey:06d}"]
         self._bluezoo = await self._spawn_ready(args, "bluezoo")
         for i in range(n):
-            udp = None if self.options.udp_base_port is None else self.options.udp_base_port + i
+            host, udp = udp_endpoint(self.options, i)
             state_dir = self.workdir / f"controller{i}"
             config = replace(self.options.template, index=i, adapter_id=i + 1,
-                             address=controller_address(i), udp_port=udp,
+                             address=controller_address(i), udp_port=udp, udp_host=host,
                              serial_number=f"{100001 + i:06d}", state_dir=str(state_dir))
             self.controllers.append(ControllerHandle(config))
         await asyncio.gather(*(self._start_controller(h) for h in self.controllers))

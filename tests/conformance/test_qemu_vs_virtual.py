@@ -65,7 +65,8 @@ class Scenario:
         if isinstance(value, dict):
             if "images" in value:
                 for image in value["images"]:
-                    self.hashes.setdefault(image["hash"], "old")
+                    if "hash" in image:  # an image list (slot info has none)
+                        self.hashes.setdefault(image["hash"], "old")
             out = {k: self._normalise(v) for k, v in value.items()}
             if "hash" in out and "version" in out:
                 out["version"] = out["hash"]
@@ -88,7 +89,11 @@ class Scenario:
     async def run(self) -> list[tuple[str, Any]]:
         img = self.image
         await self.rq("echo", 2, 0, 0, {"d": "conformance"})
+        await self.rq("echo as read", 0, 0, 0, {"d": "conformance"})
         await self.rq("params", 0, 0, 6, {})
+        await self.rq("app info", 0, 0, 7, {})
+        await self.rq("app info, bad format", 0, 0, 7, {"format": "x"})
+        await self.rq("slot info", 0, 1, 6, {})
         await self.rq("list0", 0, 1, 0, {})
         await self.rq("err21", 2, 1, 1, {"off": 0, "data": img[:64]})
         await self.rq("err22", 2, 1, 1, {"off": 0, "data": img[:16], "len": len(img)})
@@ -167,8 +172,11 @@ async def run_against_qemu(workdir: Path, image: bytes, fixtures: Path) -> list[
 
 async def run_against_virtual(image: bytes) -> list[tuple[str, Any]]:
     port = free_tcp_port()
+    # The QEMU build's netbuf is its serial transport's (384 bytes, 4 buffers): the virtual
+    # controller reports that on UDP here, as that build would.
     template = ControllerConfig(0, 0, "", geometry="qemu", indefinite_cbor=True, buf_size=384,
-                                buf_count=4, firmware_version="0.0.0")
+                                buf_count=4, udp_buf_size=384, udp_buf_count=4,
+                                firmware_version="0.0.0")
     async with Rig(RigOptions(controllers=1, udp_base_port=port, template=template)):
         loop = asyncio.get_running_loop()
         replies: asyncio.Queue[bytes] = asyncio.Queue()

@@ -39,7 +39,7 @@ from gateway.sim.controller.mcuboot_flash import (
     QEMU_PEER_GEOMETRY,
     FlashGeometry,
 )
-from gateway.sim.controller.smp_server import SmpServer, SmpServerConfig
+from gateway.sim.controller.smp_server import SmpServer, SmpServerConfig, TransportLimits
 from gateway.sim.images import firmware_body, make_image
 
 log = structlog.get_logger(__name__)
@@ -93,6 +93,11 @@ class ControllerConfig:
     packets_per_event: int = 4
     mtu: int = 247
     udp_port: int | None = None
+    udp_host: str = "127.0.0.1"
+    # Zephyr's UDP transport netbuf defaults (CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE with the UDP
+    # transport: 2048 bytes, 2 buffers); MCUmgr params over UDP report these.
+    udp_buf_size: int = 2048
+    udp_buf_count: int = 2
     time_scale: float = 1.0
     schedule_every_s: float | None = None
     nominal_pps: tuple[int, ...] = (25, 20, 23, 30, 18, 22, 26, 24)
@@ -178,6 +183,9 @@ class VirtualController:
         self._confirmed = asyncio.Event()
         self._smp_buffer = bytearray()
         self._smp_lock = asyncio.Lock()
+        # One SMP work queue, as on the device: requests from every transport are handled one
+        # at a time, so flash time is serialised whoever sends.
+        self._smp_work = asyncio.Lock()
         self._smp_inbox: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         self._gatt_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -394,11 +402,15 @@ class VirtualController:
             del self._smp_buffer[:]
         await self._serve_smp(frame, self._send_smp_ble)
 
-    async def _serve_smp(self, frame: bytes, send: Any) -> None:
-        reply = self.smp.handle(frame)
-        self.store.save(self.flash, self.smp.touched)
-        if reply.busy_s:
-            await asyncio.sleep(reply.busy_s)
+    async def _serve_smp(self, frame: bytes, send: Any,
+                         limits: TransportLimits | None = None) -> None:
+        async with self._smp_work:
+            if self._rebooting:
+                return  # the device is down: nothing answers
+            reply = self.smp.handle(frame, limits)
+            self.store.save(self.flash, self.smp.touched)
+            if reply.busy_s:
+                await asyncio.sleep(reply.busy_s)
         if await self._upload_offset_faults():
             return  # the link or the device went away before the reply could leave
         if reply.frame is not None:
@@ -438,10 +450,14 @@ class VirtualController:
             self.transport = cast(asyncio.DatagramTransport, transport)
 
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            if self.c._rebooting:
+                return  # silent while rebooting, as a device whose network is down
+
             async def send(frame: bytes) -> None:
-                if self.transport is not None:
+                if self.transport is not None and not self.c._rebooting:
                     self.transport.sendto(frame, addr)
-            self.c._spawn(self.c._serve_smp(data, send), "smp-udp")
+            limits = TransportLimits(self.c.config.udp_buf_size, self.c.config.udp_buf_count)
+            self.c._spawn(self.c._serve_smp(data, send, limits), "smp-udp")
 
     # ---- connection tracking and advertising ----------------------------------------------------
 
@@ -656,7 +672,7 @@ class VirtualController:
             loop = asyncio.get_running_loop()
             udp, _ = await loop.create_datagram_endpoint(
                 lambda: VirtualController._UdpProtocol(self),
-                local_addr=("127.0.0.1", self.config.udp_port))
+                local_addr=(self.config.udp_host, self.config.udp_port))
         await self._register_app()
         await self._start_advertising()
         self._spawn(self._notifier(), "notifier")

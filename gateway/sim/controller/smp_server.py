@@ -44,6 +44,9 @@ IMG_TEST_TO_ACTIVE_DENIED = 33
 # What an SMP v1 client sees for each img_mgmt error (Zephyr img_mgmt.c translation).
 _V1_TRANSLATION = {3: 5, 4: 5, 9: 6, 27: 6, 28: 6, 15: 2, 14: 3, 19: 3, 20: 3, 21: 3, 22: 3,
                    24: 3, 25: 3}
+# OS_MGMT_ERR (group 0 err.rc), and what an SMP v1 client sees for it (os_mgmt.c).
+OS_INVALID_FORMAT = 2
+_V1_OS_TRANSLATION = {OS_INVALID_FORMAT: EINVAL}
 # Zephyr answers an OS reset, then resets 250 ms later (CONFIG_MCUMGR_GRP_OS_RESET_MS).
 RESET_DELAY_S = 0.25
 MAX_SHA_LEN = 32
@@ -56,6 +59,25 @@ class SmpServerConfig:
     mcumgr_params: bool = True
     # zcbor without CONFIG_ZCBOR_CANONICAL emits indefinite-length maps (the QEMU build does).
     indefinite_cbor: bool = False
+    # What OS application info reports (os_mgmt "uname" fields, as the QEMU build fills them).
+    kernel_release: str = "684c9e8f32e4"
+    kernel_version: str = "4.4.0"
+    build_time: str = "Wed Jun  3 22:21:59 2026"
+    processor: str = "cortex-m4"
+    platform: str = "arduino_nano_33_ble/nrf52840"
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    """One SMP transport's netbuf: what it reports in MCUmgr params and the largest frame it
+    takes (BLE: the config's; Zephyr's UDP transport defaults to 2048 bytes, 2 buffers)."""
+
+    buf_size: int
+    buf_count: int
+
+
+# os_mgmt's application info fields in the order Zephyr prints them; "a" asks for all.
+APP_INFO_FIELDS = "snrvbmpio"
 
 
 @dataclass(frozen=True)
@@ -77,15 +99,17 @@ class SmpServer:
     _busy: float = 0.0
     touched: list[tuple[int, int]] = field(default_factory=list)
 
-    def handle(self, frame: bytes) -> SmpReply:
-        """Process one request frame. Malformed headers are dropped, as Zephyr drops them."""
+    def handle(self, frame: bytes, limits: TransportLimits | None = None) -> SmpReply:
+        """Process one request frame that came through a transport with ``limits`` (the
+        config's netbuf when None). Malformed headers are dropped, as Zephyr drops them."""
+        limits = limits or TransportLimits(self.config.buf_size, self.config.buf_count)
         try:
             header = parse_header(frame)
         except DecodeError:
             return SmpReply(None)
         if header.op not in (Op.READ, Op.WRITE) or len(frame) != HEADER_SIZE + header.length:
             return SmpReply(None)
-        if len(frame) > self.config.buf_size:
+        if len(frame) > limits.buf_size:
             return SmpReply(None)  # larger than a netbuf: the transport drops it silently
         self._busy = 0.0
         self.touched = []
@@ -96,7 +120,8 @@ class SmpServer:
             return self._reply(header, {"rc": EINVAL})
         key = (header.op, header.group, header.cmd)
         try:
-            if key == (Op.WRITE, Group.OS, 0):
+            if key in ((Op.WRITE, Group.OS, 0), (Op.READ, Group.OS, 0)):
+                # Zephyr registers echo for read and write alike.
                 text = request.get("d")
                 if not isinstance(text, str):
                     return self._reply(header, {"rc": EINVAL})
@@ -104,7 +129,11 @@ class SmpServer:
             elif key == (Op.WRITE, Group.OS, 5):
                 body, reset_after = {}, RESET_DELAY_S
             elif key == (Op.READ, Group.OS, 6) and self.config.mcumgr_params:
-                body = {"buf_size": self.config.buf_size, "buf_count": self.config.buf_count}
+                body = {"buf_size": limits.buf_size, "buf_count": limits.buf_count}
+            elif key == (Op.READ, Group.OS, 7):
+                body = {"output": self._app_info(request.get("format", "s"))}
+            elif key == (Op.READ, Group.IMAGE, 6):
+                body = self._slot_info()
             elif key == (Op.READ, Group.IMAGE, 0):
                 body = self._image_list()
             elif key == (Op.WRITE, Group.IMAGE, 0):
@@ -117,7 +146,8 @@ class SmpServer:
                 return self._reply(header, {"rc": ENOTSUP})
         except _GroupError as err:
             if header.version == 0:
-                return self._reply(header, {"rc": _V1_TRANSLATION.get(err.rc, 1)})
+                table = _V1_OS_TRANSLATION if header.group == Group.OS else _V1_TRANSLATION
+                return self._reply(header, {"rc": table.get(err.rc, 1)})
             return self._reply(header, {"err": {"group": header.group, "rc": err.rc}})
         reply = self._reply(header, body)
         return SmpReply(reply.frame, self._busy, reset_after)
@@ -128,7 +158,26 @@ class SmpServer:
                         header.seq, header.cmd)
         return SmpReply(encode_frame(rsp, payload), self._busy)
 
+    # ---- os group -------------------------------------------------------------------------
+
+    def _app_info(self, fmt: object) -> str:
+        """os_mgmt application info ("uname"): the fields ``fmt`` names, in Zephyr's order;
+        a format Zephyr refuses (not a string, or an unknown letter) is its group error."""
+        if not isinstance(fmt, str) or any(c not in APP_INFO_FIELDS + "a" for c in fmt):
+            raise _GroupError(OS_INVALID_FORMAT)
+        wanted = APP_INFO_FIELDS if "a" in fmt else fmt
+        cfg = self.config
+        values = {"s": "Zephyr", "n": "unknown", "r": cfg.kernel_release,
+                  "v": cfg.kernel_version, "b": cfg.build_time, "m": "arm",
+                  "p": cfg.processor, "i": cfg.platform, "o": "Zephyr"}
+        return " ".join(values[c] for c in APP_INFO_FIELDS if c in wanted)
+
     # ---- image group ------------------------------------------------------------------------
+
+    def _slot_info(self) -> dict[str, Any]:
+        size = self.flash.geometry.slot_size
+        return {"images": [{"image": 0, "slots": [
+            {"slot": 0, "size": size}, {"slot": 1, "size": size, "upload_image_id": 0}]}]}
 
     def _image_list(self) -> dict[str, Any]:
         return {"images": self.flash.image_states(), "splitStatus": 0}

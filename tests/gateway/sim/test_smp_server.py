@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from firmware_bridge.smp.wire import decode_payload
 from gateway.sim.controller.mcuboot_flash import NRF52840_GEOMETRY, QEMU_PEER_GEOMETRY, McubootFlash
-from gateway.sim.controller.smp_server import SmpServer, SmpServerConfig
+from gateway.sim.controller.smp_server import SmpServer, SmpServerConfig, TransportLimits
 from tests.golden import H_NEW, H_OLD, NEW_IMAGE, OLD_IMAGE
 
 FIRST_CHUNK = bytes.fromhex(
@@ -155,3 +155,43 @@ def test_upload_errors(payload: dict[str, object], rc: int) -> None:
     reply = server(buf_size=4096).handle(frame)
     assert reply.frame is not None
     assert decode_payload(reply.frame[8:]) == {"err": {"group": 1, "rc": rc}}
+
+
+def request(op: int, group: int, cmd: int, body: dict[str, object], version: int = 1) -> bytes:
+    import cbor2
+
+    payload = cbor2.dumps(body)
+    return bytes([(version << 3) | op, 0, len(payload) >> 8, len(payload) & 0xFF, 0, group, 7,
+                  cmd]) + payload
+
+
+def answer(srv: SmpServer, frame: bytes, limits: TransportLimits | None = None) -> object:
+    reply = srv.handle(frame, limits)
+    assert reply.frame is not None
+    return decode_payload(reply.frame[8:])
+
+
+def test_echo_as_read_or_write_app_info_and_slot_info_as_zephyr_serves_them() -> None:
+    srv = server()
+    assert answer(srv, request(0, 0, 0, {"d": "x"})) == {"r": "x"}  # echo sent as a read
+    assert answer(srv, request(2, 0, 0, {"d": "x"})) == {"r": "x"}
+    assert answer(srv, request(0, 0, 7, {})) == {"output": "Zephyr"}
+    full = answer(srv, request(0, 0, 7, {"format": "a"}))
+    assert isinstance(full, dict) and full["output"].startswith("Zephyr unknown ")
+    assert full["output"].endswith(" arm cortex-m4 arduino_nano_33_ble/nrf52840 Zephyr")
+    assert answer(srv, request(0, 0, 7, {"format": "vs"})) == {"output": "Zephyr 4.4.0"}
+    assert answer(srv, request(0, 0, 7, {"format": "q"})) == {"err": {"group": 0, "rc": 2}}
+    assert answer(srv, request(0, 0, 7, {"format": "q"}, version=0)) == {"rc": 3}
+    size = NRF52840_GEOMETRY.slot_size
+    assert answer(srv, request(0, 1, 6, {})) == {"images": [{"image": 0, "slots": [
+        {"slot": 0, "size": size}, {"slot": 1, "size": size, "upload_image_id": 0}]}]}
+
+
+def test_params_and_frame_limit_follow_the_transport() -> None:
+    srv = server()
+    udp = TransportLimits(2048, 2)
+    assert answer(srv, request(0, 0, 6, {})) == {"buf_size": 384, "buf_count": 4}
+    assert answer(srv, request(0, 0, 6, {}), udp) == {"buf_size": 2048, "buf_count": 2}
+    big = request(2, 0, 0, {"d": "y" * 1000})
+    assert srv.handle(big).frame is None  # over BLE's 384-byte netbuf: dropped
+    assert answer(srv, big, udp) == {"r": "y" * 1000}
