@@ -247,7 +247,8 @@ async def main(runs: int, ble_size: int, baseline_attempts: int) -> None:
     if runs > 1:
         def values(key: str) -> list[float]:
             return [r[key] for r in results if r.get(key) is not None]
-        summary = {"runs": runs, "complete": sum(1 for r in results if "qemu" in r)}
+        summary: dict[str, Any] = {"runs": runs,
+                                   "complete": sum(1 for r in results if "qemu" in r)}
         for key in ("ratio_vs_smpclient", "adaptive_vs_best_fixed", "ble_fraction_of_ceiling"):
             found = values(key)
             summary[key] = {"min": min(found), "median": statistics.median(found)} \

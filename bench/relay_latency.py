@@ -28,10 +28,12 @@ from typing import Any
 from bleak import BleakClient
 
 from firmware_bridge.gatt import uuids
+from firmware_bridge.link.outcome import CommandOutcome
+from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.link.state import Field, Source, StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
-from gateway.link.supervisor import LinkState
+from gateway.ops.models import LinkState
 from gateway.ops.radio import pair_on_radio
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
@@ -78,8 +80,12 @@ def summary(latencies: list[float], cpu_s: float, wall_s: float, count: int) -> 
 
 async def start_watering(manager: ConnectionManager, addresses: list[str]) -> None:
     for i, address in enumerate(addresses):
-        outcome = await manager.command(address, "bench water",
-                                        lambda s, ch=i % 8: s.open_valve(ch, 60))
+        channel = i % 8
+
+        async def water(session: ControllerSession, channel: int = channel) -> CommandOutcome:
+            return await session.open_valve(channel, 60)
+
+        outcome = await manager.command(address, "bench water", water)
         assert outcome.ok, outcome
 
 

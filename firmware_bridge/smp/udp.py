@@ -32,5 +32,7 @@ class UdpSmpTransport:
         await self._inner.disconnect()
 
     def frame_budget(self, buf_size: int) -> int:
-        """Zephyr's UDP transport takes a datagram whole into one netbuf."""
-        return buf_size
+        """Zephyr's UDP transport takes one datagram as one frame, so a frame must fit both
+        the device's netbuf and one unfragmented datagram (the path MTU less the IP and UDP
+        headers): a frame split over two datagrams is two malformed requests to the device."""
+        return min(buf_size, int(self._inner.max_unencoded_size))
