@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pydantic import BaseModel
+
 from firmware_bridge.gatt.codec import NO_CHANNEL
 from gateway import control
 from gateway.cli import args as types
@@ -132,5 +134,5 @@ def show(args: argparse.Namespace, result: object) -> None:
     elif args.command == "devices" and isinstance(result, list):
         output.print_table(result, ["address", "name", "serial", "firmware_version", "bonded",
                                     "policy", "link", "last_seen"])
-    elif hasattr(result, "model_dump"):
-        output.print_record(result)  # type: ignore[arg-type]
+    elif isinstance(result, BaseModel):
+        output.print_record(result)

@@ -123,9 +123,8 @@ async def run_image_inspect(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, service: OtaService) -> OtaSettings:
-    return service.settings(Ota(address="-", file="-", window=args.window,
-                                confirm=ConfirmPolicy(args.confirm), pre_erase=args.pre_erase,
-                                slot_limit=args.slot_limit))
+    return service.settings(window=args.window, confirm=ConfirmPolicy(args.confirm),
+                            pre_erase=args.pre_erase, slot_limit=args.slot_limit)
 
 
 def _endpoint(args: argparse.Namespace, config: GatewayConfig

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from rich.console import Console
 from rich.table import Table
 
-from gateway.ops.models import ControllerState, DeviceEntry, ScanEntry
+from gateway.ops.models import ControllerState
 
 TIME_COLUMNS = ("last_seen", "at", "updated_at")
 
@@ -20,8 +21,7 @@ def print_json(result: object) -> None:
     print(json.dumps(to_jsonable_python(result), sort_keys=True))
 
 
-def print_table(rows: list[ScanEntry] | list[DeviceEntry] | list[BaseModel],
-                columns: list[str]) -> None:
+def print_table(rows: Sequence[BaseModel], columns: list[str]) -> None:
     table = Table(*columns)
     for row in rows:
         values = row.model_dump(mode="json")

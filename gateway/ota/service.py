@@ -36,7 +36,7 @@ from firmware_bridge.gatt.codec import SystemStatus
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.ota.outcome import OtaOutcome, OtaResult
 from firmware_bridge.ota.session_store import FileSessionStore
-from firmware_bridge.ota.update import FirmwareUpdate, OtaSettings
+from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
 from gateway.errors import CommandFailed, ControllerBusy
@@ -88,12 +88,15 @@ class OtaService:
         self.engine_defaults = engine_defaults or OtaSettings()
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def settings(self, request: Ota) -> OtaSettings:
+    def settings(self, *, window: int | None, confirm: ConfirmPolicy, pre_erase: bool,
+                 slot_limit: int | None) -> OtaSettings:
+        """The engine's settings: its device-model defaults, the configured reboot and
+        self-confirm windows, and the caller's choices."""
         ota = self.config.ota
         return dataclasses.replace(
-            self.engine_defaults, window=request.window, pre_erase=request.pre_erase,
-            confirm=request.confirm, slot_limit=request.slot_limit,
-            reboot_window_s=ota.reboot_window_s, self_confirm_wait_s=ota.self_confirm_wait_s)
+            self.engine_defaults, window=window, pre_erase=pre_erase, confirm=confirm,
+            slot_limit=slot_limit, reboot_window_s=ota.reboot_window_s,
+            self_confirm_wait_s=ota.self_confirm_wait_s)
 
     # ---- a paired controller over BLE ----------------------------------------------------
 
@@ -109,8 +112,11 @@ class OtaService:
                 raise ControllerBusy(f"{address}: {busy}; update it when the task has "
                                      "finished (nothing was uploaded)")
             async with access.hold(address):
+                settings = self.settings(window=request.window, confirm=request.confirm,
+                                         pre_erase=request.pre_erase,
+                                         slot_limit=request.slot_limit)
                 outcome = await self._engine(address, data, lambda: access.connect_smp(address),
-                                             self.settings(request), on_progress).run()
+                                             settings, on_progress).run()
                 report = _report(outcome)
                 if outcome.result is OtaResult.SUCCEEDED:
                     report = await self._after_reboot(address, access, report)
