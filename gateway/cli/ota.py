@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -84,17 +85,37 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     args.target[-1] = str(Path(args.target[-1]).resolve())
 
 
-def inspect_image(path: Path, key: Path | None, slot_size: int | None) -> dict[str, Any]:
+class ImageInspection(BaseModel):
+    """What `awgw image inspect` finds; the image fields are there once the header parsed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    size: int
+    file_sha256: str
+    valid: bool
+    problems: list[str]
+    version: str | None = None
+    hash: str | None = None
+    computed_hash: str | None = None
+    header_size: int | None = None
+    image_size: int | None = None
+    flags: int | None = None
+    signatures: list[str] | None = None
+    signature_verified: str | None = None  # the scheme that verified, with --key
+
+
+def inspect_image(path: Path, key: Path | None, slot_size: int | None) -> ImageInspection:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CommandFailed(f"cannot read {path}: {exc.strerror}") from exc
-    document: dict[str, Any] = {"file": str(path), "size": len(data),
-                                "file_sha256": hashlib.sha256(data).hexdigest()}
+    name, size, digest = str(path), len(data), hashlib.sha256(data).hexdigest()
     try:
         image = parse_image(data)
     except ImageFormatError as exc:
-        return {**document, "valid": False, "problems": [str(exc)]}
+        return ImageInspection(file=name, size=size, file_sha256=digest, valid=False,
+                               problems=[str(exc)])
     problems = [message for _kind, message in image_problems(image, slot_size)]
     signature = None
     if key is not None:
@@ -102,24 +123,24 @@ def inspect_image(path: Path, key: Path | None, slot_size: int | None) -> dict[s
             signature = verify_signature(data, image, key.read_bytes())
         except (SignatureError, OSError) as exc:
             problems.append(f"signature: {exc}")
-    document.update({
-        "valid": not problems, "problems": problems, "version": str(image.version),
-        "hash": image.image_hash.hex(), "computed_hash": image.computed_hash.hex(),
-        "header_size": image.header_size, "image_size": image.image_size,
-        "flags": image.flags, "signatures": list(image.signature_types),
-        "signature_verified": signature})
-    return document
+    return ImageInspection(
+        file=name, size=size, file_sha256=digest, valid=not problems, problems=problems,
+        version=str(image.version), hash=image.image_hash.hex(),
+        computed_hash=image.computed_hash.hex(), header_size=image.header_size,
+        image_size=image.image_size, flags=image.flags,
+        signatures=list(image.signature_types), signature_verified=signature)
 
 
 async def run_image_inspect(args: argparse.Namespace) -> int:
-    document = inspect_image(args.file, args.key, args.slot_size)
+    inspection = inspect_image(args.file, args.key, args.slot_size)
+    document = inspection.model_dump(mode="json", exclude_unset=True)
     if args.json:
         print(json.dumps(document, sort_keys=True))
     else:
         console = Console()
         for key, value in document.items():
             console.print(f"[bold]{key}[/bold]: {value}")
-    return 0 if document["valid"] else exits.BAD_IMAGE
+    return 0 if inspection.valid else exits.BAD_IMAGE
 
 
 def _settings(args: argparse.Namespace, service: OtaService) -> OtaSettings:
