@@ -49,6 +49,8 @@ def test_config_defaults_file_and_errors(tmp_path: Path, monkeypatch: pytest.Mon
     assert config.state_dir == tmp_path and config.socket_path == tmp_path / "control.sock"
     for text, needle in (('[link]\nmax_links = 0\n', "link.max_links"),
                          ('[link]\nbogus = 1\n', "link.bogus"),
+                         ('[ota]\nreboot_window_s = 0\n', "ota.reboot_window_s"),
+                         ('log_level = "loud"\n', "log_level"),
                          ("not toml [", "not valid TOML")):
         file.write_text(text)
         with pytest.raises(ConfigError, match=needle):
