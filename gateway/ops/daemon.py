@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
+from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
 from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
-from gateway import bluez
 from gateway.config import GatewayConfig
 from gateway.link.manager import ConnectionManager
 from gateway.link.scheduler import Priority
@@ -35,6 +34,7 @@ from gateway.ops.protocol import ProgressFn
 from gateway.ops.radio import (
     list_devices,
     pair_on_radio,
+    repair_on_radio,
     result_of,
     unpair_on_radio,
     valve_command,
@@ -71,10 +71,9 @@ class DaemonOperations:
     async def repair(self, address: str) -> None:
         """The supervisor's one automatic attempt after an authentication failure, and the GATT
         cache reset: forget our half of the bond and pair again (Just Works)."""
-        await bluez.remove_bond(self.config.link.adapter, address)
-        self.manager.scanner.forget(address)
+        self.manager.scanner.forget(address)  # the sighting names the removed device
         async with self.manager.scheduler.connect_turn():
-            await pair_on_radio(self.config, self.registry, address, None)
+            await repair_on_radio(self.config, self.registry, address)
 
     async def unpair(self, request: Unpair) -> DeviceEntry:
         address = normalise_address(request.address)
@@ -144,11 +143,11 @@ class SupervisedAccess:
         return transport
 
     async def connect_gatt(self, address: str) -> GattLink:
+        # The manager's own connector: the scanner's sighting first, the address if BlueZ
+        # dropped that object across the reboot.
         async with self.manager.scheduler.connect_turn():
-            return await BleakGattLink.connect(
-                self.manager.scanner.device(address) or address,
-                adapter=self.ops.config.link.adapter,
-                timeout_s=self.ops.config.link.connect_timeout_s)
+            return await self.manager.connector(address, self.ops.config.link.connect_timeout_s,
+                                                lambda: None)
 
     async def refresh_gatt_cache(self, address: str) -> None:
         await self.ops.repair(address)

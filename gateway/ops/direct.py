@@ -12,7 +12,6 @@ from firmware_bridge.link.session import ControllerSession, PollPlan
 from firmware_bridge.link.state import Field
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
-from gateway import bluez
 from gateway.config import GatewayConfig
 from gateway.errors import CommandFailed
 from gateway.link.failures import classify
@@ -36,6 +35,7 @@ from gateway.ops.protocol import ProgressFn
 from gateway.ops.radio import (
     list_devices,
     pair_on_radio,
+    repair_on_radio,
     result_of,
     unpair_on_radio,
     valve_command,
@@ -155,5 +155,4 @@ class DirectAccess:
                                            timeout_s=self.ops.config.link.connect_timeout_s)
 
     async def refresh_gatt_cache(self, address: str) -> None:
-        await bluez.remove_bond(self.ops.config.link.adapter, address)
-        await pair_on_radio(self.ops.config, self.ops.registry, address, None)
+        await repair_on_radio(self.ops.config, self.ops.registry, address)

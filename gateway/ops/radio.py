@@ -82,6 +82,13 @@ async def pair_on_radio(config: GatewayConfig, registry: Registry, address: str,
     return device_entry(registry, config, address)
 
 
+async def repair_on_radio(config: GatewayConfig, registry: Registry, address: str) -> None:
+    """Forget our half of the bond (and with it BlueZ's GATT cache) and pair again (Just
+    Works): the one automatic answer to a lost bond or a stale cache."""
+    await bluez.remove_bond(config.link.adapter, address)
+    await pair_on_radio(config, registry, address, None)
+
+
 async def unpair_on_radio(config: GatewayConfig, registry: Registry, address: str
                           ) -> DeviceEntry:
     address = normalise_address(address)
