@@ -2,7 +2,7 @@
 
 Run as ``python -m gateway.sim.bluezoo_patched --central 0 -a ADDR -a ADDR ...`` with
 ``DBUS_SYSTEM_BUS_ADDRESS`` pointing at a private bus. BlueZoo is pinned exactly because this
-module reaches into its internals; ``tests/gateway/sim/test_bluezoo_patches.py`` guards each one.
+module reaches into its internals.
 
 Fixes:
 1. ManufacturerData is declared ``a{sv}``; BlueZ says ``a{qv}`` and bleak drops the device.
@@ -19,6 +19,11 @@ Fixes:
    and fails with no agent: Just Works now pairs with any agent or none, and a controller
    started with ``--passkey ADDR=NNNNNN`` asks the central's agent for the passkey
    (RequestPasskey) and fails with AuthenticationFailed on a wrong or missing one.
+7. Every adapter is listed under ``org.bluez``, so a client that takes the first adapter may
+   take a controller's: the controllers' adapters (and what lives under them) are served from
+   a second connection named ``gateway.sim.radios.PERIPHERAL_RADIOS_BUS_NAME``.
+
+tests/gateway/sim/test_rig_ble.py shows each fix from the client side.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import signal
 from typing import Any
 
@@ -36,8 +42,11 @@ import bluezoo.bluezoo as bz_main
 import bluezoo.device as bz_device
 import bluezoo.gatt.manager as bz_gatt_manager
 import bluezoo.interfaces.LEAdvertisement as bz_adv_iface
+import sdbus
 from bluezoo.exceptions import DBusBluezAuthenticationFailedError, DBusBluezFailedError
 from bluezoo.gatt import GattCharacteristicClientLink
+
+from gateway.sim.radios import PERIPHERAL_RADIOS_BUS_NAME
 
 # How long a Connect to a silent (non-advertising) controller takes to fail. BlueZ's own LE
 # connect attempt runs until the client gives up (bleak: 10 s); a short value keeps tests fast
@@ -47,6 +56,9 @@ CONNECT_FAIL_DELAY_S = 2.0
 _central_ids: set[int] = {0}
 _passkeys: dict[str, int] = {}
 _connect_fail_delay = CONNECT_FAIL_DELAY_S
+# The second connection and its object manager that serve the controllers' adapters.
+_peripheral_side: tuple[Any, Any] | None = None
+_ADAPTER_PATH = re.compile(r"^/org/bluez/hci(\d+)(?:/|$)")
 
 
 def _fix_manufacturer_data_signature() -> None:
@@ -225,15 +237,45 @@ def _fix_pairing() -> None:
     bz_device.Device.pair = pair
 
 
+def _is_peripheral_path(path: str) -> bool:
+    match = _ADAPTER_PATH.match(path)
+    return match is not None and int(match.group(1)) not in _central_ids
+
+
+def _fix_peripheral_radios() -> None:
+    original_export = bz_main.BluezMockService.export_object
+
+    def export_object(self: Any, path: str, obj: Any) -> None:
+        if _peripheral_side is None or not _is_peripheral_path(path):
+            original_export(self, path, obj)
+            return
+        bus, manager = _peripheral_side
+        # remove_object stops whichever handle it finds, so only the export is routed.
+        self.manager_export_handles[obj] = manager.export_with_manager(path, obj, bus)
+
+    bz_main.BluezMockService.export_object = export_object
+
+
+async def _open_peripheral_side() -> None:
+    global _peripheral_side  # noqa: PLW0603 - read by the patched export_object
+    bus = sdbus.sd_bus_open_system()
+    await bus.request_name_async(PERIPHERAL_RADIOS_BUS_NAME, 0)
+    manager = sdbus.DbusObjectManagerInterfaceAsync()
+    manager.export_to_dbus("/", bus)
+    _peripheral_side = (bus, manager)
+
+
 def apply_patches() -> None:
     _fix_manufacturer_data_signature()
     _fix_rescan_rssi()
     _fix_connect_disconnect()
     _fix_roles()
     _fix_pairing()
+    _fix_peripheral_radios()
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    await _open_peripheral_side()
     await bz_main.startup(bus="system", adapters=args.adapters, auto_enable=True,
                           scan_interval=args.scan_interval)
     stop = asyncio.Event()

@@ -1,11 +1,11 @@
 """Real third-party mcumgr clients against virtual controllers, as they would drive a Zephyr
-device: smpmgr (on smpclient) over UDP and BLE, mcumgr-toolkit (Rust) over UDP. Each does echo,
-params, list, upload, test, reset and confirm, first time, and its throughput is printed.
+device: smpmgr (on smpclient) and mcumgr-toolkit (Rust, btleplug) over UDP and BLE. Each does
+echo, params, list, upload, test, reset and confirm, first time, and its throughput is printed.
 
 The virtual controllers serve UDP on mcumgr's port 1337 at an address each
 (``RigOptions.udp_own_address``), since neither tool lets every command choose a port.
-mcumgr-toolkit over BLE is left out: its btleplug central takes the first adapter it sees,
-which on the rig is one time in N+1 a controller's own (see the README's rig section).
+mcumgr-toolkit's BLE central takes the first adapter BlueZ lists; the rig lists only the
+gateway's (gateway.sim.radios), so it lands there every time.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mcumgr_toolkit import MCUmgrClient
 
 from firmware_bridge.mcuboot import parse_image
 from gateway.sim.images import firmware_body, make_image
@@ -110,14 +112,12 @@ async def test_smpmgr_updates_a_virtual_controller_over_ble(tmp_path: Path) -> N
     print(f"smpmgr over BLE: {rate / 1000:.1f} kB/s")
 
 
-def toolkit_full_update(host: str) -> float:
-    from mcumgr_toolkit import MCUmgrClient
-
-    client = MCUmgrClient.udp(host, 1337, timeout_ms=5000)
+def toolkit_full_update(connect: Callable[[], Any], params_expected: tuple[int, int]) -> float:
+    client = connect()
     client.check_connection()
     assert client.os_echo("hello") == "hello"
     params = client.os_mcumgr_parameters()
-    assert (params.buf_size, params.buf_count) == (2048, 2)  # Zephyr's UDP netbuf defaults
+    assert (params.buf_size, params.buf_count) == params_expected
     client.use_auto_frame_size()
     assert all(s.hash != NEW_HASH for s in client.image_get_state())
     started = time.monotonic()
@@ -126,10 +126,12 @@ def toolkit_full_update(host: str) -> float:
     marked = client.image_set_state(NEW_HASH, confirm=False)
     assert any(s.slot == 1 and s.hash == NEW_HASH and s.pending for s in marked)
     client.os_system_reset()
+    del client  # the reset ends a BLE link; a new client is what a user would start
     deadline = time.monotonic() + REBOOT_WITHIN_S
     while True:
         time.sleep(1.0)
         try:
+            client = connect()
             states = client.image_get_state()
         except Exception:  # the device is rebooting: the toolkit's own error types
             if time.monotonic() > deadline:
@@ -147,6 +149,22 @@ async def test_mcumgr_toolkit_updates_a_virtual_controller_over_udp() -> None:
     options = RigOptions(controllers=1, udp_own_address=True)
     async with Rig(options) as rig:
         host, _port = udp_endpoint(options, 0)
-        rate = await asyncio.to_thread(toolkit_full_update, host)
+        rate = await asyncio.to_thread(
+            toolkit_full_update, lambda: MCUmgrClient.udp(host, 1337, timeout_ms=5000),
+            (2048, 2))  # Zephyr's UDP netbuf defaults
         assert running_confirmed(await status_of(rig))
     print(f"mcumgr-toolkit over UDP: {rate / 1000:.1f} kB/s")
+
+
+async def test_mcumgr_toolkit_updates_a_virtual_controller_over_ble(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three controllers: with one adapter per controller listed, btleplug would pick a wrong
+    # one three times in four.
+    async with Rig(RigOptions(controllers=3)) as rig:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", rig.bus_address)
+        address = rig.controllers[0].address
+        rate = await asyncio.to_thread(
+            toolkit_full_update, lambda: MCUmgrClient.ble(address, timeout_ms=5000),
+            (384, 4))
+        assert running_confirmed(await status_of(rig))
+    print(f"mcumgr-toolkit over BLE: {rate / 1000:.1f} kB/s")

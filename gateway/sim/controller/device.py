@@ -41,6 +41,7 @@ from gateway.sim.controller.mcuboot_flash import (
 )
 from gateway.sim.controller.smp_server import SmpServer, SmpServerConfig, TransportLimits
 from gateway.sim.images import firmware_body, make_image
+from gateway.sim.radios import PERIPHERAL_RADIOS_BUS_NAME
 
 log = structlog.get_logger(__name__)
 
@@ -503,8 +504,10 @@ class VirtualController:
     async def _call(self, path: str, iface: str, member: str, signature: str,
                     body: list[Any]) -> Message:
         assert self.bus is not None
-        reply = await self.bus.call(Message(destination="org.bluez", path=path, interface=iface,
-                                            member=member, signature=signature, body=body))
+        # The controller's own radio is served apart from BlueZ's name (gateway.sim.radios).
+        reply = await self.bus.call(Message(destination=PERIPHERAL_RADIOS_BUS_NAME, path=path,
+                                            interface=iface, member=member,
+                                            signature=signature, body=body))
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             raise DBusError(reply.error_name or "unknown", str(reply.body))
@@ -663,7 +666,8 @@ class VirtualController:
             uuids.ADVERTISED_NAME, [uuids.IRRIGATION_SERVICE],
             {uuids.MANUFACTURER_ID: uuids.MANUFACTURER_DATA}))
         await self.bus.request_name(f"org.autowatering.sim.controller{self.config.index}")
-        rule = ("type='signal',sender='org.bluez',interface='org.freedesktop.DBus.Properties',"
+        rule = (f"type='signal',sender='{PERIPHERAL_RADIOS_BUS_NAME}',"
+                "interface='org.freedesktop.DBus.Properties',"
                 f"path_namespace='{self.adapter_path}'")
         await self._call_bus("AddMatch", "s", [rule])
         self.bus.add_message_handler(self._on_bus_message)

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakError, BleakGATTProtocolError
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 from smpclient import SMPClient
 from smpclient.requests.image_management import ImageStatesRead, ImageStatesWrite
 from smpclient.requests.os_management import EchoWrite, ResetWrite
@@ -27,6 +29,7 @@ from firmware_bridge.gatt.codec import (
     ValveControl,
 )
 from gateway.sim.images import firmware_body, make_image
+from gateway.sim.radios import PERIPHERAL_RADIOS_BUS_NAME
 from gateway.sim.rig import Rig
 
 pytestmark = pytest.mark.rig
@@ -198,6 +201,29 @@ async def test_corrupted_notification_arrives_malformed(rig: Rig) -> None:
         assert any(len(frame) == 21 for frame in got[1:])
     finally:
         await client.disconnect()
+
+
+async def _adapters(bus: MessageBus, name: str) -> set[str]:
+    reply = await bus.call(Message(destination=name, path="/",
+                                   interface="org.freedesktop.DBus.ObjectManager",
+                                   member="GetManagedObjects"))
+    assert reply is not None and reply.message_type == MessageType.METHOD_RETURN
+    return {path for path, ifaces in reply.body[0].items() if "org.bluez.Adapter1" in ifaces}
+
+
+@pytest.mark.rig_options(controllers=3)
+async def test_ble_clients_see_only_the_gateways_adapter(rig: Rig) -> None:
+    bus = await MessageBus(bus_address=rig.bus_address).connect()
+    try:
+        # What btleplug (mcumgr-toolkit) and bleak enumerate: one adapter, as on a real hub.
+        assert await _adapters(bus, "org.bluez") == {"/org/bluez/hci0"}
+        assert await _adapters(bus, PERIPHERAL_RADIOS_BUS_NAME) == {
+            f"/org/bluez/hci{h.adapter_id}" for h in rig.controllers}
+    finally:
+        bus.disconnect()
+    # A client that names no adapter still reaches every controller.
+    found = await BleakScanner.discover(timeout=2.5)
+    assert {h.address for h in rig.controllers} <= {d.address for d in found}
 
 
 @pytest.mark.rig_options(controllers=3)
