@@ -22,8 +22,8 @@ from pydantic import ValidationError
 
 from cloud_client.errors import AuthError, MalformedResponse, RelinkNeeded, ServerFailure
 from cloud_client.models import (
-    CognitoTokens,
     CognitoErrorBody,
+    CognitoTokens,
     InitiateAuthRequest,
     InitiateAuthResponse,
     model_json,

@@ -19,6 +19,7 @@ from cloud_client.errors import (
     CloudUnreachable,
     Conflict,
     DownloadRejected,
+    MalformedResponse,
     RateLimited,
     RelinkNeeded,
     RequestRejected,
@@ -305,5 +306,5 @@ async def test_redirects_are_refused(cloud: Cloud) -> None:
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(redirect)) as http:
         client = CloudClient("https://cloud.example", None, http=http, retry=FAST)
-        with pytest.raises(Exception, match="redirect to evil.example refused"):
+        with pytest.raises(MalformedResponse, match=r"redirect to evil\.example refused"):
             await client.health()
