@@ -31,3 +31,7 @@ class ControlError(GatewayError):
 
 class CommandFailed(GatewayError):
     """The controller refused or never confirmed a command."""
+
+
+class OutboxError(GatewayError):
+    """The outbox (SQLite in the state directory) could not be opened, read or written."""

@@ -1,0 +1,340 @@
+"""The durable outbox: what the gateway owes the cloud, in SQLite (WAL) in the state directory.
+
+Everything relayed goes through here first, so a cloud outage, a kill -9 or a power cut loses
+nothing that was committed. Commits are grouped (``put_many``: one transaction, one fsync for
+the whole batch; SD cards wear and stall on per-item fsyncs), and nothing is half-written:
+SQLite's WAL commit is atomic.
+
+Each item gets its idempotency key when it is committed, from (gateway id, controller, boot,
+sequence): the boot counter is bumped every time the outbox is opened, so keys never repeat
+across restarts and a resent item keeps the key it was first sent with. History records also
+carry a dedupe key (timestamp + channel + volume) that is remembered, so a record read again
+from the controller is not enqueued twice.
+
+Delivery is at-least-once in per-controller order (lease oldest first, one batch in flight);
+the server deduplicates on the keys, which makes it exactly-once applied. A newer snapshot of a
+controller supersedes the unsent older one (compaction); events and history are never
+compacted. The store is bounded by item count, bytes and age; what bounds drop (oldest
+snapshots first, then the oldest of the rest) is counted per kind and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from gateway.errors import OutboxError
+
+log = structlog.get_logger("gateway.outbox")
+Kind = Literal["snapshot", "event", "history"]
+KINDS: tuple[Kind, ...] = ("snapshot", "event", "history")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    controller TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    seq INTEGER NOT NULL,
+    observed_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_by_controller ON items (controller, kind, id);
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+# A history dedupe key must outlive the controller's memory of the record: 30 entries a
+# channel (device-ble.md 6.10) are a month at most of daily watering; 90 days is generous.
+SEEN_KEEP_S = 90 * 86400
+
+
+@dataclass(frozen=True)
+class OutboxLimits:
+    # A month of a 5-controller home at a snapshot a minute and some events is ~250k items;
+    # the bounds keep an SD card from filling during a long outage.
+    max_items: int = 200_000
+    max_bytes: int = 64 * 1024 * 1024
+    max_age_s: float = 30 * 86400
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """What a relay puts in: ``body`` is the item's JSON without its key (added on send)."""
+
+    controller: str
+    kind: Kind
+    observed_at: float
+    body: str
+    dedupe: str | None = None  # history: timestamp + channel + volume
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: int
+    controller: str
+    kind: Kind
+    key: str
+    seq: int
+    observed_at: float
+    size: int
+    body: str
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    depth: int
+    bytes: int
+    oldest_age_s: float | None
+    by_kind: dict[str, int]
+    dropped: dict[str, int]
+    commits: int
+    boot: int
+
+
+class Outbox:
+    """Synchronous store on one connection; a lock makes each call whole, so the writer's
+    thread and the pump may call it concurrently (the pump calls it through to_thread too)."""
+
+    def __init__(self, path: Path, gateway_id: str, limits: OutboxLimits = OutboxLimits(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.gateway_id = gateway_id
+        self.limits = limits
+        self._clock = clock
+        self.commits = 0
+        self._leased: set[int] = set()
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so a committed batch survives a
+            # power cut (NORMAL would only keep the database consistent, not durable).
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            with self._tx():
+                self.boot = self._bump("boot")
+                # Sequences are per controller and never go back, across restarts too: the
+                # cloud ignores a snapshot whose seq is not above the last one it stored.
+                self._seq = {str(k)[len("seq:"):]: int(v) for k, v in self._db.execute(
+                    "SELECT k, v FROM meta WHERE k LIKE 'seq:%'")}
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        try:
+            self._lock.acquire()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+        finally:
+            self._lock.release()
+        self.commits += 1
+
+    def _bump(self, name: str, by: int = 1) -> int:
+        self._db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET "
+                         "v = v + excluded.v", (name, by))
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
+        return int(row[0])
+
+    # ---- in -------------------------------------------------------------------------------------
+
+    def put_many(self, items: Sequence[NewItem]) -> list[str]:
+        """Commit ``items`` in one transaction; their keys, in order ("" for a history record
+        already seen)."""
+        keys: list[str] = []
+        if not items:
+            return keys
+        now = self._clock()
+        with self._tx():
+            for item in items:
+                keys.append(self._put(item, now))
+            self._db.executemany(
+                "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = "
+                "excluded.v", [(f"seq:{c}", self._seq[c]) for c in {i.controller for i in items}
+                               if c in self._seq])
+            self._enforce_bounds(now)
+        return keys
+
+    def _put(self, item: NewItem, now: float) -> str:
+        if item.dedupe is not None:
+            fresh = self._db.execute("INSERT OR IGNORE INTO seen (key, at) VALUES (?, ?)",
+                                     (f"{item.controller}:{item.dedupe}", now)).rowcount
+            if not fresh:
+                return ""
+        if item.kind == "snapshot":
+            leased = ",".join(str(i) for i in self._leased) or "-1"
+            self._db.execute(
+                f"DELETE FROM items WHERE controller = ? AND kind = 'snapshot' "
+                f"AND id NOT IN ({leased})", (item.controller,))
+        seq = self._seq.get(item.controller, 0) + 1
+        self._seq[item.controller] = seq
+        key = f"{self.gateway_id}:{item.controller}:{self.boot}:{seq}"
+        size = len(item.body.encode())
+        self._db.execute(
+            "INSERT INTO items (controller, kind, key, seq, observed_at, created_at, size, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (item.controller, item.kind, key, seq, item.observed_at, now, size, item.body))
+        return key
+
+    def _enforce_bounds(self, now: float) -> None:
+        old = self._db.execute("SELECT kind, COUNT(*) FROM items WHERE created_at < ? "
+                               "GROUP BY kind", (now - self.limits.max_age_s,)).fetchall()
+        if old:
+            self._db.execute("DELETE FROM items WHERE created_at < ?",
+                             (now - self.limits.max_age_s,))
+            for kind, count in old:
+                self._bump(f"dropped_{kind}", int(count))
+        count, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM items").fetchone()
+        while count > self.limits.max_items or size > self.limits.max_bytes:
+            victim = self._db.execute(
+                "SELECT id, kind, size FROM items ORDER BY kind != 'snapshot', id LIMIT 1"
+            ).fetchone()
+            if victim is None:
+                break
+            self._db.execute("DELETE FROM items WHERE id = ?", (victim[0],))
+            self._leased.discard(int(victim[0]))
+            self._bump(f"dropped_{victim[1]}")
+            count -= 1
+            size -= int(victim[2])
+        self._db.execute("DELETE FROM seen WHERE at < ?", (now - SEEN_KEEP_S,))
+
+    # ---- out ------------------------------------------------------------------------------------
+
+    def lease(self, max_items: int, max_bytes: int,
+              kinds: Sequence[Kind] = KINDS) -> list[StoredItem]:
+        """The oldest unleased items, within the batch limits, in commit order."""
+        with self._lock:
+            marks = ",".join("?" for _ in kinds)
+            rows = self._db.execute(
+                f"SELECT id, controller, kind, key, seq, observed_at, size, body FROM items "
+                f"WHERE kind IN ({marks}) ORDER BY id LIMIT ?",
+                (*kinds, max_items + len(self._leased))).fetchall()
+            batch: list[StoredItem] = []
+            total = 0
+            for row in rows:
+                item = StoredItem(int(row[0]), str(row[1]), row[2], str(row[3]), int(row[4]),
+                                  float(row[5]), int(row[6]), str(row[7]))
+                if item.id in self._leased:
+                    continue
+                if batch and (len(batch) >= max_items or total + item.size > max_bytes):
+                    break
+                batch.append(item)
+                total += item.size
+            self._leased.update(i.id for i in batch)
+            return batch
+
+    def ack(self, ids: Iterable[int]) -> None:
+        done = list(ids)
+        if not done:
+            return
+        with self._tx():
+            self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in done])
+        self._leased.difference_update(done)
+
+    def release(self, ids: Iterable[int]) -> None:
+        """Give leased items back (the send failed): they go out again, in order."""
+        with self._lock:
+            self._leased.difference_update(ids)
+
+    def latest_snapshots(self) -> dict[str, StoredItem]:
+        """The newest unsent snapshot of each controller (user_state mode sends only these)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, controller, kind, key, seq, observed_at, size, body FROM items "
+                "WHERE id IN (SELECT MAX(id) FROM items WHERE kind = 'snapshot' "
+                "GROUP BY controller)").fetchall()
+            return {str(r[1]): StoredItem(int(r[0]), str(r[1]), r[2], str(r[3]), int(r[4]),
+                                          float(r[5]), int(r[6]), str(r[7])) for r in rows}
+
+    def stats(self) -> OutboxStats:
+        with self._lock:
+            by_kind = {str(k): int(n) for k, n in self._db.execute(
+                "SELECT kind, COUNT(*) FROM items GROUP BY kind")}
+            size, oldest = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0), MIN(created_at) FROM items").fetchone()
+            dropped = {str(k)[len("dropped_"):]: int(v) for k, v in self._db.execute(
+                "SELECT k, v FROM meta WHERE k LIKE 'dropped_%'")}
+            return OutboxStats(
+                depth=sum(by_kind.values()), bytes=int(size),
+                oldest_age_s=None if oldest is None else max(0.0, self._clock() - float(oldest)),
+                by_kind=by_kind, dropped=dropped, commits=self.commits, boot=self.boot)
+
+
+class OutboxWriter:
+    """Group commit for a stream of items: whatever arrived while the last commit ran goes in
+    the next one, so the fsync rate stays bounded however fast items come.
+
+    ``submit`` never blocks the event loop; the commit runs in a worker thread. ``committed``
+    is notified after each commit (the relay's pump waits on it)."""
+
+    # Items wait at most this long for company before they are committed alone: short enough
+    # that a watering event is durable within a BLE notification interval or two.
+    LINGER_S = 0.02
+    MAX_GROUP = 5000
+
+    def __init__(self, outbox: Outbox,
+                 on_commit: Callable[[Sequence[NewItem], list[str]], None] | None = None) -> None:
+        self.outbox = outbox
+        self._pending: list[NewItem] = []
+        self._wake = asyncio.Event()
+        self.committed = asyncio.Condition()
+        self._on_commit = on_commit
+        self.items_committed = 0
+
+    def submit(self, item: NewItem) -> None:
+        self._pending.append(item)
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(self.LINGER_S)
+                await self.flush()
+        finally:
+            # Cancelled (shutdown): commit what was handed over, so a clean stop loses nothing.
+            if self._pending:
+                group, self._pending = self._pending, []
+                self._commit(group)
+
+    async def flush(self) -> None:
+        while self._pending:
+            group = self._pending[:self.MAX_GROUP]
+            del self._pending[:len(group)]
+            await asyncio.to_thread(self._commit, group)
+        self._wake.clear()
+        async with self.committed:
+            self.committed.notify_all()
+
+    def _commit(self, group: Sequence[NewItem]) -> None:
+        keys = self.outbox.put_many(group)
+        self.items_committed += len(group)
+        if self._on_commit is not None:
+            self._on_commit(group, keys)
