@@ -60,6 +60,53 @@ class OtaConfig(BaseModel):
     self_confirm_wait_s: Annotated[float, Field(ge=0, le=600)] = 60.0
 
 
+class CloudMode(StrEnum):
+    """cloud-api.md 11 vs 5: the proposed gateway routes, or the user state document of the
+    backend as deployed today; AUTO probes registerGateway once at start-up."""
+
+    AUTO = "auto"
+    GATEWAY_ROUTES = "gateway_routes"
+    USER_STATE = "user_state"
+
+
+class OtaPolicy(StrEnum):
+    """What the gateway does with a release found by its own ota/latest check: MANUAL only
+    reports it, MANDATORY applies releases marked mandatory, AUTO applies any newer one."""
+
+    MANUAL = "manual"
+    MANDATORY = "mandatory"
+    AUTO = "auto"
+
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2048)]
+
+
+class CloudConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    base_url: HttpUrl | None = None
+    mode: CloudMode = CloudMode.AUTO
+    # cloud-api.md 2.3: https://cognito-idp.{region}.amazonaws.com/ and the app's client id.
+    cognito_endpoint: HttpUrl | None = None
+    client_id: str = ""
+    gateway_name: Annotated[str, Field(min_length=1, max_length=64)] = "AutoWatering gateway"
+    # At most one snapshot per controller per this period (and only when something changed).
+    snapshot_period_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # device-ble.md 6.10: history a few times a day (and right after each watering).
+    history_period_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    # ota.md 6.9: ota/latest per (board, channel) every 6 h; jitter is added.
+    ota_check_period_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    # cloud-api.md 5: one saveUserState per user at a time, and not more often than this.
+    user_state_period_s: Annotated[float, Field(gt=0)] = 60.0
+    ota_policy: OtaPolicy = OtaPolicy.MANUAL
+    ota_channel: str = "stable"
+    allow_downgrade: bool = False
+    # Local hours [start, end) in which policy-driven updates may run; None: any time.
+    maintenance_window: tuple[Annotated[int, Field(ge=0, le=23)],
+                              Annotated[int, Field(ge=0, le=24)]] | None = None
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,6 +117,11 @@ class GatewayConfig(BaseModel):
     log_level: LogLevel = "info"
     link: LinkSettings = LinkSettings()
     ota: OtaConfig = OtaConfig()
+    cloud: CloudConfig = CloudConfig()
+
+    @property
+    def cloud_dir(self) -> Path:
+        return self.state_dir / "cloud"
 
     @property
     def socket_path(self) -> Path:

@@ -35,3 +35,7 @@ class CommandFailed(GatewayError):
 
 class OutboxError(GatewayError):
     """The outbox (SQLite in the state directory) could not be opened, read or written."""
+
+
+class CloudLinkError(GatewayError):
+    """The gateway's cloud identity or link (gateway id, refresh token) is unusable."""

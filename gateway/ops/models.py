@@ -288,8 +288,41 @@ class OtaReport(_Model):
     gatt_cache_refreshed: bool = False
 
 
+class OutboxView(_Model):
+    depth: int
+    bytes: int
+    oldest_age_s: float | None
+    by_kind: dict[str, int]
+    dropped: dict[str, int]
+
+
+class CloudStatus(_Model):
+    """`awgw cloud status`: how the relay to the cloud stands (cloud-api.md 2.4, 11)."""
+
+    enabled: bool
+    mode: str  # configured: auto | gateway_routes | user_state
+    active_mode: str | None  # what auto decided; None until the probe answered
+    gateway_id: str | None
+    link: str  # unlinked | linked | relink_needed
+    user: str | None
+    token_expires_in_s: float | None
+    outbox: OutboxView | None
+    delivered: int = 0
+    rejected: int = 0
+    last_success_at: float | None = None
+    last_error: str | None = None
+    note: str | None = None
+
+
+class ClaimResult(_Model):
+    serial: str
+    claimed: bool
+    owner_uid: str | None = None
+    detail: str = ""
+
+
 Result = (Pong | list[ScanEntry] | DeviceEntry | list[DeviceEntry] | ControllerState
-          | CommandResult | OtaReport)
+          | CommandResult | OtaReport | CloudStatus | ClaimResult)
 
 # What each op answers with: the daemon's client parses the socket's answer into this.
 PONG: TypeAdapter[Pong] = TypeAdapter(Pong)

@@ -1,0 +1,156 @@
+"""Feeds the relays: each controller's typed state whenever it changes (and on a tick, so a
+controller going stale is noticed), and its watering history a few times a day and right after
+each watering (device-ble.md 6.10: the controller keeps 30 entries a channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import structlog
+
+from firmware_bridge.gatt.codec import CHANNELS
+from firmware_bridge.gatt.history import DetailedEntry
+from firmware_bridge.link.state import StateEvent
+from gateway.errors import GatewayError
+from gateway.ops.models import ControllerState
+from gateway.store.registry import Registry
+from gateway.store.state import StateStore
+
+log = structlog.get_logger("gateway.relay.feed")
+# cloud-api.md 1: a cloud serial is six digits; the controller's DIS serial is what we have.
+SERIAL = re.compile(r"^[0-9]{6}$")
+# Values arrive in bursts (a Bulk Snapshot is several fields at once): wait this long for the
+# rest of the burst before taking a snapshot, so one refresh is one observation.
+SETTLE_S = 0.05
+# Fresh turns stale with no event at all; the tick notices it within this.
+TICK_S = 5.0
+# The firmware writes the history entry when the task ends; read it a moment later.
+HISTORY_AFTER_WATERING_S = 2.0
+
+
+class StateSink(Protocol):
+    def observe(self, address: str, serial: str, state: ControllerState) -> None: ...
+
+    def record_history(self, serial: str, entries: Sequence[DetailedEntry]) -> None: ...
+
+
+class HistoryReader(Protocol):
+    async def read(self, address: str, channels: Sequence[int]) -> list[DetailedEntry]: ...
+
+
+class StateFeed:
+    def __init__(self, store: StateStore, registry: Registry, sinks: Sequence[StateSink],
+                 history: HistoryReader | None, history_period_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.registry = registry
+        self.sinks = list(sinks)
+        self.history = history
+        self.history_period_s = history_period_s
+        self._clock = clock
+        self._running: dict[str, int | None] = {}
+        # When each controller's full history read is due, and the channels to read soon
+        # because a watering on them just ended (and when).
+        self._periodic_due: dict[str, float] = {}
+        self._after_watering: dict[str, tuple[float, set[int]]] = {}
+        self._warned: set[str] = set()
+
+    def _serial(self, address: str) -> str | None:
+        try:
+            serial = self.registry.get(address).serial
+        except GatewayError:
+            return None
+        if serial is None or not SERIAL.match(serial):
+            if address not in self._warned:
+                self._warned.add(address)
+                log.warning("controller_not_relayed", address=address, serial=serial,
+                            reason="no six-digit serial")
+            return None
+        return serial
+
+    def _observe(self, address: str) -> None:
+        serial = self._serial(address)
+        if serial is None:
+            return
+        record = self.registry.get(address)
+        state = self.store.snapshot(address, record.firmware_version)
+        for sink in self.sinks:
+            sink.observe(address, serial, state)
+        task = state.current_task
+        running = task.channel if task is not None and task.runs else None
+        before = self._running.get(address)
+        self._running[address] = running
+        if before is not None and running != before:
+            _due, channels = self._after_watering.get(address, (0.0, set()))
+            self._after_watering[address] = (self._clock() + HISTORY_AFTER_WATERING_S,
+                                             channels | {before})
+
+    async def run(self) -> None:
+        queue = self.store.subscribe()
+        try:
+            now = self._clock()
+            for record in self.registry.all():
+                self._periodic_due[record.address] = now
+                self._observe(record.address)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._changes(queue), name="state feed")
+                tasks.create_task(self._ticks(), name="state feed tick")
+                if self.history is not None:
+                    tasks.create_task(self._history_loop(), name="history feed")
+        finally:
+            self.store.unsubscribe(queue)
+
+    async def _changes(self, queue: asyncio.Queue[StateEvent]) -> None:
+        while True:
+            changed = {(await queue.get()).address}
+            await asyncio.sleep(SETTLE_S)
+            while not queue.empty():
+                changed.add(queue.get_nowait().address)
+            for address in changed:
+                self._observe(address)
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            for record in self.registry.all():
+                self._observe(record.address)
+
+    async def _history_loop(self) -> None:
+        assert self.history is not None
+        while True:
+            await asyncio.sleep(1.0)
+            now = self._clock()
+            for record in self.registry.all():
+                await self._read_history(record.address, now)
+
+    async def _read_history(self, address: str, now: float) -> None:
+        assert self.history is not None
+        periodic = self._periodic_due.setdefault(address, now) <= now
+        soon_at, soon = self._after_watering.get(address, (float("inf"), set()))
+        channels = set(range(CHANNELS)) if periodic else (soon if soon_at <= now else set())
+        if not channels:
+            return
+        serial = self._serial(address)
+        if serial is None:
+            self._periodic_due[address] = now + self.history_period_s
+            return
+        try:
+            entries = await self.history.read(address, sorted(channels))
+        except GatewayError as exc:
+            # Unreachable or busy (an update): try again in a minute (or the period).
+            log.info("history_read_failed", address=address, error=str(exc))
+            retry = now + min(60.0, self.history_period_s)
+            if periodic:
+                self._periodic_due[address] = retry
+            else:
+                self._after_watering[address] = (retry, soon)
+            return
+        for sink in self.sinks:
+            sink.record_history(serial, entries)
+        self._after_watering.pop(address, None)
+        if periodic:
+            self._periodic_due[address] = now + self.history_period_s
