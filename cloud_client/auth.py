@@ -11,6 +11,7 @@ JWT call fails at once with RelinkNeeded, without network traffic, until ``link`
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -100,6 +101,17 @@ def read_initiate_auth(response: httpx.Response, *, refreshing: bool) -> Tokens:
     return Tokens(result.IdToken, result.RefreshToken, result.ExpiresIn)
 
 
+def token_claims(id_token: str) -> dict[str, object]:
+    """The claims of a JWT, unverified: for showing who is linked, never for trusting it (the
+    backend checks the signature, 2.2)."""
+    try:
+        payload = id_token.split(".")[1]
+        raw = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
 async def sign_in(http: httpx.AsyncClient, settings: CognitoSettings, username: str,
                   password: str) -> Tokens:
     """USER_PASSWORD_AUTH, once, for ``awgw cloud link``; the password is not kept."""
@@ -127,6 +139,10 @@ class CognitoAuth(httpx.Auth):
         self._lock = asyncio.Lock()
         self.state: AuthState = "linked" if store.load() else "unlinked"
         self.refreshes = 0
+
+    @property
+    def id_token(self) -> str | None:
+        return self._id_token
 
     @property
     def expires_in_s(self) -> float | None:
@@ -163,7 +179,7 @@ class CognitoAuth(httpx.Auth):
             raise RelinkNeeded("NotLinked", "the gateway is not linked to a cloud account")
         async with self._lock:
             if not self._usable():
-                await self._refresh_flow_done((yield self._refresh_request()))
+                await self._refresh_flow_done((yield self.refresh_request()))
         request.headers["Authorization"] = f"Bearer {self._id_token}"
         response = yield request
         if response.status_code != 401:
@@ -172,11 +188,11 @@ class CognitoAuth(httpx.Auth):
         stale = self._id_token
         async with self._lock:
             if self._id_token == stale:
-                await self._refresh_flow_done((yield self._refresh_request()))
+                await self._refresh_flow_done((yield self.refresh_request()))
         request.headers["Authorization"] = f"Bearer {self._id_token}"
         yield request
 
-    def _refresh_request(self) -> httpx.Request:
+    def refresh_request(self) -> httpx.Request:
         refresh_token = self._store.load()
         if refresh_token is None:
             self.state = "unlinked"

@@ -13,9 +13,13 @@ from gateway import systemd
 from gateway.config import GatewayConfig
 from gateway.control import ControlServer
 from gateway.link.manager import ConnectionManager
-from gateway.ops.daemon import DaemonOperations
+from gateway.ops.daemon import DaemonOperations, SupervisedHistory
 from gateway.ops.models import Request, Result
 from gateway.ops.protocol import dispatch
+from gateway.relay.account import CloudAccount
+from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, CloudRelay
+from gateway.relay.feed import SERIAL, StateFeed
+from gateway.store.outbox import Outbox
 from gateway.store.registry import Registry
 
 log = structlog.get_logger(__name__)
@@ -29,11 +33,33 @@ async def _watchdog(interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
+def _cloud(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
+           operations: DaemonOperations) -> tuple[CloudRelay, StateFeed] | None:
+    """The cloud relay and its state feed, when [cloud] is enabled."""
+    if not config.cloud.enabled:
+        return None
+    account = CloudAccount(config)
+    outbox = Outbox(config.state_dir / OUTBOX_FILE, account.gateway_id)
+
+    def serials() -> list[str]:
+        return [r.serial for r in registry.all() if r.serial and SERIAL.match(r.serial)]
+
+    relay = CloudRelay(config.cloud, account.gateway_id, outbox, account.client, account.auth,
+                       serials=serials, token_stamp=account.store.stamp,
+                       status_path=config.cloud_dir / STATUS_FILE)
+    feed = StateFeed(manager.store, registry, [relay], SupervisedHistory(manager),
+                     config.cloud.history_period_s)
+    operations.cloud = relay
+    operations.account = account
+    return relay, feed
+
+
 async def run_daemon(config: GatewayConfig) -> None:
     registry = Registry(config.registry_path)
     manager = ConnectionManager(config, registry)
     operations = DaemonOperations(config, registry, manager)
     manager.repairer = operations.repair
+    cloud = _cloud(config, registry, manager, operations)
 
     async def handle(request: Request) -> Result:
         return await dispatch(operations, request)
@@ -56,6 +82,10 @@ async def run_daemon(config: GatewayConfig) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(manager.run(), name="connection manager")
+            if cloud is not None:
+                relay, feed = cloud
+                tasks.create_task(relay.run(), name="cloud relay")
+                tasks.create_task(feed.run(), name="state feed")
             await manager.ready.wait()
             await server.start()
             systemd.notify("READY=1")

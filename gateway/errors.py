@@ -39,3 +39,7 @@ class OutboxError(GatewayError):
 
 class CloudLinkError(GatewayError):
     """The gateway's cloud identity or link (gateway id, refresh token) is unusable."""
+
+
+class CloudFailed(GatewayError):
+    """A cloud call failed or was refused (the cloud_client error is its __cause__)."""

@@ -199,6 +199,8 @@ class ControllerSession:
         # Set once a command can be sent and its confirmation seen (essential subscriptions
         # in, current task and queue known).
         self.commands_ready = asyncio.Event()
+        # Set once the P1 subscriptions (History among them) are in place.
+        self.history_ready = asyncio.Event()
 
     # ---- bring-up --------------------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class ControllerSession:
         if isinstance(config, SystemConfig):
             self.num_channels = min(max(config.num_channels, 1), 8)
         await self._subscribe_all(P1_SUBSCRIPTIONS)
+        self.history_ready.set()
         # Most characteristics push nothing on subscribe: read each once now.
         for uuid in (uuids.SYSTEM_STATUS, uuids.FLOW_SENSOR, uuids.RTC_CONFIG,
                      uuids.TIMEZONE_CONFIG, uuids.ENVIRONMENTAL_DATA, uuids.RAIN_DATA,
@@ -391,6 +394,10 @@ class ControllerSession:
 
     async def history(self, channel: int) -> HistoryResult:
         """Detailed watering history of ``channel`` (page 0, 50 entries)."""
+        # The answer comes as notifications: a query sent before the subscription (a command
+        # may run as soon as the essentials are up) would never be answered.
+        async with asyncio.timeout(HISTORY_TIMEOUT_S):
+            await self.history_ready.wait()
         loop = asyncio.get_running_loop()
         self._history_done = loop.create_future()
         try:

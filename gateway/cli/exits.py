@@ -1,9 +1,12 @@
 """Exit codes a script can act on (README "The daemon and the CLI"). 2 is argparse's usage
-error; 8-10 belong to `awgw ota` and `awgw image inspect`."""
+error; 8-10 belong to `awgw ota` and `awgw image inspect`; 11 (not linked, link again) and 12
+(the cloud failed or refused) to the cloud commands."""
 
 from __future__ import annotations
 
 from gateway.errors import (
+    CloudFailed,
+    CloudLinkError,
     CommandFailed,
     ConfigError,
     ControllerBusy,
@@ -20,6 +23,8 @@ ERRORS: dict[type[GatewayError], int] = {
     CommandFailed: 5,
     PairingError: 6,
     ConfigError: 7,
+    CloudLinkError: 11,
+    CloudFailed: 12,
 }
 COMMAND_REFUSED = ERRORS[CommandFailed]
 OTA_REVERTED = 8

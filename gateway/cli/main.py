@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.cli import exits, link, ota, sim
+from gateway.cli import cloud, exits, link, ota, sim
 from gateway.cli.args import common_options
 from gateway.config import LogLevel, load_config
 from gateway.errors import GatewayError
@@ -22,6 +22,7 @@ Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 RUNNERS: dict[str, Runner] = {
     "sim": sim.run_sim, "demo": sim.run_demo_command, "image": ota.run_image_inspect,
     "ota": ota.run_ota, **dict.fromkeys(link.COMMANDS, link.run),
+    **dict.fromkeys(cloud.COMMANDS, cloud.run),
 }
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_commands(sub)
     link.add_commands(sub, common)
     ota.add_commands(sub, common)
+    cloud.add_commands(sub, common)
     return parser
 
 
@@ -54,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.check_args(parser, args)
     link.check_args(parser, args)
     ota.check_args(parser, args)
+    cloud.check_args(parser, args)
     try:
         configure_logging(json_logs=True, level=log_level(args))
         return asyncio.run(RUNNERS[args.command](args))

@@ -7,12 +7,18 @@ from pathlib import Path
 
 from gateway.control import call
 from gateway.ops.models import (
+    CLAIM,
+    CLOUD_STATUS,
     COMMAND,
     DEVICE,
     DEVICES,
     OTA_REPORT,
     SCAN_ENTRIES,
     STATE,
+    Claim,
+    ClaimResult,
+    CloudStatus,
+    CloudStatusQuery,
     CommandResult,
     ControllerState,
     DeviceEntry,
@@ -24,6 +30,7 @@ from gateway.ops.models import (
     Refresh,
     Scan,
     ScanEntry,
+    Unclaim,
     Unpair,
     ValveClose,
     ValveOpen,
@@ -62,3 +69,12 @@ class SocketOperations:
     async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:
         # One answer per request on the socket: the daemon logs the progress instead.
         return await call(self.path, request, OTA_REPORT)
+
+    async def cloud_status(self) -> CloudStatus:
+        return await call(self.path, CloudStatusQuery(), CLOUD_STATUS)
+
+    async def claim(self, request: Claim) -> ClaimResult:
+        return await call(self.path, request, CLAIM)
+
+    async def unclaim(self, request: Unclaim) -> ClaimResult:
+        return await call(self.path, request, CLAIM)

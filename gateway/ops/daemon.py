@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
+from firmware_bridge.gatt.history import DetailedEntry, HistoryRateLimited
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
 from firmware_bridge.link.session import ControllerSession
@@ -17,6 +18,9 @@ from gateway.link.manager import ConnectionManager
 from gateway.link.scheduler import Priority
 from gateway.ops.direct import SCAN_TIMEOUT_S
 from gateway.ops.models import (
+    Claim,
+    ClaimResult,
+    CloudStatus,
     CommandResult,
     ControllerState,
     DeviceEntry,
@@ -26,6 +30,7 @@ from gateway.ops.models import (
     Pair,
     Refresh,
     ScanEntry,
+    Unclaim,
     Unpair,
     ValveClose,
     ValveOpen,
@@ -40,6 +45,9 @@ from gateway.ops.radio import (
     valve_command,
 )
 from gateway.ota.service import OtaService
+from gateway.relay import account
+from gateway.relay.account import CloudAccount
+from gateway.relay.cloud import CloudRelay
 from gateway.store.registry import Registry, normalise_address
 
 
@@ -50,6 +58,9 @@ class DaemonOperations:
         self.registry = registry
         self.manager = manager
         self.ota_service = OtaService(config, registry)
+        # Set by the daemon when the cloud is configured.
+        self.cloud: CloudRelay | None = None
+        self.account: CloudAccount | None = None
 
     async def scan(self) -> list[ScanEntry]:
         paired = {r.address for r in self.registry.all()}
@@ -117,6 +128,28 @@ class DaemonOperations:
         return await self.ota_service.update(request, SupervisedAccess(self), on_progress)
 
 
+    async def cloud_status(self) -> CloudStatus:
+        if self.cloud is None or self.account is None:
+            return account.disabled_status(self.config)
+        return self.cloud.status().model_copy(update={"user": self.account.user()})
+
+    async def claim(self, request: Claim) -> ClaimResult:
+        if self.account is None:
+            return await account.claim(self.config, request.serial)
+        result = await self.account.claim(request.serial)
+        if self.cloud is not None:
+            self.cloud.serials_changed()
+        return result
+
+    async def unclaim(self, request: Unclaim) -> ClaimResult:
+        if self.account is None:
+            return await account.unclaim(self.config, request.serial, request.reason)
+        result = await self.account.unclaim(request.serial, request.reason)
+        if self.cloud is not None:
+            self.cloud.serials_changed()
+        return result
+
+
 class SupervisedAccess:
     """The OTA service's way to a controller in the daemon: the supervisor hands it over and
     commands answer busy until the update ends; every connect takes the scheduler's turn."""
@@ -156,3 +189,26 @@ class SupervisedAccess:
 async def _refresh(session: ControllerSession) -> CommandOutcome:
     await session.refresh()
     return CommandOutcome(OutcomeStatus.CONFIRMED, "refreshed")
+
+
+class SupervisedHistory:
+    """``relay.feed.HistoryReader`` through the controller's supervisor: a background visit
+    that reads the detailed history of each channel asked for."""
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self.manager = manager
+
+    async def read(self, address: str, channels: Sequence[int]) -> list[DetailedEntry]:
+        entries: list[DetailedEntry] = []
+
+        async def visit(session: ControllerSession) -> CommandOutcome:
+            for channel in channels:
+                try:
+                    result = await session.history(channel)
+                except HistoryRateLimited:
+                    continue  # the firmware's own limit: the next visit reads it
+                entries.extend(e for e in result.entries if isinstance(e, DetailedEntry))
+            return CommandOutcome(OutcomeStatus.CONFIRMED, f"history of {len(channels)} channels")
+
+        await self.manager.supervisor(address).submit("history", visit)
+        return entries

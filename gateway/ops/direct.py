@@ -17,6 +17,9 @@ from gateway.errors import CommandFailed
 from gateway.link.failures import classify
 from gateway.link.scanner import discover
 from gateway.ops.models import (
+    Claim,
+    ClaimResult,
+    CloudStatus,
     CommandResult,
     ControllerState,
     DeviceEntry,
@@ -27,6 +30,7 @@ from gateway.ops.models import (
     Pair,
     Refresh,
     ScanEntry,
+    Unclaim,
     Unpair,
     ValveClose,
     ValveOpen,
@@ -41,6 +45,7 @@ from gateway.ops.radio import (
     valve_command,
 )
 from gateway.ota.service import OtaService
+from gateway.relay import account
 from gateway.store.registry import Registry, normalise_address
 from gateway.store.state import StateStore
 
@@ -86,6 +91,15 @@ class DirectOperations:
         return await self.ota_service.update(request, DirectAccess(self), on_progress)
 
     # ---- on the radio --------------------------------------------------------------------
+
+    async def cloud_status(self) -> CloudStatus:
+        return await account.offline_status(self.config)
+
+    async def claim(self, request: Claim) -> ClaimResult:
+        return await account.claim(self.config, request.serial)
+
+    async def unclaim(self, request: Unclaim) -> ClaimResult:
+        return await account.unclaim(self.config, request.serial, request.reason)
 
     async def connect(self, address: str) -> BleakGattLink:
         address = normalise_address(address)

@@ -134,8 +134,30 @@ class Ota(_Model):
     slot_limit: Annotated[int, Field(gt=0)] | None = None
 
 
+# cloud-api.md 1: a controller's cloud serial is exactly six digits, as a string.
+Serial = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+
+
+class CloudStatusQuery(_Model):
+    op: Literal["cloud_status"] = "cloud_status"
+
+
+class Claim(_Model):
+    """Claim a controller for the linked account (cloud-api.md 6), by its serial."""
+
+    op: Literal["claim"] = "claim"
+    serial: Serial
+
+
+class Unclaim(_Model):
+    op: Literal["unclaim"] = "unclaim"
+    serial: Serial
+    reason: Annotated[str, Field(max_length=256)] | None = None
+
+
 Request = Annotated[Ping | Scan | Pair | Unpair | Devices | GetState | Refresh | ValveOpen
-                    | ValveClose | Ota, Field(discriminator="op")]
+                    | ValveClose | Ota | CloudStatusQuery | Claim | Unclaim,
+                    Field(discriminator="op")]
 REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
 
@@ -332,8 +354,10 @@ DEVICES: TypeAdapter[list[DeviceEntry]] = TypeAdapter(list[DeviceEntry])
 STATE: TypeAdapter[ControllerState] = TypeAdapter(ControllerState)
 COMMAND: TypeAdapter[CommandResult] = TypeAdapter(CommandResult)
 OTA_REPORT: TypeAdapter[OtaReport] = TypeAdapter(OtaReport)
+CLOUD_STATUS: TypeAdapter[CloudStatus] = TypeAdapter(CloudStatus)
+CLAIM: TypeAdapter[ClaimResult] = TypeAdapter(ClaimResult)
 RESULTS: dict[str, TypeAdapter[Any]] = {
     "ping": PONG, "scan": SCAN_ENTRIES, "pair": DEVICE, "unpair": DEVICE, "devices": DEVICES,
     "state": STATE, "refresh": STATE, "valve_open": COMMAND, "valve_close": COMMAND,
-    "ota": OTA_REPORT,
+    "ota": OTA_REPORT, "cloud_status": CLOUD_STATUS, "claim": CLAIM, "unclaim": CLAIM,
 }

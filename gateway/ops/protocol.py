@@ -10,6 +10,10 @@ from typing import Protocol
 
 from firmware_bridge.ota.outcome import Progress
 from gateway.ops.models import (
+    Claim,
+    ClaimResult,
+    CloudStatus,
+    CloudStatusQuery,
     CommandResult,
     ControllerState,
     DeviceEntry,
@@ -25,6 +29,7 @@ from gateway.ops.models import (
     Result,
     Scan,
     ScanEntry,
+    Unclaim,
     Unpair,
     ValveClose,
     ValveOpen,
@@ -43,6 +48,9 @@ class Operations(Protocol):
     async def valve_open(self, request: ValveOpen) -> CommandResult: ...
     async def valve_close(self, request: ValveClose) -> CommandResult: ...
     async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport: ...
+    async def cloud_status(self) -> CloudStatus: ...
+    async def claim(self, request: Claim) -> ClaimResult: ...
+    async def unclaim(self, request: Unclaim) -> ClaimResult: ...
 
 
 async def dispatch(ops: Operations, request: Request,
@@ -68,3 +76,9 @@ async def dispatch(ops: Operations, request: Request,
             return await ops.valve_close(request)
         case Ota():
             return await ops.ota(request, on_progress)
+        case CloudStatusQuery():
+            return await ops.cloud_status()
+        case Claim():
+            return await ops.claim(request)
+        case Unclaim():
+            return await ops.unclaim(request)

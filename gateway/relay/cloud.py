@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
@@ -71,6 +72,9 @@ BACKOFF_MAX_S = 300.0
 # How often a relink_needed relay looks at the token store for a new link.
 RELINK_POLL_S = 5.0
 VERSION = "0.1.0"
+# In the state directory: the outbox, and (in cloud/) what the relay last said of itself.
+OUTBOX_FILE = "outbox.sqlite3"
+STATUS_FILE = "status.json"
 USER_STATE_NOTE = ("cloud mode user_state: the backend has no route for events and watering "
                    "history yet; they are kept in the outbox (and go to MQTT)")
 
@@ -106,6 +110,7 @@ class CloudRelay:
                  client: CloudClient, auth: CognitoAuth | None, *,
                  serials: Callable[[], Sequence[str]] = tuple,
                  token_stamp: Callable[[], float | None] = lambda: None,
+                 status_path: Path | None = None,
                  clock: Callable[[], float] = time.time,
                  rng: Callable[[], float] = random.random) -> None:
         self.config = config
@@ -118,6 +123,7 @@ class CloudRelay:
         self.mode: CloudMode | None = None if config.mode is CloudMode.AUTO else config.mode
         self._serials = serials
         self._token_stamp = token_stamp
+        self._status_path = status_path
         self._clock = clock
         self._rng = rng
         self._controllers: dict[str, _Controller] = {}
@@ -167,6 +173,11 @@ class CloudRelay:
         entry.sent_at = now
         entry.pending = None
 
+    def serials_changed(self) -> None:
+        """A claim or pairing changed what the gateway serves: register again before the
+        next batch (11 P1)."""
+        self._registered = False
+
     # ---- the tasks ------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -195,6 +206,7 @@ class CloudRelay:
     async def _pump(self) -> None:
         failures = 0
         while True:
+            self._write_status()
             try:
                 if self.auth is not None and self.auth.state == "relink_needed":
                     await self._await_relink()
@@ -345,6 +357,19 @@ class CloudRelay:
         self.counters.batches += 1
         self.counters.last_success_at = self._clock()
         return True
+
+    def _write_status(self) -> None:
+        """For `awgw cloud status` while the daemon is stopped (atomic replace)."""
+        if self._status_path is None:
+            return
+        try:
+            self._status_path.parent.mkdir(parents=True, exist_ok=True)
+            temp = self._status_path.with_name(self._status_path.name + ".tmp")
+            temp.write_text(self.status().model_dump_json())
+            temp.replace(self._status_path)
+        except OSError as exc:
+            log.warning("cloud_status_not_written", path=str(self._status_path),
+                        error=exc.strerror)
 
     # ---- status -------------------------------------------------------------------------------
 

@@ -36,8 +36,9 @@ class Watering:
 
 def snapshot_data(state: ControllerState) -> JsonObject:
     """The compact snapshot sent to the cloud and retained on MQTT (well under 8 KiB)."""
+    # No link state: a shared controller connects and releases every visit, which is not a
+    # change of the controller; reachability is ``fresh``.
     data: JsonObject = {
-        "link": state.link.value,
         "fresh": state.fresh,
         "valves": [{"ch": v.channel, "open": v.open} for v in state.valves],
     }

@@ -107,7 +107,9 @@ class Outbox:
     thread and the pump may call it concurrently (the pump calls it through to_thread too)."""
 
     def __init__(self, path: Path, gateway_id: str, limits: OutboxLimits = OutboxLimits(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, reader: bool = False) -> None:
+        """``reader``: only to look (``awgw cloud status`` with the daemon stopped): no boot
+        is counted and nothing is written."""
         self.path = path
         self.gateway_id = gateway_id
         self.limits = limits
@@ -124,7 +126,7 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
             with self._tx():
-                self.boot = self._bump("boot")
+                self.boot = self._bump("boot", 0 if reader else 1)
                 # Sequences are per controller and never go back, across restarts too: the
                 # cloud ignores a snapshot whose seq is not above the last one it stored.
                 self._seq = {str(k)[len("seq:"):]: int(v) for k, v in self._db.execute(

@@ -22,6 +22,8 @@ from gateway.ops.models import (
     REQUEST,
     RESULTS,
     STATE,
+    Claim,
+    CloudStatusQuery,
     Devices,
     GetState,
     Ota,
@@ -32,6 +34,7 @@ from gateway.ops.models import (
     Request,
     Result,
     Scan,
+    Unclaim,
     Unpair,
     ValveClose,
     ValveOpen,
@@ -137,7 +140,8 @@ def test_every_request_round_trips_and_names_its_result() -> None:
         Ping(), Scan(), Pair(address="C0:FF:EE:00:00:01", passkey=123456),
         Unpair(address="C0:FF:EE:00:00:01"), Devices(), GetState(address="a"),
         Refresh(address="a"), ValveOpen(address="a", channel=2, minutes=5),
-        ValveClose(address="a", channel=255), Ota(address="a", file="/tmp/x.bin", window=2)]
+        ValveClose(address="a", channel=255), Ota(address="a", file="/tmp/x.bin", window=2),
+        CloudStatusQuery(), Claim(serial="000123"), Unclaim(serial="000123", reason="moved")]
     assert {r.op for r in requests} == set(RESULTS)
     for request in requests:
         assert REQUEST.validate_json(request.model_dump_json()) == request

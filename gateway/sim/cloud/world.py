@@ -8,6 +8,7 @@ Each failure is an ApiError carrying the status, the body shape and the code the
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -207,9 +208,10 @@ class World:
         raise ApiError(400, "InvalidParameterException", "unsupported AuthFlow", "cognito")
 
     def _auth_result(self, user: User, refresh: str | None) -> dict[str, Any]:
-        token = "id-" + secrets.token_urlsafe(24)
+        token = _jwt_shaped({"sub": user.uid, "email": user.username, "token_use": "id",
+                             "aud": self.client_id, "jti": secrets.token_urlsafe(12)})
         self.id_tokens[token] = (user.uid, self.clock() + self.id_token_ttl_s)
-        result: dict[str, Any] = {"IdToken": token, "AccessToken": "ac-" + token[3:],
+        result: dict[str, Any] = {"IdToken": token, "AccessToken": token + ".access",
                                   "ExpiresIn": self.id_token_ttl_s, "TokenType": "Bearer"}
         if refresh is not None:
             result["RefreshToken"] = refresh
@@ -597,6 +599,14 @@ class World:
                     self.faults.remove(fault)
                 return fault
         return None
+
+
+def _jwt_shaped(claims: dict[str, Any]) -> str:
+    """A token shaped like Cognito's (header.payload.signature); the emulator checks it by
+    lookup, the gateway only reads its claims for display."""
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'none', 'kid': 'emulator'})}.{part(claims)}.{secrets.token_urlsafe(16)}"
 
 
 def _compact(value: object) -> str:

@@ -113,7 +113,7 @@ def test_kill_9_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
                              text=True)
     assert child.stdout is not None
-    reported = []
+    reported: list[int] = []
     deadline = time.monotonic() + 60
     while len(reported) < 20 and time.monotonic() < deadline:
         reported.append(int(child.stdout.readline()))
