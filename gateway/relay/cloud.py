@@ -111,6 +111,7 @@ class CloudRelay:
                  serials: Callable[[], Sequence[str]] = tuple,
                  token_stamp: Callable[[], float | None] = lambda: None,
                  status_path: Path | None = None,
+                 on_commit: Callable[[Sequence[NewItem], list[str]], None] | None = None,
                  clock: Callable[[], float] = time.time,
                  rng: Callable[[], float] = random.random) -> None:
         self.config = config
@@ -118,7 +119,7 @@ class CloudRelay:
         self.outbox = outbox
         self.client = client
         self.auth = auth
-        self.writer = OutboxWriter(outbox)
+        self.writer = OutboxWriter(outbox, on_commit)
         self.counters = RelayCounters()
         self.mode: CloudMode | None = None if config.mode is CloudMode.AUTO else config.mode
         self._serials = serials

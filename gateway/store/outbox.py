@@ -305,6 +305,8 @@ class OutboxWriter:
         self.committed = asyncio.Condition()
         self._on_commit = on_commit
         self.items_committed = 0
+        # One commit at a time: flush() waits for the one run() has in flight.
+        self._committing = asyncio.Lock()
 
     def submit(self, item: NewItem) -> None:
         self._pending.append(item)
@@ -327,10 +329,12 @@ class OutboxWriter:
                 self._commit(group)
 
     async def flush(self) -> None:
-        while self._pending:
-            group = self._pending[:self.MAX_GROUP]
-            del self._pending[:len(group)]
-            await asyncio.to_thread(self._commit, group)
+        """Commit everything submitted so far; returns once it is durable."""
+        async with self._committing:
+            while self._pending:
+                group = self._pending[:self.MAX_GROUP]
+                del self._pending[:len(group)]
+                await asyncio.to_thread(self._commit, group)
         self._wake.clear()
         async with self.committed:
             self.committed.notify_all()
