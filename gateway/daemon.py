@@ -16,6 +16,7 @@ from gateway.link.manager import ConnectionManager
 from gateway.ops.daemon import DaemonOperations, SupervisedHistory
 from gateway.ops.models import Request, Result
 from gateway.ops.protocol import dispatch
+from gateway.ota.jobs import CloudUpdates
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, CloudRelay
 from gateway.relay.feed import SERIAL, StateFeed
@@ -34,8 +35,8 @@ async def _watchdog(interval_s: float) -> None:
 
 
 def _cloud(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
-           operations: DaemonOperations) -> tuple[CloudRelay, StateFeed] | None:
-    """The cloud relay and its state feed, when [cloud] is enabled."""
+           operations: DaemonOperations) -> tuple[CloudRelay, StateFeed, CloudUpdates] | None:
+    """The cloud relay, its state feed and cloud-driven updates, when [cloud] is enabled."""
     if not config.cloud.enabled:
         return None
     account = CloudAccount(config)
@@ -49,9 +50,11 @@ def _cloud(config: GatewayConfig, registry: Registry, manager: ConnectionManager
                        status_path=config.cloud_dir / STATUS_FILE)
     feed = StateFeed(manager.store, registry, [relay], SupervisedHistory(manager),
                      config.cloud.history_period_s)
+    updates = CloudUpdates(config, registry, account.client, account.gateway_id, operations,
+                           relay, lambda: relay.mode)
     operations.cloud = relay
     operations.account = account
-    return relay, feed
+    return relay, feed, updates
 
 
 async def run_daemon(config: GatewayConfig) -> None:
@@ -83,9 +86,10 @@ async def run_daemon(config: GatewayConfig) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(manager.run(), name="connection manager")
             if cloud is not None:
-                relay, feed = cloud
+                relay, feed, updates = cloud
                 tasks.create_task(relay.run(), name="cloud relay")
                 tasks.create_task(feed.run(), name="state feed")
+                tasks.create_task(updates.run(), name="cloud updates")
             await manager.ready.wait()
             await server.start()
             systemd.notify("READY=1")

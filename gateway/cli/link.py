@@ -17,7 +17,7 @@ from firmware_bridge.gatt.codec import NO_CHANNEL
 from gateway import control
 from gateway.cli import args as types
 from gateway.cli import exits, output
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, OtaPolicy, load_config
 from gateway.daemon import run_daemon
 from gateway.errors import CommandFailed
 from gateway.ops.client import SocketOperations
@@ -50,6 +50,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     pair.add_argument("address")
     pair.add_argument("--passkey", type=types.passkey, default=None,
                       help="6-digit passkey, for firmware that asks for one")
+    pair.add_argument("--board", default=None,
+                      help="the board releases are built for (default arduino_nano_33_ble)")
+    pair.add_argument("--ota-policy", choices=[p.value for p in OtaPolicy], default=None,
+                      help="cloud releases: manual, mandatory or auto (default: the config's)")
     pair.add_argument("--json", action="store_true")
     unpair = sub.add_parser("unpair", parents=[common], help="forget a controller and its bond")
     unpair.add_argument("address")
@@ -87,7 +91,8 @@ def request_of(args: argparse.Namespace) -> Request:
         case "scan":
             return Scan()
         case "pair":
-            return Pair(address=args.address, passkey=args.passkey)
+            return Pair(address=args.address, passkey=args.passkey, board=args.board,
+                        ota_policy=OtaPolicy(args.ota_policy) if args.ota_policy else None)
         case "unpair":
             return Unpair(address=args.address)
         case "devices":

@@ -74,7 +74,8 @@ class DaemonOperations:
         scheduler = self.manager.scheduler
         async with scheduler.slot(address, Priority.URGENT, kept=False), \
                 scheduler.connect_turn():
-            entry = await pair_on_radio(self.config, self.registry, address, request.passkey)
+            entry = await pair_on_radio(self.config, self.registry, address, request.passkey,
+                                        board=request.board, ota_policy=request.ota_policy)
         supervisor = self.manager.add(self.registry.get(address))
         supervisor.bond_reset()
         return entry

@@ -67,7 +67,8 @@ class DirectOperations:
                           paired=s.address in paired) for s in found]
 
     async def pair(self, request: Pair) -> DeviceEntry:
-        return await pair_on_radio(self.config, self.registry, request.address, request.passkey)
+        return await pair_on_radio(self.config, self.registry, request.address, request.passkey,
+                                   board=request.board, ota_policy=request.ota_policy)
 
     async def unpair(self, request: Unpair) -> DeviceEntry:
         return await unpair_on_radio(self.config, self.registry, request.address)

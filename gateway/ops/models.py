@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from firmware_bridge.gatt.codec import CHANNELS, MAX_TASK_MINUTES, NO_CHANNEL
 from firmware_bridge.ota.update import ConfirmPolicy
-from gateway.config import LinkPolicy
+from gateway.config import LinkPolicy, OtaPolicy
 
 # The longest valve-open the gateway sends, in minutes: the firmware accepts up to 1440 but
 # keeps a task's minutes in one byte, so anything longer would run short (device-ble.md Δ21).
@@ -78,6 +78,9 @@ class Pair(_Model):
     op: Literal["pair"] = "pair"
     address: Address
     passkey: Annotated[int, Field(ge=0, le=999_999)] | None = None
+    # The controller's board, as releases name it (cloud-api.md 1); default arduino_nano_33_ble.
+    board: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")] | None = None
+    ota_policy: OtaPolicy | None = None
 
 
 class Unpair(_Model):
@@ -183,6 +186,8 @@ class DeviceEntry(_Model):
     policy: LinkPolicy
     last_seen: float | None
     link: LinkState | None = None
+    board: str = "arduino_nano_33_ble"
+    ota_policy: OtaPolicy | None = None
 
 
 class CommandResult(_Model):

@@ -15,7 +15,7 @@ from firmware_bridge.link.gatt_link import BleakGattLink
 from firmware_bridge.link.outcome import CommandOutcome
 from firmware_bridge.link.session import ControllerSession
 from gateway import bluez
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, OtaPolicy
 from gateway.errors import GatewayError, PairingError
 from gateway.link.failures import classify
 from gateway.ops.models import CommandResult, DeviceEntry, LinkState, ValveClose, ValveOpen
@@ -47,11 +47,14 @@ def device_entry(registry: Registry, config: GatewayConfig, address: str,
     return DeviceEntry(address=record.address, name=record.name, serial=record.serial,
                        firmware_version=record.firmware_version, bonded=record.bonded,
                        policy=record.policy or config.link.default_policy,
-                       last_seen=record.last_seen, link=link)
+                       last_seen=record.last_seen, link=link, board=record.board,
+                       ota_policy=record.ota_policy)
 
 
 async def pair_on_radio(config: GatewayConfig, registry: Registry, address: str,
-                        passkey: int | None, device: BLEDevice | None = None) -> DeviceEntry:
+                        passkey: int | None, device: BLEDevice | None = None, *,
+                        board: str | None = None,
+                        ota_policy: OtaPolicy | None = None) -> DeviceEntry:
     """Bond with the controller inside a bounded pairing window, prove encrypted access by
     reading System Status (device-ble.md 3.1), record it."""
     address = normalise_address(address)
@@ -77,7 +80,7 @@ async def pair_on_radio(config: GatewayConfig, registry: Registry, address: str,
         failure = classify(exc)
         raise PairingError(f"pairing {address} failed ({failure.kind.value}): {exc}") from exc
     registry.add(address, name=uuids.ADVERTISED_NAME, bonded=True, serial=serial,
-                 firmware_version=firmware)
+                 firmware_version=firmware, board=board, ota_policy=ota_policy)
     log.info("controller_paired", address=address, firmware_version=firmware)
     return device_entry(registry, config, address)
 

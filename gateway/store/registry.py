@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import LinkPolicy
+from gateway.config import LinkPolicy, OtaPolicy
 from gateway.errors import RegistryError, UnknownController
 
 SCHEMA = """
@@ -22,9 +22,15 @@ CREATE TABLE IF NOT EXISTS controllers (
     firmware_version TEXT,
     policy TEXT,
     paired_at REAL NOT NULL,
-    last_seen REAL
+    last_seen REAL,
+    board TEXT,
+    ota_policy TEXT
 );
 """
+# Columns added after the first release: (name, declaration) for ALTER TABLE on older files.
+MIGRATIONS = (("board", "TEXT"), ("ota_policy", "TEXT"))
+# cloud-api.md 1: the board every release and controller has unless told otherwise.
+DEFAULT_BOARD = "arduino_nano_33_ble"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class ControllerRecord:
     policy: LinkPolicy | None  # None: the configured default
     paired_at: float
     last_seen: float | None
+    board: str = DEFAULT_BOARD
+    ota_policy: OtaPolicy | None = None  # None: the configured [cloud] ota_policy
 
 
 def normalise_address(address: str) -> str:
@@ -54,6 +62,10 @@ class Registry:
             path.parent.mkdir(parents=True, exist_ok=True)
             with self._db() as db:
                 db.executescript(SCHEMA)
+                have = {str(row[1]) for row in db.execute("PRAGMA table_info(controllers)")}
+                for name, declaration in MIGRATIONS:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE controllers ADD COLUMN {name} {declaration}")
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(f"cannot open registry {path}: {exc}") from exc
 
@@ -72,17 +84,20 @@ class Registry:
             db.close()
 
     def add(self, address: str, *, name: str, bonded: bool, serial: str | None = None,
-            firmware_version: str | None = None, policy: LinkPolicy | None = None) -> None:
+            firmware_version: str | None = None, policy: LinkPolicy | None = None,
+            board: str | None = None, ota_policy: OtaPolicy | None = None) -> None:
         with self._db() as db:
             db.execute(
                 "INSERT INTO controllers (address, name, serial, bonded, firmware_version, "
-                "policy, paired_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(address) DO UPDATE SET name=excluded.name, bonded=excluded.bonded,"
-                " serial=COALESCE(excluded.serial, serial), firmware_version=COALESCE("
-                "excluded.firmware_version, firmware_version), policy=COALESCE(excluded.policy,"
-                " policy)",
+                "policy, paired_at, last_seen, board, ota_policy) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?) ON CONFLICT(address) DO UPDATE SET name=excluded.name, "
+                "bonded=excluded.bonded, serial=COALESCE(excluded.serial, serial), "
+                "firmware_version=COALESCE(excluded.firmware_version, firmware_version), "
+                "policy=COALESCE(excluded.policy, policy), board=COALESCE(excluded.board, "
+                "board), ota_policy=COALESCE(excluded.ota_policy, ota_policy)",
                 (normalise_address(address), name, serial, int(bonded), firmware_version,
-                 policy.value if policy else None, time.time(), time.time()))
+                 policy.value if policy else None, time.time(), time.time(),
+                 board.lower() if board else None, ota_policy.value if ota_policy else None))
 
     def remove(self, address: str) -> None:
         with self._db() as db:
@@ -93,7 +108,7 @@ class Registry:
 
     def get(self, address: str) -> ControllerRecord:
         with self._db() as db:
-            row = db.execute("SELECT * FROM controllers WHERE address = ?",
+            row = db.execute(f"SELECT {COLUMNS} FROM controllers WHERE address = ?",
                              (normalise_address(address),)).fetchone()
         if row is None:
             raise UnknownController(f"{address} is not a paired controller "
@@ -102,7 +117,7 @@ class Registry:
 
     def all(self) -> list[ControllerRecord]:
         with self._db() as db:
-            rows = db.execute("SELECT * FROM controllers ORDER BY address").fetchall()
+            rows = db.execute(f"SELECT {COLUMNS} FROM controllers ORDER BY address").fetchall()
         return [_record(r) for r in rows]
 
     def seen(self, address: str, *, firmware_version: str | None = None,
@@ -120,10 +135,16 @@ class Registry:
 
 
 
+COLUMNS = ("address, name, serial, bonded, firmware_version, policy, paired_at, last_seen, "
+           "board, ota_policy")
+
+
 def _record(row: tuple[object, ...]) -> ControllerRecord:
-    address, name, serial, bonded, firmware, policy, paired_at, last_seen = row
+    address, name, serial, bonded, firmware, policy, paired_at, last_seen, board, ota = row
     return ControllerRecord(
         str(address), str(name), None if serial is None else str(serial), bool(bonded),
         None if firmware is None else str(firmware),
         None if policy is None else LinkPolicy(str(policy)), float(paired_at),  # type: ignore[arg-type]
-        None if last_seen is None else float(last_seen))  # type: ignore[arg-type]
+        None if last_seen is None else float(last_seen),  # type: ignore[arg-type]
+        str(board) if board else DEFAULT_BOARD,
+        None if ota is None else OtaPolicy(str(ota)))

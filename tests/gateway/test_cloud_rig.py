@@ -38,6 +38,8 @@ class Gateway:
         config = state_dir / "config.toml"
         config.write_text(
             "[link]\nrefresh_period_s = 5\nconnect_timeout_s = 8\n"
+            # The virtual controller does not confirm itself: the gateway confirms after this.
+            "[ota]\nself_confirm_wait_s = 2\n"
             f"[cloud]\nenabled = true\nbase_url = \"{cloud_url}\"\n"
             f"cognito_endpoint = \"{cloud_url}/_cognito/\"\nclient_id = \"{client_id}\"\n"
             "snapshot_period_s = 1\nhistory_period_s = 3600\nuser_state_period_s = 0.5\n")

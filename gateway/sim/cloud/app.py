@@ -147,6 +147,7 @@ def build_app(world: World) -> ASGIApp:
             str(body.get("channel") or q.get("channel", "stable"))))
 
     async def s3_get(request: Request) -> Response:
+        world.downloads += 1
         if "authorization" in request.headers:
             raise ApiError(400, "InvalidArgument", "Only one auth mechanism allowed", "s3")
         key = request.path_params["key"]

@@ -168,6 +168,7 @@ class World:
     device_state: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied: Applied = field(default_factory=Applied)
     progress: dict[str, list[int]] = field(default_factory=dict)
+    downloads: int = 0  # GETs of presigned firmware URLs, served or refused
     faults: list[Fault] = field(default_factory=list)
     saving: set[str] = field(default_factory=set)
     # 6: unclaims that lose the user-item race after the device record was already unclaimed.
