@@ -12,14 +12,19 @@ import structlog
 
 _SECRET_KEYS = re.compile(r"(token|secret|password|passkey|authorization|api_key|ltk)", re.I)
 REDACTED = "[redacted]"
+# Secrets that can hide inside a value (an error text, a URL): JWTs (Cognito ID and access
+# tokens) and the signature of a presigned URL.
+_SECRET_VALUES = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+|(X-Amz-Signature=)[0-9A-Fa-f]+")
 
 
 def redact_secrets(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    for key in list(event):
+    for key, value in list(event.items()):
         if _SECRET_KEYS.search(key):
             event[key] = REDACTED
+        elif isinstance(value, str) and ("eyJ" in value or "X-Amz-Signature" in value):
+            event[key] = _SECRET_VALUES.sub(lambda m: (m.group(1) or "") + REDACTED, value)
     return event
 
 

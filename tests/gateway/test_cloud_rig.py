@@ -47,6 +47,7 @@ class Gateway:
         self.env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": rig.bus_address,
                     "AWGW_STATE_DIR": str(state_dir), "AWGW_CONFIG": str(config)}
         self.daemon: asyncio.subprocess.Process | None = None
+        self.logs = ""  # everything the daemon runs have logged
 
     async def run(self, *args: str, stdin: bytes | None = None, expect: int = 0) -> Any:
         proc = await asyncio.create_subprocess_exec(
@@ -75,7 +76,8 @@ class Gateway:
             print(err.decode()[-6000:])
             raise
         self.daemon.terminate()
-        await asyncio.wait_for(self.daemon.communicate(), 30)
+        _, err = await asyncio.wait_for(self.daemon.communicate(), 30)
+        self.logs += err.decode()
         socket.unlink(missing_ok=True)
 
 
@@ -128,6 +130,9 @@ async def test_watering_history_arrives_once_across_a_restart(rig: Rig, tmp_path
         async with gw.running():
             await until(lambda: len(records(world)) == 2)
             await asyncio.sleep(2.0)  # anything sent twice would have arrived by now
+        secrets = [PASSWORD, (gw.state_dir / "cloud" / "refresh_token").read_text().strip(),
+                   *world.id_tokens]
+        assert gw.logs and not [s for s in secrets if s in gw.logs]
         seen = [(r["data"]["ch"], r["data"]["timestamp"]) for r in records(world)]
         assert sorted(ch for ch, _ in seen) == [2, 3] and len(set(seen)) == 2
         assert world.applied.duplicate_events == 0
