@@ -1,9 +1,11 @@
 """``awgw demo``: the gateway's main job on the virtual rig, shown live.
 
-Starts the rig (virtual controllers that water on a schedule), scans and pairs every controller
-through the gateway's own agent, runs the real connection manager (supervisors, slot scheduler,
-sessions) in this process, sends one valve command, and shows the state store as a live table.
-``DemoReport`` is the JSON summary the README and the tests rely on.
+Starts the rig (virtual controllers that water on a schedule) and the cloud emulator, scans and
+pairs every controller through the gateway's own agent, links the gateway to an emulated
+account and claims the controllers, runs the real connection manager (supervisors, slot
+scheduler, sessions) and the cloud relay in this process, sends one valve command, and shows
+the state store as a live table. ``DemoReport`` is the JSON summary the README and the tests
+rely on; its ``cloud`` part is what the emulated cloud applied.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cloud_client import CloudClient, CognitoAuth, CognitoSettings, sign_in
 from firmware_bridge.link.outcome import CommandOutcome
 from firmware_bridge.link.state import DecodeProblem, Source, StateEvent
-from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
+from gateway.config import CloudConfig, GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
 from gateway.link.scanner import discover
+from gateway.ops.daemon import SupervisedHistory
 from gateway.ops.models import ControllerState, LinkState
 from gateway.ops.radio import pair_on_radio
+from gateway.relay.cloud import OUTBOX_FILE, CloudRelay
+from gateway.relay.feed import StateFeed
+from gateway.sim.cloud import EmulatorServer, World
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
+from gateway.store.credentials import FileTokenStore, gateway_id
+from gateway.store.outbox import Outbox
 from gateway.store.registry import Registry
 
 log = structlog.get_logger(__name__)
@@ -42,6 +51,10 @@ SCAN_TIMEOUT_S = 5.0
 # The demo's valve command goes out once the links are up, to show a confirmed command.
 COMMAND_AFTER_S = 4.0
 REFRESH_PERIOD_S = 10.0
+# The demo's cloud: a snapshot per controller every few seconds, so the summary shows them.
+CLOUD_SNAPSHOT_PERIOD_S = 3.0
+DEMO_USER = "demo@example.com"
+DEMO_PASSWORD = "demo-password"  # the emulated account's; no real account is involved
 
 
 class DemoController(BaseModel):
@@ -69,6 +82,8 @@ class DemoReport:
     notifications: dict[str, int] = field(default_factory=dict)
     commands: list[DemoCommand] = field(default_factory=list)
     final: dict[str, Any] | None = None  # taken just before shutdown
+    world: World | None = None
+    relay: CloudRelay | None = None
 
     def controllers(self) -> list[DemoController]:
         manager = self.manager
@@ -91,7 +106,20 @@ class DemoReport:
                 "connected": sum(1 for c in controllers if c.connected),
                 "fresh": sum(1 for c in controllers if c.state.fresh),
                 "commands": [c.model_dump(mode="json") for c in self.commands],
+                "cloud": self.cloud_summary(),
                 "details": details}
+
+    def cloud_summary(self) -> dict[str, Any] | None:
+        if self.world is None or self.relay is None:
+            return None
+        applied = self.world.applied
+        types = sorted({e["type"] for e in applied.events})
+        return {"mode": self.relay.mode.value if self.relay.mode else None,
+                "delivered": self.relay.counters.delivered,
+                "snapshots": {s: len(v) for s, v in applied.snapshots.items()},
+                "events": len(applied.events), "event_types": types,
+                "duplicates": applied.duplicate_events,
+                "outbox_depth": self.relay.outbox.stats().depth}
 
 
 def _table(report: DemoReport) -> Table:
@@ -145,10 +173,15 @@ async def run_demo(controllers: int, duration: float | None, as_json: bool) -> D
             manager = ConnectionManager(config, registry)
             report.manager = manager
             console = Console(stderr=as_json)
-            async with asyncio.TaskGroup() as group:
+            world = World()
+            async with EmulatorServer(world) as server, asyncio.TaskGroup() as group:
+                relay, feed = await _link_cloud(config, registry, manager, world, server.url)
+                report.world, report.relay = world, relay
                 tasks = [group.create_task(manager.run(), name="connection manager"),
                          group.create_task(_count(report, manager.store.subscribe()),
-                                           name="count notifications")]
+                                           name="count notifications"),
+                         group.create_task(relay.run(), name="cloud relay"),
+                         group.create_task(feed.run(), name="state feed")]
                 if registry.all():
                     tasks.append(group.create_task(
                         _command(report, manager, registry.all()[0].address),
@@ -168,6 +201,32 @@ async def run_demo(controllers: int, duration: float | None, as_json: bool) -> D
                     for task in tasks:
                         task.cancel()
     return report
+
+
+async def _link_cloud(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
+                      world: World, url: str) -> tuple[CloudRelay, StateFeed]:
+    """An emulated account with the rig's controllers provisioned; the gateway signs in and
+    claims them, as `awgw cloud link` and `awgw claim` would."""
+    world.add_user(DEMO_USER, DEMO_PASSWORD)
+    for record in registry.all():
+        if record.serial:
+            world.add_device(record.serial)
+    store = FileTokenStore(config.cloud_dir)
+    settings = CognitoSettings(url + "/_cognito/", world.client_id)
+    auth = CognitoAuth(settings, store)
+    client = CloudClient(url, auth)
+    auth.link(await sign_in(client.http, settings, DEMO_USER, DEMO_PASSWORD))
+    for record in registry.all():
+        if record.serial:
+            await client.claim_device(record.serial)
+    cloud = CloudConfig(enabled=True, base_url=url, cognito_endpoint=url + "/_cognito/",
+                        client_id=world.client_id, snapshot_period_s=CLOUD_SNAPSHOT_PERIOD_S)
+    gid = gateway_id(config.cloud_dir)
+    relay = CloudRelay(cloud, gid, Outbox(config.state_dir / OUTBOX_FILE, gid), client, auth,
+                       serials=lambda: [r.serial for r in registry.all() if r.serial])
+    feed = StateFeed(manager.store, registry, [relay], SupervisedHistory(manager),
+                     cloud.history_period_s)
+    return relay, feed
 
 
 async def _sleep(duration: float | None) -> None:

@@ -14,7 +14,7 @@ from dbus_fast import DBusError
 
 from gateway import control
 from gateway.bluez.agent import PairingAgent, PairingWindow, device_path
-from gateway.config import LinkPolicy, load_config
+from gateway.config import LinkPolicy, OtaPolicy, load_config
 from gateway.control import MAX_REQUEST, ControlServer
 from gateway.errors import ConfigError, ControlError, UnknownController
 from gateway.ops.models import (
@@ -54,6 +54,10 @@ def test_config_defaults_file_and_errors(tmp_path: Path, monkeypatch: pytest.Mon
                          ('[link]\nbogus = 1\n', "link.bogus"),
                          ('[ota]\nreboot_window_s = 0\n', "ota.reboot_window_s"),
                          ('log_level = "loud"\n', "log_level"),
+                         ('[cloud]\nbase_url = "ftp://x"\n', "cloud.base_url"),
+                         ('[cloud]\nmode = "push"\n', "cloud.mode"),
+                         ('[cloud]\nota_policy = "always"\n', "cloud.ota_policy"),
+                         ('[cloud]\nmaintenance_window = [2, 30]\n', "cloud.maintenance_window"),
                          ("not toml [", "not valid TOML")):
         file.write_text(text)
         with pytest.raises(ConfigError, match=needle):
@@ -74,9 +78,30 @@ def test_registry_round_trip_and_typed_errors(tmp_path: Path) -> None:
         registry.get("C0:FF:EE")
     with pytest.raises(UnknownController, match="pair it first"):
         registry.get("C0:FF:EE:00:00:09")
+    assert record.board == "arduino_nano_33_ble" and record.ota_policy is None
+    registry.add("C0:FF:EE:00:00:01", name="AutoWatering", bonded=True, board="Other_Board",
+                 ota_policy=OtaPolicy.AUTO)
+    assert registry.get("C0:FF:EE:00:00:01").board == "other_board"
+    assert registry.get("C0:FF:EE:00:00:01").ota_policy is OtaPolicy.AUTO
     registry.remove("C0:FF:EE:00:00:01")
     with pytest.raises(UnknownController):
         registry.remove("C0:FF:EE:00:00:01")
+
+
+def test_a_registry_from_before_the_board_column_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE controllers (address TEXT PRIMARY KEY, name TEXT NOT NULL, "
+               "serial TEXT, bonded INTEGER NOT NULL DEFAULT 0, firmware_version TEXT, "
+               "policy TEXT, paired_at REAL NOT NULL, last_seen REAL)")
+    db.execute("INSERT INTO controllers VALUES ('C0:FF:EE:00:00:01', 'AW', '100001', 1, "
+               "'3.1.0', NULL, 1.0, NULL)")
+    db.commit()
+    db.close()
+    (record,) = Registry(path).all()
+    assert record.serial == "100001" and record.board == "arduino_nano_33_ble"
 
 
 async def _raw(path: Path, line: bytes) -> dict[str, Any]:

@@ -29,3 +29,8 @@ def test_demo_json_reports_three_connected_controllers() -> None:
         assert controller["link"] == "connected" and controller["policy"] == "keep"
     # The demo's schedules water a zone every 15 s: the live view must have seen it happen.
     assert sum(c["notifications"] for c in summary["details"]) > 3
+    # ... and the emulated cloud got each controller's snapshot and the events, once each.
+    cloud = summary["cloud"]
+    assert cloud["mode"] == "gateway_routes" and len(cloud["snapshots"]) == 3
+    assert {"controller_reachable", "watering_started"} <= set(cloud["event_types"])
+    assert cloud["duplicates"] == 0
