@@ -46,6 +46,7 @@ from cloud_client.models import (
 )
 from firmware_bridge.gatt.history import DetailedEntry
 from gateway.config import CloudConfig, CloudMode
+from gateway.errors import GatewayError
 from gateway.ops.models import CloudStatus, ControllerState, OutboxView
 from gateway.relay.events import (
     DerivedEvent,
@@ -223,7 +224,9 @@ class CloudRelay:
             except RelinkNeeded as exc:
                 self.counters.last_error = str(exc)
                 log.warning("cloud_relink_needed", reason=exc.kind)
-            except CloudError as exc:
+            except (CloudError, GatewayError) as exc:
+                # GatewayError: the outbox could not be read or acked (disk trouble); what it
+                # holds stays, and is sent once it can be read again.
                 failures += 1
                 self.counters.last_error = str(exc)
                 delay = self._rng() * min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** failures)

@@ -73,6 +73,12 @@ class StateFeed:
         return serial
 
     def _observe(self, address: str) -> None:
+        try:
+            self._observe_one(address)
+        except GatewayError as exc:  # the registry could not be read: the next change retries
+            log.warning("state_feed_failed", address=address, error=str(exc))
+
+    def _observe_one(self, address: str) -> None:
         serial = self._serial(address)
         if serial is None:
             return
@@ -116,7 +122,12 @@ class StateFeed:
     async def _ticks(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            for record in self.registry.all():
+            try:
+                records = self.registry.all()
+            except GatewayError as exc:
+                log.warning("state_feed_failed", error=str(exc))
+                continue
+            for record in records:
                 self._observe(record.address)
 
     async def _history_loop(self) -> None:
@@ -124,7 +135,12 @@ class StateFeed:
         while True:
             await asyncio.sleep(1.0)
             now = self._clock()
-            for record in self.registry.all():
+            try:
+                records = self.registry.all()
+            except GatewayError as exc:
+                log.warning("history_feed_failed", error=str(exc))
+                continue
+            for record in records:
                 await self._read_history(record.address, now)
 
     async def _read_history(self, address: str, now: float) -> None:

@@ -296,6 +296,11 @@ class OutboxWriter:
     # that a watering event is durable within a BLE notification interval or two.
     LINGER_S = 0.02
     MAX_GROUP = 5000
+    # A commit that failed (disk full, a locked or damaged file) is tried again after this;
+    # meanwhile items wait in memory, at most MAX_PENDING (the oldest beyond are dropped and
+    # counted: memory must not grow without bound on a Pi).
+    RETRY_S = 5.0
+    MAX_PENDING = 100_000
 
     def __init__(self, outbox: Outbox,
                  on_commit: Callable[[Sequence[NewItem], list[str]], None] | None = None) -> None:
@@ -307,9 +312,14 @@ class OutboxWriter:
         self.items_committed = 0
         # One commit at a time: flush() waits for the one run() has in flight.
         self._committing = asyncio.Lock()
+        self.commit_failures = 0
+        self.dropped_in_memory = 0
 
     def submit(self, item: NewItem) -> None:
         self._pending.append(item)
+        if len(self._pending) > self.MAX_PENDING:
+            del self._pending[0]
+            self.dropped_in_memory += 1
         self._wake.set()
 
     @property
@@ -321,12 +331,18 @@ class OutboxWriter:
             while True:
                 await self._wake.wait()
                 await asyncio.sleep(self.LINGER_S)
-                await self.flush()
+                try:
+                    await self.flush()
+                except OutboxError as exc:
+                    log.warning("outbox_commit_failed", error=str(exc), pending=self.backlog,
+                              retry_in_s=self.RETRY_S)
+                    await asyncio.sleep(self.RETRY_S)
         finally:
             # Cancelled (shutdown): commit what was handed over, so a clean stop loses nothing.
             if self._pending:
                 group, self._pending = self._pending, []
-                self._commit(group)
+                with contextlib.suppress(OutboxError):  # logged by the loop already
+                    self._commit(group)
 
     async def flush(self) -> None:
         """Commit everything submitted so far; returns once it is durable."""
@@ -334,7 +350,12 @@ class OutboxWriter:
             while self._pending:
                 group = self._pending[:self.MAX_GROUP]
                 del self._pending[:len(group)]
-                await asyncio.to_thread(self._commit, group)
+                try:
+                    await asyncio.to_thread(self._commit, group)
+                except OutboxError:
+                    self._pending[:0] = group  # kept, in order, for the next attempt
+                    self.commit_failures += 1
+                    raise
         self._wake.clear()
         async with self.committed:
             self.committed.notify_all()

@@ -36,6 +36,7 @@ from cloud_client.models import (
 )
 from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.sim.cloud.publish import publish_release
+from gateway.sim.cloud.world import GatewayRecord
 
 FAST = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, conflict_min_s=0.01,
                    conflict_max_s=0.02)
@@ -308,3 +309,58 @@ async def test_redirects_are_refused(cloud: Cloud) -> None:
         client = CloudClient("https://cloud.example", None, http=http, retry=FAST)
         with pytest.raises(MalformedResponse, match=r"redirect to evil\.example refused"):
             await client.health()
+
+
+async def test_documented_errors_of_each_route(cloud: Cloud) -> None:
+    world, client = cloud.world, cloud.client
+    world.add_device("100003").status = "revoked"
+    with pytest.raises(Conflict) as revoked:
+        await client.claim_device("100003")
+    assert revoked.value.code == "not_claimable"
+    await client.claim_device(SERIAL)
+    world.devices[SERIAL].status = "revoked"
+    with pytest.raises(Conflict) as inactive:
+        await client.unclaim_device(SERIAL)
+    assert inactive.value.code == "not_active"
+    with pytest.raises(RequestRejected) as big:
+        await client.save_user_state(SaveUserState(state={"blob": "x" * 600_000}))
+    assert (big.value.status, big.value.code) == (413, "user_state_save_failed")
+    world.faults.append(Fault("status", route="GET /health", status=500, code="config_error",
+                              count=10))
+    with pytest.raises(ServerFailure) as config:
+        await client.health()
+    assert (config.value.code, config.value.shape) == ("config_error", "backend")
+    world.faults.clear()
+    other = world.add_user("bo@example.com", "pw")
+    world.gateways["gw-taken"] = GatewayRecord("gw-taken", other.uid, 1, "", "", [])
+    with pytest.raises(Conflict) as owned:
+        await client.register_gateway(RegisterGateway(
+            gateway_id="gw-taken", name="hub", sw_version="0", platform="t", capabilities=[],
+            serials=[]))
+    assert owned.value.code == "gateway_owned_by_other"
+    at = datetime.now(UTC)
+    with pytest.raises(RequestRejected) as unregistered:
+        await client.report_device_state(ReportDeviceState(
+            gateway_id="gw-nobody", batch_id="b", sent_at=at, items=[EventItem(
+                serial=SERIAL, event_id="e", observed_at=at, type="t", data={})]))
+    assert (unregistered.value.status, unregistered.value.code) == (
+        403, "gateway_not_registered")
+    with pytest.raises(RequestRejected) as no_job:
+        await client.update_gateway_job(UpdateGatewayJob(gateway_id="gw-taken", job_id="nope",
+                                                         status="in_progress"))
+    assert (no_job.value.status, no_job.value.code) == (404, "job_not_found")
+
+
+async def test_factory_provisioning_makes_a_device_claimable(cloud: Cloud) -> None:
+    http = cloud.client.http
+    refused = await http.post(f"{cloud.url}/provision", json={"hw_id": "F0E1D2C3B4A59687"},
+                              headers={"x-factory-token": "wrong"})
+    assert refused.status_code == 401
+    made = await http.post(f"{cloud.url}/provision", json={"hw_id": "F0E1D2C3B4A59687"},
+                           headers={"x-factory-token": cloud.world.factory_token})
+    assert made.status_code == 201
+    serial = made.json()["serial"]
+    again = await http.post(f"{cloud.url}/provision", json={"hw_id": "f0e1d2c3b4a59687"},
+                            headers={"x-factory-token": cloud.world.factory_token})
+    assert again.status_code == 200 and again.json()["serial"] == serial  # idempotent
+    assert (await cloud.client.claim_device(serial)).claimed

@@ -10,8 +10,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.errors import OutboxError
 from gateway.store.outbox import NewItem, Outbox, OutboxLimits, OutboxWriter
 
 
@@ -127,3 +129,31 @@ def test_kill_9_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
         batches[row["batch"]] = batches.get(row["batch"], 0) + 1
     assert set(batches.values()) == {50}  # nothing half-written
     assert set(reported) <= set(batches)  # every batch reported committed is there
+
+
+class FailingOutbox(Outbox):
+    """The real outbox whose first commits fail, as on a full or read-only SD card."""
+
+    failures = 2
+
+    def put_many(self, items: Sequence[NewItem]) -> list[str]:
+        if self.failures:
+            self.failures -= 1
+            raise OutboxError("disk I/O error")
+        return super().put_many(items)
+
+
+async def test_a_failed_commit_keeps_the_items_and_is_retried(tmp_path: Path) -> None:
+    outbox = FailingOutbox(tmp_path / "o.db", "gw")
+    writer = OutboxWriter(outbox)
+    writer.RETRY_S = 0.01
+    task = asyncio.create_task(writer.run(), name="writer")
+    for n in range(10):
+        writer.submit(event("A", n))
+    async with writer.committed:
+        await asyncio.wait_for(writer.committed.wait_for(lambda: writer.items_committed == 10),
+                               10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert writer.commit_failures == 2
+    assert [json.loads(i.body)["n"] for i in outbox.lease(100, 10**6)] == list(range(10))
