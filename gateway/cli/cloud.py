@@ -87,7 +87,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.cloud_command == "status":
         status = await dispatch(operations(config), CloudStatusQuery())
         _show(args, status)
-        return 0 if isinstance(status, CloudStatus) and status.enabled else 1
+        return 0
     async with CloudAccount(config) as account:
         if args.cloud_command == "unlink":
             account.unlink()
