@@ -107,6 +107,42 @@ class CloudConfig(BaseModel):
                               Annotated[int, Field(ge=0, le=24)]] | None = None
 
 
+class DiscoveryStyle(StrEnum):
+    """Home Assistant MQTT discovery: one payload per device (HA 2024.11+), one per entity
+    (older Home Assistant), or none."""
+
+    DEVICE = "device"
+    ENTITY = "entity"
+    OFF = "off"
+
+
+MqttTopic = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", max_length=128)]
+# What MQTT commands may ask, by op (gateway.ops.models): reading and watering by default.
+DEFAULT_MQTT_OPS = ("valve_open", "valve_close", "refresh", "state")
+
+
+class MqttConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    host: Annotated[str, Field(min_length=1, max_length=255)] = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    tls: bool = False
+    ca_file: Path | None = None
+    username: str | None = None
+    # The password is read from this file (or the systemd credential awgw-mqtt-password),
+    # never written in the config.
+    password_file: Path | None = None
+    topic_prefix: MqttTopic = "autowatering"
+    discovery_prefix: MqttTopic = "homeassistant"
+    discovery: DiscoveryStyle = DiscoveryStyle.DEVICE
+    # The broker drops a client silent for 1.5x this; the last will then says offline.
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    allowed_ops: tuple[str, ...] = DEFAULT_MQTT_OPS
+    # What a Home Assistant valve OPEN runs for until the zone's minutes are set.
+    default_valve_minutes: Annotated[int, Field(ge=1, le=255)] = 10
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -118,6 +154,7 @@ class GatewayConfig(BaseModel):
     link: LinkSettings = LinkSettings()
     ota: OtaConfig = OtaConfig()
     cloud: CloudConfig = CloudConfig()
+    mqtt: MqttConfig = MqttConfig()
 
     @property
     def cloud_dir(self) -> Path:

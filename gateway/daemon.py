@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -18,8 +20,10 @@ from gateway.ops.models import Request, Result
 from gateway.ops.protocol import dispatch
 from gateway.ota.jobs import CloudUpdates
 from gateway.relay.account import CloudAccount
-from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, CloudRelay
-from gateway.relay.feed import SERIAL, StateFeed
+from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, VERSION, CloudRelay
+from gateway.relay.feed import SERIAL, FanOut, StateFeed
+from gateway.relay.mqtt import MQTT_OUTBOX_FILE, MqttRelay, read_password
+from gateway.store.credentials import gateway_id
 from gateway.store.outbox import Outbox
 from gateway.store.registry import Registry
 
@@ -34,27 +38,57 @@ async def _watchdog(interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-def _cloud(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
-           operations: DaemonOperations) -> tuple[CloudRelay, StateFeed, CloudUpdates] | None:
-    """The cloud relay, its state feed and cloud-driven updates, when [cloud] is enabled."""
-    if not config.cloud.enabled:
-        return None
-    account = CloudAccount(config)
-    outbox = Outbox(config.state_dir / OUTBOX_FILE, account.gateway_id)
+def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
+            operations: DaemonOperations) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+    """What carries state out of the house, by task name: the cloud relay and cloud-driven
+    updates ([cloud]), the MQTT relay ([mqtt]), and the state feed that serves them."""
+    runs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+    sinks: list[CloudRelay | MqttRelay] = []
+    cloud: CloudRelay | None = None
+    account: CloudAccount | None = None
+    if config.cloud.enabled:
+        account = CloudAccount(config)
 
-    def serials() -> list[str]:
-        return [r.serial for r in registry.all() if r.serial and SERIAL.match(r.serial)]
+        def serials() -> list[str]:
+            return [r.serial for r in registry.all() if r.serial and SERIAL.match(r.serial)]
 
-    relay = CloudRelay(config.cloud, account.gateway_id, outbox, account.client, account.auth,
-                       serials=serials, token_stamp=account.store.stamp,
-                       status_path=config.cloud_dir / STATUS_FILE)
-    feed = StateFeed(manager.store, registry, [relay], SupervisedHistory(manager),
-                     config.cloud.history_period_s)
-    updates = CloudUpdates(config, registry, account.client, account.gateway_id, operations,
-                           relay, lambda: relay.mode)
-    operations.cloud = relay
-    operations.account = account
-    return relay, feed, updates
+        cloud = CloudRelay(config.cloud, account.gateway_id,
+                           Outbox(config.state_dir / OUTBOX_FILE, account.gateway_id),
+                           account.client, account.auth, serials=serials,
+                           token_stamp=account.store.stamp,
+                           status_path=config.cloud_dir / STATUS_FILE)
+        operations.cloud, operations.account = cloud, account
+        runs["cloud relay"] = cloud.run
+        sinks.append(cloud)
+    if config.mqtt.enabled:
+        gid = gateway_id(config.cloud_dir)
+        outbox = Outbox(config.state_dir / MQTT_OUTBOX_FILE, gid)
+
+        def gateway_state() -> dict[str, object]:
+            return {"outbox_depth": outbox.stats().depth,
+                    "cloud_outbox_depth": cloud.outbox.stats().depth if cloud else None,
+                    "controllers": len(manager.supervisors), "sw_version": VERSION}
+
+        def rssi_of(address: str) -> int | None:
+            sighting = manager.scanner.seen.get(address)
+            return sighting.rssi if sighting is not None else None
+
+        mqtt = MqttRelay(config.mqtt, gid, outbox, operations,
+                         radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
+                         gateway_state=gateway_state, password=read_password(config.mqtt))
+        operations.mqtt = mqtt
+        runs["mqtt relay"] = mqtt.run
+        sinks.append(mqtt)
+    if cloud is not None and account is not None:
+        relay = cloud
+        updates = CloudUpdates(config, registry, account.client, account.gateway_id,
+                               operations, FanOut(sinks), lambda: relay.mode)
+        runs["cloud updates"] = updates.run
+    if sinks:
+        history_s = config.cloud.history_period_s
+        runs["state feed"] = StateFeed(manager.store, registry, sinks,
+                                       SupervisedHistory(manager), history_s).run
+    return runs
 
 
 async def run_daemon(config: GatewayConfig) -> None:
@@ -62,7 +96,7 @@ async def run_daemon(config: GatewayConfig) -> None:
     manager = ConnectionManager(config, registry)
     operations = DaemonOperations(config, registry, manager)
     manager.repairer = operations.repair
-    cloud = _cloud(config, registry, manager, operations)
+    relays = _relays(config, registry, manager, operations)
 
     async def handle(request: Request) -> Result:
         return await dispatch(operations, request)
@@ -85,11 +119,8 @@ async def run_daemon(config: GatewayConfig) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(manager.run(), name="connection manager")
-            if cloud is not None:
-                relay, feed, updates = cloud
-                tasks.create_task(relay.run(), name="cloud relay")
-                tasks.create_task(feed.run(), name="state feed")
-                tasks.create_task(updates.run(), name="cloud updates")
+            for name, run in relays.items():
+                tasks.create_task(run(), name=name)
             await manager.ready.wait()
             await server.start()
             systemd.notify("READY=1")

@@ -108,11 +108,18 @@ class Scanner:
         self.seen: dict[str, Sighting] = {}
         self._last_advert = time.monotonic()
         self._restart = asyncio.Event()
+        self.scanning = False
 
     def present(self) -> list[Sighting]:
         now = time.monotonic()
         return sorted((s for s in self.seen.values() if now - s.at <= PRESENT_WINDOW_S),
                       key=lambda s: s.address)
+
+    def healthy(self) -> bool:
+        """The radio as relays report it: discovery running (the adapter is powered and
+        answers) and, when controllers are expected, advertisements within the watchdog."""
+        recent = time.monotonic() - self._last_advert <= self.watchdog_s
+        return self.scanning and (recent or not self.expecting())
 
     def device(self, address: str) -> BLEDevice | None:
         sighting = self.seen.get(address)
@@ -145,10 +152,12 @@ class Scanner:
                     await scanner.start()
                 except (BleakError, EOFError, OSError) as exc:
                     log.warning("scan_start_failed", adapter=self.adapter, error=str(exc))
+                    self.scanning = False
                     self.gate.quiet.set()
                     await asyncio.sleep(RESTART_EVERY_S / 6)
                     continue
                 self._restart.clear()
+                self.scanning = True
                 try:
                     await first_of(self.gate.stop_requested, self._restart)
                 finally:

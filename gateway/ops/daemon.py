@@ -48,6 +48,7 @@ from gateway.ota.service import OtaService
 from gateway.relay import account
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
+from gateway.relay.mqtt import MqttRelay
 from gateway.store.registry import Registry, normalise_address
 
 
@@ -61,6 +62,7 @@ class DaemonOperations:
         # Set by the daemon when the cloud is configured.
         self.cloud: CloudRelay | None = None
         self.account: CloudAccount | None = None
+        self.mqtt: MqttRelay | None = None
 
     async def scan(self) -> list[ScanEntry]:
         paired = {r.address for r in self.registry.all()}
@@ -89,9 +91,12 @@ class DaemonOperations:
 
     async def unpair(self, request: Unpair) -> DeviceEntry:
         address = normalise_address(request.address)
-        self.registry.get(address)
+        record = self.registry.get(address)
         await self.manager.remove(address)
-        return await unpair_on_radio(self.config, self.registry, address)
+        entry = await unpair_on_radio(self.config, self.registry, address)
+        if self.mqtt is not None:
+            self.mqtt.forget(address, record.serial)
+        return entry
 
     async def devices(self) -> list[DeviceEntry]:
         links = {a: s.state for a, s in self.manager.supervisors.items()}

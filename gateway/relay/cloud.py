@@ -50,9 +50,8 @@ from gateway.errors import GatewayError
 from gateway.ops.models import CloudStatus, ControllerState, OutboxView
 from gateway.relay.events import (
     DerivedEvent,
+    EventTracker,
     JsonObject,
-    Watering,
-    derive,
     history_data,
     history_dedupe,
     snapshot_data,
@@ -83,8 +82,6 @@ USER_STATE_NOTE = ("cloud mode user_state: the backend has no route for events a
 @dataclass
 class _Controller:
     serial: str
-    last: ControllerState | None = None
-    watering: Watering | None = None
     sent_data: JsonObject | None = None
     sent_at: float = float("-inf")
     pending: ControllerState | None = None
@@ -129,6 +126,7 @@ class CloudRelay:
         self._clock = clock
         self._rng = rng
         self._controllers: dict[str, _Controller] = {}
+        self._events = EventTracker()
         self._registered = False
         self._wake = asyncio.Event()
 
@@ -137,9 +135,7 @@ class CloudRelay:
     def observe(self, address: str, serial: str, state: ControllerState) -> None:
         now = self._clock()
         entry = self._controllers.setdefault(address, _Controller(serial))
-        events, entry.watering = derive(entry.last, state, entry.watering, now)
-        entry.last = state
-        for event in events:
+        for event in self._events.track(address, state, now):
             self.record_event(serial, event, now)
         if snapshot_data(state) == entry.sent_data:
             entry.pending = None

@@ -146,3 +146,18 @@ def history_data(entry: DetailedEntry) -> JsonObject:
             "volume_ml": int(entry.total_volume_ml), "trigger": int(entry.trigger_type),
             "success": entry.success, "error": entry.error_code,
             "flow_ml_s": entry.flow_rate_avg_ml_s}
+
+
+class EventTracker:
+    """Per controller, the last state and the watering in progress: what ``derive`` needs to
+    turn a stream of states into events. Each relay keeps its own."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, ControllerState] = {}
+        self._watering: dict[str, Watering | None] = {}
+
+    def track(self, address: str, state: ControllerState, now: float) -> list[DerivedEvent]:
+        events, self._watering[address] = derive(self._last.get(address), state,
+                                                 self._watering.get(address), now)
+        self._last[address] = state
+        return events

@@ -17,6 +17,7 @@ from firmware_bridge.gatt.history import DetailedEntry
 from firmware_bridge.link.state import StateEvent
 from gateway.errors import GatewayError
 from gateway.ops.models import ControllerState
+from gateway.relay.events import DerivedEvent
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 
@@ -36,6 +37,21 @@ class StateSink(Protocol):
     def observe(self, address: str, serial: str, state: ControllerState) -> None: ...
 
     def record_history(self, serial: str, entries: Sequence[DetailedEntry]) -> None: ...
+
+
+class EventSink(Protocol):
+    def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None: ...
+
+
+class FanOut:
+    """One event (an OTA outcome) to every relay."""
+
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self.sinks = list(sinks)
+
+    def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None:
+        for sink in self.sinks:
+            sink.record_event(serial, event, at)
 
 
 class HistoryReader(Protocol):

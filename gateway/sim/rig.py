@@ -234,6 +234,11 @@ class Rig:
         await self._call(f"org.autowatering.sim.controller{index}", CONTROL_PATH, CONTROL_IFACE,
                          "RaiseAlarm", "qq", [code, data])
 
+    async def water(self, index: int, channel: int, minutes: int) -> None:
+        """Controller ``index`` starts watering by itself (no central involved)."""
+        await self._call(f"org.autowatering.sim.controller{index}", CONTROL_PATH, CONTROL_IFACE,
+                         "Water", "yq", [channel, minutes])
+
     async def status(self, index: int) -> dict[str, Any]:
         reply = await self._call(f"org.autowatering.sim.controller{index}", CONTROL_PATH,
                                  CONTROL_IFACE, "Status", "", [])

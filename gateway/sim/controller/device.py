@@ -17,7 +17,7 @@ from typing import Any, cast
 import structlog
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusStr, DBusUInt16
+from dbus_fast.annotations import DBusByte, DBusStr, DBusUInt16
 from dbus_fast.service import ServiceInterface, method
 
 from firmware_bridge.gatt import uuids
@@ -159,6 +159,13 @@ class ControlInterface(ServiceInterface):
     @method()
     def RaiseAlarm(self, code: DBusUInt16, data: DBusUInt16) -> None:
         self._c.model.raise_alarm(code, data)
+
+    @method()
+    def Water(self, channel: DBusByte, minutes: DBusUInt16) -> None:
+        try:
+            self._c.model.water_locally(channel, minutes)
+        except ValueError as exc:
+            raise DBusError("org.autowatering.Error.InvalidWatering", str(exc)) from exc
 
     @method()
     def Status(self) -> DBusStr:

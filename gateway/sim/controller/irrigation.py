@@ -595,6 +595,15 @@ class IrrigationModel:
         self._last_queue_notify = self.monotonic()
         self.on_change(uuids.TASK_QUEUE, self.task_queue().encode())
 
+    def water_locally(self, channel: int, minutes: int) -> None:
+        """A watering started at the controller itself (its schedule, a person at the device):
+        queued and started as the firmware does, with no central involved."""
+        if not 0 <= channel < len(self.line_pps) or not 1 <= minutes <= 255:
+            raise ValueError(f"cannot water channel {channel} for {minutes} min")
+        self.queue.append(QueuedTask(channel, TaskMode.DURATION, minutes))
+        self._notify_queue()
+        self._maybe_start_next()
+
     def tick(self) -> None:
         """Advance the simulation to now (called every ~200 ms by the controller)."""
         now = self.monotonic()

@@ -1,0 +1,460 @@
+"""The MQTT relay: retained controller state, events, availability, Home Assistant discovery and
+commands, over aiomqtt with its own reconnect supervisor (topics in ``relay.topics``).
+
+Nothing here can block the radio side: ``observe`` only records the latest state per
+controller (a coalesced view, so a slow or absent broker cannot grow memory) and puts derived
+events in this relay's own outbox (durable, in order). While connected, one task publishes
+whatever state changed, one drains the outbox (QoS 1, each event acked once the broker has
+it), one answers commands. On every (re)connect the current state is republished, not a replay
+of every change, and events come from the outbox in order, once (a broker that drops the link
+between receiving an event and acking it gets it again: QoS 1 is at least once; ``event_id``
+tells them apart).
+
+Commands are parsed into the same typed operations as the control socket (``ops.models``),
+checked against ``allowed_ops``, and answered on ``<node>/result``: confirmed, refused with the
+reason, or busy. A retained command is never executed: a stale command must not open a valve
+after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from firmware_bridge.gatt.history import DetailedEntry
+from gateway.config import DiscoveryStyle, MqttConfig
+from gateway.errors import ConfigError, ControllerBusy, GatewayError
+from gateway.ops.models import (
+    REQUEST,
+    ControllerState,
+    Refresh,
+    Request,
+    ValveClose,
+    ValveOpen,
+)
+from gateway.ops.protocol import Operations, dispatch
+from gateway.relay import ha_discovery
+from gateway.relay.events import DerivedEvent, EventTracker, history_data, history_dedupe
+from gateway.relay.topics import OFFLINE, ONLINE, Topics, node_id
+from gateway.store.outbox import NewItem, Outbox, OutboxWriter
+
+log = structlog.get_logger("gateway.relay.mqtt")
+# Reconnect backoff: from 1 s doubling to 60 s, full jitter (a broker restart is back within
+# seconds; a long outage is probed once a minute).
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 60.0
+# A command is a small JSON object; anything larger is refused unread.
+MAX_COMMAND_BYTES = 4096
+# Events go out in leases of this many (one fsync to ack them); the outbox is polled this
+# often when the writer has nothing new.
+EVENT_LEASE = 50
+IDLE_POLL_S = 5.0
+# Radio and gateway state are re-checked this often (the radio has no event of its own).
+TICK_S = 2.0
+# Commands in flight at once: a script flooding the command topic queues behind these.
+MAX_CONCURRENT_COMMANDS = 8
+CREDENTIAL_NAME = "awgw-mqtt-password"
+MQTT_OUTBOX_FILE = "mqtt-outbox.sqlite3"
+
+
+class CommandReply(BaseModel):
+    """What ``<node>/result`` carries for every command."""
+
+    id: str | None = None
+    op: str | None = None
+    ok: bool
+    status: str  # done | refused | busy | invalid | not_allowed | unknown_controller
+    detail: str
+    result: Any = None
+
+
+@dataclass
+class _Node:
+    address: str
+    serial: str
+    state: ControllerState | None = None
+    minutes: dict[int, int] | None = None
+    # The discovery last published for it: a new controller, a new firmware version or new
+    # channel names publish it again.
+    announced: ha_discovery.ControllerInfo | None = None
+
+
+def read_password(config: MqttConfig) -> str | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidates = [p for p in (
+        os.path.join(directory, CREDENTIAL_NAME) if directory else None,
+        str(config.password_file) if config.password_file else None) if p]
+    for path in candidates:
+        try:
+            with open(path, encoding="utf-8") as file:
+                return file.read(4096).strip()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot read the MQTT password from {path}: {exc.strerror}") \
+                from exc
+    return None
+
+
+class MqttRelay:
+    def __init__(self, config: MqttConfig, gateway_id: str, outbox: Outbox, ops: Operations,
+                 *, radio_ok: Callable[[], bool] = lambda: True,
+                 rssi_of: Callable[[str], int | None] = lambda _a: None,
+                 gateway_state: Callable[[], dict[str, Any]] = dict,
+                 password: str | None = None, rng: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.topics = Topics(config.topic_prefix, gateway_id)
+        self.outbox = outbox
+        self.writer = OutboxWriter(outbox)
+        self.ops = ops
+        self._radio_ok = radio_ok
+        self._rssi_of = rssi_of
+        self._gateway_state = gateway_state
+        self._password = password
+        self._rng = rng
+        self._clock = clock
+        self._nodes: dict[str, _Node] = {}
+        self._dirty: set[str] = set()
+        self._removed: set[str] = set()
+        self._changed = asyncio.Event()
+        self._events = EventTracker()
+        self._commands = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connected = False
+        self.connects = 0
+        self.published_states = 0
+
+    # ---- in: the state feed (never blocks) -----------------------------------------------------
+
+    def observe(self, address: str, serial: str, state: ControllerState) -> None:
+        node = node_id(address, serial)
+        entry = self._nodes.setdefault(node, _Node(address, serial))
+        entry.state = state
+        self._dirty.add(node)
+        self._changed.set()
+        for event in self._events.track(address, state, self._clock()):
+            self.record_event(serial, event)
+
+    def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None:
+        observed = self._clock() if at is None else at
+        body = {"event_type": event.type, "observed_at": _iso(observed), **event.data}
+        self.writer.submit(NewItem(serial, "event", observed, json.dumps(body)))
+
+    def record_history(self, serial: str, entries: Sequence[DetailedEntry]) -> None:
+        for entry in entries:
+            dedupe = history_dedupe(entry)
+            body = {"event_type": "watering_record", "event_id": f"history:{serial}:{dedupe}",
+                    "observed_at": _iso(float(entry.timestamp)), **history_data(entry)}
+            self.writer.submit(NewItem(serial, "history", float(entry.timestamp),
+                                       json.dumps(body), dedupe=dedupe))
+
+    def forget(self, address: str, serial: str | None) -> None:
+        """An unpaired controller: its discovery is removed (empty retained config)."""
+        node = node_id(address, serial)
+        if self._nodes.pop(node, None) is not None:
+            self._removed.add(node)
+            self._changed.set()
+
+    # ---- the connection supervisor -------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.writer.run(), name="mqtt outbox writer")
+            tasks.create_task(self._supervise(), name="mqtt connection")
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with self._client() as client:
+                    self.connected = True
+                    self.connects += 1
+                    failures = 0
+                    log.info("mqtt_connected", host=self.config.host, port=self.config.port)
+                    await self._on_connect(client)
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(self._publish_states(client), name="mqtt states")
+                        tasks.create_task(self._pump_events(client), name="mqtt events")
+                        tasks.create_task(self._listen(client), name="mqtt commands")
+            except* aiomqtt.MqttError as group:
+                failures += 1
+                self.connected = False
+                delay = self._rng() * min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** failures)
+                log.warning("mqtt_disconnected", error=str(group.exceptions[0]),
+                            retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+            finally:
+                self.connected = False
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self.config
+        tls = None
+        if cfg.tls:
+            tls = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        return aiomqtt.Client(
+            cfg.host, cfg.port, identifier=f"awgw-{self.topics.gateway_id}",
+            username=cfg.username, password=self._password, keepalive=cfg.keepalive_s,
+            tls_context=tls, will=aiomqtt.Will(self.topics.gateway_availability, OFFLINE,
+                                               qos=1, retain=True))
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        for topic in self.topics.subscriptions:
+            await client.subscribe(topic, qos=1)
+        await client.subscribe(f"{self.config.discovery_prefix}/status", qos=1)
+        await client.publish(self.topics.gateway_availability, ONLINE, qos=1, retain=True)
+        await self._publish_all(client)
+
+    async def _publish_all(self, client: aiomqtt.Client) -> None:
+        """Discovery, then the current state of everything (also on HA's birth message)."""
+        await self._publish_discovery(client)
+        await client.publish(self.topics.radio, ONLINE if self._radio_ok() else OFFLINE,
+                             qos=1, retain=True)
+        await client.publish(self.topics.gateway_state, json.dumps(self._gateway_state()),
+                             qos=1, retain=True)
+        self._dirty.update(self._nodes)
+        self._changed.set()
+
+    async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        style = self.config.discovery
+        if style is DiscoveryStyle.OFF:
+            return
+        prefix = self.config.discovery_prefix
+        messages = ha_discovery.gateway_messages(self.topics, prefix, style.value)
+        for topic, payload in messages:
+            await client.publish(topic, json.dumps(payload), qos=1, retain=True)
+        for node, entry in list(self._nodes.items()):
+            await self._announce(client, node, entry)
+
+    async def _announce(self, client: aiomqtt.Client, node: str, entry: _Node) -> None:
+        style = self.config.discovery
+        info = self._info(node, entry)
+        entry.announced = info
+        if style is DiscoveryStyle.OFF:
+            return
+        for topic, payload in ha_discovery.controller_messages(
+                info, self.topics, self.config.discovery_prefix, style.value):
+            await client.publish(topic, json.dumps(payload), qos=1, retain=True)
+
+    def _info(self, node: str, entry: _Node) -> ha_discovery.ControllerInfo:
+        state = entry.state
+        names = {v.channel: v.name for v in state.valves if v.name} if state else {}
+        return ha_discovery.ControllerInfo(
+            node=node, address=entry.address, serial=entry.serial,
+            firmware_version=state.firmware_version if state else None,
+            channels=len(state.valves) if state else 8, channel_names=names)
+
+    # ---- out: state, availability, events ------------------------------------------------------
+
+    async def _publish_states(self, client: aiomqtt.Client) -> None:
+        radio = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await self._changed.wait()
+            self._changed.clear()
+            up = self._radio_ok()
+            if up != radio:
+                radio = up
+                await client.publish(self.topics.radio, ONLINE if up else OFFLINE, qos=1,
+                                     retain=True)
+            for node in list(self._removed):
+                await self._remove(client, node)
+                self._removed.discard(node)
+            dirty, self._dirty = self._dirty, set()
+            for node in dirty:
+                entry = self._nodes.get(node)
+                if entry is None or entry.state is None:
+                    continue
+                if entry.announced != self._info(node, entry):
+                    await self._announce(client, node, entry)
+                await self._publish_state(client, node, entry)
+
+    async def _publish_state(self, client: aiomqtt.Client, node: str, entry: _Node) -> None:
+        state = entry.state
+        assert state is not None
+        payload = state.model_dump(mode="json")
+        payload["updated_at_iso"] = _iso(state.updated_at) if state.updated_at else None
+        payload["rssi"] = self._rssi_of(entry.address)
+        await client.publish(self.topics.state(node), json.dumps(payload), qos=1, retain=True)
+        # A controller is available only while its state is fresh (reachable and read
+        # within the stale limit): stale values are never shown as current.
+        await client.publish(self.topics.availability(node), ONLINE if state.fresh else OFFLINE,
+                             qos=1, retain=True)
+        minutes = entry.minutes or {}
+        for channel in range(len(state.valves)):
+            await client.publish(self.topics.minutes(node, channel),
+                                 str(minutes.get(channel, self.config.default_valve_minutes)),
+                                 qos=1, retain=True)
+        self.published_states += 1
+
+    async def _remove(self, client: aiomqtt.Client, node: str) -> None:
+        prefix = self.config.discovery_prefix
+        info = ha_discovery.ControllerInfo(node, "", None, None, 8, {})
+        for style in ("device", "entity"):
+            for topic, _ in ha_discovery.controller_messages(info, self.topics, prefix, style):
+                await client.publish(topic, b"", qos=1, retain=True)
+        for topic in (self.topics.state(node), self.topics.availability(node)):
+            await client.publish(topic, b"", qos=1, retain=True)
+
+    async def _pump_events(self, client: aiomqtt.Client) -> None:
+        while True:
+            leased = await asyncio.to_thread(self.outbox.lease, EVENT_LEASE, 256 * 1024)
+            if not leased:
+                async with self.writer.committed:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(IDLE_POLL_S):
+                            await self.writer.committed.wait()
+                continue
+            sent: list[int] = []
+            try:
+                for item in leased:
+                    body = json.loads(item.body)
+                    body.setdefault("event_id", item.key)
+                    await client.publish(self.topics.event(item.controller, body["event_type"]),
+                                         json.dumps(body), qos=1, retain=False)
+                    sent.append(item.id)
+            finally:
+                # What the broker acked is done; the rest goes again after the reconnect.
+                self.outbox.release(i.id for i in leased if i.id not in sent)
+                if sent:
+                    await asyncio.to_thread(self.outbox.ack, sent)
+
+    # ---- in: commands ---------------------------------------------------------------------------
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            if topic == f"{self.config.discovery_prefix}/status":
+                if message.payload in (b"online", "online"):
+                    log.info("home_assistant_online")
+                    await self._publish_all(client)
+                continue
+            parsed = self.topics.parse_command_topic(topic)
+            if parsed is None:
+                continue
+            payload = message.payload
+            raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            task = asyncio.create_task(
+                self._command(client, parsed, bytes(raw), message.retain),
+                name=f"mqtt command {topic}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _command(self, client: aiomqtt.Client, parsed: tuple[str, str, int | None],
+                       raw: bytes, retained: bool) -> None:
+        node, kind, channel = parsed
+        reply = await self._answer(node, kind, channel, raw, retained)
+        if reply is None:
+            return
+        if not reply.ok:
+            log.warning("mqtt_command_refused", node=node, kind=kind, status=reply.status,
+                        detail=reply.detail)
+        with contextlib.suppress(aiomqtt.MqttError):  # the link went: the reply goes with it
+            await client.publish(self.topics.result(node), reply.model_dump_json(), qos=1)
+
+    async def _answer(self, node: str, kind: str, channel: int | None, raw: bytes,
+                      retained: bool) -> CommandReply | None:
+        entry = self._nodes.get(node)
+        if kind == "minutes":
+            return self._set_minutes(node, entry, channel, raw)
+        if retained:
+            return CommandReply(ok=False, status="invalid",
+                                detail="a retained command is never executed; publish "
+                                       "commands without the retain flag")
+        if len(raw) > MAX_COMMAND_BYTES:
+            return CommandReply(ok=False, status="invalid",
+                                detail=f"command of {len(raw)} bytes exceeds "
+                                       f"{MAX_COMMAND_BYTES}")
+        if entry is None:
+            return CommandReply(ok=False, status="unknown_controller",
+                                detail=f"no paired controller is published as {node}")
+        try:
+            command_id, request = self._request(entry, node, kind, channel, raw)
+        except (ValueError, TypeError, ValidationError) as exc:  # UnicodeDecodeError, JSON too
+            return CommandReply(ok=False, status="invalid", detail=_brief(exc))
+        if request.op not in self.config.allowed_ops:
+            return CommandReply(id=command_id, op=request.op, ok=False, status="not_allowed",
+                                detail=f"{request.op} is not in [mqtt] allowed_ops")
+        async with self._commands:
+            try:
+                result = await dispatch(self.ops, request)
+            except ControllerBusy as exc:
+                return CommandReply(id=command_id, op=request.op, ok=False, status="busy",
+                                    detail=str(exc))
+            except GatewayError as exc:
+                return CommandReply(id=command_id, op=request.op, ok=False, status="refused",
+                                    detail=str(exc))
+        dumped = result.model_dump(mode="json") if isinstance(result, BaseModel) else None
+        ok = bool(getattr(result, "ok", True))
+        return CommandReply(id=command_id, op=request.op, ok=ok,
+                            status="done" if ok else "refused",
+                            detail=str(getattr(result, "detail", "") or request.op),
+                            result=dumped)
+
+    def _request(self, entry: _Node, node: str, kind: str, channel: int | None,
+                 raw: bytes) -> tuple[str | None, Request]:
+        text = raw.decode("utf-8").strip()
+        if kind == "valve":
+            assert channel is not None
+            if text == "OPEN":
+                minutes = (entry.minutes or {}).get(channel, self.config.default_valve_minutes)
+                return None, ValveOpen(address=entry.address, channel=channel, minutes=minutes)
+            if text == "CLOSE":
+                return None, ValveClose(address=entry.address, channel=channel)
+            raise ValueError(f"valve payload must be OPEN or CLOSE, got {text[:20]!r}")
+        if kind == "resync":
+            if text != "PRESS":
+                raise ValueError(f"button payload must be PRESS, got {text[:20]!r}")
+            return None, Refresh(address=entry.address)
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise TypeError("a command is a JSON object with an op")
+        if "address" in body:
+            raise ValueError(f"the topic names the controller ({node}); send no address")
+        command_id = body.pop("id", None)
+        if command_id is not None and not (isinstance(command_id, str) and len(command_id) <= 64):
+            raise ValueError("id must be a string of at most 64 characters")
+        return command_id, REQUEST.validate_python({**body, "address": entry.address})
+
+    def _set_minutes(self, node: str, entry: _Node | None, channel: int | None,
+                     raw: bytes) -> CommandReply | None:
+        """A zone's run time: a setting, not an action, so a retained value is applied."""
+        if entry is None or channel is None:
+            return None
+        try:
+            minutes = int(float(raw.decode("utf-8").strip()))
+        except (ValueError, UnicodeDecodeError):
+            return CommandReply(ok=False, status="invalid", detail="minutes must be a number")
+        if not 1 <= minutes <= 255:
+            return CommandReply(ok=False, status="invalid",
+                                detail="minutes must be 1..255 (device-ble.md Δ21)")
+        entry.minutes = {**(entry.minutes or {}), channel: minutes}
+        self._dirty.add(node)
+        self._changed.set()
+        return None
+
+
+def _iso(at: float) -> str:
+    moment = datetime.fromtimestamp(at, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+00:00"
+
+
+def _brief(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                         for e in exc.errors()[:3])
+    return str(exc)

@@ -1,0 +1,324 @@
+"""The MQTT relay against a real mosquitto started here: retained state and availability,
+discovery, events through a broker outage (in order, once), and commands, good and bad."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from gateway.config import MqttConfig
+from gateway.errors import ControllerBusy
+from gateway.ops.models import (
+    Claim,
+    ClaimResult,
+    CloudStatus,
+    CommandResult,
+    ControllerState,
+    DeviceEntry,
+    GetState,
+    Ota,
+    OtaReport,
+    Pair,
+    Refresh,
+    Request,
+    ScanEntry,
+    Unclaim,
+    Unpair,
+    ValveClose,
+    ValveOpen,
+)
+from gateway.ops.protocol import ProgressFn
+from gateway.relay.events import DerivedEvent
+from gateway.relay.mqtt import MqttRelay
+from gateway.sim.broker import MosquittoBroker
+from gateway.store.outbox import Outbox
+from tests.gateway.relay.test_cloud_relay import state
+
+ADDRESS = "C0:FF:EE:00:00:01"
+SERIAL = "100001"
+PREFIX = "autowatering"
+# Messages cross loopback in milliseconds; the relay's first reconnect waits its backoff
+# (1-2 s here, the rng fixed at 1); a loaded machine gets several times that.
+ARRIVES_WITHIN_S = 15.0
+
+
+@dataclass
+class FakeOps:
+    """The typed operations, recording what the relay asked for."""
+
+    asked: list[Request] = field(default_factory=list)
+    busy: bool = False
+
+    def _command(self, request: ValveOpen | ValveClose) -> CommandResult:
+        self.asked.append(request)
+        if self.busy:
+            raise ControllerBusy(f"{request.address} is busy with a firmware update")
+        return CommandResult(address=request.address, command=request.name, ok=True,
+                             status="confirmed", detail="valve confirmed")
+
+    async def valve_open(self, request: ValveOpen) -> CommandResult:
+        return self._command(request)
+
+    async def valve_close(self, request: ValveClose) -> CommandResult:
+        return self._command(request)
+
+    async def refresh(self, request: Refresh) -> ControllerState:
+        self.asked.append(request)
+        return state()
+
+    async def state(self, request: GetState) -> ControllerState:
+        self.asked.append(request)
+        return state()
+
+    async def scan(self) -> list[ScanEntry]:
+        raise AssertionError("not asked")
+
+    async def pair(self, request: Pair) -> DeviceEntry:
+        raise AssertionError("not asked")
+
+    async def unpair(self, request: Unpair) -> DeviceEntry:
+        self.asked.append(request)
+        raise AssertionError("not on the allow-list: never reached")
+
+    async def devices(self) -> list[DeviceEntry]:
+        raise AssertionError("not asked")
+
+    async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:
+        raise AssertionError("not asked")
+
+    async def cloud_status(self) -> CloudStatus:
+        raise AssertionError("not asked")
+
+    async def claim(self, request: Claim) -> ClaimResult:
+        raise AssertionError("not asked")
+
+    async def unclaim(self, request: Unclaim) -> ClaimResult:
+        raise AssertionError("not asked")
+
+
+@dataclass
+class Setup:
+    broker: MosquittoBroker
+    relay: MqttRelay
+    ops: FakeOps
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path) -> AsyncIterator[Setup]:
+    async with MosquittoBroker() as broker:
+        ops = FakeOps()
+        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, keepalive_s=5)
+        relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), ops,
+                          rng=lambda: 0.5)
+        task = asyncio.create_task(relay.run(), name="mqtt relay under test")
+        try:
+            async with asyncio.timeout(ARRIVES_WITHIN_S):
+                while not relay.connected:  # noqa: ASYNC110 - the relay exposes a flag
+                    await asyncio.sleep(0.02)
+            yield Setup(broker, relay, ops, task)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class Listener:
+    """A client that collects what arrives on some topics (retained ones included)."""
+
+    def __init__(self, port: int, *topics: str) -> None:
+        self.port = port
+        self.topics = topics
+        self.got: list[tuple[str, bytes, bool]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> Listener:
+        self._task = asyncio.create_task(self._run(), name="listener")
+        async with asyncio.timeout(ARRIVES_WITHIN_S):
+            await self._ready.wait()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.port) as client:
+            for topic in self.topics:
+                await client.subscribe(topic, qos=1)
+            self._ready.set()
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                self.got.append((message.topic.value, payload, message.retain))
+
+    def on(self, topic: str) -> list[bytes]:
+        return [p for t, p, _ in self.got if t == topic]
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(ARRIVES_WITHIN_S):
+            while not predicate():  # noqa: ASYNC110 - polled record
+                await asyncio.sleep(0.02)
+
+
+async def publish(port: int, topic: str, payload: str | bytes, retain: bool = False) -> None:
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.publish(topic, payload, qos=1, retain=retain)
+
+
+async def test_state_availability_and_discovery_are_retained(tmp_path: Path) -> None:
+    async with running(tmp_path) as s:
+        s.relay.observe(ADDRESS, SERIAL, state(task_ch=2, volume=40))
+        node = f"{PREFIX}/{SERIAL}"
+        await asyncio.sleep(0.5)
+        async with Listener(s.broker.port, f"{PREFIX}/#", "homeassistant/#") as late:
+            await late.until(lambda: bool(late.on(f"{node}/state")))
+            shown = json.loads(late.on(f"{node}/state")[-1])
+            assert shown["address"] == ADDRESS and shown["current_task"]["channel"] == 2
+            assert late.on(f"{node}/availability") == [b"online"]
+            assert late.on(f"{PREFIX}/gateway/gw1/availability") == [b"online"]
+            assert late.on(f"{PREFIX}/gateway/gw1/radio") == [b"online"]
+            config = json.loads(late.on("homeassistant/device/autowatering_100001/config")[-1])
+            assert config["device"]["via_device"] == "autowatering_gateway_gw1"
+            assert config["availability_mode"] == "all"
+            assert {c["platform"] for c in config["components"].values()} >= {
+                "valve", "number", "sensor", "binary_sensor", "event", "button"}
+            s.relay.observe(ADDRESS, SERIAL, state(fresh=False))
+            await late.until(lambda: late.on(f"{node}/availability")[-1:] == [b"offline"])
+
+
+async def test_events_survive_a_broker_outage_in_order_once(tmp_path: Path) -> None:
+    async with running(tmp_path) as s:
+        topic = f"{PREFIX}/{SERIAL}/event/test"
+        async with Listener(s.broker.port, topic) as before:
+            for n in range(20):
+                s.relay.record_event(SERIAL, DerivedEvent("test", {"n": n}))
+            await before.until(lambda: len(before.on(topic)) == 20)
+        await s.broker.stop()
+        s.relay.observe(ADDRESS, SERIAL, state(task_ch=1))
+        for n in range(20, 60):
+            s.relay.record_event(SERIAL, DerivedEvent("test", {"n": n}))
+        await asyncio.sleep(1.0)
+        await s.broker.start()
+        async with Listener(s.broker.port, topic, f"{PREFIX}/{SERIAL}/state") as after:
+            await after.until(lambda: len(after.on(topic)) >= 40)
+            await asyncio.sleep(0.5)
+            numbers = [json.loads(p)["n"] for p in after.on(topic)]
+            assert numbers == list(range(20, 60))  # in order, once, nothing lost
+            # The broker forgot its retained messages; the relay republished the current state.
+            await after.until(lambda: bool(after.on(f"{PREFIX}/{SERIAL}/state")))
+            assert json.loads(after.on(f"{PREFIX}/{SERIAL}/state")[-1])["current_task"][
+                "channel"] == 1
+        assert s.relay.connects >= 2
+
+
+def last(s: Setup) -> Request:
+    return s.ops.asked[-1]
+
+
+async def _command(s: Setup, topic: str, payload: str | bytes) -> dict[str, Any]:
+    result = f"{PREFIX}/{SERIAL}/result"
+    async with Listener(s.broker.port, result) as replies:
+        await publish(s.broker.port, topic, payload)
+        await replies.until(lambda: bool(replies.on(result)))
+        answer: dict[str, Any] = json.loads(replies.on(result)[0])
+    return answer
+
+
+async def test_commands_reach_the_typed_operations(tmp_path: Path) -> None:
+    async with running(tmp_path) as s:
+        s.relay.observe(ADDRESS, SERIAL, state())
+        base = f"{PREFIX}/{SERIAL}"
+        done = await _command(s, f"{base}/command", json.dumps(
+            {"op": "valve_open", "channel": 2, "minutes": 5, "id": "a1"}))
+        assert done["ok"] and done["id"] == "a1" and done["status"] == "done"
+        assert last(s) == ValveOpen(address=ADDRESS, channel=2, minutes=5)
+        await publish(s.broker.port, f"{base}/minutes/3/set", "7")
+        await asyncio.sleep(0.3)
+        await _command(s, f"{base}/valve/3/set", "OPEN")
+        assert last(s) == ValveOpen(address=ADDRESS, channel=3, minutes=7)
+        await _command(s, f"{base}/valve/4/set", "OPEN")
+        assert last(s) == ValveOpen(address=ADDRESS, channel=4, minutes=10)
+        await _command(s, f"{base}/valve/3/set", "CLOSE")
+        assert last(s) == ValveClose(address=ADDRESS, channel=3)
+        await _command(s, f"{base}/resync/press", "PRESS")
+        assert last(s) == Refresh(address=ADDRESS)
+        s.ops.busy = True
+        busy = await _command(s, f"{base}/valve/3/set", "CLOSE")
+        assert busy["status"] == "busy" and not busy["ok"]
+
+
+@pytest.mark.parametrize(("payload", "status", "needle"), [
+    ("{not json", "invalid", "Expecting"),
+    ("[1, 2]", "invalid", "JSON object"),
+    ('{"op": "valve_open", "channel": "two", "minutes": 5}', "invalid", "channel"),
+    ('{"op": "valve_open", "channel": 2, "minutes": 300}', "invalid", "minutes"),
+    ('{"op": "valve_open", "channel": 9, "minutes": 5}', "invalid", "channel"),
+    ('{"op": "launch"}', "invalid", "op"),
+    ('{"op": "unpair"}', "not_allowed", "allowed_ops"),
+    ('{"op": "valve_close", "channel": 1, "address": "AA:BB:CC:DD:EE:FF"}', "invalid",
+     "send no address"),
+    ("x" * 5000, "invalid", "exceeds"),
+])
+async def test_bad_commands_get_an_error_reply_and_do_nothing(tmp_path: Path, payload: str,
+                                                              status: str, needle: str) -> None:
+    async with running(tmp_path) as s:
+        s.relay.observe(ADDRESS, SERIAL, state())
+        answer = await _command(s, f"{PREFIX}/{SERIAL}/command", payload)
+        assert not answer["ok"] and answer["status"] == status and needle in answer["detail"]
+        assert s.ops.asked == []
+
+
+async def test_a_retained_command_is_never_executed(tmp_path: Path) -> None:
+    async with MosquittoBroker() as broker:
+        # Left on the broker by a script before the gateway (re)started.
+        await publish(broker.port, f"{PREFIX}/{SERIAL}/valve/2/set", "OPEN", retain=True)
+        result = f"{PREFIX}/{SERIAL}/result"
+        async with Listener(broker.port, result) as replies:
+            ops = FakeOps()
+            config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port)
+            relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), ops)
+            relay.observe(ADDRESS, SERIAL, state())
+            task = asyncio.create_task(relay.run(), name="relay")
+            try:
+                await replies.until(lambda: bool(replies.on(result)))
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        stale = json.loads(replies.on(result)[0])
+        assert stale["status"] == "invalid" and "retained" in stale["detail"]
+        assert ops.asked == []
+
+
+async def test_an_unknown_controller_gets_an_error_reply(tmp_path: Path) -> None:
+    async with running(tmp_path) as s:
+        result = f"{PREFIX}/999999/result"
+        async with Listener(s.broker.port, result) as replies:
+            await publish(s.broker.port, f"{PREFIX}/999999/valve/1/set", "OPEN")
+            await replies.until(lambda: bool(replies.on(result)))
+            assert json.loads(replies.on(result)[0])["status"] == "unknown_controller"
+        assert s.ops.asked == []
+
+
+async def test_an_unpaired_controller_leaves_home_assistant(tmp_path: Path) -> None:
+    async with running(tmp_path) as s:
+        s.relay.observe(ADDRESS, SERIAL, state())
+        config = "homeassistant/device/autowatering_100001/config"
+        async with Listener(s.broker.port, config) as seen:
+            await seen.until(lambda: bool(seen.on(config)))
+            s.relay.forget(ADDRESS, SERIAL)
+            await seen.until(lambda: seen.on(config)[-1] == b"")
+        async with Listener(s.broker.port, config) as later:
+            await asyncio.sleep(0.5)
+            assert later.on(config) == []  # no retained config left
