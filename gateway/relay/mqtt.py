@@ -90,6 +90,10 @@ class _Node:
     # The discovery last published for it: a new controller, a new firmware version or new
     # channel names publish it again.
     announced: ha_discovery.ControllerInfo | None = None
+    # What this connection last published of it, so unchanged retained values are not sent
+    # again with every state (None: nothing yet on this connection).
+    availability: str | None = None
+    minutes_published: bool = False
 
 
 def read_password(config: MqttConfig) -> str | None:
@@ -225,6 +229,8 @@ class MqttRelay:
                              qos=1, retain=True)
         await client.publish(self.topics.gateway_state, json.dumps(self._gateway_state()),
                              qos=1, retain=True)
+        for entry in self._nodes.values():
+            entry.availability, entry.minutes_published = None, False
         self._dirty.update(self._nodes)
         self._changed.set()
 
@@ -292,13 +298,18 @@ class MqttRelay:
         await client.publish(self.topics.state(node), json.dumps(payload), qos=1, retain=True)
         # A controller is available only while its state is fresh (reachable and read
         # within the stale limit): stale values are never shown as current.
-        await client.publish(self.topics.availability(node), ONLINE if state.fresh else OFFLINE,
-                             qos=1, retain=True)
-        minutes = entry.minutes or {}
-        for channel in range(len(state.valves)):
-            await client.publish(self.topics.minutes(node, channel),
-                                 str(minutes.get(channel, self.config.default_valve_minutes)),
-                                 qos=1, retain=True)
+        availability = ONLINE if state.fresh else OFFLINE
+        if availability != entry.availability:
+            await client.publish(self.topics.availability(node), availability, qos=1,
+                                 retain=True)
+            entry.availability = availability
+        if not entry.minutes_published:
+            minutes = entry.minutes or {}
+            for channel in range(len(state.valves)):
+                await client.publish(self.topics.minutes(node, channel),
+                                     str(minutes.get(channel, self.config.default_valve_minutes)),
+                                     qos=1, retain=True)
+            entry.minutes_published = True
         self.published_states += 1
 
     async def _remove(self, client: aiomqtt.Client, node: str) -> None:
@@ -443,6 +454,7 @@ class MqttRelay:
             return CommandReply(ok=False, status="invalid",
                                 detail="minutes must be 1..255 (device-ble.md Δ21)")
         entry.minutes = {**(entry.minutes or {}), channel: minutes}
+        entry.minutes_published = False
         self._dirty.add(node)
         self._changed.set()
         return None
