@@ -117,8 +117,10 @@ class DiscoveryStyle(StrEnum):
 
 
 MqttTopic = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", max_length=128)]
-# What MQTT commands may ask, by op (gateway.ops.models): reading and watering by default.
-DEFAULT_MQTT_OPS = ("valve_open", "valve_close", "refresh", "state")
+# What MQTT commands may ask, by op (gateway.ops.models), plus "update_install" (Home
+# Assistant's update entity installing the offered firmware): reading, watering and offered
+# updates by default; "ota" (any image file on the hub) only when added.
+DEFAULT_MQTT_OPS = ("valve_open", "valve_close", "refresh", "state", "update_install")
 
 
 class MqttConfig(BaseModel):

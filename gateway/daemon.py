@@ -75,7 +75,8 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
 
         mqtt = MqttRelay(config.mqtt, gid, outbox, operations,
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
-                         gateway_state=gateway_state, password=read_password(config.mqtt))
+                         gateway_state=gateway_state, password=read_password(config.mqtt),
+                         staged_dir=config.state_dir / "firmware" / "staged")
         operations.mqtt = mqtt
         runs["mqtt relay"] = mqtt.run
         sinks.append(mqtt)
@@ -84,6 +85,9 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
         updates = CloudUpdates(config, registry, account.client, account.gateway_id,
                                operations, FanOut(sinks), lambda: relay.mode)
         runs["cloud updates"] = updates.run
+        if operations.mqtt is not None:
+            operations.mqtt.cloud_install = updates.install_offer
+            updates.offer_listeners.append(operations.mqtt.offer)
     if sinks:
         history_s = config.cloud.history_period_s
         runs["state feed"] = StateFeed(manager.store, registry, sinks,

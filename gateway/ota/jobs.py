@@ -35,7 +35,7 @@ from cloud_client.errors import (
     DownloadRejected,
     RateLimited,
 )
-from cloud_client.models import Artifact, Job, OtaLatest, UpdateGatewayJob
+from cloud_client.models import Artifact, Job, OtaLatest, Release, UpdateGatewayJob
 from cloud_client.versions import version_key
 from firmware_bridge.mcuboot import ImageFormatError, image_problems, parse_image
 from firmware_bridge.ota.outcome import Progress
@@ -114,6 +114,10 @@ class CloudUpdates:
         self._announced: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()  # one cloud-driven update at a time
         self._background: set[asyncio.Task[None]] = set()
+        # The newest release offered per controller by the last check, and who wants to know
+        # (the MQTT relay's update entity).
+        self._offers: dict[str, Release] = {}
+        self.offer_listeners: list[Callable[[str, str | None, str], None]] = []
 
     # ---- the loops ------------------------------------------------------------------------------
 
@@ -227,7 +231,11 @@ class CloudUpdates:
             latest = answers[key]
             release = latest.latest
             if not latest.update_available or release is None:
+                self._offers.pop(record.address, None)
                 continue
+            self._offers[record.address] = release
+            for listener in self.offer_listeners:
+                listener(record.address, record.serial, release.version)
             policy = record.ota_policy or cloud.ota_policy
             wanted = policy is OtaPolicy.AUTO or (policy is OtaPolicy.MANDATORY
                                                   and release.mandatory)
@@ -248,6 +256,17 @@ class CloudUpdates:
                 self.events.record_event(record.serial, DerivedEvent(
                     "firmware_update_skipped", {"version": release.version,
                                                 "reason": outcome.reason, **outcome.detail}))
+
+    async def install_offer(self, address: str,
+                            progress: Callable[[int, str], None] | None = None) -> Outcome:
+        """Install the release last offered for ``address`` because a person asked (Home
+        Assistant's update entity): explicit, so the policy and window do not apply."""
+        release = self._offers.get(address)
+        if release is None:
+            return Outcome("failed", "no_release_offered", {})
+        record = self.registry.get(address)
+        return await self.apply(Plan(record, release.version, record.board, release.channel,
+                                     release.artifact, True), progress)
 
     def _announce(self, record: ControllerRecord, version: str, mandatory: bool) -> None:
         if (record.address, version) in self._announced:

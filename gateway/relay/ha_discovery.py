@@ -121,6 +121,11 @@ def controller_components(info: ControllerInfo, topics: Topics) -> dict[str, dic
         "enabled_by_default": False,
         "value_template": f"{{{{ value_json.rssi if value_json.rssi is not none else "
                           f"'{NONE}' }}}}"}
+    components["firmware"] = {
+        "platform": "update", "unique_id": f"{uid}_firmware", "name": "Firmware",
+        "device_class": "firmware", "state_topic": topics.update(node),
+        "command_topic": topics.update_install(node), "payload_install": "install",
+        "entity_category": "config", "qos": 1}
     components["resync"] = {
         "platform": "button", "unique_id": f"{uid}_resync", "name": "Re-sync",
         "command_topic": topics.resync(node), "payload_press": "PRESS",

@@ -25,21 +25,26 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiomqtt
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from cloud_client.versions import version_key
 from firmware_bridge.gatt.history import DetailedEntry
+from firmware_bridge.mcuboot import ImageFormatError, parse_image
 from gateway.config import DiscoveryStyle, MqttConfig
 from gateway.errors import ConfigError, ControllerBusy, GatewayError
 from gateway.ops.models import (
     REQUEST,
     ControllerState,
+    Ota,
+    OtaReport,
     Refresh,
     Request,
     ValveClose,
@@ -70,6 +75,18 @@ CREDENTIAL_NAME = "awgw-mqtt-password"
 MQTT_OUTBOX_FILE = "mqtt-outbox.sqlite3"
 
 
+class InstallOutcome(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def detail(self) -> Any: ...
+
+
+CloudInstall = Callable[[str, Callable[[int, str], None]], Awaitable[InstallOutcome]]
+
+
 class CommandReply(BaseModel):
     """What ``<node>/result`` carries for every command."""
 
@@ -79,6 +96,17 @@ class CommandReply(BaseModel):
     status: str  # done | refused | busy | invalid | not_allowed | unknown_controller
     detail: str
     result: Any = None
+
+
+@dataclass
+class Offer:
+    """Firmware the update entity offers: a release from the cloud check, or an image staged
+    on the hub (``<state_dir>/firmware/staged/<node>.bin``)."""
+
+    version: str
+    source: str  # cloud | staged
+    file: Path | None = None
+    stamp: float = 0.0  # the staged file's mtime
 
 
 @dataclass
@@ -94,6 +122,10 @@ class _Node:
     # again with every state (None: nothing yet on this connection).
     availability: str | None = None
     minutes_published: bool = False
+    offer: Offer | None = None
+    installing: bool = False
+    percentage: int | None = None
+    update_published: str | None = None
 
 
 def read_password(config: MqttConfig) -> str | None:
@@ -118,7 +150,9 @@ class MqttRelay:
                  *, radio_ok: Callable[[], bool] = lambda: True,
                  rssi_of: Callable[[str], int | None] = lambda _a: None,
                  gateway_state: Callable[[], dict[str, Any]] = dict,
-                 password: str | None = None, rng: Callable[[], float] = random.random,
+                 password: str | None = None, staged_dir: Path | None = None,
+                 cloud_install: CloudInstall | None = None,
+                 rng: Callable[[], float] = random.random,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.topics = Topics(config.topic_prefix, gateway_id)
@@ -129,6 +163,8 @@ class MqttRelay:
         self._rssi_of = rssi_of
         self._gateway_state = gateway_state
         self._password = password
+        self._staged_dir = staged_dir
+        self.cloud_install = cloud_install
         self._rng = rng
         self._clock = clock
         self._nodes: dict[str, _Node] = {}
@@ -172,6 +208,35 @@ class MqttRelay:
         if self._nodes.pop(node, None) is not None:
             self._removed.add(node)
             self._changed.set()
+
+    def offer(self, address: str, serial: str | None, version: str) -> None:
+        """The cloud's release check found ``version`` for this controller."""
+        entry = self._nodes.get(node_id(address, serial))
+        if entry is not None and (entry.offer is None or entry.offer.source == "cloud"):
+            entry.offer = Offer(version, "cloud")
+            self._dirty.add(node_id(address, serial))
+            self._changed.set()
+
+    def _staged(self, node: str, entry: _Node) -> None:
+        """Notice an image staged for this controller (or its removal)."""
+        if self._staged_dir is None:
+            return
+        path = self._staged_dir / f"{node}.bin"
+        try:
+            stamp = path.stat().st_mtime
+        except FileNotFoundError:
+            if entry.offer is not None and entry.offer.source == "staged":
+                entry.offer = None
+            return
+        if entry.offer is not None and entry.offer.source == "staged" \
+                and entry.offer.stamp == stamp:
+            return
+        try:
+            version = str(parse_image(path.read_bytes()).version)
+        except (OSError, ImageFormatError) as exc:
+            log.warning("staged_image_unusable", path=str(path), error=str(exc))
+            return
+        entry.offer = Offer(version, "staged", path, stamp)
 
     # ---- the connection supervisor -------------------------------------------------------------
 
@@ -231,6 +296,7 @@ class MqttRelay:
                              qos=1, retain=True)
         for entry in self._nodes.values():
             entry.availability, entry.minutes_published = None, False
+            entry.update_published = None
         self._dirty.update(self._nodes)
         self._changed.set()
 
@@ -303,6 +369,7 @@ class MqttRelay:
             await client.publish(self.topics.availability(node), availability, qos=1,
                                  retain=True)
             entry.availability = availability
+        await self._publish_update(client, node, entry)
         if not entry.minutes_published:
             minutes = entry.minutes or {}
             for channel in range(len(state.valves)):
@@ -312,13 +379,30 @@ class MqttRelay:
             entry.minutes_published = True
         self.published_states += 1
 
+    async def _publish_update(self, client: aiomqtt.Client, node: str, entry: _Node) -> None:
+        self._staged(node, entry)
+        installed = entry.state.firmware_version if entry.state else None
+        offer = entry.offer
+        if offer is not None and installed and version_key(offer.version) == version_key(
+                installed):
+            offer = None  # already running it
+        body = json.dumps({
+            "installed_version": installed, "latest_version": offer.version if offer
+            else installed, "title": "AutoWatering firmware",
+            "release_summary": f"from the {offer.source}" if offer else None,
+            "in_progress": entry.installing, "update_percentage": entry.percentage})
+        if body != entry.update_published:
+            await client.publish(self.topics.update(node), body, qos=1, retain=True)
+            entry.update_published = body
+
     async def _remove(self, client: aiomqtt.Client, node: str) -> None:
         prefix = self.config.discovery_prefix
         info = ha_discovery.ControllerInfo(node, "", None, None, 8, {})
         for style in ("device", "entity"):
             for topic, _ in ha_discovery.controller_messages(info, self.topics, prefix, style):
                 await client.publish(topic, b"", qos=1, retain=True)
-        for topic in (self.topics.state(node), self.topics.availability(node)):
+        for topic in (self.topics.state(node), self.topics.availability(node),
+                      self.topics.update(node)):
             await client.publish(topic, b"", qos=1, retain=True)
 
     async def _pump_events(self, client: aiomqtt.Client) -> None:
@@ -393,6 +477,8 @@ class MqttRelay:
         if entry is None:
             return CommandReply(ok=False, status="unknown_controller",
                                 detail=f"no paired controller is published as {node}")
+        if kind == "update":
+            return await self._install(node, entry, raw)
         try:
             command_id, request = self._request(entry, node, kind, channel, raw)
         except (ValueError, TypeError, ValidationError) as exc:  # UnicodeDecodeError, JSON too
@@ -440,6 +526,63 @@ class MqttRelay:
         if command_id is not None and not (isinstance(command_id, str) and len(command_id) <= 64):
             raise ValueError("id must be a string of at most 64 characters")
         return command_id, REQUEST.validate_python({**body, "address": entry.address})
+
+    async def _install(self, node: str, entry: _Node, raw: bytes) -> CommandReply:
+        """Home Assistant's update entity: install what is offered, with live progress."""
+        op = "update_install"
+        if raw.strip() != b"install":
+            return CommandReply(op=op, ok=False, status="invalid",
+                                detail="the update entity's payload is install")
+        if op not in self.config.allowed_ops:
+            return CommandReply(op=op, ok=False, status="not_allowed",
+                                detail=f"{op} is not in [mqtt] allowed_ops")
+        self._staged(node, entry)
+        offer = entry.offer
+        if offer is None:
+            return CommandReply(op=op, ok=False, status="refused",
+                                detail="no firmware is offered for this controller")
+        if entry.installing:
+            return CommandReply(op=op, ok=False, status="busy", detail="already installing")
+        entry.installing, entry.percentage = True, 0
+        self._dirty.add(node)
+        self._changed.set()
+
+        def progress(pct: int) -> None:
+            if pct != entry.percentage:
+                entry.percentage = max(0, min(100, pct))
+                self._dirty.add(node)
+                self._changed.set()
+
+        try:
+            if offer.source == "staged" and offer.file is not None:
+                report = await dispatch(self.ops, Ota(address=entry.address, file=str(offer.file)),
+                                        lambda p: progress(int(p.fraction * 100)))
+                ok = isinstance(report, OtaReport) and report.result in ("succeeded", "skipped")
+                detail = report.detail if isinstance(report, OtaReport) else ""
+                result: Any = report.model_dump(mode="json") if isinstance(report, BaseModel) \
+                    else None
+            elif self.cloud_install is not None:
+                outcome = await self.cloud_install(entry.address,
+                                                    lambda pct, _stage: progress(pct))
+                ok = outcome.status == "succeeded"
+                detail = outcome.reason or outcome.status
+                result = {"status": outcome.status, "reason": outcome.reason,
+                          "detail": outcome.detail}
+            else:
+                return CommandReply(op=op, ok=False, status="refused",
+                                    detail="cloud updates are not configured")
+        except ControllerBusy as exc:
+            return CommandReply(op=op, ok=False, status="busy", detail=str(exc))
+        except GatewayError as exc:
+            return CommandReply(op=op, ok=False, status="refused", detail=str(exc))
+        finally:
+            entry.installing, entry.percentage = False, None
+            self._dirty.add(node)
+            self._changed.set()
+        if ok:
+            entry.offer = None if offer.source == "cloud" else entry.offer
+        return CommandReply(op=op, ok=ok, status="done" if ok else "refused",
+                            detail=detail or op, result=result)
 
     def _set_minutes(self, node: str, entry: _Node | None, channel: int | None,
                      raw: bytes) -> CommandReply | None:

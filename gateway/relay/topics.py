@@ -11,6 +11,9 @@
     <node>/valve/<ch>/set                OPEN | CLOSE       Home Assistant's valve
     <node>/minutes/<ch>/set, .../minutes/<ch>   1..255      how long an OPEN lasts (retained)
     <node>/resync/press                  PRESS              Home Assistant's button
+    <node>/update                        JSON               retained: installed/latest version,
+                                                            in progress, percentage
+    <node>/update/install                install            Home Assistant's update entity
 
 ``<node>`` is the controller's six-digit serial, or its address without colons when it has no
 serial: stable for the life of the pairing, and a valid Home Assistant object id.
@@ -83,16 +86,22 @@ class Topics:
     def resync(self, node: str) -> str:
         return f"{self.node(node)}/resync/press"
 
+    def update(self, node: str) -> str:
+        return f"{self.node(node)}/update"
+
+    def update_install(self, node: str) -> str:
+        return f"{self.update(node)}/install"
+
     @property
     def subscriptions(self) -> list[str]:
         """What the relay listens to (commands of every controller)."""
         p = self.prefix
         return [f"{p}/+/command", f"{p}/+/valve/+/set", f"{p}/+/minutes/+/set",
-                f"{p}/+/resync/press"]
+                f"{p}/+/resync/press", f"{p}/+/update/install"]
 
     def parse_command_topic(self, topic: str) -> tuple[str, str, int | None] | None:
         """(node, kind, channel) of a command topic: kind in command | valve | minutes |
-        resync; None for anything else."""
+        resync | update; None for anything else."""
         parts = topic.split("/")
         base = self.prefix.split("/")
         if parts[:len(base)] != base:
@@ -102,6 +111,8 @@ class Topics:
             return rest[0], "command", None
         if len(rest) == 3 and rest[1:] == ["resync", "press"]:
             return rest[0], "resync", None
+        if len(rest) == 3 and rest[1:] == ["update", "install"]:
+            return rest[0], "update", None
         if len(rest) == 4 and rest[1] in ("valve", "minutes") and rest[3] == "set" \
                 and rest[2].isdigit() and len(rest[2]) <= 3:
             return rest[0], rest[1], int(rest[2])

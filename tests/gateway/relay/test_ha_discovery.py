@@ -28,7 +28,7 @@ INFO = ControllerInfo(node="100001", address="C0:FF:EE:00:00:01", serial="100001
 # components' DEVICE_CLASSES, for the ones we use).
 DEVICE_CLASSES = {"valve": {"water", "gas"},
                   "sensor": {"volume_flow_rate", "water", "timestamp", "signal_strength"},
-                  "binary_sensor": {"problem", "connectivity"}}
+                  "binary_sensor": {"problem", "connectivity"}, "update": {"firmware"}}
 
 
 def check_golden(name: str, value: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from firmware_bridge.ota.outcome import Phase, Progress
 from gateway.config import MqttConfig
 from gateway.errors import ControllerBusy
 from gateway.ops.models import (
@@ -39,6 +40,7 @@ from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent
 from gateway.relay.mqtt import MqttRelay
 from gateway.sim.broker import MosquittoBroker
+from gateway.sim.images import firmware_body, make_image
 from gateway.store.outbox import Outbox
 from tests.gateway.relay.test_cloud_relay import state
 
@@ -92,7 +94,14 @@ class FakeOps:
         raise AssertionError("not asked")
 
     async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:
-        raise AssertionError("not asked")
+        self.asked.append(request)
+        for offset in (0, 30_000, 60_000):
+            if on_progress is not None:
+                on_progress(Progress(Phase.UPLOAD, offset, 60_000, 30_000.0, None))
+            await asyncio.sleep(0.2)
+        return OtaReport(result="succeeded", reason=None, detail="confirmed", rc=None, hash="",
+                         version="9.2.0", uploaded_bytes=60_000, seconds=0.6,
+                         skipped_upload=False, firmware_revision="9.2.0")
 
     async def cloud_status(self) -> CloudStatus:
         raise AssertionError("not asked")
@@ -322,3 +331,36 @@ async def test_an_unpaired_controller_leaves_home_assistant(tmp_path: Path) -> N
         async with Listener(s.broker.port, config) as later:
             await asyncio.sleep(0.5)
             assert later.on(config) == []  # no retained config left
+
+
+async def test_the_update_entity_installs_a_staged_image_with_progress(tmp_path: Path) -> None:
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / f"{SERIAL}.bin").write_bytes(make_image((9, 2, 0, 0), firmware_body("s", 4000)))
+    async with MosquittoBroker() as broker:
+        ops = FakeOps()
+        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port)
+        relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), ops,
+                          staged_dir=staged)
+        task = asyncio.create_task(relay.run(), name="relay")
+        update = f"{PREFIX}/{SERIAL}/update"
+        try:
+            async with Listener(broker.port, update, f"{PREFIX}/{SERIAL}/result") as mqtt:
+                relay.observe(ADDRESS, SERIAL, state())
+                await mqtt.until(lambda: bool(mqtt.on(update)))
+                offered = json.loads(mqtt.on(update)[-1])
+                assert (offered["installed_version"], offered["latest_version"]) == (
+                    "3.1.0", "9.2.0") and not offered["in_progress"]
+                await publish(broker.port, f"{update}/install", "install")
+                await mqtt.until(lambda: bool(mqtt.on(f"{PREFIX}/{SERIAL}/result")))
+                reply = json.loads(mqtt.on(f"{PREFIX}/{SERIAL}/result")[-1])
+                assert reply["ok"] and reply["result"]["version"] == "9.2.0", reply
+                seen = [json.loads(p) for p in mqtt.on(update)]
+                percentages = [s["update_percentage"] for s in seen if s["in_progress"]]
+                assert percentages and percentages == sorted(percentages)
+                assert not seen[-1]["in_progress"]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert isinstance(ops.asked[-1], Ota) and ops.asked[-1].file.endswith(f"{SERIAL}.bin")
