@@ -27,6 +27,29 @@ ensure_venv() {
   "$VENV/bin/python" -m pip install -q -e ".[dev]"
 }
 
+# A real Home Assistant judges our MQTT discovery (tests/gateway/test_home_assistant_rig.py):
+# 2025.4.x runs on Python 3.13, in its own virtualenv, cached between runs.
+HA_VERSION=2025.4.4
+HA_FRONTEND=20250411.0
+HA_PAHO=2.1.0
+ensure_home_assistant() {
+  local venv="${AWGW_HA_VENV:-$HOME/.cache/autowatering-gateway/ha-$HA_VERSION}"
+  if [[ ! -x "$venv/bin/hass" ]]; then
+    local py
+    py="$(command -v python3.13 || ls -1 "$HOME"/.pyenv/versions/3.13*/bin/python 2>/dev/null | head -1 || true)"
+    if [[ -z "$py" ]]; then
+      echo "Home Assistant $HA_VERSION needs Python 3.13, which this machine lacks" >&2
+      return 1
+    fi
+    echo "installing Home Assistant $HA_VERSION into $venv (once)" >&2
+    "$py" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$venv/bin/python" -m pip install -q "homeassistant==$HA_VERSION" \
+      "home-assistant-frontend==$HA_FRONTEND" "paho-mqtt==$HA_PAHO"
+  fi
+  export AWGW_HA_VENV="$venv"
+}
+
 ensure_fixtures() {
   # The QEMU conformance peer: sha-pinned artifacts from the smpclient sdist on PyPI.
   "$VENV/bin/python" -c "from gateway.sim.qemu_peer import fetch_artifacts; fetch_artifacts()"
@@ -44,6 +67,7 @@ case "${1:-}" in
     ensure_apt
     ensure_venv
     ensure_fixtures
+    ensure_home_assistant
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   lint)

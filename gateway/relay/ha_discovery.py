@@ -77,9 +77,10 @@ def controller_components(info: ControllerInfo, topics: Topics) -> dict[str, dic
                           f"else '{NONE}' }}}}"}
     components["task_volume"] = {
         "platform": "sensor", "unique_id": f"{uid}_task_volume", "name": "Watered this task",
-        "device_class": "water", "unit_of_measurement": "mL",
+        "device_class": "water", "unit_of_measurement": "L",
         "state_class": "total_increasing", "state_topic": state,
-        "value_template": "{{ value_json.current_task.total_volume_ml "
+        "suggested_display_precision": 2,
+        "value_template": "{{ (value_json.current_task.total_volume_ml / 1000) "
                           "if value_json.current_task else 0 }}"}
     components["status"] = {
         "platform": "sensor", "unique_id": f"{uid}_status", "name": "System status",

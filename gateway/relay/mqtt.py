@@ -292,8 +292,9 @@ class MqttRelay:
         await self._publish_discovery(client)
         await client.publish(self.topics.radio, ONLINE if self._radio_ok() else OFFLINE,
                              qos=1, retain=True)
-        await client.publish(self.topics.gateway_state, json.dumps(self._gateway_state()),
-                             qos=1, retain=True)
+        await client.publish(self.topics.gateway_state, json.dumps(
+            {"outbox_depth": self.outbox.stats().depth, **self._gateway_state()}),
+            qos=1, retain=True)
         for entry in self._nodes.values():
             entry.availability, entry.minutes_published = None, False
             entry.update_published = None
@@ -386,11 +387,15 @@ class MqttRelay:
         if offer is not None and installed and version_key(offer.version) == version_key(
                 installed):
             offer = None  # already running it
-        body = json.dumps({
-            "installed_version": installed, "latest_version": offer.version if offer
-            else installed, "title": "AutoWatering firmware",
-            "release_summary": f"from the {offer.source}" if offer else None,
-            "in_progress": entry.installing, "update_percentage": entry.percentage})
+        fields: dict[str, Any] = {
+            "installed_version": installed,
+            "latest_version": offer.version if offer else installed,
+            "title": "AutoWatering firmware", "in_progress": entry.installing,
+            "update_percentage": entry.percentage}
+        if offer is not None:
+            fields["release_summary"] = f"offered by the {offer.source}"
+        # Home Assistant refuses a null release_summary; an absent one is fine.
+        body = json.dumps(fields)
         if body != entry.update_published:
             await client.publish(self.topics.update(node), body, qos=1, retain=True)
             entry.update_published = body

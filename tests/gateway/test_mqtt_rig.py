@@ -35,12 +35,14 @@ DAEMON_UP_WITHIN_S = 30.0
 
 
 @contextlib.asynccontextmanager
-async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str) -> AsyncIterator[None]:
+async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str,
+                 extra: str = "") -> AsyncIterator[None]:
     config = tmp_path / "config.toml"
     config.write_text(
         f"[link]\nrefresh_period_s = {REFRESH_S}\nconnect_timeout_s = 8\n"
         f'default_policy = "{policy}"\n'
-        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\n')
+        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\n'
+        + extra)
     env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": rig.bus_address,
            "AWGW_STATE_DIR": str(tmp_path), "AWGW_CONFIG": str(config)}
     pair = await asyncio.create_subprocess_exec(

@@ -100,7 +100,7 @@ def render(template: str, value_json: dict[str, Any]) -> str:
           "alarm": "OFF", "status": "None", "link": "connected", "rssi": "-60",
           "last_seen": "2026-12-01T10:00:00.000+00:00"}),
     ({"task_ch": 2, "volume": 750, "alarm": 1}, {
-        "valve_2": "open", "valve_3": "closed", "task_volume": "750",
+        "valve_2": "open", "valve_3": "closed", "task_volume": "0.75",
         "task": "zone 3 running", "alarm": "ON"}),
 ])
 def test_every_value_template_renders_against_the_published_state(
