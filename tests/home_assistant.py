@@ -130,7 +130,7 @@ class HomeAssistant:
 
     async def state(self, entity_id: str) -> dict[str, Any] | None:
         answer = await self.http.get(f"/api/states/{entity_id}")
-        return answer.json() if answer.status_code == 200 else None  # type: ignore[no-any-return]
+        return answer.json() if answer.status_code == 200 else None
 
     async def template(self, template: str) -> str:
         answer = await self.http.post("/api/template", json={"template": template})
