@@ -36,7 +36,7 @@ DAEMON_UP_WITHIN_S = 30.0
 
 @contextlib.asynccontextmanager
 async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str,
-                 extra: str = "") -> AsyncIterator[None]:
+                 extra: str = "") -> AsyncIterator[asyncio.subprocess.Process]:
     config = tmp_path / "config.toml"
     config.write_text(
         f"[link]\nrefresh_period_s = {REFRESH_S}\nconnect_timeout_s = 8\n"
@@ -57,13 +57,14 @@ async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str,
         async with asyncio.timeout(DAEMON_UP_WITHIN_S):
             while not (tmp_path / "control.sock").is_socket():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-        yield
+        yield proc
     except BaseException:
         proc.terminate()
         _, err = await proc.communicate()
         print(err.decode()[-5000:])
         raise
-    proc.terminate()
+    if proc.returncode is None:
+        proc.terminate()
     await asyncio.wait_for(proc.communicate(), 30)
 
 
@@ -123,3 +124,15 @@ async def test_a_powered_off_controller_turns_unavailable_and_back(rig: Rig,
         await wait(lambda: mqtt.on(availability)[-1:] == [b"offline"], STALE_WITHIN_S)
         await rig.fault(0, "power_restore")
         await wait(lambda: mqtt.on(availability)[-1:] == [b"online"], SHARED_WITHIN_S + 10)
+
+
+async def test_a_killed_gateway_is_shown_offline_by_its_last_will(rig: Rig,
+                                                                   tmp_path: Path) -> None:
+    gateway = "autowatering/gateway/+/availability"
+    async with MosquittoBroker() as broker, Listener(broker.port, gateway) as mqtt, \
+            daemon(rig, tmp_path, broker.port, "share") as proc:
+        await mqtt.until(lambda: [p for _, p, _ in mqtt.got][-1:] == [b"online"])
+        proc.kill()  # no goodbye: only the broker's last will can tell
+        # The socket closed without a DISCONNECT: the will goes out at once. A lost network
+        # (nothing closes) takes the broker 1.5 keepalives (5 s here): the bound.
+        await wait(lambda: [p for _, p, _ in mqtt.got][-1:] == [b"offline"], 1.5 * 5 + 5)

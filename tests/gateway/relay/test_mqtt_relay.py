@@ -38,7 +38,7 @@ from gateway.ops.models import (
 )
 from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent
-from gateway.relay.mqtt import MqttRelay
+from gateway.relay.mqtt import BACKOFF_MAX_S, MqttRelay
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.outbox import Outbox
@@ -206,7 +206,11 @@ async def test_state_availability_and_discovery_are_retained(tmp_path: Path) -> 
             await late.until(lambda: late.on(f"{node}/availability")[-1:] == [b"offline"])
 
 
-async def test_events_survive_a_broker_outage_in_order_once(tmp_path: Path) -> None:
+# A restart (the broker is back at once) and the 60 s outage: the relay's backoff
+# reaches its cap meanwhile, so it is back within BACKOFF_MAX_S of the broker.
+@pytest.mark.parametrize("outage_s", [1.0, 60.0])
+async def test_events_survive_a_broker_outage_in_order_once(tmp_path: Path,
+                                                            outage_s: float) -> None:
     async with running(tmp_path) as s:
         topic = f"{PREFIX}/{SERIAL}/event/test"
         async with Listener(s.broker.port, topic) as before:
@@ -217,10 +221,12 @@ async def test_events_survive_a_broker_outage_in_order_once(tmp_path: Path) -> N
         s.relay.observe(ADDRESS, SERIAL, state(task_ch=1))
         for n in range(20, 60):
             s.relay.record_event(SERIAL, DerivedEvent("test", {"n": n}))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(outage_s)
         await s.broker.start()
         async with Listener(s.broker.port, topic, f"{PREFIX}/{SERIAL}/state") as after:
-            await after.until(lambda: len(after.on(topic)) >= 40)
+            async with asyncio.timeout(BACKOFF_MAX_S + ARRIVES_WITHIN_S):
+                while len(after.on(topic)) < 40:  # noqa: ASYNC110 - polled record
+                    await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
             numbers = [json.loads(p)["n"] for p in after.on(topic)]
             assert numbers == list(range(20, 60))  # in order, once, nothing lost
@@ -364,3 +370,17 @@ async def test_the_update_entity_installs_a_staged_image_with_progress(tmp_path:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         assert isinstance(ops.asked[-1], Ota) and ops.asked[-1].file.endswith(f"{SERIAL}.bin")
+
+
+async def test_home_assistants_birth_message_brings_discovery_back(tmp_path: Path) -> None:
+    async with running(tmp_path) as s:
+        s.relay.observe(ADDRESS, SERIAL, state())
+        config = "homeassistant/device/autowatering_100001/config"
+        async with Listener(s.broker.port, config) as first:
+            await first.until(lambda: bool(first.on(config)))
+        await publish(s.broker.port, config, b"", retain=True)  # HA (or a person) cleared it
+        async with Listener(s.broker.port, config) as cleared:
+            await asyncio.sleep(0.3)
+            assert cleared.on(config) == []
+            await publish(s.broker.port, "homeassistant/status", "online")
+            await cleared.until(lambda: bool(cleared.on(config) and cleared.on(config)[-1]))
