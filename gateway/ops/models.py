@@ -257,6 +257,24 @@ class QueueView(_Model):
     at: float | None
 
 
+class EnvironmentView(_Model):
+    """The controller's environmental sensor (device-ble.md 6.1), when it has a valid one."""
+
+    temperature_c: float
+    humidity_pct: float
+    pressure_hpa: float
+    at: float | None
+
+
+class RainView(_Model):
+    """The tipping-bucket rain gauge (device-ble.md 6.2), when one is fitted and active."""
+
+    today_mm: float
+    last_24h_mm: float
+    rate_mm_h: float
+    at: float | None
+
+
 class ControllerState(_Model):
     """What the gateway knows of one controller, each value with when it arrived (the
     gateway's clock); ``fresh`` is false once the last full refresh is older than allowed."""
@@ -276,6 +294,8 @@ class ControllerState(_Model):
     alarm: AlarmView | None
     current_task: TaskView | None
     task_queue: QueueView | None
+    environment: EnvironmentView | None = None
+    rain: RainView | None = None
 
     def watering(self) -> str | None:
         """Why this controller must not be disturbed by an update, or None when it is idle."""

@@ -31,6 +31,8 @@ class ControllerInfo:
     firmware_version: str | None
     channels: int
     channel_names: dict[int, str]
+    has_environment: bool = False
+    has_rain: bool = False
 
 
 def _device_id(node: str) -> str:
@@ -122,6 +124,30 @@ def controller_components(info: ControllerInfo, topics: Topics) -> dict[str, dic
         "enabled_by_default": False,
         "value_template": f"{{{{ value_json.rssi if value_json.rssi is not none else "
                           f"'{NONE}' }}}}"}
+    if info.has_environment:
+        for key, name, device_class, unit, field in (
+                ("temperature", "Temperature", "temperature", "°C", "temperature_c"),
+                ("humidity", "Humidity", "humidity", "%", "humidity_pct"),
+                ("pressure", "Pressure", "atmospheric_pressure", "hPa", "pressure_hpa")):
+            components[key] = {
+                "platform": "sensor", "unique_id": f"{uid}_{key}", "name": name,
+                "device_class": device_class, "unit_of_measurement": unit,
+                "state_class": "measurement", "state_topic": state,
+                "value_template": f"{{{{ value_json.environment.{field} if "
+                                  f"value_json.environment else '{NONE}' }}}}"}
+    if info.has_rain:
+        components["rain_today"] = {
+            "platform": "sensor", "unique_id": f"{uid}_rain_today", "name": "Rain today",
+            "device_class": "precipitation", "unit_of_measurement": "mm",
+            "state_class": "total_increasing", "state_topic": state,
+            "value_template": f"{{{{ value_json.rain.today_mm if value_json.rain else "
+                              f"'{NONE}' }}}}"}
+        components["rain_rate"] = {
+            "platform": "sensor", "unique_id": f"{uid}_rain_rate", "name": "Rain rate",
+            "device_class": "precipitation_intensity", "unit_of_measurement": "mm/h",
+            "state_class": "measurement", "state_topic": state,
+            "value_template": f"{{{{ value_json.rain.rate_mm_h if value_json.rain else "
+                              f"'{NONE}' }}}}"}
     components["firmware"] = {
         "platform": "update", "unique_id": f"{uid}_firmware", "name": "Firmware",
         "device_class": "firmware", "state_topic": topics.update(node),

@@ -328,7 +328,9 @@ class MqttRelay:
         return ha_discovery.ControllerInfo(
             node=node, address=entry.address, serial=entry.serial,
             firmware_version=state.firmware_version if state else None,
-            channels=len(state.valves) if state else 8, channel_names=names)
+            channels=len(state.valves) if state else 8, channel_names=names,
+            has_environment=bool(state and state.environment),
+            has_rain=bool(state and state.rain))
 
     # ---- out: state, availability, events ------------------------------------------------------
 

@@ -27,13 +27,16 @@ from firmware_bridge.gatt.codec import (
     ValveControl,
 )
 from firmware_bridge.gatt.configuration import ChannelConfig, SystemConfig
+from firmware_bridge.gatt.sensors import EnvironmentalData, RainData, RainSensorState
 from firmware_bridge.link.state import DecodeProblem, Field, StateEvent
 from gateway.ops.models import (
     AlarmView,
     ControllerState,
+    EnvironmentView,
     FlowView,
     LinkState,
     QueueView,
+    RainView,
     StatusView,
     TaskView,
     ValveState,
@@ -125,6 +128,8 @@ class StateStore:
         alarm, alarm_at = stamped(Field.ALARM)
         task, task_at = stamped(Field.CURRENT_TASK)
         queue, queue_at = stamped(Field.TASK_QUEUE)
+        environment, environment_at = stamped(Field.ENVIRONMENT)
+        rain, rain_at = stamped(Field.RAIN)
         return ControllerState(
             address=address,
             firmware_version=fw if isinstance(fw, str) else firmware_version,
@@ -141,7 +146,9 @@ class StateStore:
             flow=_flow(flow, flow_at, _pulses_per_litre(values)),
             alarm=_alarm(alarm, alarm_at, status if isinstance(status, SystemStatus) else None),
             current_task=_task(task, task_at),
-            task_queue=_queue(queue, queue_at))
+            task_queue=_queue(queue, queue_at),
+            environment=_environment(environment, environment_at),
+            rain=_rain(rain, rain_at))
 
 
 def _name(value: object) -> str:
@@ -196,3 +203,19 @@ def _queue(queue: object, at: float | None) -> QueueView | None:
                      current_channel=None if queue.current_channel == NO_CHANNEL
                      else queue.current_channel,
                      error=queue.error_code, at=at)
+
+
+def _environment(value: object, at: float | None) -> EnvironmentView | None:
+    if not isinstance(value, EnvironmentalData) or not value.sensor_valid:
+        return None  # no sensor, or one the firmware marks invalid: nothing to show
+    return EnvironmentView(temperature_c=round(value.temperature_c, 2),
+                           humidity_pct=round(value.humidity_pct, 2),
+                           pressure_hpa=round(value.pressure_hpa, 2), at=at)
+
+
+def _rain(value: object, at: float | None) -> RainView | None:
+    if not isinstance(value, RainData) or value.sensor_status != RainSensorState.ACTIVE:
+        return None
+    return RainView(today_mm=value.today_total_mm_x100 / 100,
+                    last_24h_mm=value.last_24h_mm_x100 / 100,
+                    rate_mm_h=value.current_rate_mm_h_x100 / 100, at=at)

@@ -44,6 +44,12 @@ EXPECTED: dict[str, tuple[str | None, str | None]] = {
     f"sensor.{DEV}_last_refreshed": ("timestamp", None),
     f"button.{DEV}_re_sync": (None, None),
     f"update.{DEV}_firmware": ("firmware", None),
+    # The virtual controller has the environmental sensor and a rain gauge.
+    f"sensor.{DEV}_temperature": ("temperature", "°C"),
+    f"sensor.{DEV}_humidity": ("humidity", "%"),
+    f"sensor.{DEV}_pressure": ("atmospheric_pressure", "hPa"),
+    f"sensor.{DEV}_rain_today": ("precipitation", "mm"),
+    f"sensor.{DEV}_rain_rate": ("precipitation_intensity", "mm/h"),
 }
 
 
@@ -82,6 +88,8 @@ async def test_home_assistant_builds_the_devices_and_drives_the_controller(
             assert attributes.get("device_class") == device_class, entity
             assert attributes.get("unit_of_measurement") == unit, entity
         assert len([e for e in entities if e.startswith("valve.")]) == 8
+        assert states[f"sensor.{DEV}_temperature"]["state"] == "21.5"  # the sim's reading
+        assert states[f"binary_sensor.{DEV}_alarm"]["state"] == "off"
 
         async def attr(name: str) -> str:
             return await ha.template(f"{{{{ device_attr('{device}', '{name}') }}}}")

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2.sandbox
 import pytest
 
+from gateway.ops.models import EnvironmentView
 from gateway.relay.ha_discovery import (
     ControllerInfo,
     controller_messages,
@@ -23,11 +24,14 @@ from tests.gateway.relay.test_cloud_relay import state
 GOLDEN = Path(__file__).parent / "golden"
 TOPICS = Topics("autowatering", "gw1")
 INFO = ControllerInfo(node="100001", address="C0:FF:EE:00:00:01", serial="100001",
-                      firmware_version="3.1.0", channels=8, channel_names={0: "Lawn"})
+                      firmware_version="3.1.0", channels=8, channel_names={0: "Lawn"},
+                      has_environment=True, has_rain=True)
 # The platforms this relay uses, and the device classes HA accepts for them (homeassistant
 # components' DEVICE_CLASSES, for the ones we use).
 DEVICE_CLASSES = {"valve": {"water", "gas"},
-                  "sensor": {"volume_flow_rate", "water", "timestamp", "signal_strength"},
+                  "sensor": {"volume_flow_rate", "water", "timestamp", "signal_strength",
+                             "temperature", "humidity", "atmospheric_pressure", "precipitation",
+                             "precipitation_intensity"},
                   "binary_sensor": {"problem", "connectivity"}, "update": {"firmware"}}
 
 
@@ -83,7 +87,8 @@ def test_payloads_keep_home_assistants_rules() -> None:
 
 def published_state(**kw: Any) -> dict[str, Any]:
     """What the relay publishes on <node>/state (MqttRelay._publish_state)."""
-    payload = state(**kw).model_dump(mode="json")
+    env = kw.pop("env", None)
+    payload = state(**kw).model_copy(update={"environment": env}).model_dump(mode="json")
     payload["updated_at_iso"] = "2026-12-01T10:00:00.000+00:00"
     payload["rssi"] = -60
     return payload
@@ -101,7 +106,10 @@ def render(template: str, value_json: dict[str, Any]) -> str:
           "last_seen": "2026-12-01T10:00:00.000+00:00"}),
     ({"task_ch": 2, "volume": 750, "alarm": 1}, {
         "valve_2": "open", "valve_3": "closed", "task_volume": "0.75",
-        "task": "zone 3 running", "alarm": "ON"}),
+        "task": "zone 3 running", "alarm": "ON", "temperature": "None", "rain_today": "None"}),
+    ({"env": EnvironmentView(temperature_c=-3.5, humidity_pct=80.0, pressure_hpa=1001.5,
+                             at=1.0)}, {"temperature": "-3.5", "humidity": "80.0",
+                                        "pressure": "1001.5"}),
 ])
 def test_every_value_template_renders_against_the_published_state(
         kw: dict[str, Any], expected: dict[str, str]) -> None:
@@ -115,3 +123,11 @@ def test_every_value_template_renders_against_the_published_state(
                                    value))
     assert isinstance(attributes, dict)
     assert attributes.get("code") == kw.get("alarm")
+
+
+def test_sensors_the_controller_lacks_are_not_offered() -> None:
+    bare = ControllerInfo(node="100001", address="C0:FF:EE:00:00:01", serial="100001",
+                          firmware_version="3.1.0", channels=8, channel_names={})
+    components = controller_messages(bare, TOPICS, "homeassistant", "device")[0][1][
+        "components"]
+    assert not {"temperature", "humidity", "pressure", "rain_today"} & set(components)
