@@ -38,7 +38,7 @@ from gateway.ops.models import (
 )
 from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent
-from gateway.relay.mqtt import BACKOFF_MAX_S, MqttRelay
+from gateway.relay.mqtt import BACKOFF_MAX_S, MqttRelay, read_password
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.outbox import Outbox
@@ -384,3 +384,61 @@ async def test_home_assistants_birth_message_brings_discovery_back(tmp_path: Pat
             assert cleared.on(config) == []
             await publish(s.broker.port, "homeassistant/status", "online")
             await cleared.until(lambda: bool(cleared.on(config) and cleared.on(config)[-1]))
+
+
+@dataclass(frozen=True)
+class Installed:
+    status: str
+    reason: str | None
+    detail: Any
+
+
+async def test_the_update_entity_installs_a_cloud_release(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    async def cloud_install(address: str, progress: Callable[[int, str], None]) -> Installed:
+        asked.append(address)
+        for pct in (10, 50, 95):
+            progress(pct, "upload")
+            await asyncio.sleep(0.1)
+        return Installed("succeeded", None, {"fw_version": "9.3.0"})
+
+    async with MosquittoBroker() as broker:
+        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port)
+        relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), FakeOps(),
+                          cloud_install=cloud_install)
+        task = asyncio.create_task(relay.run(), name="relay")
+        update = f"{PREFIX}/{SERIAL}/update"
+        try:
+            async with Listener(broker.port, update, f"{PREFIX}/{SERIAL}/result") as mqtt:
+                relay.observe(ADDRESS, SERIAL, state())
+                relay.offer(ADDRESS, SERIAL, "9.3.0")  # what the cloud's release check found
+                await mqtt.until(lambda: any(json.loads(p)["latest_version"] == "9.3.0"
+                                             for p in mqtt.on(update)))
+                await publish(broker.port, f"{update}/install", "install")
+                await mqtt.until(lambda: bool(mqtt.on(f"{PREFIX}/{SERIAL}/result")))
+                reply = json.loads(mqtt.on(f"{PREFIX}/{SERIAL}/result")[-1])
+                assert reply["ok"] and reply["result"]["detail"]["fw_version"] == "9.3.0"
+                assert any(json.loads(p)["in_progress"] for p in mqtt.on(update))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert asked == [ADDRESS]
+
+
+def test_the_broker_password_comes_from_a_credential_or_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "mqtt-password"
+    file.write_text("from-file\n")
+    config = MqttConfig(password_file=file)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert read_password(config) == "from-file"
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "awgw-mqtt-password").write_text("from-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    assert read_password(config) == "from-systemd"  # the credential wins
+    assert read_password(MqttConfig()) == "from-systemd"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert read_password(MqttConfig()) is None
