@@ -183,9 +183,14 @@ class MqttRelay:
     def observe(self, address: str, serial: str, state: ControllerState) -> None:
         node = node_id(address, serial)
         entry = self._nodes.setdefault(node, _Node(address, serial))
+        previous = entry.state
         entry.state = state
-        self._dirty.add(node)
-        self._changed.set()
+        # The feed also ticks with nothing new (only age_s moved): such a state is not sent
+        # again; what a subscriber needs to know about age is in availability.
+        if previous is None or previous.model_copy(update={"age_s": None}) != \
+                state.model_copy(update={"age_s": None}):
+            self._dirty.add(node)
+            self._changed.set()
         for event in self._events.track(address, state, self._clock()):
             self.record_event(serial, event)
 

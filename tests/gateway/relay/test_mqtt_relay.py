@@ -204,6 +204,11 @@ async def test_state_availability_and_discovery_are_retained(tmp_path: Path) -> 
                 "valve", "number", "sensor", "binary_sensor", "event", "button"}
             s.relay.observe(ADDRESS, SERIAL, state(fresh=False))
             await late.until(lambda: late.on(f"{node}/availability")[-1:] == [b"offline"])
+            published = s.relay.published_states
+            ticked = state(fresh=False).model_copy(update={"age_s": 99.0})
+            s.relay.observe(ADDRESS, SERIAL, ticked)  # a feed tick: only the age moved
+            await asyncio.sleep(0.3)
+            assert s.relay.published_states == published
 
 
 # A restart (the broker is back at once) and the 60 s outage: the relay's backoff
