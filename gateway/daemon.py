@@ -21,8 +21,9 @@ from gateway.ops.protocol import dispatch
 from gateway.ota.jobs import CloudUpdates
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, VERSION, CloudRelay
-from gateway.relay.feed import SERIAL, FanOut, StateFeed
+from gateway.relay.feed import FanOut, StateFeed
 from gateway.relay.mqtt import MQTT_OUTBOX_FILE, MqttRelay, read_password
+from gateway.relay.topics import SERIAL
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import Outbox
 from gateway.store.registry import Registry
@@ -65,8 +66,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
         outbox = Outbox(config.state_dir / MQTT_OUTBOX_FILE, gid)
 
         def gateway_state() -> dict[str, object]:
-            return {"outbox_depth": outbox.stats().depth,
-                    "cloud_outbox_depth": cloud.outbox.stats().depth if cloud else None,
+            return {"cloud_outbox_depth": cloud.outbox.stats().depth if cloud else None,
                     "controllers": len(manager.supervisors), "sw_version": VERSION}
 
         def rssi_of(address: str) -> int | None:

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
+
+from gateway.sim.broker import free_port
 
 # Home Assistant starts in a few seconds once installed; a loaded machine gets a minute.
 START_LIMIT_S = 90.0
@@ -43,12 +44,6 @@ logger:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def venv() -> Path | None:
     path = os.environ.get("AWGW_HA_VENV")
     return Path(path) if path and (Path(path) / "bin" / "hass").exists() else None
@@ -60,7 +55,7 @@ class HomeAssistant:
         assert found is not None, "AWGW_HA_VENV is not set: run the tests with ./dev.sh test"
         self.hass = found / "bin" / "hass"
         self.broker_port = broker_port
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="awgw-ha-")
         self.config_dir = Path(self._dir.name)

@@ -43,6 +43,7 @@ from cloud_client.models import (
     ReportDeviceState,
     ReportItem,
     SaveUserState,
+    iso_ms,
 )
 from firmware_bridge.gatt.history import DetailedEntry
 from gateway.config import CloudConfig, CloudMode
@@ -99,8 +100,7 @@ class RelayCounters:
 
 
 def _iso(at: float) -> str:
-    moment = datetime.fromtimestamp(at, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return iso_ms(datetime.fromtimestamp(at, UTC))
 
 
 class CloudRelay:

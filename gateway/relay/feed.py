@@ -5,7 +5,6 @@ each watering (device-ble.md 6.10: the controller keeps 30 entries a channel).""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -18,12 +17,11 @@ from firmware_bridge.link.state import StateEvent
 from gateway.errors import GatewayError
 from gateway.ops.models import ControllerState
 from gateway.relay.events import DerivedEvent
+from gateway.relay.topics import SERIAL
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 
 log = structlog.get_logger("gateway.relay.feed")
-# cloud-api.md 1: a cloud serial is six digits; the controller's DIS serial is what we have.
-SERIAL = re.compile(r"^[0-9]{6}$")
 # Values arrive in bursts (a Bulk Snapshot is several fields at once): wait this long for the
 # rest of the burst before taking a snapshot, so one refresh is one observation.
 SETTLE_S = 0.05

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# cloud-api.md 1: a cloud serial is six digits; the controller's DIS serial is what we have.
 SERIAL = re.compile(r"^[0-9]{6}$")
 ONLINE = "online"
 OFFLINE = "offline"

@@ -28,6 +28,7 @@ from cloud_client.models import (
     JobStatus,
     ReportDeviceState,
     SnapshotItem,
+    iso_ms,
 )
 from cloud_client.versions import newer, normalise, version_key
 
@@ -60,8 +61,7 @@ class ApiError(Exception):
 
 
 def now_iso(at: datetime | None = None) -> str:
-    moment = at or datetime.now(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return iso_ms(at or datetime.now(UTC))
 
 
 @dataclass
