@@ -4,7 +4,9 @@ A request is one of ``ops.models.Request`` (discriminated on ``op``); anything e
 op, missing or wrongly typed fields, an oversized or unreadable body) is answered with a typed
 ``ControlError`` and the server keeps serving. The answer is ``{"ok": true, "result": ...}``
 with the op's result model, or ``{"ok": false, "error": {"type": ..., "message": ...}}`` naming
-a GatewayError class, which the client raises again.
+a GatewayError class, which the client raises again. A long operation (a firmware update)
+may send ``{"progress": {...}}`` lines before its answer; a client that does not want them
+skips them.
 
 The socket is created owner+group only (0660): whoever may run `awgw` against the daemon is
 decided by the socket's group (the systemd unit's), not by anything on the network.
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +27,7 @@ import structlog
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
+from firmware_bridge.ota.outcome import Phase, Progress
 from gateway import errors
 from gateway.errors import ControlError, GatewayError
 from gateway.ops.models import REQUEST, Request, Result
@@ -36,10 +40,17 @@ MAX_REQUEST = 64 * 1024
 # A client that connects and sends nothing is dropped after this.
 REQUEST_READ_TIMEOUT_S = 5.0
 # The slowest operation is a command to a share-policy controller: slot + connect + confirm
-# (supervisor.COMMAND_DEADLINE_S = 60 s) or a pairing window (up to 600 s, configured).
+# (supervisor.COMMAND_DEADLINE_S = 60 s) or a pairing window (up to 600 s, configured). The
+# client waits this long for each line: an update's progress lines restart the wait.
 CLIENT_TIMEOUT_S = 660.0
+# A cancelled request winds down (an update's engine closes its transport) within this; less
+# than the unit's TimeoutStopSec= so the daemon exits by itself.
+CLOSE_CLIENTS_S = 10.0
+# Progress lines at most this often (a person's bar, not a trace); phase changes always go.
+PROGRESS_EVERY_S = 0.2
 
-Handler = Callable[[Request], Awaitable[Result]]
+ProgressSink = Callable[[Progress], None]
+Handler = Callable[[Request, ProgressSink | None], Awaitable[Result]]
 T = TypeVar("T")
 
 
@@ -48,6 +59,7 @@ class ControlServer:
         self.path = path
         self.handler = handler
         self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,13 +75,25 @@ class ControlServer:
         log.info("control_socket_listening", path=str(self.path))
 
     async def close(self) -> None:
+        """Stop listening, then cancel the requests still running (an update through the
+        socket stops where it is; its session on disk resumes it) and wait for them."""
         if self._server is not None:
             self._server.close()
+        clients = list(self._clients)
+        for task in clients:
+            task.cancel()
+        if clients:
+            await asyncio.wait(clients, timeout=CLOSE_CLIENTS_S)
+        if self._server is not None:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
         try:
             try:
                 async with asyncio.timeout(REQUEST_READ_TIMEOUT_S):
@@ -86,7 +110,7 @@ class ControlServer:
                 await _send(writer, _error("ControlError", f"bad control request: {reason}"))
                 return
             try:
-                result = await self.handler(request)
+                result = await self.handler(request, _progress_lines(writer))
                 await _send(writer, {"ok": True, "result": to_jsonable_python(result)})
             except GatewayError as exc:
                 await _send(writer, _error(type(exc).__name__, str(exc)))
@@ -97,6 +121,24 @@ class ControlServer:
             pass  # the client went away; nothing to answer
         finally:
             writer.close()
+
+
+def _progress_lines(writer: asyncio.StreamWriter) -> ProgressSink:
+    sent_at = [0.0]
+    phase = [""]
+
+    def send(progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase.value == phase[0] and now - sent_at[0] < PROGRESS_EVERY_S:
+            return
+        sent_at[0], phase[0] = now, progress.phase.value
+        if writer.is_closing():
+            return  # the client went away; the update goes on
+        writer.write(json.dumps({"progress": {
+            "phase": progress.phase.value, "offset": progress.offset, "total": progress.total,
+            "rate_bytes_per_s": round(progress.rate_bytes_per_s, 1),
+            "eta_s": progress.eta_s}}).encode() + b"\n")
+    return send
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
@@ -113,13 +155,27 @@ async def _send(writer: asyncio.StreamWriter, document: dict[str, Any]) -> None:
     await writer.drain()
 
 
+def _progress_of(line: bytes) -> Progress | None:
+    if not line.startswith(b'{"progress"'):
+        return None
+    try:
+        p = json.loads(line)["progress"]
+        return Progress(Phase(p["phase"]), int(p["offset"]), int(p["total"]),
+                        float(p["rate_bytes_per_s"]),
+                        None if p.get("eta_s") is None else float(p["eta_s"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ControlError("the daemon sent an unreadable progress line") from exc
+
+
 def daemon_running(path: Path) -> bool:
     return path.is_socket()
 
 
-async def call(path: Path, request: Request, result: TypeAdapter[T]) -> T:
+async def call(path: Path, request: Request, result: TypeAdapter[T],
+               on_progress: ProgressSink | None = None) -> T:
     """One request to the daemon, its answer parsed by ``result`` (``ops.models.RESULTS`` names
-    the one for each op); the daemon's typed errors come back as the same GatewayError class."""
+    the one for each op); the daemon's typed errors come back as the same GatewayError class.
+    Progress lines on the way go to ``on_progress``."""
     op = request.op
     try:
         reader, writer = await asyncio.open_unix_connection(str(path), limit=16 * 1024 * 1024)
@@ -128,8 +184,14 @@ async def call(path: Path, request: Request, result: TypeAdapter[T]) -> T:
     try:
         writer.write(request.model_dump_json().encode() + b"\n")
         await writer.drain()
-        async with asyncio.timeout(CLIENT_TIMEOUT_S):
-            line = await reader.readline()
+        while True:
+            async with asyncio.timeout(CLIENT_TIMEOUT_S):
+                line = await reader.readline()
+            progress = _progress_of(line)
+            if progress is None:
+                break
+            if on_progress is not None:
+                on_progress(progress)
     except TimeoutError:
         raise ControlError(f"the daemon did not answer {op} within {CLIENT_TIMEOUT_S:.0f} s") \
             from None

@@ -11,32 +11,26 @@ from typing import Any
 
 import structlog
 
-from gateway import systemd
 from gateway.config import GatewayConfig
 from gateway.control import ControlServer
 from gateway.link.manager import ConnectionManager
 from gateway.ops.daemon import DaemonOperations, SupervisedHistory
 from gateway.ops.models import Request, Result
-from gateway.ops.protocol import dispatch
+from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, VERSION, CloudRelay
 from gateway.relay.feed import FanOut, StateFeed
 from gateway.relay.mqtt import MQTT_OUTBOX_FILE, MqttRelay, read_password
 from gateway.relay.topics import SERIAL
+from gateway.service import notify, watchdog
+from gateway.service.health import AdapterProbe, HubHealth
+from gateway.service.metrics import HubMetrics
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import Outbox
 from gateway.store.registry import Registry
 
 log = structlog.get_logger(__name__)
-
-
-async def _watchdog(interval_s: float) -> None:
-    """Ping systemd while the event loop turns: a wedged loop stops the pings and systemd
-    restarts the service (WatchdogSec= in systemd/awgw.service)."""
-    while True:
-        systemd.notify("WATCHDOG=1")
-        await asyncio.sleep(interval_s)
 
 
 def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
@@ -95,15 +89,42 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
     return runs
 
 
+# BlueZ starts with the hub; until it answers there is nothing to supervise. systemd's
+# TimeoutStartSec= (systemd/awgw.service) bounds the wait; this is how often we ask.
+BLUEZ_RETRY_S = 2.0
+# Problems that mean BlueZ itself did not answer (anything else is BlueZ answering about the
+# adapter, which the watchdog and `awgw doctor` deal with).
+_NO_BLUEZ = ("BlueZ did not answer", "BlueZ (bluetoothd) is not running",
+             "the system D-Bus is unreachable")
+
+
+async def _bluez_answers(health: HubHealth) -> None:
+    waited = False
+    while (problem := await health.first_probe()) is not None \
+            and problem.startswith(_NO_BLUEZ):
+        if not waited:
+            log.warning("waiting_for_bluez", reason=problem,
+                        remedy="sudo systemctl start bluetooth")
+            waited = True
+        await asyncio.sleep(BLUEZ_RETRY_S)
+
+
 async def run_daemon(config: GatewayConfig) -> None:
+    """READY=1 once BlueZ answers, the config is valid (it was parsed before this), the stores
+    are open and the control socket listens; STOPPING=1 as soon as SIGTERM arrives, then every
+    task is cancelled so each persists its own work (outbox writers flush, an update's session
+    stays on disk and a cloud job stays in progress, to resume at the next start)."""
     registry = Registry(config.registry_path)
     manager = ConnectionManager(config, registry)
     operations = DaemonOperations(config, registry, manager)
     manager.repairer = operations.repair
     relays = _relays(config, registry, manager, operations)
+    health = HubHealth(manager, AdapterProbe(config.link.adapter))
+    operations.health = health
+    metrics = HubMetrics(operations, operations.status_now)
 
-    async def handle(request: Request) -> Result:
-        return await dispatch(operations, request)
+    async def handle(request: Request, progress: ProgressFn | None) -> Result:
+        return await dispatch(operations, request, progress)
 
     server = ControlServer(config.socket_path, handle)
     log.info("daemon_starting", state_dir=str(config.state_dir), adapter=config.link.adapter,
@@ -114,6 +135,9 @@ async def run_daemon(config: GatewayConfig) -> None:
 
     def stop() -> None:
         nonlocal stopping
+        if not stopping:
+            notify.notify("STOPPING=1")
+            log.info("daemon_stopping")
         stopping = True
         if main is not None:
             main.cancel()
@@ -125,17 +149,27 @@ async def run_daemon(config: GatewayConfig) -> None:
             tasks.create_task(manager.run(), name="connection manager")
             for name, run in relays.items():
                 tasks.create_task(run(), name=name)
+            tasks.create_task(health.run(), name="hub health")
+            await _bluez_answers(health)
             await manager.ready.wait()
             await server.start()
-            systemd.notify("READY=1")
-            systemd.notify(f"STATUS=supervising {len(manager.supervisors)} controllers")
-            interval = systemd.watchdog_interval_s()
-            if interval is not None:
-                tasks.create_task(_watchdog(interval), name="systemd watchdog")
+            if config.metrics_port:
+                operations.metrics_url = metrics.serve(config.metrics_port)
+            operations.ready = True
+            notify.notify("READY=1")
+            log.info("daemon_ready", controllers=len(manager.supervisors),
+                     metrics=operations.metrics_url)
+            tasks.create_task(watchdog.report(health, operations.status_now,
+                                              notify.watchdog_interval_s()),
+                              name="systemd watchdog")
+            if operations.metrics_url is not None:
+                tasks.create_task(metrics.run(), name="metrics")
     except asyncio.CancelledError:
         if not stopping:
             raise
     finally:
-        systemd.notify("STOPPING=1")
+        notify.notify("STOPPING=1")
         await server.close()
+        metrics.close()
+        health.probe.close()
         log.info("daemon_stopped")

@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -28,7 +28,8 @@ def redact_secrets(
     return event
 
 
-def configure_logging(*, json_logs: bool = True, level: str = "info") -> None:
+def configure_logging(*, json_logs: bool = True, level: str = "info",
+                      stream: TextIO | None = None) -> None:
     numeric = logging.getLevelName(level.upper())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -41,6 +42,6 @@ def configure_logging(*, json_logs: bool = True, level: str = "info") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=True,
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.cli import cloud, exits, link, ota, sim
+from gateway.cli import cloud, exits, hub, link, ota, sim
 from gateway.cli.args import common_options
 from gateway.config import LogLevel, load_config
 from gateway.errors import GatewayError
@@ -22,7 +22,7 @@ Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 RUNNERS: dict[str, Runner] = {
     "sim": sim.run_sim, "demo": sim.run_demo_command, "image": ota.run_image_inspect,
     "ota": ota.run_ota, **dict.fromkeys(link.COMMANDS, link.run),
-    **dict.fromkeys(cloud.COMMANDS, cloud.run),
+    **dict.fromkeys(cloud.COMMANDS, cloud.run), **dict.fromkeys(hub.COMMANDS, hub.run),
 }
 
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_commands(sub, common)
     ota.add_commands(sub, common)
     cloud.add_commands(sub, common)
+    hub.add_commands(sub, common)
     return parser
 
 
@@ -58,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ota.check_args(parser, args)
     cloud.check_args(parser, args)
     try:
-        configure_logging(json_logs=True, level=log_level(args))
+        # The daemon's log is its stdout (journald); a command's stdout is its result.
+        configure_logging(json_logs=True, level=log_level(args),
+                          stream=sys.stdout if args.command == "daemon" else sys.stderr)
         return asyncio.run(RUNNERS[args.command](args))
     except GatewayError as exc:
         print(f"awgw {args.command}: error: {exc}", file=sys.stderr)

@@ -193,9 +193,15 @@ async def run_ota(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _progress(args: argparse.Namespace) -> Iterator[ProgressFn | None]:
-    """A progress bar for people; nothing for --json (its stdout is the document)."""
+    """A progress bar for people; JSON lines for --json (its last line is the report)."""
     if args.json:
-        yield None
+        def line(progress: OtaProgress) -> None:
+            print(json.dumps({"progress": {
+                "phase": progress.phase.value, "offset": progress.offset,
+                "total": progress.total, "rate_bytes_per_s": round(progress.rate_bytes_per_s, 1),
+                "eta_s": None if progress.eta_s is None else round(progress.eta_s, 1)}}),
+                flush=True)
+        yield line
         return
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())

@@ -18,6 +18,7 @@ Every state change goes through ``_set``, which also tells the state store.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -101,6 +102,11 @@ class Supervisor:
         self._memory = Memory()
         self._names_at: float | None = None
         self._log = log.bind(address=address)
+        # For the metrics and the watchdog: connections made, failures by class, and when
+        # the state last changed (a supervisor stuck connecting past its own timeout).
+        self.connects = 0
+        self.failures: collections.Counter[str] = collections.Counter()
+        self.since: float | None = None  # clock time of the last state change
         store.set_link(address, self.state)
 
     # ---- public ----------------------------------------------------------------------------
@@ -189,6 +195,7 @@ class Supervisor:
         delay before the next visit, or None when this supervisor stops."""
         failure = classify(exc)
         self.failure = failure
+        self.failures[failure.kind.value] += 1
         self.store.set_failure(self.address, failure.kind.value)
         decision = decide(failure.kind, self._memory, can_repair=self.repairer is not None,
                           command_waiting=not self._commands.empty(), rng=self.rng)
@@ -244,6 +251,7 @@ class Supervisor:
             async with self.scheduler.connect_turn():
                 link = await self.connector(self.address, self.settings.connect_timeout_s,
                                             self._link_lost.set)
+            self.connects += 1
             try:
                 return await self._serve(link, lease)
             finally:
@@ -379,6 +387,7 @@ class Supervisor:
             return
         self._log.debug("link_state", state=state.value, previous=self.state.value)
         self.state = state
+        self.since = self.clock.now()
         self.store.set_link(self.address, state)
 
     async def _sleep_until_woken(self, seconds: float | None, *, backoff: bool = False) -> None:

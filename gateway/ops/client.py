@@ -12,6 +12,7 @@ from gateway.ops.models import (
     COMMAND,
     DEVICE,
     DEVICES,
+    HUB_STATUS,
     OTA_REPORT,
     SCAN_ENTRIES,
     STATE,
@@ -24,6 +25,8 @@ from gateway.ops.models import (
     DeviceEntry,
     Devices,
     GetState,
+    HubStatus,
+    HubStatusQuery,
     Ota,
     OtaReport,
     Pair,
@@ -67,8 +70,7 @@ class SocketOperations:
         return await call(self.path, request, COMMAND)
 
     async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:
-        # One answer per request on the socket: the daemon logs the progress instead.
-        return await call(self.path, request, OTA_REPORT)
+        return await call(self.path, request, OTA_REPORT, on_progress)
 
     async def cloud_status(self) -> CloudStatus:
         return await call(self.path, CloudStatusQuery(), CLOUD_STATUS)
@@ -78,3 +80,6 @@ class SocketOperations:
 
     async def unclaim(self, request: Unclaim) -> ClaimResult:
         return await call(self.path, request, CLAIM)
+
+    async def status(self) -> HubStatus:
+        return await call(self.path, HubStatusQuery(), HUB_STATUS)

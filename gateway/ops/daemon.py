@@ -4,6 +4,7 @@ the only owner of the radio."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
@@ -11,6 +12,7 @@ from firmware_bridge.gatt.history import DetailedEntry, HistoryRateLimited
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
 from firmware_bridge.link.session import ControllerSession
+from firmware_bridge.ota.outcome import Progress
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
@@ -25,6 +27,7 @@ from gateway.ops.models import (
     ControllerState,
     DeviceEntry,
     GetState,
+    HubStatus,
     Ota,
     OtaReport,
     Pair,
@@ -49,6 +52,8 @@ from gateway.relay import account
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.mqtt import MqttRelay
+from gateway.service.health import HubHealth
+from gateway.service.status import hub_status
 from gateway.store.registry import Registry, normalise_address
 
 
@@ -63,6 +68,14 @@ class DaemonOperations:
         self.cloud: CloudRelay | None = None
         self.account: CloudAccount | None = None
         self.mqtt: MqttRelay | None = None
+        # Set by the daemon: the health the watchdog judges, readiness, the metrics' address.
+        self.health: HubHealth | None = None
+        self.ready = False
+        self.metrics_url: str | None = None
+        # Updates running now (their last progress), and what updates have done so far.
+        self.updates: dict[str, Progress] = {}
+        self.ota_bytes = 0
+        self.ota_outcomes: collections.Counter[str] = collections.Counter()
 
     async def scan(self) -> list[ScanEntry]:
         paired = {r.address for r in self.registry.all()}
@@ -131,8 +144,28 @@ class DaemonOperations:
         return result_of(address, request.name, outcome)
 
     async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:
-        return await self.ota_service.update(request, SupervisedAccess(self), on_progress)
+        """Whoever asked (the CLI, MQTT, a cloud job), the update's progress is kept for
+        `awgw status` and the metrics while it runs."""
+        address = normalise_address(request.address)
 
+        def progress(p: Progress) -> None:
+            self.updates[address] = p
+            if on_progress is not None:
+                on_progress(p)
+
+        try:
+            report = await self.ota_service.update(request, SupervisedAccess(self), progress)
+        finally:
+            self.updates.pop(address, None)
+        self.ota_bytes += report.uploaded_bytes
+        self.ota_outcomes[report.result] += 1
+        return report
+
+    async def status(self) -> HubStatus:
+        return self.status_now()
+
+    def status_now(self) -> HubStatus:
+        return hub_status(self)
 
     async def cloud_status(self) -> CloudStatus:
         if self.cloud is None or self.account is None:

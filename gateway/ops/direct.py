@@ -13,7 +13,7 @@ from firmware_bridge.link.state import Field
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
-from gateway.errors import CommandFailed
+from gateway.errors import CommandFailed, ControlError
 from gateway.link.failures import classify
 from gateway.link.scanner import discover
 from gateway.ops.models import (
@@ -24,6 +24,7 @@ from gateway.ops.models import (
     ControllerState,
     DeviceEntry,
     GetState,
+    HubStatus,
     LinkState,
     Ota,
     OtaReport,
@@ -101,6 +102,11 @@ class DirectOperations:
 
     async def unclaim(self, request: Unclaim) -> ClaimResult:
         return await account.unclaim(self.config, request.serial, request.reason)
+
+    async def status(self) -> HubStatus:
+        raise ControlError(f"the daemon is not running (no control socket at "
+                           f"{self.config.socket_path}): `awgw status` shows the running "
+                           f"daemon's health; start it with `sudo systemctl start awgw`")
 
     async def connect(self, address: str) -> BleakGattLink:
         address = normalise_address(address)

@@ -145,6 +145,12 @@ class CloudStatusQuery(_Model):
     op: Literal["cloud_status"] = "cloud_status"
 
 
+class HubStatusQuery(_Model):
+    """`awgw status`: the hub's health on one screen."""
+
+    op: Literal["status"] = "status"
+
+
 class Claim(_Model):
     """Claim a controller for the linked account (cloud-api.md 6), by its serial."""
 
@@ -159,7 +165,7 @@ class Unclaim(_Model):
 
 
 Request = Annotated[Ping | Scan | Pair | Unpair | Devices | GetState | Refresh | ValveOpen
-                    | ValveClose | Ota | CloudStatusQuery | Claim | Unclaim,
+                    | ValveClose | Ota | CloudStatusQuery | Claim | Unclaim | HubStatusQuery,
                     Field(discriminator="op")]
 REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
@@ -361,6 +367,70 @@ class CloudStatus(_Model):
     note: str | None = None
 
 
+class RadioHealth(_Model):
+    """The radio side as the watchdog judges it (gateway/service/health.py)."""
+
+    adapter: str
+    ok: bool
+    scanning: bool
+    reason: str | None  # why it is not ok: "adapter hci0 is missing", "supervisor stuck", ...
+
+
+class UpdateInProgress(_Model):
+    address: str
+    phase: str
+    offset: int
+    total: int
+    rate_bytes_per_s: float
+
+
+class RelayHealth(_Model):
+    """One way out of the house (the cloud or the MQTT broker) as `awgw status` shows it."""
+
+    enabled: bool
+    state: str  # disabled | connected | disconnected | linked | relink_needed | unlinked | offline
+    outbox_depth: int | None = None
+    outbox_dropped: int = 0
+    delivered: int = 0
+    lag_s: float | None = None  # age of the oldest item still waiting to go out
+    last_error: str | None = None
+
+
+class HubStatus(_Model):
+    """`awgw status`, STATUS= for systemd and the metrics all read this one model."""
+
+    version: str
+    uptime_s: float
+    ready: bool
+    radio: RadioHealth
+    links: int
+    max_links: int
+    controllers: int
+    fresh: int
+    stale: int
+    link_states: dict[str, int]
+    updates: list[UpdateInProgress]
+    cloud: RelayHealth
+    mqtt: RelayHealth
+    loop_lag_ms: float
+    metrics_url: str | None = None
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status awgw` shows it)."""
+        parts = [f"{self.links}/{self.max_links} links",
+                 f"{self.fresh} fresh, {self.stale} stale of {self.controllers}"]
+        if not self.radio.ok:
+            parts.append(f"radio: {self.radio.reason}")
+        parts.append(f"cloud {self.cloud.state}" + (
+            f" (outbox {self.cloud.outbox_depth})" if self.cloud.outbox_depth else ""))
+        parts.append(f"mqtt {self.mqtt.state}" + (
+            f" (outbox {self.mqtt.outbox_depth})" if self.mqtt.outbox_depth else ""))
+        for update in self.updates:
+            pct = 100 * update.offset // update.total if update.total else 0
+            parts.append(f"updating {update.address} {update.phase} {pct}%")
+        return "; ".join(parts)
+
+
 class ClaimResult(_Model):
     serial: str
     claimed: bool
@@ -369,7 +439,7 @@ class ClaimResult(_Model):
 
 
 Result = (Pong | list[ScanEntry] | DeviceEntry | list[DeviceEntry] | ControllerState
-          | CommandResult | OtaReport | CloudStatus | ClaimResult)
+          | CommandResult | OtaReport | CloudStatus | ClaimResult | HubStatus)
 
 # What each op answers with: the daemon's client parses the socket's answer into this.
 PONG: TypeAdapter[Pong] = TypeAdapter(Pong)
@@ -381,8 +451,10 @@ COMMAND: TypeAdapter[CommandResult] = TypeAdapter(CommandResult)
 OTA_REPORT: TypeAdapter[OtaReport] = TypeAdapter(OtaReport)
 CLOUD_STATUS: TypeAdapter[CloudStatus] = TypeAdapter(CloudStatus)
 CLAIM: TypeAdapter[ClaimResult] = TypeAdapter(ClaimResult)
+HUB_STATUS: TypeAdapter[HubStatus] = TypeAdapter(HubStatus)
 RESULTS: dict[str, TypeAdapter[Any]] = {
     "ping": PONG, "scan": SCAN_ENTRIES, "pair": DEVICE, "unpair": DEVICE, "devices": DEVICES,
     "state": STATE, "refresh": STATE, "valve_open": COMMAND, "valve_close": COMMAND,
     "ota": OTA_REPORT, "cloud_status": CLOUD_STATUS, "claim": CLAIM, "unclaim": CLAIM,
+    "status": HUB_STATUS,
 }

@@ -19,6 +19,8 @@ from gateway.ops.models import (
     DeviceEntry,
     Devices,
     GetState,
+    HubStatus,
+    HubStatusQuery,
     Ota,
     OtaReport,
     Pair,
@@ -51,6 +53,7 @@ class Operations(Protocol):
     async def cloud_status(self) -> CloudStatus: ...
     async def claim(self, request: Claim) -> ClaimResult: ...
     async def unclaim(self, request: Unclaim) -> ClaimResult: ...
+    async def status(self) -> HubStatus: ...
 
 
 async def dispatch(ops: Operations, request: Request,
@@ -82,3 +85,5 @@ async def dispatch(ops: Operations, request: Request,
             return await ops.claim(request)
         case Unclaim():
             return await ops.unclaim(request)
+        case HubStatusQuery():
+            return await ops.status()

@@ -96,6 +96,7 @@ class RelayCounters:
     batches: int = 0
     last_success_at: float | None = None
     last_error: str | None = None
+    last_error_at: float | None = None
     rejected_codes: dict[str, int] = field(default_factory=dict)
 
 
@@ -218,13 +219,13 @@ class CloudRelay:
                 if not sent:
                     await self._idle()
             except RelinkNeeded as exc:
-                self.counters.last_error = str(exc)
+                self.counters.last_error, self.counters.last_error_at = str(exc), self._clock()
                 log.warning("cloud_relink_needed", reason=exc.kind)
             except (CloudError, GatewayError) as exc:
                 # GatewayError: the outbox could not be read or acked (disk trouble); what it
                 # holds stays, and is sent once it can be read again.
                 failures += 1
-                self.counters.last_error = str(exc)
+                self.counters.last_error, self.counters.last_error_at = str(exc), self._clock()
                 delay = self._rng() * min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** failures)
                 log.warning("cloud_send_failed", error=str(exc), retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)
@@ -372,6 +373,18 @@ class CloudRelay:
                         error=exc.strerror)
 
     # ---- status -------------------------------------------------------------------------------
+
+    def state(self) -> str:
+        """linked | relink_needed | unlinked while nothing went out yet, then up or down by
+        whichever of the last success and the last failure came later."""
+        link = self.auth.state if self.auth else "unlinked"
+        c = self.counters
+        if link != "linked":
+            return link
+        if c.last_error_at is not None and (c.last_success_at is None
+                                            or c.last_error_at > c.last_success_at):
+            return "down"
+        return "up" if c.last_success_at is not None else "linked"
 
     def status(self) -> CloudStatus:
         stats = self.outbox.stats()

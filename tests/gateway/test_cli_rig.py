@@ -81,7 +81,7 @@ async def test_cli_direct_scan_pair_valve_state(cli: Cli) -> None:
 async def test_cli_through_the_daemon(cli: Cli, tmp_path: Path) -> None:
     daemon = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "daemon", env=cli.env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     socket = tmp_path / "control.sock"
     err = b""
     try:
@@ -106,7 +106,7 @@ async def test_cli_through_the_daemon(cli: Cli, tmp_path: Path) -> None:
             assert outcome["version"] == "9.2.0" and not outcome["skipped_upload"]
         finally:
             daemon.terminate()
-            _, err = await asyncio.wait_for(daemon.communicate(), 30)
+            err, _ = await asyncio.wait_for(daemon.communicate(), 30)
     except BaseException:
         print(err.decode()[-6000:])
         raise

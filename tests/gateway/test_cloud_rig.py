@@ -62,7 +62,7 @@ class Gateway:
     async def running(self) -> AsyncIterator[None]:
         self.daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "daemon", env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         socket = self.state_dir / "control.sock"
         async with asyncio.timeout(DAEMON_UP_WITHIN_S):
             while not socket.is_socket():  # noqa: ASYNC110 - a file appearing has no event
@@ -72,11 +72,11 @@ class Gateway:
             yield
         except BaseException:
             self.daemon.terminate()
-            _, err = await self.daemon.communicate()
+            err, _ = await self.daemon.communicate()
             print(err.decode()[-6000:])
             raise
         self.daemon.terminate()
-        _, err = await asyncio.wait_for(self.daemon.communicate(), 30)
+        err, _ = await asyncio.wait_for(self.daemon.communicate(), 30)
         self.logs += err.decode()
         socket.unlink(missing_ok=True)
 

@@ -24,6 +24,7 @@ from gateway.ops.models import (
     STATE,
     Claim,
     CloudStatusQuery,
+    HubStatusQuery,
     Devices,
     GetState,
     Ota,
@@ -118,7 +119,7 @@ async def _raw(path: Path, line: bytes) -> dict[str, Any]:
 async def test_control_socket_answers_typed_errors_and_survives_garbage(tmp_path: Path) -> None:
     seen: list[Request] = []
 
-    async def handler(request: Request) -> Result:
+    async def handler(request: Request, _progress: object = None) -> Result:
         seen.append(request)
         if isinstance(request, GetState):
             raise UnknownController(f"{request.address} is not a paired controller")
@@ -166,7 +167,8 @@ def test_every_request_round_trips_and_names_its_result() -> None:
         Unpair(address="C0:FF:EE:00:00:01"), Devices(), GetState(address="a"),
         Refresh(address="a"), ValveOpen(address="a", channel=2, minutes=5),
         ValveClose(address="a", channel=255), Ota(address="a", file="/tmp/x.bin", window=2),
-        CloudStatusQuery(), Claim(serial="000123"), Unclaim(serial="000123", reason="moved")]
+        CloudStatusQuery(), Claim(serial="000123"), Unclaim(serial="000123", reason="moved"),
+        HubStatusQuery()]
     assert {r.op for r in requests} == set(RESULTS)
     for request in requests:
         assert REQUEST.validate_json(request.model_dump_json()) == request

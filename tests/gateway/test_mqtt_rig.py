@@ -52,7 +52,7 @@ async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str,
     assert pair.returncode == 0, err.decode()[-1500:]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "daemon", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         async with asyncio.timeout(DAEMON_UP_WITHIN_S):
             while not (tmp_path / "control.sock").is_socket():  # noqa: ASYNC110
@@ -60,7 +60,7 @@ async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str,
         yield proc
     except BaseException:
         proc.terminate()
-        _, err = await proc.communicate()
+        err, _ = await proc.communicate()
         print(err.decode()[-5000:])
         raise
     if proc.returncode is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import systemd
+from gateway.service import notify as systemd
 
 
 def test_notify_and_watchdog_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

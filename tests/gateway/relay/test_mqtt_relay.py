@@ -25,6 +25,7 @@ from gateway.ops.models import (
     ControllerState,
     DeviceEntry,
     GetState,
+    HubStatus,
     Ota,
     OtaReport,
     Pair,
@@ -110,6 +111,9 @@ class FakeOps:
         raise AssertionError("not asked")
 
     async def unclaim(self, request: Unclaim) -> ClaimResult:
+        raise AssertionError("not asked")
+
+    async def status(self) -> HubStatus:
         raise AssertionError("not asked")
 
 

@@ -1,0 +1,134 @@
+"""Prometheus metrics on a localhost port (config ``metrics_port``; 0 turns them off).
+
+prometheus-client serves scrapes from its own thread, so nothing it calls may touch the
+daemon's objects (SQLite connections, the supervisors): the families are built on the event
+loop every METRICS_PERIOD_S from the same ``HubStatus`` `awgw status` shows, and a scrape only
+reads the latest list."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import structlog
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.ops.models import HubStatus
+
+if TYPE_CHECKING:
+    from gateway.ops.daemon import DaemonOperations
+
+log = structlog.get_logger(__name__)
+
+# Prometheus scrapes every 15-60 s; a fresher view than 5 s buys nothing and costs a status.
+METRICS_PERIOD_S = 5.0
+RELAY_UP = {"up": 1.0, "connected": 1.0}
+
+
+class HubMetrics(Collector):
+    def __init__(self, ops: DaemonOperations, status: Callable[[], HubStatus]) -> None:
+        self.ops = ops
+        self.status = status
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._families: list[Metric] = []
+        self.registry.register(self)
+        self._server: object | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families)
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def serve(self, port: int) -> str | None:
+        """Listen on 127.0.0.1 only: the metrics name the home's controllers."""
+        try:
+            server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        except OSError as exc:
+            log.warning("metrics_unavailable", port=port, error=str(exc),
+                        remedy="set metrics_port to a free port, or 0 to turn metrics off")
+            return None
+        self._server = server
+        bound = server.server_address[1]
+        log.info("metrics_listening", url=f"http://127.0.0.1:{bound}/metrics")
+        return f"http://127.0.0.1:{bound}/metrics"
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()  # type: ignore[attr-defined]
+            server.server_close()  # type: ignore[attr-defined]
+
+    async def run(self) -> None:
+        while True:
+            self.update()
+            await asyncio.sleep(METRICS_PERIOD_S)
+
+    def update(self) -> None:
+        self._families = self.families(self.status())
+
+    def families(self, status: HubStatus) -> list[Metric]:
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"awgw_{name}", text, value=value)
+
+        out: list[Metric] = [
+            gauge("ready", "1 once READY=1 was sent", float(status.ready)),
+            gauge("radio_ok", "1 while BlueZ answers and the adapter is powered",
+                  float(status.radio.ok)),
+            gauge("links", "BLE links held", status.links),
+            gauge("max_links", "BLE links the radio may hold", status.max_links),
+            gauge("event_loop_lag_seconds", "how late the event loop's tick woke up",
+                  status.loop_lag_ms / 1000),
+            gauge("uptime_seconds", "seconds since the daemon started", status.uptime_s),
+            gauge("ota_in_progress", "firmware updates running", len(status.updates)),
+        ]
+        controllers = GaugeMetricFamily("awgw_controllers", "paired controllers by freshness",
+                                        labels=["freshness"])
+        controllers.add_metric(["fresh"], status.fresh)
+        controllers.add_metric(["stale"], status.stale)
+        states = GaugeMetricFamily("awgw_link_state", "controllers by link state",
+                                   labels=["state"])
+        for state, count in status.link_states.items():
+            states.add_metric([state], count)
+        connects = CounterMetricFamily("awgw_link_connects", "BLE connections made")
+        failures = CounterMetricFamily("awgw_link_failures", "link failures by class",
+                                       labels=["failure_class"])
+        by_class: dict[str, int] = {}
+        total = 0
+        for supervisor in self.ops.manager.supervisors.values():
+            total += supervisor.connects
+            for kind, count in supervisor.failures.items():
+                by_class[kind] = by_class.get(kind, 0) + count
+        connects.add_metric([], total)
+        for kind, count in sorted(by_class.items()):
+            failures.add_metric([kind], count)
+        out += [controllers, states, connects, failures]
+        up = GaugeMetricFamily("awgw_relay_up", "1 while the relay delivers", labels=["relay"])
+        lag = GaugeMetricFamily("awgw_relay_lag_seconds", "age of the oldest undelivered item",
+                                labels=["relay"])
+        depth = GaugeMetricFamily("awgw_outbox_depth", "items waiting to go out",
+                                  labels=["relay"])
+        dropped = CounterMetricFamily("awgw_outbox_dropped", "items dropped by the outbox bounds",
+                                      labels=["relay"])
+        delivered = CounterMetricFamily("awgw_relay_delivered", "items delivered",
+                                        labels=["relay"])
+        for name, relay in (("cloud", status.cloud), ("mqtt", status.mqtt)):
+            if not relay.enabled:
+                continue
+            up.add_metric([name], RELAY_UP.get(relay.state, 0.0))
+            lag.add_metric([name], relay.lag_s or 0.0)
+            depth.add_metric([name], relay.outbox_depth or 0)
+            dropped.add_metric([name], relay.outbox_dropped)
+            delivered.add_metric([name], relay.delivered)
+        out += [up, lag, depth, dropped, delivered]
+        ota_bytes = CounterMetricFamily("awgw_ota_bytes", "firmware bytes uploaded")
+        ota_bytes.add_metric([], self.ops.ota_bytes)
+        outcomes = CounterMetricFamily("awgw_ota_outcomes", "firmware updates by result",
+                                       labels=["result"])
+        for result, count in sorted(self.ops.ota_outcomes.items()):
+            outcomes.add_metric([result], count)
+        out += [ota_bytes, outcomes]
+        return out

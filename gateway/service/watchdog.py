@@ -1,0 +1,42 @@
+"""The daemon's side of the systemd contract after READY=1: WATCHDOG=1 while the hub makes
+progress (``HubHealth.progressing``), STATUS= whenever the one-line summary changes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from gateway.ops.models import HubStatus
+from gateway.service import notify
+from gateway.service.health import PROBE_PERIOD_S, HubHealth
+
+log = structlog.get_logger(__name__)
+
+
+async def report(health: HubHealth, status: Callable[[], HubStatus],
+                 watchdog_s: float | None) -> None:
+    """Probe, then ping or withhold, then refresh STATUS=, once per period: the probe period,
+    or the ping interval (half of WatchdogSec=) when that is shorter."""
+    period = PROBE_PERIOD_S if watchdog_s is None else min(PROBE_PERIOD_S, watchdog_s)
+    withheld: str | None = None
+    last_line = ""
+    while True:
+        await health.probe_once()
+        ok, reason = health.progressing()
+        if watchdog_s is not None:
+            if ok:
+                notify.notify("WATCHDOG=1")
+                if withheld is not None:
+                    log.info("watchdog_resumed", adapter=health.adapter)
+            elif reason != withheld:
+                log.error("watchdog_withheld", adapter=health.adapter, reason=reason,
+                          remedy="systemd restarts the service after WatchdogSec= without a "
+                                 "ping; if it keeps happening run `awgw doctor`")
+            withheld = None if ok else reason
+        line = status().summary()
+        if line != last_line:
+            notify.notify(f"STATUS={line}")
+            last_line = line
+        await asyncio.sleep(period)
