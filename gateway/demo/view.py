@@ -59,8 +59,10 @@ def render(view: ViewModel) -> RenderableType:
                           f"mqtt {status.mqtt.state}, {view.mqtt_messages} messages"[:WIDTH]))
     if view.ota_line:
         lines.append(Text(view.ota_line, style="cyan"))
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), expand=False)
-    for name, width in (("controller", 17), ("fw", 6), ("link", 9), ("fresh", 5),
+    # Simple head: one space between columns and a rule under the headings, no edges.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
+                  expand=False)
+    for name, width in (("controller", 17), ("fw", 8), ("link", 12), ("fresh", 5),
                         ("open", 5), ("task", 9), ("l/min", 5)):
         table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
     for state in view.controllers:

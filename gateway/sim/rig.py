@@ -230,6 +230,17 @@ class Rig:
         else:
             raise SimConfigError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
 
+    async def hub_fault(self, kind: str) -> None:
+        """The hub's own radio: ``adapter_lost`` takes hci0 away, as a crashed controller
+        firmware on the Pi's combined Wi-Fi/BT chip does; ``adapter_restore`` brings it back."""
+        if kind == "adapter_lost":
+            await self._manager("RemoveAdapter", "y", [0])
+        elif kind == "adapter_restore":
+            await self._manager("AddAdapter", "ys", [0, GATEWAY_ADDRESS])
+        else:
+            raise SimConfigError(f"unknown hub fault {kind!r}; known: adapter_lost, "
+                                 "adapter_restore")
+
     async def raise_alarm(self, index: int, code: int, data: int = 0) -> None:
         await self._call(f"org.autowatering.sim.controller{index}", CONTROL_PATH, CONTROL_IFACE,
                          "RaiseAlarm", "qq", [code, data])
