@@ -183,7 +183,7 @@ async def test_sigterm_mid_update_stops_cleanly_and_the_next_start_resumes(
                             if u.phase == "upload" and u.total), default=0.0)
 
             async with asyncio.timeout(UPDATED_WITHIN_S):
-                while (done := await uploading()) < 0.3:
+                while (done := await uploading()) < 0.3:  # noqa: ASYNC110
                     await asyncio.sleep(0.1)
             assert done < 0.9, "the upload was too fast to stop in the middle"
             stopping_from = len(fake.messages)
