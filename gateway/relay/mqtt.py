@@ -136,12 +136,14 @@ def read_password(config: MqttConfig) -> str | None:
     for path in candidates:
         try:
             with open(path, encoding="utf-8") as file:
-                return file.read(4096).strip()
+                password = file.read(4096).strip()
         except FileNotFoundError:
             continue
         except OSError as exc:
             raise ConfigError(f"cannot read the MQTT password from {path}: {exc.strerror}") \
                 from exc
+        if password:  # an empty file (install.sh's placeholder credential) gives none
+            return password
     return None
 
 

@@ -52,7 +52,10 @@ class FileTokenStore:
         self.credential = Path(directory) / CREDENTIAL_NAME if directory else None
 
     def _source(self) -> Path:
-        if self.credential is not None and self.credential.exists():
+        # install.sh creates the credential file empty (LoadCredential= fails on a missing
+        # file): empty means "not given", and `awgw cloud link`'s own file is used.
+        if self.credential is not None and self.credential.exists() \
+                and self.credential.stat().st_size > 0:
             return self.credential
         return self.path
 
