@@ -1,6 +1,6 @@
 """Exit codes a script can act on (README "The daemon and the CLI"). 2 is argparse's usage
 error; 8-10 belong to `awgw ota` and `awgw image inspect`; 11 (not linked, link again) and 12
-(the cloud failed or refused) to the cloud commands."""
+(the cloud failed or refused) to the cloud commands; 13 is `awgw doctor` finding a problem."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ COMMAND_REFUSED = ERRORS[CommandFailed]
 OTA_REVERTED = 8
 OTA_FAILED = 9
 BAD_IMAGE = 10
+# `awgw doctor` found a warning or an error (each with its remedy).
+DOCTOR_PROBLEMS = 13
 
 
 def exit_code(exc: GatewayError) -> int:

@@ -27,14 +27,15 @@ class Cli:
         self.env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": rig.bus_address,
                     "AWGW_STATE_DIR": str(state_dir), "AWGW_CONFIG": str(config)}
 
-    async def run(self, *args: str, expect: int = 0) -> Any:
+    async def run(self, *args: str, expect: int = 0, all_lines: bool = False) -> Any:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", *args, env=self.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == expect, (args, proc.returncode, err.decode()[-1500:])
         if "--json" in args and expect == 0:
-            return json.loads(out.decode().strip().splitlines()[-1])
+            lines = [json.loads(line) for line in out.decode().strip().splitlines()]
+            return lines if all_lines else lines[-1]
         return err.decode()
 
 
@@ -97,11 +98,18 @@ async def test_cli_through_the_daemon(cli: Cli, tmp_path: Path) -> None:
             image = tmp_path / "new.bin"
             image.write_bytes(make_image((9, 2, 0, 0), firmware_body("daemon-ota", 200_000)))
             ota = asyncio.create_task(cli.run("ota", FIRST, str(image), "--confirm", "explicit",
-                                              "--json"))
+                                              "--json", all_lines=True))
             await asyncio.sleep(1.5)
             busy = await cli.run("valve", FIRST, "1", "open", "--minutes", "1", expect=4)
             assert "firmware update" in busy
-            outcome = await ota
+            *progress_lines, outcome = await ota
+            # The daemon streamed the update's progress to the CLI, line by line.
+            progress = [line["progress"] for line in progress_lines]
+            uploads = [p["offset"] for p in progress if p["phase"] == "upload"]
+            assert len(uploads) >= 3 and uploads == sorted(uploads), progress
+            assert {p["total"] for p in progress if p["phase"] == "upload"} == {
+                image.stat().st_size}
+            assert {"upload", "reboot_wait"} <= {p["phase"] for p in progress}
             assert outcome["result"] == "succeeded", outcome
             assert outcome["version"] == "9.2.0" and not outcome["skipped_upload"]
         finally:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import httpx
 import pytest
 
 from gateway.demo.hub import HubConfig, HubProcess
-from gateway.ops.models import Claim, Pair
+from gateway.ops.models import Claim, HubStatus, Pair
+from gateway.sim.broker import free_port
 from gateway.sim.cloud import EmulatorServer, World
 from gateway.sim.cloud.publish import publish_release
 from gateway.sim.controller.device import ControllerConfig
@@ -90,16 +93,46 @@ async def until(predicate: object, limit_s: float, what: str) -> None:
         raise AssertionError(f"not within {limit_s} s: {what}") from None
 
 
+# metrics.METRICS_PERIOD_S (5 s) between the families' rebuilds, and a loaded machine.
+METRICS_WITHIN_S = 20.0
+
+
+async def until_async(read: Callable[[], Awaitable[float | None]], want: float,
+                      limit_s: float) -> None:
+    async with asyncio.timeout(limit_s):
+        while (await read()) != want:  # noqa: ASYNC110 - polling a scrape
+            await asyncio.sleep(0.5)
+
+
 def hub(rig: Rig, tmp_path: Path, fake: FakeSystemd, **config: object) -> HubProcess:
     return HubProcess(tmp_path / "state", HubConfig(bus_address=rig.bus_address,
                                                     **config),  # type: ignore[arg-type]
                       env={"NOTIFY_SOCKET": str(fake.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)})
 
 
+async def metric(url: str, name: str) -> float | None:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(url)).text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def awgw(daemon: HubProcess, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *args, env={**daemon.environment(),
+                                                         "COLUMNS": "80"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def test_ready_only_once_the_stores_are_open_and_the_socket_listens(
         rig: Rig, tmp_path: Path) -> None:
     async with fake_systemd(tmp_path) as fake:
-        daemon = hub(rig, tmp_path, fake)
+        daemon = hub(rig, tmp_path, fake, metrics_port=free_port())
         seen_at_ready: dict[str, bool] = {}
 
         def ready() -> bool:
@@ -119,6 +152,16 @@ async def test_ready_only_once_the_stores_are_open_and_the_socket_listens(
             assert fake.messages[0][1] == "READY=1"
             await until(lambda: len(fake.states("WATCHDOG=1")) >= 2, 10, "two pings")
             assert any("0/3 links" in s for s in fake.statuses()), fake.statuses()
+            # `awgw status`: one screen in 80 columns, and the same as JSON.
+            screen = await awgw(daemon, "status")
+            assert "ready" in screen and "radio     hci0 ok" in screen, screen
+            assert max(len(line) for line in screen.splitlines()) <= 80
+            status = HubStatus.model_validate(json.loads(await awgw(daemon, "status", "--json")))
+            assert status.ready and status.radio.ok and status.metrics_url
+            # Prometheus metrics on localhost, from the same status.
+            assert await metric(status.metrics_url, "awgw_ready") == 1.0
+            assert await metric(status.metrics_url, "awgw_radio_ok") == 1.0
+            assert await metric(status.metrics_url, "awgw_event_loop_lag_seconds") is not None
         finally:
             code = await daemon.stop()
         assert code == 0, daemon.log_tail()
@@ -128,10 +171,14 @@ async def test_ready_only_once_the_stores_are_open_and_the_socket_listens(
 async def test_watchdog_stops_while_the_adapter_is_gone_and_resumes_after(
         rig: Rig, tmp_path: Path) -> None:
     async with fake_systemd(tmp_path) as fake:
-        daemon = hub(rig, tmp_path, fake)
+        daemon = hub(rig, tmp_path, fake, metrics_port=free_port())
         await daemon.start()
         try:
             await daemon.ops.pair(Pair(address=ADDRESS))
+            url = (await daemon.ops.status()).metrics_url
+            assert url is not None
+            await until_async(lambda: metric(url, "awgw_link_connects_total"), 1.0,
+                              METRICS_WITHIN_S)
             await until(lambda: len(fake.states("WATCHDOG=1")) >= 3, 20, "pings")
             await rig.hub_fault("adapter_lost")
             lost_at = time.monotonic()
@@ -143,6 +190,7 @@ async def test_watchdog_stops_while_the_adapter_is_gone_and_resumes_after(
             assert any("radio: adapter hci0 is missing" in s for s in fake.statuses())
             status = await daemon.ops.status()
             assert not status.radio.ok and status.radio.reason == "adapter hci0 is missing"
+            await until_async(lambda: metric(url, "awgw_radio_ok"), 0.0, METRICS_WITHIN_S)
             await asyncio.sleep(3 * PING_S)
             assert fake.states("WATCHDOG=1")[-1] == last_before  # still none
             await rig.hub_fault("adapter_restore")

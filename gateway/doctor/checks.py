@@ -1,0 +1,330 @@
+"""Each check of `awgw doctor`: what it looked at, what it found, and what to do about it.
+
+The checks read the machine only through ``Host`` (gateway/doctor/host.py), so the tests drive
+every finding with a fake host; the outboxes and the config are read for real."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from gateway.config import GatewayConfig
+from gateway.doctor.host import Host
+from gateway.errors import GatewayError
+from gateway.ops.models import CloudStatus
+from gateway.relay.cloud import OUTBOX_FILE
+from gateway.relay.mqtt import MQTT_OUTBOX_FILE, read_password
+from gateway.store.outbox import Outbox
+
+SERVICE_USER = "awgw"
+BLUETOOTH_GROUP = "bluetooth"
+# bleak's BlueZ backend needs 5.55 for what we use (ATT MTU exchange over D-Bus, reliable
+# notifications); Raspberry Pi OS bookworm ships 5.66.
+BLUEZ_MIN = (5, 55)
+# The outboxes hold up to 64 MiB each and SQLite's WAL grows beside them; below this the next
+# compaction or an update's download may fail.
+FREE_ERROR_BYTES = 64 * 1024 * 1024
+FREE_WARN_BYTES = 256 * 1024 * 1024
+# Items waiting longer than this mean the way out is not taking them.
+OUTBOX_OLD_S = 3600.0
+WIFI_24_GHZ_MAX_MHZ = 2500
+
+
+class Status(StrEnum):
+    OK = "ok"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Finding(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    check: str
+    status: Status
+    summary: str
+    remedy: str | None = None
+
+    @property
+    def wrong(self) -> bool:
+        return self.status in (Status.WARNING, Status.ERROR)
+
+
+def ok(check: str, summary: str) -> Finding:
+    return Finding(check=check, status=Status.OK, summary=summary)
+
+
+def info(check: str, summary: str, remedy: str | None = None) -> Finding:
+    return Finding(check=check, status=Status.INFO, summary=summary, remedy=remedy)
+
+
+def warn(check: str, summary: str, remedy: str) -> Finding:
+    return Finding(check=check, status=Status.WARNING, summary=summary, remedy=remedy)
+
+
+def error(check: str, summary: str, remedy: str) -> Finding:
+    return Finding(check=check, status=Status.ERROR, summary=summary, remedy=remedy)
+
+
+@dataclass
+class Context:
+    host: Host
+    config: GatewayConfig
+    config_problem: str | None
+    config_path: Path
+    cloud_status: Callable[[], Awaitable[CloudStatus]]
+
+
+def check_config(ctx: Context) -> list[Finding]:
+    if ctx.config_problem is not None:
+        return [error("config", ctx.config_problem,
+                      f"fix the key it names in {ctx.config_path} (systemd/config.example.toml "
+                      "lists every key); the rest of this report uses the defaults")]
+    if not ctx.config_path.exists():
+        return [ok("config", f"no {ctx.config_path}: every key has its default")]
+    return [ok("config", f"{ctx.config_path} is valid")]
+
+
+async def check_bluez(ctx: Context) -> list[Finding]:
+    host, adapter_name = ctx.host, ctx.config.link.adapter
+    found: list[Finding] = []
+    version = await host.bluez_version()
+    if version is None:
+        found.append(error("bluez_version", "BlueZ is not installed",
+                           "sudo apt install bluez"))
+    else:
+        number = tuple(int(p) for p in version.split(".")[:2])
+        if number < BLUEZ_MIN:
+            found.append(error("bluez_version", f"BlueZ {version} is older than "
+                               f"{BLUEZ_MIN[0]}.{BLUEZ_MIN[1]}",
+                               "upgrade the OS (Raspberry Pi OS bookworm ships 5.66)"))
+        else:
+            found.append(ok("bluez_version", f"BlueZ {version}"))
+    adapters = await host.adapters()
+    if isinstance(adapters, str):
+        found.append(error("bluez_daemon", f"BlueZ does not answer: {adapters}",
+                           "sudo systemctl enable --now bluetooth; journalctl -u bluetooth"))
+        return found
+    found.append(ok("bluez_daemon", f"bluetoothd answers ({len(adapters)} adapters)"))
+    adapter = next((a for a in adapters if a.name == adapter_name), None)
+    if adapter is None:
+        names = ", ".join(a.name for a in adapters) or "none"
+        found.append(error("adapter", f"adapter {adapter_name} not found (BlueZ has: {names})",
+                           "set [link] adapter in the config, or check the hardware: "
+                           "dmesg | grep -i bluetooth"))
+        return found
+    bus = host.adapter_bus(adapter.name) or "unknown bus"
+    kind = {"uart": "built-in (UART)", "usb": "USB dongle", "sdio": "built-in (SDIO)"}.get(
+        bus, bus)
+    found.append(ok("adapter", f"{adapter.name} {adapter.address}, {kind}"))
+    blocked = [r for r in host.rfkill() if r.type == "bluetooth" and (r.soft or r.hard)]
+    if any(r.hard for r in blocked):
+        found.append(error("rfkill", "Bluetooth is hard-blocked (a switch or the firmware)",
+                           "check the hub's radio switch or firmware settings; "
+                           "`rfkill list` shows it"))
+    elif blocked:
+        found.append(error("rfkill", "Bluetooth is soft-blocked by rfkill",
+                           "sudo rfkill unblock bluetooth"))
+    else:
+        found.append(ok("rfkill", "Bluetooth is not blocked"))
+    if not adapter.powered:
+        found.append(error("powered", f"{adapter.name} is powered off",
+                           "bluetoothctl power on (after `rfkill unblock bluetooth` if "
+                           "blocked); the daemon also powers it on its recovery ladder"))
+    else:
+        found.append(ok("powered", f"{adapter.name} is powered"))
+    if adapter.passive_scan:
+        found.append(ok("passive_scan", "BlueZ offers passive scanning (advertisement "
+                                        "monitors) on this adapter"))
+    else:
+        found.append(info("passive_scan", "no passive scanning (BlueZ's advertisement monitor "
+                          "is experimental): the gateway scans actively, which works",
+                          "optional: start bluetoothd with --experimental"))
+    found += await _coexistence(ctx, bus)
+    return found
+
+
+async def _coexistence(ctx: Context, bus: str) -> list[Finding]:
+    model = ctx.host.board_model() or ""
+    if "Raspberry Pi" not in model or bus not in ("uart", "sdio"):
+        return []
+    mhz = await ctx.host.wifi_mhz()
+    if mhz is not None and mhz < WIFI_24_GHZ_MAX_MHZ:
+        return [warn("coexistence", f"{model}: Wi-Fi on 2.4 GHz ({mhz} MHz) shares the "
+                     "combined chip's antenna with Bluetooth, so BLE links drop more",
+                     "use 5 GHz Wi-Fi or Ethernet, or a USB Bluetooth dongle "
+                     "([link] adapter = \"hci1\")")]
+    return [ok("coexistence", f"{model}: Wi-Fi is not on 2.4 GHz")]
+
+
+def check_permissions(ctx: Context) -> list[Finding]:
+    host = ctx.host
+    found: list[Finding] = []
+    policy = host.dbus_policy_groups()
+    if policy is None:
+        found.append(warn("dbus_policy", "no BlueZ D-Bus policy file found",
+                          "reinstall bluez (sudo apt install --reinstall bluez)"))
+    elif BLUETOOTH_GROUP not in policy:
+        found.append(error("dbus_policy", "BlueZ's D-Bus policy does not admit the "
+                           f"{BLUETOOTH_GROUP} group",
+                           f'add <policy group="{BLUETOOTH_GROUP}"> allowing org.bluez to '
+                           "/etc/dbus-1/system.d/bluetooth.conf"))
+    else:
+        found.append(ok("dbus_policy", f"BlueZ's D-Bus policy admits the {BLUETOOTH_GROUP} "
+                                       "group"))
+    groups = host.user_groups(SERVICE_USER)
+    if groups is None:
+        found.append(warn("service_user", f"the service user {SERVICE_USER} does not exist",
+                          "sudo systemd/install.sh install"))
+    elif BLUETOOTH_GROUP not in groups:
+        found.append(error("service_user", f"{SERVICE_USER} is not in the {BLUETOOTH_GROUP} "
+                           "group: BlueZ refuses it", f"sudo usermod -aG {BLUETOOTH_GROUP} "
+                           f"{SERVICE_USER} && sudo systemctl restart awgw"))
+    else:
+        found.append(ok("service_user", f"{SERVICE_USER} is in the {BLUETOOTH_GROUP} group"))
+    me = host.current_user()
+    mine = host.user_groups(me) or set()
+    if me not in ("root", SERVICE_USER) and BLUETOOTH_GROUP not in mine:
+        found.append(warn("cli_user", f"{me} is not in the {BLUETOOTH_GROUP} group: awgw "
+                          "commands cannot reach the daemon's socket",
+                          f"sudo usermod -aG {BLUETOOTH_GROUP} {me}, then log in again"))
+    return found
+
+
+async def check_clock(ctx: Context) -> list[Finding]:
+    synced = await ctx.host.clock_synced()
+    if synced is None:
+        return [warn("clock", "cannot tell whether the clock is synchronised (timedatectl "
+                     "did not answer)",
+                     "make sure NTP runs: the controllers' clocks and the cloud's records "
+                     "follow this one")]
+    if not synced:
+        return [warn("clock", "the clock is not synchronised",
+                     "sudo timedatectl set-ntp true, and check the network: the controllers' "
+                     "clocks and the cloud's records follow this one")]
+    return [ok("clock", "the clock is synchronised (NTP)")]
+
+
+def check_storage(ctx: Context) -> list[Finding]:
+    state_dir = ctx.config.state_dir
+    disk = ctx.host.disk(state_dir)
+    found: list[Finding] = []
+    remedy = (f"sudo install -d -o {SERVICE_USER} -g {BLUETOOTH_GROUP} -m 0750 {state_dir} "
+              "(systemd's StateDirectory= makes it for the service)")
+    if not disk.exists:
+        found.append((warn if disk.writable else error)(
+            "state_dir", f"{state_dir} does not exist yet", remedy))
+        return found
+    if not disk.writable:
+        found.append(error("state_dir", f"{state_dir} is not writable by {ctx.host.current_user()}",
+                           remedy))
+    mib = disk.free_bytes // (1024 * 1024)
+    if disk.free_bytes < FREE_ERROR_BYTES:
+        found.append(error("disk_space", f"{mib} MiB free under {state_dir}",
+                           "free space on the SD card (journalctl --vacuum-size=50M, apt clean)"))
+    elif disk.free_bytes < FREE_WARN_BYTES:
+        found.append(warn("disk_space", f"only {mib} MiB free under {state_dir}",
+                          "free space on the SD card (journalctl --vacuum-size=50M, apt clean)"))
+    elif disk.writable:
+        found.append(ok("state_dir", f"{state_dir} is writable, {mib} MiB free"))
+    for name, file in (("cloud_outbox", OUTBOX_FILE), ("mqtt_outbox", MQTT_OUTBOX_FILE)):
+        found += _outbox(name, state_dir / file)
+    return found
+
+
+def _outbox(check: str, path: Path) -> list[Finding]:
+    if not path.exists():
+        return []
+    try:
+        outbox = Outbox(path, "doctor", reader=True)
+        try:
+            stats = outbox.stats()
+        finally:
+            outbox.close()
+    except GatewayError as exc:
+        return [error(check, f"{path} cannot be read: {exc}",
+                      f"stop the service, move {path} aside, start it again (a new outbox is "
+                      "made; what the old one held is lost)")]
+    found = []
+    dropped = sum(stats.dropped.values())
+    if dropped:
+        found.append(warn(check, f"{dropped} items were dropped at the outbox's bounds",
+                          "the way out was down for long: check the cloud/broker findings"))
+    if stats.oldest_age_s is not None and stats.oldest_age_s > OUTBOX_OLD_S:
+        found.append(warn(check, f"{stats.depth} items waiting, the oldest "
+                          f"{stats.oldest_age_s / 3600:.1f} h", "check the cloud/broker "
+                          "findings and `awgw cloud status`"))
+    if not found:
+        found.append(ok(check, f"{stats.depth} items waiting"))
+    return found
+
+
+async def check_daemon(ctx: Context) -> list[Finding]:
+    status = await ctx.host.daemon(ctx.config.socket_path)
+    if isinstance(status, str):
+        if "Permission denied" in status:
+            return [error("daemon", f"the daemon's socket refuses {ctx.host.current_user()}",
+                          f"sudo usermod -aG {BLUETOOTH_GROUP} {ctx.host.current_user()}, "
+                          "then log in again")]
+        return [warn("daemon", f"the daemon is not reachable: {status}",
+                     "sudo systemctl start awgw; journalctl -u awgw -n 50")]
+    found = [ok("daemon", f"running {status.version}, {'ready' if status.ready else 'starting'}"
+                f", {status.controllers} controllers ({status.fresh} fresh)")]
+    if not status.radio.ok:
+        found.append(error("radio", f"the daemon's radio: {status.radio.reason}",
+                           "sudo systemctl restart bluetooth; `rfkill list`; if it keeps "
+                           "happening on a Pi, see the coexistence finding"))
+    return found
+
+
+async def check_ways_out(ctx: Context) -> list[Finding]:
+    found: list[Finding] = []
+    mqtt = ctx.config.mqtt
+    if mqtt.enabled:
+        try:
+            password = read_password(mqtt)
+        except GatewayError as exc:
+            found.append(error("broker", str(exc), "check [mqtt] password_file and its mode"))
+        else:
+            problem = await ctx.host.mqtt_connect(mqtt, password)
+            where = f"{mqtt.host}:{mqtt.port}"
+            if problem is None:
+                found.append(ok("broker", f"the MQTT broker at {where} accepts the gateway"))
+            else:
+                found.append(error("broker", f"the MQTT broker at {where}: {problem}",
+                                   "check [mqtt] host, port and username, the password "
+                                   "credential, and that the broker runs"))
+    cloud = ctx.config.cloud
+    if not cloud.enabled:
+        return found
+    if not cloud.base_url:
+        found.append(error("cloud", "[cloud] is enabled without a base_url",
+                           "set [cloud] base_url (cloud-api.md names the API's address)"))
+        return found
+    # /health, never /health/deep: the deep check costs the backend a database query (spec 4).
+    url = cloud.base_url.rstrip("/") + "/health"
+    answer = await ctx.host.http_get(url)
+    if answer == 200:
+        found.append(ok("cloud", f"{url} answers"))
+    else:
+        found.append(error("cloud", f"{url}: {answer}",
+                           "check the hub's internet connection and [cloud] base_url"))
+    try:
+        status = await ctx.cloud_status()
+    except GatewayError as exc:
+        found.append(error("cloud_link", f"cannot read the cloud link: {exc}",
+                           "awgw cloud status"))
+        return found
+    if status.link == "linked":
+        expires = status.token_expires_in_s
+        found.append(ok("cloud_link", f"linked as {status.user or '?'}" + (
+            "" if expires is None else f"; the session token renews in {expires / 60:.0f} min")))
+    else:
+        found.append(error("cloud_link", f"the cloud link is {status.link}",
+                           "sudo -u awgw awgw cloud link --username YOU (or put a refresh "
+                           "token in /etc/awgw/credentials/refresh-token)"))
+    return found

@@ -1,0 +1,263 @@
+"""`awgw doctor`: each finding driven through a fake of the host (and real outbox and config
+files), each wrong one with its remedy; a healthy hub finds nothing wrong; the command's exit
+code and --json document on this machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import exits
+from gateway.config import CloudConfig, GatewayConfig, MqttConfig
+from gateway.doctor.checks import Finding, Status
+from gateway.doctor.host import Adapter, Disk, Rfkill
+from gateway.doctor.report import diagnose, load
+from gateway.ops.models import CloudStatus, HubStatus, RadioHealth, RelayHealth
+from gateway.relay.cloud import OUTBOX_FILE
+from gateway.store.outbox import NewItem, Outbox, OutboxLimits
+
+MIB = 1024 * 1024
+ADAPTER = Adapter("hci0", "B8:27:EB:00:00:01", powered=True, discovering=True,
+                  passive_scan=True)
+RELAY = RelayHealth(enabled=True, state="up", outbox_depth=0)
+HEALTHY_STATUS = HubStatus(
+    version="0.1.0", uptime_s=60, ready=True,
+    radio=RadioHealth(adapter="hci0", ok=True, scanning=True, reason=None), links=1,
+    max_links=3, controllers=1, fresh=1, stale=0, link_states={"connected": 1}, updates=[],
+    cloud=RELAY, mqtt=RELAY, loop_lag_ms=0.4)
+LINKED = CloudStatus(enabled=True, mode="auto", active_mode="gateway_routes", gateway_id="g",
+                     link="linked", user="ana@example.com", token_expires_in_s=3000.0,
+                     outbox=None)
+
+
+@dataclass
+class FakeHost:
+    version: str | None = "5.66"
+    adapter_list: list[Adapter] | str = field(default_factory=lambda: [ADAPTER])
+    bus: str | None = "uart"
+    rfkills: list[Rfkill] = field(default_factory=lambda: [Rfkill("hci0", "bluetooth", False,
+                                                                  False)])
+    policy: set[str] | None = field(default_factory=lambda: {"bluetooth"})
+    groups: dict[str, set[str]] = field(default_factory=lambda: {
+        "awgw": {"bluetooth"}, "pi": {"pi", "bluetooth"}})
+    me: str = "pi"
+    model: str | None = "Raspberry Pi 4 Model B Rev 1.5"
+    mhz: int | None = 5180
+    synced: bool | None = True
+    disks: Disk = field(default_factory=lambda: Disk(exists=True, writable=True,
+                                                     free_bytes=2000 * MIB))
+    daemon_answer: HubStatus | str = HEALTHY_STATUS
+    health: int | str = 200
+    broker: str | None = None
+    asked: list[str] = field(default_factory=list)
+
+    async def bluez_version(self) -> str | None:
+        return self.version
+
+    async def adapters(self) -> list[Adapter] | str:
+        return self.adapter_list
+
+    def adapter_bus(self, name: str) -> str | None:
+        return self.bus
+
+    def rfkill(self) -> list[Rfkill]:
+        return self.rfkills
+
+    def dbus_policy_groups(self) -> set[str] | None:
+        return self.policy
+
+    def user_groups(self, user: str) -> set[str] | None:
+        return self.groups.get(user)
+
+    def current_user(self) -> str:
+        return self.me
+
+    def board_model(self) -> str | None:
+        return self.model
+
+    async def wifi_mhz(self) -> int | None:
+        return self.mhz
+
+    async def clock_synced(self) -> bool | None:
+        return self.synced
+
+    def disk(self, path: Path) -> Disk:
+        return self.disks
+
+    async def daemon(self, socket: Path) -> HubStatus | str:
+        return self.daemon_answer
+
+    async def http_get(self, url: str) -> int | str:
+        self.asked.append(url)
+        return self.health
+
+    async def mqtt_connect(self, config: MqttConfig, password: str | None) -> str | None:
+        return self.broker
+
+
+def config(tmp_path: Path) -> GatewayConfig:
+    return GatewayConfig(state_dir=tmp_path / "state", control_socket=tmp_path / "c.sock",
+                         cloud=CloudConfig(enabled=True, base_url="https://api.example.com"),
+                         mqtt=MqttConfig(enabled=True))
+
+
+def by_check(findings: list[Finding]) -> dict[str, list[Finding]]:
+    out: dict[str, list[Finding]] = {}
+    for f in findings:
+        out.setdefault(f.check, []).append(f)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _linked(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def linked(self: object) -> CloudStatus:
+        return LINKED
+
+    monkeypatch.setattr("gateway.ops.direct.DirectOperations.cloud_status", linked)
+
+
+async def test_a_healthy_hub_has_nothing_wrong(tmp_path: Path) -> None:
+    host = FakeHost()
+    findings = await diagnose(host, config(tmp_path), None, tmp_path / "config.toml")
+    assert [f for f in findings if f.wrong] == []
+    checks = {f.check for f in findings}
+    assert {"config", "bluez_version", "bluez_daemon", "adapter", "rfkill", "powered",
+            "passive_scan", "coexistence", "dbus_policy", "service_user", "clock",
+            "state_dir", "daemon", "broker", "cloud", "cloud_link"} <= checks
+    # The cloud is asked at /health, never /health/deep (spec 4).
+    assert host.asked == ["https://api.example.com/health"]
+    adapter = by_check(findings)["adapter"][0]
+    assert "built-in (UART)" in adapter.summary and "B8:27:EB:00:00:01" in adapter.summary
+
+
+Change = Callable[[FakeHost], None]
+CASES: list[tuple[str, Change, str, Status, str]] = [
+    ("no bluez", lambda h: setattr(h, "version", None), "bluez_version", Status.ERROR,
+     "apt install bluez"),
+    ("old bluez", lambda h: setattr(h, "version", "5.50"), "bluez_version", Status.ERROR,
+     "upgrade"),
+    ("bluetoothd down", lambda h: setattr(h, "adapter_list", "bluetoothd is not running"),
+     "bluez_daemon", Status.ERROR, "systemctl enable --now bluetooth"),
+    ("no adapter", lambda h: setattr(h, "adapter_list", []), "adapter", Status.ERROR,
+     "[link] adapter"),
+    ("powered off", lambda h: setattr(h, "adapter_list", [dataclasses.replace(
+        ADAPTER, powered=False)]), "powered", Status.ERROR, "bluetoothctl power on"),
+    ("soft blocked", lambda h: setattr(h, "rfkills", [Rfkill("hci0", "bluetooth", True,
+                                                            False)]),
+     "rfkill", Status.ERROR, "rfkill unblock bluetooth"),
+    ("hard blocked", lambda h: setattr(h, "rfkills", [Rfkill("hci0", "bluetooth", False,
+                                                            True)]),
+     "rfkill", Status.ERROR, "switch"),
+    ("no passive scan", lambda h: setattr(h, "adapter_list", [dataclasses.replace(
+        ADAPTER, passive_scan=False)]), "passive_scan", Status.INFO, "--experimental"),
+    ("policy without the group", lambda h: setattr(h, "policy", {"root"}), "dbus_policy",
+     Status.ERROR, "bluetooth.conf"),
+    ("no policy file", lambda h: setattr(h, "policy", None), "dbus_policy", Status.WARNING,
+     "reinstall bluez"),
+    ("no service user", lambda h: h.groups.clear(), "service_user", Status.WARNING,
+     "install.sh install"),
+    ("service user outside bluetooth", lambda h: h.groups.__setitem__("awgw", {"awgw"}),
+     "service_user", Status.ERROR, "usermod -aG bluetooth awgw"),
+    ("cli user outside bluetooth", lambda h: h.groups.__setitem__("pi", {"pi"}), "cli_user",
+     Status.WARNING, "usermod -aG bluetooth pi"),
+    ("2.4 GHz wifi on the pi's chip", lambda h: setattr(h, "mhz", 2437), "coexistence",
+     Status.WARNING, "5 GHz"),
+    ("clock not synced", lambda h: setattr(h, "synced", False), "clock", Status.WARNING,
+     "set-ntp true"),
+    ("clock unknown", lambda h: setattr(h, "synced", None), "clock", Status.WARNING, "NTP"),
+    ("state dir unwritable", lambda h: setattr(h, "disks", Disk(True, False, 2000 * MIB)),
+     "state_dir", Status.ERROR, "install -d -o awgw"),
+    ("disk nearly full", lambda h: setattr(h, "disks", Disk(True, True, 10 * MIB)),
+     "disk_space", Status.ERROR, "vacuum"),
+    ("disk low", lambda h: setattr(h, "disks", Disk(True, True, 100 * MIB)), "disk_space",
+     Status.WARNING, "vacuum"),
+    ("daemon down", lambda h: setattr(h, "daemon_answer", "no control socket at /run/x"),
+     "daemon", Status.WARNING, "systemctl start awgw"),
+    ("socket refuses the user", lambda h: setattr(
+        h, "daemon_answer", "cannot reach the daemon at /run/awgw/control.sock: Permission "
+        "denied"), "daemon", Status.ERROR, "usermod -aG bluetooth pi"),
+    ("daemon's radio wedged", lambda h: setattr(h, "daemon_answer", HEALTHY_STATUS.model_copy(
+        update={"radio": RadioHealth(adapter="hci0", ok=False, scanning=False,
+                                     reason="adapter hci0 is missing")})),
+     "radio", Status.ERROR, "restart bluetooth"),
+    ("broker refuses", lambda h: setattr(h, "broker", "Connection refused"), "broker",
+     Status.ERROR, "[mqtt] host"),
+    ("cloud unreachable", lambda h: setattr(h, "health", "ConnectError: no route"), "cloud",
+     Status.ERROR, "internet"),
+]
+
+
+@pytest.mark.parametrize(("change", "check", "status", "remedy"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+async def test_each_finding_names_its_remedy(tmp_path: Path, change: Change, check: str,
+                                              status: Status, remedy: str) -> None:
+    host = FakeHost()
+    change(host)
+    findings = by_check(await diagnose(host, config(tmp_path), None, tmp_path / "x.toml"))
+    assert check in findings, findings
+    (finding,) = [f for f in findings[check] if f.status is status]
+    assert finding.remedy is not None and remedy in finding.remedy, finding
+    wrong = [f for fs in findings.values() for f in fs if f.wrong]
+    assert finding.wrong == (status in (Status.WARNING, Status.ERROR))
+    assert len(wrong) <= 2, wrong  # one change, one problem (two where a cause shows twice)
+
+
+async def test_an_unlinked_gateway_and_an_invalid_config(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    async def unlinked(self: object) -> CloudStatus:
+        return LINKED.model_copy(update={"link": "relink_needed", "user": None})
+
+    monkeypatch.setattr("gateway.ops.direct.DirectOperations.cloud_status", unlinked)
+    bad = tmp_path / "config.toml"
+    bad.write_text('[link]\nmax_links = "three"\n')
+    cfg, problem = load(bad)
+    assert problem is not None and "link.max_links" in problem
+    findings = by_check(await diagnose(FakeHost(), cfg, problem, bad))
+    assert findings["config"][0].status is Status.ERROR
+    assert "link.max_links" in findings["config"][0].summary
+    # With the defaults the cloud is off; a config that enables it shows the link.
+    findings = by_check(await diagnose(FakeHost(), config(tmp_path), None, bad))
+    (link,) = findings["cloud_link"]
+    assert link.status is Status.ERROR and "cloud link" in (link.remedy or "")
+
+
+async def test_outbox_drops_and_old_items_are_found(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    cfg.state_dir.mkdir()
+    clock = [1_000_000.0]
+    outbox = Outbox(cfg.state_dir / OUTBOX_FILE, "gw", OutboxLimits(max_items=3),
+                    clock=lambda: clock[0])
+    outbox.put_many([NewItem("A", "event", float(n), json.dumps({"n": n}))
+                     for n in range(5)])
+    outbox.close()
+    clock[0] += 7200
+    findings = by_check(await diagnose(FakeHost(), cfg, None, tmp_path / "x.toml"))
+    summaries = " / ".join(f.summary for f in findings["cloud_outbox"])
+    assert "2 items were dropped" in summaries
+    assert all(f.status is Status.WARNING for f in findings["cloud_outbox"])
+
+
+def test_the_command_exits_with_its_verdict(tmp_path: Path) -> None:
+    """On this machine (no BlueZ on the system bus): problems found, exit 13, one JSON line."""
+    empty = tmp_path / "config.toml"
+    empty.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "doctor", "--json"], capture_output=True,
+        text=True, timeout=120, check=False,
+        env={"PATH": "/usr/bin:/bin", "AWGW_STATE_DIR": str(tmp_path),
+             "AWGW_CONFIG": str(empty),
+             "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"})
+    document = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == exits.DOCTOR_PROBLEMS, result.stderr
+    assert document["ok"] is False
+    statuses = {f["check"]: f["status"] for f in document["findings"]}
+    assert statuses["bluez_daemon"] == "error"
+    assert all(f["remedy"] for f in document["findings"] if f["status"] in ("warning",
+                                                                           "error"))
