@@ -414,6 +414,9 @@ class HubStatus(_Model):
     mqtt: RelayHealth
     loop_lag_ms: float
     metrics_url: str | None = None
+    # The daemon's own asyncio tasks and threads: steady in a healthy hub (bench/soak.py).
+    tasks: int = 0
+    threads: int = 0
 
     def summary(self) -> str:
         """One line for systemd's STATUS= (`systemctl status awgw` shows it)."""

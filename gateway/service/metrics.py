@@ -84,6 +84,7 @@ class HubMetrics(Collector):
                   status.loop_lag_ms / 1000),
             gauge("uptime_seconds", "seconds since the daemon started", status.uptime_s),
             gauge("ota_in_progress", "firmware updates running", len(status.updates)),
+            gauge("asyncio_tasks", "the daemon's asyncio tasks", status.tasks),
         ]
         controllers = GaugeMetricFamily("awgw_controllers", "paired controllers by freshness",
                                         labels=["freshness"])

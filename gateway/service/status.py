@@ -3,7 +3,9 @@ metrics all report, so they never disagree."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import threading
 from typing import TYPE_CHECKING
 
 from gateway.ops.models import HubStatus, LinkState, RadioHealth, RelayHealth, UpdateInProgress
@@ -34,7 +36,8 @@ def hub_status(ops: DaemonOperations) -> HubStatus:
         stale=len(supervisors) - fresh, link_states=dict(sorted(states.items())),
         updates=updates, cloud=_cloud(ops), mqtt=_mqtt(ops),
         loop_lag_ms=round(1000 * health.loop_lag_s, 1) if health else 0.0,
-        metrics_url=ops.metrics_url)
+        metrics_url=ops.metrics_url, tasks=len(asyncio.all_tasks()),
+        threads=threading.active_count())
 
 
 def _cloud(ops: DaemonOperations) -> RelayHealth:
