@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${AWGW_VENV:-.venv}"
-APT_PACKAGES=(dbus qemu-system-arm mosquitto)
+APT_PACKAGES=(dbus qemu-system-arm mosquitto systemd)
 
 ensure_apt() {
   local missing=()

@@ -167,6 +167,15 @@ def _progress_of(line: bytes) -> Progress | None:
         raise ControlError("the daemon sent an unreadable progress line") from exc
 
 
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
 def daemon_running(path: Path) -> bool:
     return path.is_socket()
 
@@ -180,7 +189,13 @@ async def call(path: Path, request: Request, result: TypeAdapter[T],
     try:
         reader, writer = await asyncio.open_unix_connection(str(path), limit=16 * 1024 * 1024)
     except OSError as exc:
-        raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror}") from exc
+        remedy = ""
+        if isinstance(exc, PermissionError):
+            # The socket is 0660 with the unit's group: only its members may ask the daemon.
+            remedy = (f"; only members of the socket's group may use the daemon: sudo usermod "
+                      f"-aG bluetooth {_user()}, then log in again")
+        raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror}{remedy}") \
+            from exc
     try:
         writer.write(request.model_dump_json().encode() + b"\n")
         await writer.drain()
