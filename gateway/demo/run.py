@@ -31,7 +31,7 @@ from gateway.demo.view import ViewModel, ota_line, render
 from gateway.errors import GatewayError
 from gateway.ops.client import SocketOperations
 from gateway.ops.models import Claim, ControllerState, GetState, LinkState, Pair, ValveOpen
-from gateway.sim.broker import MosquittoBroker, free_port
+from gateway.sim.broker import EmbeddedBroker, MosquittoBroker, free_port, local_broker
 from gateway.sim.cloud import EmulatorServer, World
 from gateway.sim.cloud.publish import publish_release
 from gateway.sim.controller.device import ControllerConfig
@@ -107,8 +107,10 @@ class DemoReport:
 
 
 class Demo:
-    def __init__(self, controllers: int, duration: float | None, as_json: bool) -> None:
+    def __init__(self, controllers: int, duration: float | None, as_json: bool,
+                 broker: str = "auto") -> None:
         self.count = controllers
+        self.broker_choice = broker
         self.duration = duration
         self.as_json = as_json
         self.report = DemoReport()
@@ -123,7 +125,9 @@ class Demo:
         with tempfile.TemporaryDirectory(prefix="awgw-demo-") as tmp:
             self.view.phase = "starting the rig, the cloud emulator and the broker"
             async with Rig(RigOptions(controllers=self.count, template=template)) as rig, \
-                    EmulatorServer(self.world) as cloud, MosquittoBroker() as broker:
+                    EmulatorServer(self.world) as cloud, self._broker() as broker:
+                self.report.broker = ("amqtt (embedded)" if isinstance(broker, EmbeddedBroker)
+                                      else "mosquitto")
                 self.hub = HubProcess(Path(tmp), HubConfig(
                     bus_address=rig.bus_address, cloud_url=cloud.url,
                     client_id=self.world.client_id, broker_port=broker.port,
@@ -133,6 +137,13 @@ class Demo:
                 finally:
                     await self.hub.stop()
         return self.report
+
+    def _broker(self) -> MosquittoBroker | EmbeddedBroker:
+        if self.broker_choice == "embedded":
+            return EmbeddedBroker()
+        if self.broker_choice == "mosquitto":
+            return MosquittoBroker()
+        return local_broker()
 
     async def _live(self, rig: Rig, cloud_url: str, broker_port: int) -> None:
         console = Console(stderr=self.as_json, width=None if not self.as_json else 80)
@@ -272,8 +283,9 @@ class Demo:
                                   f" after {ota.seconds} s")
 
 
-async def run_demo(controllers: int, duration: float | None, as_json: bool) -> DemoReport:
-    return await Demo(controllers, duration, as_json).run()
+async def run_demo(controllers: int, duration: float | None, as_json: bool,
+                   broker: str = "auto") -> DemoReport:
+    return await Demo(controllers, duration, as_json, broker).run()
 
 
 def print_report(report: DemoReport) -> None:

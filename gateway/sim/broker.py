@@ -1,6 +1,7 @@
 """A private mosquitto on loopback, for the tests, the bench and the demo: its own config,
 no persistence (a restart forgets retained messages, as a broker that lost its disk would),
-stopped and started on the same port to model an outage."""
+stopped and started on the same port to model an outage. Where mosquitto is not installed,
+``local_broker`` gives the demo an embedded Python broker (amqtt) instead."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from gateway.sim.errors import SimError
 
@@ -73,3 +75,44 @@ class MosquittoBroker:
                         tb: TracebackType | None) -> None:
         await self.stop()
         self._dir.cleanup()
+
+
+class EmbeddedBroker:
+    """amqtt in this process, on loopback: enough MQTT 3.1.1 for the demo (QoS 1, retained
+    messages, last wills), without a system package."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._broker: Any = None
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker
+
+        self._broker = Broker({
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {
+                "allow_anonymous": True}}})
+        async with asyncio.timeout(START_LIMIT_S):
+            await self._broker.start()
+
+    async def stop(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            async with asyncio.timeout(STOP_LIMIT_S):
+                await broker.shutdown()
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+def local_broker() -> MosquittoBroker | EmbeddedBroker:
+    """mosquitto where it is installed, else the embedded broker."""
+    try:
+        return MosquittoBroker()
+    except SimError:
+        return EmbeddedBroker()
