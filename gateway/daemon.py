@@ -168,7 +168,8 @@ async def run_daemon(config: GatewayConfig) -> None:
         if not stopping:
             raise
     finally:
-        notify.notify("STOPPING=1")
+        if not stopping:
+            notify.notify("STOPPING=1")  # stopping for another reason than a signal
         await server.close()
         metrics.close()
         health.probe.close()

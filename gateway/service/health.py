@@ -120,14 +120,9 @@ class HubHealth:
         await self.probe_once()
         return self._radio_problem
 
-    async def run(self, period_s: float = PROBE_PERIOD_S) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._sample_lag(), name="loop lag sampler")
-            while True:
-                await self.probe_once()
-                await asyncio.sleep(period_s)
-
-    async def _sample_lag(self) -> None:
+    async def run(self) -> None:
+        """Sample the event loop's lag; the probes are the watchdog's (service/watchdog.py),
+        which runs them at its own period."""
         loop = asyncio.get_running_loop()
         while True:
             before = loop.time()

@@ -21,7 +21,7 @@ async def test_retained_qos1_and_the_last_will(kind: type[MosquittoBroker | Embe
         await dying.__aenter__()
         await dying.publish("gw/state", b'{"ok": true}', qos=1, retain=True)
         # Drop the connection without a DISCONNECT: the broker publishes the will.
-        dying._client._sock_close()  # noqa: SLF001 - a crash, as a kill -9 looks on the wire
+        dying._client._sock_close()
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="reader") as reader:
             await reader.subscribe("gw/#", qos=1)
             seen: dict[str, bytes] = {}
