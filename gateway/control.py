@@ -212,6 +212,10 @@ async def call(path: Path, request: Request, result: TypeAdapter[T],
             from None
     finally:
         writer.close()
+    if not line:
+        raise ControlError(f"the daemon closed the connection before answering {op} (it "
+                           "stopped or restarted); run it again: an update resumes where it "
+                           "stopped")
     try:
         answer = json.loads(line)
     except ValueError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,43 @@ def test_pairing_agent_only_answers_inside_its_window() -> None:
     with pytest.raises(DBusError):
         agent.confirm(device, 123456)
     assert agent.capability() == "NoInputNoOutput"
+
+
+async def test_progress_lines_come_before_the_answer_and_a_stop_cancels_the_request(
+        tmp_path: Path) -> None:
+    from firmware_bridge.ota.outcome import Phase, Progress
+
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handler(request: Request, progress: Callable[[Progress], None] | None) -> Result:
+        assert progress is not None
+        if isinstance(request, Ping):
+            for offset in (0, 1000, 2000):
+                progress(Progress(Phase.UPLOAD, offset, 2000, 500.0, 1.0))
+                await asyncio.sleep(control.PROGRESS_EVERY_S + 0.01)
+            progress(Progress(Phase.DONE, 2000, 2000, 500.0, None))
+            return Pong()
+        started.set()
+        try:
+            await asyncio.Event().wait()  # an update that takes long
+        finally:
+            cancelled.set()
+        raise AssertionError("not reached")
+
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, handler)
+    await server.start()
+    seen: list[Progress] = []
+    try:
+        assert await control.call(path, Ping(), PONG, seen.append) == Pong()
+        assert [(p.phase, p.offset) for p in seen] == [
+            (Phase.UPLOAD, 0), (Phase.UPLOAD, 1000), (Phase.UPLOAD, 2000), (Phase.DONE, 2000)]
+        assert await control.call(path, Ping(), PONG) == Pong()  # without a sink: skipped
+        slow = asyncio.create_task(control.call(path, Devices(), PONG))
+        await started.wait()
+    finally:
+        await server.close()  # the daemon stopping: running requests are cancelled
+    assert cancelled.is_set()
+    with pytest.raises(ControlError, match="closed the connection before answering devices"):
+        await slow
