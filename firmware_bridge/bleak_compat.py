@@ -61,6 +61,13 @@ def translated(operation: str) -> Iterator[None]:
         raise TransportError(f"{operation}: {text}") from exc
 
 
+# The bring-up after a connect (AcquireNotify for the MTU, StartNotify): each one D-Bus round
+# trip to bluetoothd and an ATT exchange in the next connection events (30 ms-4 s apart).
+# bleak's connect timeout does not cover them; a bluetoothd that does not answer within this
+# is stuck, and a connect must never hold the radio's connect turn forever.
+BRING_UP_TIMEOUT_S = 15.0
+
+
 async def acquire_mtu(client: BleakClient) -> None:
     """BlueZ only reports the negotiated MTU through AcquireWrite/AcquireNotify; bleak exposes
     that as the private ``_acquire_mtu``. Without it ``mtu_size`` says 23 and the session would

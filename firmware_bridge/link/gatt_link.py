@@ -7,13 +7,19 @@ once (``bleak_compat.translated``), keeping the original as ``__cause__``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from bleak import BleakClient
 from bleak.backends.device import BLEDevice
 
-from firmware_bridge.bleak_compat import acquire_mtu, quiet_disconnect, translated
+from firmware_bridge.bleak_compat import (
+    BRING_UP_TIMEOUT_S,
+    acquire_mtu,
+    quiet_disconnect,
+    translated,
+)
 from firmware_bridge.errors import BridgeError
 
 NotifyCallback = Callable[[str, bytes], None]
@@ -58,7 +64,8 @@ class BleakGattLink:
         link = cls(client, address, {c.uuid for s in client.services for c in s.characteristics})
         try:
             with translated(f"acquire MTU {address}"):
-                await acquire_mtu(client)
+                async with asyncio.timeout(BRING_UP_TIMEOUT_S):
+                    await acquire_mtu(client)
         except BridgeError:
             await link.disconnect()
             raise

@@ -13,7 +13,12 @@ import asyncio
 from bleak import BleakClient
 from bleak.backends.device import BLEDevice
 
-from firmware_bridge.bleak_compat import acquire_mtu, quiet_disconnect, translated
+from firmware_bridge.bleak_compat import (
+    BRING_UP_TIMEOUT_S,
+    acquire_mtu,
+    quiet_disconnect,
+    translated,
+)
 from firmware_bridge.errors import LinkLost, TransportError
 from firmware_bridge.gatt import uuids
 from firmware_bridge.smp.wire import HEADER_SIZE, parse_header
@@ -44,14 +49,22 @@ class BleSmpTransport:
                              disconnected_callback=lost)
         with translated("SMP connect"):
             await client.connect()
-            await acquire_mtu(client)
-            if client.services.get_characteristic(uuids.SMP_CHARACTERISTIC) is None:
-                await client.disconnect()
-                raise TransportError("the device has no SMP service (firmware without "
-                                     "MCUboot): BLE firmware update is impossible")
-            await client.start_notify(uuids.SMP_CHARACTERISTIC, self._on_notify)
+        try:
+            with translated("SMP bring-up"):
+                async with asyncio.timeout(BRING_UP_TIMEOUT_S):
+                    await self._bring_up(client)
+        except BaseException:
+            await quiet_disconnect(client)
+            raise
         self._client = client
         self._mtu = client.mtu_size
+
+    async def _bring_up(self, client: BleakClient) -> None:
+        await acquire_mtu(client)
+        if client.services.get_characteristic(uuids.SMP_CHARACTERISTIC) is None:
+            raise TransportError("the device has no SMP service (firmware without MCUboot): "
+                                 "BLE firmware update is impossible")
+        await client.start_notify(uuids.SMP_CHARACTERISTIC, self._on_notify)
 
     def _on_notify(self, _char: object, data: bytearray) -> None:
         self._buffer += data
