@@ -74,5 +74,6 @@ def test_install_refuses_without_root_when_no_root_dir_is_given() -> None:
         if os.getuid() == 0 else []
     env = {k: v for k, v in os.environ.items() if k not in ("AWGW_ROOT", "AWGW_SKIP")}
     result = subprocess.run([*drop, "bash", "-s", "install"], input=SCRIPT.read_text(),
-                            env=env, capture_output=True, text=True, timeout=60, check=False)
+                            env=env, capture_output=True, text=True, timeout=60, check=False,
+                            cwd="/")
     assert result.returncode == 1 and "run as root" in result.stderr
