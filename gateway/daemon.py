@@ -92,18 +92,16 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
 # BlueZ starts with the hub; until it answers there is nothing to supervise. systemd's
 # TimeoutStartSec= (systemd/awgw.service) bounds the wait; this is how often we ask.
 BLUEZ_RETRY_S = 2.0
-# Problems that mean BlueZ itself did not answer (anything else is BlueZ answering about the
-# adapter, which the watchdog and `awgw doctor` deal with).
-_NO_BLUEZ = ("BlueZ did not answer", "BlueZ (bluetoothd) is not running",
-             "the system D-Bus is unreachable")
-
-
 async def _bluez_answers(health: HubHealth) -> None:
+    """Until bluetoothd answers at all; what it says of the adapter is the watchdog's and
+    `awgw doctor`'s business."""
     waited = False
-    while (problem := await health.first_probe()) is not None \
-            and problem.startswith(_NO_BLUEZ):
+    while True:
+        await health.probe_once()
+        if health.probe.bluez_answered:
+            return
         if not waited:
-            log.warning("waiting_for_bluez", reason=problem,
+            log.warning("waiting_for_bluez", reason=health.radio().reason,
                         remedy="sudo systemctl start bluetooth")
             waited = True
         await asyncio.sleep(BLUEZ_RETRY_S)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from gateway.sim.broker import free_port
+from gateway.sim.processes import terminate
 
 # Home Assistant starts in a few seconds once installed; a loaded machine gets a minute.
 START_LIMIT_S = 90.0
@@ -86,14 +87,8 @@ class HomeAssistant:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.http.aclose()
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            try:
-                async with asyncio.timeout(STOP_LIMIT_S):
-                    await self._proc.wait()
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
+        if self._proc is not None:
+            await terminate(self._proc, STOP_LIMIT_S)
         self._dir.cleanup()
 
     async def _onboard(self) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from gateway.config import load_config
 from gateway.ops.client import SocketOperations
 from gateway.relay.account import CloudAccount
+from gateway.sim.processes import terminate
 
 # The daemon's imports, its first BlueZ probe and scanner start; a loaded Pi-class machine
 # takes several times this machine's ~2 s.
@@ -131,14 +131,7 @@ class HubProcess:
         proc, self.process = self.process, None
         if proc is None or proc.returncode is not None:
             return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(STOP_WITHIN_S):
-                return await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return None
+        return proc.returncode if await terminate(proc, STOP_WITHIN_S) else None
 
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:

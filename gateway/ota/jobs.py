@@ -39,6 +39,7 @@ from cloud_client.models import Artifact, Job, OtaLatest, Release, UpdateGateway
 from cloud_client.versions import version_key
 from firmware_bridge.mcuboot import ImageFormatError, image_problems, parse_image
 from firmware_bridge.ota.outcome import Progress
+from gateway.backoff import full_jitter
 from gateway.config import CloudMode, GatewayConfig, OtaPolicy
 from gateway.errors import ControllerBusy, GatewayError
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
@@ -144,7 +145,7 @@ class CloudUpdates:
                 continue
             except CloudError as exc:
                 failures += 1
-                delay = self._rng() * min(POLL_BACKOFF_MAX_S, 2.0 ** failures)
+                delay = full_jitter(self._rng, failures, 1.0, POLL_BACKOFF_MAX_S)
                 log.info("gateway_jobs_poll_failed", error=str(exc), retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)
                 continue

@@ -46,6 +46,7 @@ from cloud_client.models import (
     iso_ms,
 )
 from firmware_bridge.gatt.history import DetailedEntry
+from gateway.backoff import full_jitter
 from gateway.config import CloudConfig, CloudMode
 from gateway.errors import GatewayError
 from gateway.ops.models import CloudStatus, ControllerState, OutboxView
@@ -226,7 +227,7 @@ class CloudRelay:
                 # holds stays, and is sent once it can be read again.
                 failures += 1
                 self.counters.last_error, self.counters.last_error_at = str(exc), self._clock()
-                delay = self._rng() * min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** failures)
+                delay = full_jitter(self._rng, failures, BACKOFF_MIN_S, BACKOFF_MAX_S)
                 log.warning("cloud_send_failed", error=str(exc), retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)
 

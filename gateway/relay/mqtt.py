@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 from cloud_client.versions import version_key
 from firmware_bridge.gatt.history import DetailedEntry
 from firmware_bridge.mcuboot import ImageFormatError, parse_image
+from gateway.backoff import full_jitter
 from gateway.config import DiscoveryStyle, MqttConfig
 from gateway.errors import ConfigError, ControllerBusy, GatewayError
 from gateway.ops.models import (
@@ -269,7 +270,7 @@ class MqttRelay:
             except* aiomqtt.MqttError as group:
                 failures += 1
                 self.connected = False
-                delay = self._rng() * min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** failures)
+                delay = full_jitter(self._rng, failures, BACKOFF_MIN_S, BACKOFF_MAX_S)
                 log.warning("mqtt_disconnected", error=str(group.exceptions[0]),
                             retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)

@@ -47,9 +47,13 @@ class AdapterProbe:
     def __init__(self, adapter: str) -> None:
         self.adapter = adapter
         self._bus: MessageBus | None = None
+        # Whether the last check reached bluetoothd at all (whatever it said of the adapter):
+        # READY=1 waits for that, not for a healthy adapter.
+        self.bluez_answered = False
 
     async def check(self) -> str | None:
         """None when BlueZ answers and the adapter is powered, else why not."""
+        self.bluez_answered = False
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 if self._bus is None or not self._bus.connected:
@@ -64,14 +68,18 @@ class AdapterProbe:
         except (OSError, EOFError) as exc:
             self.close()
             return f"the system D-Bus is unreachable ({exc})"
-        if reply is None or reply.message_type == MessageType.ERROR:
-            name = reply.error_name if reply is not None else "no reply"
+        if reply is None:
+            return "BlueZ sent no reply"
+        if reply.message_type == MessageType.ERROR:
+            name = reply.error_name
+            if name == "org.freedesktop.DBus.Error.ServiceUnknown":
+                return "BlueZ (bluetoothd) is not running"
+            self.bluez_answered = True
             if name in ("org.freedesktop.DBus.Error.UnknownObject",
                         "org.freedesktop.DBus.Error.UnknownMethod"):
                 return f"adapter {self.adapter} is missing"
-            if name == "org.freedesktop.DBus.Error.ServiceUnknown":
-                return "BlueZ (bluetoothd) is not running"
             return f"BlueZ refused to read {self.adapter}: {name}"
+        self.bluez_answered = True
         if not reply.body[0].value:
             return f"adapter {self.adapter} is powered off"
         return None
@@ -114,11 +122,6 @@ class HubHealth:
                                    "`awgw doctor`")
         self._radio_problem = problem
         self._probed.set()
-
-    async def first_probe(self) -> str | None:
-        """Probe now (readiness: BlueZ must answer before READY=1); the problem, if any."""
-        await self.probe_once()
-        return self._radio_problem
 
     async def run(self) -> None:
         """Sample the event loop's lag; the probes are the watchdog's (service/watchdog.py),

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from gateway.sim.errors import SimError
+from gateway.sim.processes import terminate
 
 # mosquitto binds within milliseconds; a loaded machine gets several seconds.
 START_LIMIT_S = 10.0
@@ -59,13 +60,7 @@ class MosquittoBroker:
     async def stop(self) -> None:
         if self._proc is None or self._proc.returncode is not None:
             return
-        self._proc.terminate()
-        try:
-            async with asyncio.timeout(STOP_LIMIT_S):
-                await self._proc.wait()
-        except TimeoutError:
-            self._proc.kill()
-            await self._proc.wait()
+        await terminate(self._proc, STOP_LIMIT_S)
 
     async def __aenter__(self) -> MosquittoBroker:
         await self.start()

@@ -24,6 +24,7 @@ from dbus_fast.aio import MessageBus
 from gateway.sim.controller.device import CONTROL_IFACE, CONTROL_PATH, ControllerConfig
 from gateway.sim.dbus_daemon import PrivateBus
 from gateway.sim.errors import SimConfigError, SimError
+from gateway.sim.processes import terminate
 
 log = structlog.get_logger(__name__)
 
@@ -274,13 +275,7 @@ class Rig:
                     proc.kill()
                     await proc.wait()
         if self._bluezoo is not None and self._bluezoo.returncode is None:
-            self._bluezoo.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await self._bluezoo.wait()
-            except TimeoutError:
-                self._bluezoo.kill()
-                await self._bluezoo.wait()
+            await terminate(self._bluezoo, 5)
         await self._bus.stop()
         if self._own_workdir:
             with contextlib.suppress(OSError):
