@@ -129,7 +129,10 @@ class CloudRelay:
         self._rng = rng
         self._controllers: dict[str, _Controller] = {}
         self._events = EventTracker()
-        self._registered = False
+        # Registration is current when it carried the latest serials: a claim that lands while
+        # a registerGateway is in flight bumps the generation, so that one does not count.
+        self._serials_generation = 0
+        self._registered_generation = -1
         self._wake = asyncio.Event()
 
     # ---- in: from the state feed --------------------------------------------------------------
@@ -176,7 +179,7 @@ class CloudRelay:
     def serials_changed(self) -> None:
         """A claim or pairing changed what the gateway serves: register again before the
         next batch (11 P1)."""
-        self._registered = False
+        self._serials_generation += 1
 
     # ---- the tasks ------------------------------------------------------------------------------
 
@@ -259,12 +262,17 @@ class CloudRelay:
             self.mode = CloudMode.GATEWAY_ROUTES
         log.info("cloud_mode_chosen", mode=self.mode.value, configured="auto")
 
+    @property
+    def _registered(self) -> bool:
+        return self._registered_generation == self._serials_generation
+
     async def _register(self) -> None:
+        generation = self._serials_generation
         await self.client.register_gateway(RegisterGateway(
             gateway_id=self.gateway_id, name=self.config.gateway_name, sw_version=VERSION,
             platform="raspberrypi", capabilities=["ble", "ota_relay"],
             serials=list(self._serials())))
-        self._registered = True
+        self._registered_generation = generation
 
     # ---- gateway_routes: reportDeviceState --------------------------------------------------
 
@@ -310,7 +318,7 @@ class CloudRelay:
             reply = await self.client.report_device_state(batch)
         except RequestRejected as exc:
             if exc.code == "gateway_not_registered":
-                self._registered = False
+                self._registered_generation = -1
             if exc.status in (400, 413) and len(leased) > 1:
                 # A poison item or a body over the limit: halve until it is isolated.
                 self.outbox.release(i.id for i in leased)

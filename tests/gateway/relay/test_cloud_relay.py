@@ -180,3 +180,31 @@ async def test_a_configured_mode_is_not_probed(tmp_path: Path) -> None:
         s.relay.observe("A", SERIAL, state())
         await until(lambda: (s.world.users[s.uid].state or {}).get("gateways") is not None)
         assert s.world.gateways == {}
+
+
+async def test_a_claim_during_registration_registers_again(tmp_path: Path) -> None:
+    """serials_changed while a registerGateway is on the wire: that registration carried the
+    old serials, so the next batch registers again (the claim must not be lost)."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    sent: list[list[str]] = []
+    serials = ["100001"]
+
+    class SlowClient:
+        async def register_gateway(self, body: Any) -> None:
+            sent.append(list(body.serials))
+            entered.set()
+            await release.wait()
+
+    relay = CloudRelay(CloudConfig(enabled=True), "gw-test",
+                       Outbox(tmp_path / "outbox.db", "gw-test"), SlowClient(),  # type: ignore[arg-type]
+                       None, serials=lambda: list(serials))
+    registering = asyncio.create_task(relay._register())
+    await entered.wait()
+    serials.append("100002")
+    relay.serials_changed()  # the claim landed meanwhile
+    release.set()
+    await registering
+    assert not relay._registered
+    release.set()
+    await relay._register()
+    assert relay._registered and sent == [["100001"], ["100001", "100002"]]
