@@ -35,8 +35,15 @@ HA_PAHO=2.1.0
 ensure_home_assistant() {
   local venv="${AWGW_HA_VENV:-$HOME/.cache/autowatering-gateway/ha-$HA_VERSION}"
   if [[ ! -x "$venv/bin/hass" ]]; then
-    local py
-    py="$(command -v python3.13 || ls -1 "$HOME"/.pyenv/versions/3.13*/bin/python 2>/dev/null | head -1 || true)"
+    # The first Python 3.13 that runs: a pyenv shim is on PATH even where 3.13 is not the
+    # selected version, and then fails.
+    local py="" candidate
+    for candidate in "$(command -v python3.13 || true)" "$HOME"/.pyenv/versions/3.13*/bin/python; do
+      if [[ -x "$candidate" ]] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then
+        py="$candidate"
+        break
+      fi
+    done
     if [[ -z "$py" ]]; then
       echo "Home Assistant $HA_VERSION needs Python 3.13, which this machine lacks" >&2
       return 1
