@@ -19,7 +19,7 @@ from firmware_bridge.bleak_compat import (
     quiet_disconnect,
     translated,
 )
-from firmware_bridge.errors import LinkLost, TransportError, TransportTimeout
+from firmware_bridge.errors import LinkLost, TransportError
 from firmware_bridge.gatt import uuids
 from firmware_bridge.smp.wire import HEADER_SIZE, parse_header
 
@@ -53,9 +53,9 @@ class BleSmpTransport:
             with translated("SMP bring-up"):
                 async with asyncio.timeout(BRING_UP_TIMEOUT_S):
                     await self._bring_up(client)
-        except TransportTimeout:
-            # Stuck: let the radio go. Any other failure leaves the link as it is: dropping it
-            # would make BlueZ rebuild the GATT objects the next attempt is waiting for.
+        except BaseException:
+            # Whatever ended the bring-up (stuck, refused, cancelled), a half-made link must
+            # not stay connected with nobody owning it.
             await quiet_disconnect(client)
             raise
         self._client = client
@@ -64,7 +64,6 @@ class BleSmpTransport:
     async def _bring_up(self, client: BleakClient) -> None:
         await acquire_mtu(client)
         if client.services.get_characteristic(uuids.SMP_CHARACTERISTIC) is None:
-            await client.disconnect()
             raise TransportError("the device has no SMP service (firmware without MCUboot): "
                                  "BLE firmware update is impossible")
         await client.start_notify(uuids.SMP_CHARACTERISTIC, self._on_notify)

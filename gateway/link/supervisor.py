@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from firmware_bridge.bleak_compat import BRING_UP_TIMEOUT_S
 from firmware_bridge.errors import LinkLost
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome
@@ -57,6 +58,8 @@ COMMAND_DEADLINE_S = 60.0
 VISIT_LEAD = 0.75
 # Channel names change rarely (a person renames a zone in the app); re-read them this often.
 NAMES_EVERY_S = 6 * 3600.0
+# bleak waits this long for BlueZ to report a disconnect complete before giving up on it.
+DISCONNECT_WITHIN_S = 10.0
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -99,6 +102,10 @@ class Supervisor:
         self._link_lost = asyncio.Event()
         self._control = asyncio.Event()  # policy changed or an update wants the controller
         self._update_lock = asyncio.Lock()
+        # Set while this supervisor holds no link (none connecting, connected or still being
+        # disconnected): an update may only connect once its visit has let go of the radio.
+        self._link_free = asyncio.Event()
+        self._link_free.set()
         self._memory = Memory()
         self._names_at: float | None = None
         self._log = log.bind(address=address)
@@ -135,16 +142,27 @@ class Supervisor:
     @contextlib.asynccontextmanager
     async def firmware_update(self) -> AsyncIterator[None]:
         """Hold the controller for a firmware update: commands are refused as busy and the
-        link is released so the updater can own it."""
+        link is released so the updater can own it. Entered only once the visit's link is
+        disconnected: an updater connecting beside a link still being torn down shares it
+        with BlueZ and loses it (or its GATT objects) mid bring-up."""
         async with self._update_lock:
             self._set(LinkState.UPDATING)
             self._control.set()
             self._wake.set()
             try:
+                await self._wait_link_free()
                 yield
             finally:
                 self._set(LinkState.IDLE, leaving_update=True)
                 self._wake.set()
+
+    async def _wait_link_free(self) -> None:
+        # A visit still connecting finishes its connect and bring-up, then releases at once;
+        # its disconnect is bounded by bleak's own wait. Past all that the link is wedged.
+        limit_s = self.settings.connect_timeout_s + BRING_UP_TIMEOUT_S + DISCONNECT_WITHIN_S
+        if not await self.clock.wait(self._link_free, limit_s):
+            raise ControllerBusy(f"{self.address}: the link supervisor did not let go of the "
+                                 f"controller within {limit_s:.0f} s (nothing was uploaded)")
 
     def bond_reset(self) -> None:
         """A person re-paired the controller: leave BOND_LOST and try again."""
@@ -244,19 +262,25 @@ class Supervisor:
         async with self.scheduler.slot(self.address, Priority.URGENT if urgent
                                        else Priority.BACKGROUND,
                                        kept=self.policy is LinkPolicy.KEEP) as lease:
+            if self._updating():
+                return False  # an update took the controller while this visit waited
             self._set(LinkState.CONNECTING)
             # A fresh event per visit: the previous link's disconnect callback may fire late
             # and must not end this visit.
             self._link_lost = asyncio.Event()
-            async with self.scheduler.connect_turn():
-                link = await self.connector(self.address, self.settings.connect_timeout_s,
-                                            self._link_lost.set)
-            self.connects += 1
+            self._link_free.clear()
             try:
-                return await self._serve(link, lease)
+                async with self.scheduler.connect_turn():
+                    link = await self.connector(self.address, self.settings.connect_timeout_s,
+                                                self._link_lost.set)
+                self.connects += 1
+                try:
+                    return await self._serve(link, lease)
+                finally:
+                    self.session = None
+                    await link.disconnect()
             finally:
-                self.session = None
-                await link.disconnect()
+                self._link_free.set()
 
     async def _serve(self, link: GattLink, lease: Lease) -> bool:
         names_due = (self._names_at is None
@@ -344,7 +368,8 @@ class Supervisor:
         """End the visit when the link drops, a waiting command needs the slot, or a firmware
         update takes the controller."""
         self._control.clear()
-        await first_of(self._link_lost, lease.preempted, self._control)
+        if not self._updating():  # an update that came while this visit connected goes first
+            await first_of(self._link_lost, lease.preempted, self._control)
         if self._link_lost.is_set():
             raise LinkLost(f"{self.address} disconnected")
         self._log.info("link_released", preempted=lease.preempted.is_set(),

@@ -22,6 +22,9 @@ Fixes:
 7. Every adapter is listed under ``org.bluez``, so a client that takes the first adapter may
    take a controller's: the controllers' adapters (and what lives under them) are served from
    a second connection named ``gateway.sim.radios.PERIPHERAL_RADIOS_BUS_NAME``.
+8. A Connect that arrives while the same link is being torn down returns at once (the device
+   still says Connected) and the client resolves services that are disappearing: connects and
+   disconnects of one link now run one after the other, as BlueZ runs them.
 
 tests/gateway/sim/test_rig_ble.py shows each fix from the client side.
 """
@@ -59,6 +62,12 @@ _connect_fail_delay = CONNECT_FAIL_DELAY_S
 # The second connection and its object manager that serve the controllers' adapters.
 _peripheral_side: tuple[Any, Any] | None = None
 _ADAPTER_PATH = re.compile(r"^/org/bluez/hci(\d+)(?:/|$)")
+# One lock per central-side device object: its connects and teardowns never overlap.
+_link_locks: dict[int, asyncio.Lock] = {}
+
+
+def _link_lock(central_side: Any) -> asyncio.Lock:
+    return _link_locks.setdefault(id(central_side), asyncio.Lock())
 
 
 def _fix_manufacturer_data_signature() -> None:
@@ -133,6 +142,10 @@ def _fix_connect_disconnect() -> None:
     original_connect = device_cls.connect
 
     async def connect(self: Any, uuid: str | None = None) -> None:
+        async with _link_lock(self):
+            await locked_connect(self, uuid)
+
+    async def locked_connect(self: Any, uuid: str | None) -> None:
         if self.connected:
             return
         if self.is_le and not self.peer_adapter.advertisements:
@@ -160,13 +173,14 @@ def _fix_connect_disconnect() -> None:
         # The peripheral side may call Disconnect on its view of the central: route the
         # teardown to the central's device object, which owns the links.
         central_side = self if self.services else _counterpart(self)
-        peripheral_side = _counterpart(central_side) if central_side is not None else None
-        if central_side is not None:
-            await _teardown_links(central_side)
-            await _set_connected(central_side, False)
-        if peripheral_side is not None:
-            await _set_connected(peripheral_side, False)
-        await _set_connected(self, False)
+        async with _link_lock(central_side if central_side is not None else self):
+            peripheral_side = _counterpart(central_side) if central_side is not None else None
+            if central_side is not None:
+                await _teardown_links(central_side)
+                await _set_connected(central_side, False)
+            if peripheral_side is not None:
+                await _set_connected(peripheral_side, False)
+            await _set_connected(self, False)
 
     device_cls.connect = connect
     device_cls.disconnect = disconnect

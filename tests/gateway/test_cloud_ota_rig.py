@@ -79,6 +79,8 @@ async def test_a_job_for_a_watering_controller_waits_for_the_gate(rig: Rig,
             assert await running_version(rig) == "3.1.0"
             await until(lambda: world.jobs[job].status in ("succeeded", "failed"),
                         UPDATED_WITHIN_S)
+        if world.jobs[job].status != "succeeded":
+            print(gw.logs[-8000:])  # the daemon's side of it, shown with the failure
         assert world.jobs[job].status == "succeeded", world.jobs[job].detail
         assert await running_version(rig) == "9.2.0"
 

@@ -15,6 +15,7 @@ from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import OutcomeStatus
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import ControllerBusy, PairingError
+from gateway.link.clock import LoopClock
 from gateway.link.scheduler import SlotScheduler
 from gateway.link.supervisor import Supervisor
 from gateway.ops.models import LinkState
@@ -133,14 +134,72 @@ async def test_lost_bond_repairs_once_then_reports_the_remedy(tmp_path: Path) ->
 async def test_commands_are_refused_as_busy_during_a_firmware_update(tmp_path: Path) -> None:
     radio = Radio()
     sup, _ = make(tmp_path, radio)
+    sup.clock = LoopClock()  # the hand-over takes real turns of the loop: none skipped
     task = asyncio.create_task(sup.run())
     try:
         await wait_for(lambda: sup.state is LinkState.CONNECTED)
         async with sup.firmware_update():
-            await wait_for(lambda: radio.links[-1].connected is False)  # link handed over
+            assert radio.links[-1].connected is False  # handed over before the update connects
             with pytest.raises(ControllerBusy):
                 await sup.submit("open", lambda s: s.open_valve(1, 2))
         await wait_for(lambda: sup.state is LinkState.CONNECTED and len(radio.links) == 2)
+    finally:
+        task.cancel()
+
+
+class SlowRadio(Radio):
+    """A connect that takes until the test lets it finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connecting = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def __call__(self, address: str, timeout_s: float,
+                       on_disconnect: Callable[[], None]) -> GattLink:
+        self.connecting.set()
+        await self.finish.wait()
+        return await super().__call__(address, timeout_s, on_disconnect)
+
+
+@pytest.mark.parametrize("policy", [LinkPolicy.KEEP, LinkPolicy.SHARE])
+async def test_an_update_arriving_mid_connect_gets_the_controller_once_it_is_let_go(
+        tmp_path: Path, policy: LinkPolicy) -> None:
+    radio = SlowRadio()
+    sup, _ = make(tmp_path, radio, policy)
+    sup.clock = LoopClock()  # the update's wait for the link is real here, not skipped
+    task = asyncio.create_task(sup.run())
+    try:
+        await radio.connecting.wait()
+        entered = asyncio.Event()
+
+        async def update() -> None:
+            async with sup.firmware_update():
+                # The visit's link is gone before the updater may connect.
+                assert radio.links and not radio.links[-1].connected
+                entered.set()
+                await asyncio.sleep(0.1)
+                assert len(radio.links) == 1  # no visit connected during the update
+
+        updater = asyncio.create_task(update())
+        await asyncio.sleep(0.05)
+        assert not entered.is_set()  # the visit is still connecting: the update waits
+        radio.finish.set()
+        await asyncio.wait_for(updater, 5)
+    finally:
+        task.cancel()
+
+
+async def test_an_update_is_refused_as_busy_when_the_link_never_lets_go(tmp_path: Path) -> None:
+    radio = SlowRadio()  # a connect that never finishes (a wedged bluetoothd)
+    sup, _ = make(tmp_path, radio)
+    task = asyncio.create_task(sup.run())
+    try:
+        await radio.connecting.wait()
+        with pytest.raises(ControllerBusy, match="did not let go"):
+            async with sup.firmware_update():
+                pass
+        assert sup.state is not LinkState.UPDATING  # the refused update left no mark
     finally:
         task.cancel()
 
