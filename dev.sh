@@ -23,8 +23,14 @@ ensure_venv() {
   if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV"
   fi
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  # pip's and setuptools' chatter goes to a log, shown only when the install fails.
+  local log="$VENV/install.log"
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+         "$VENV/bin/python" -m pip install -q -e ".[dev]"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "installing the virtualenv failed (log: $log)" >&2
+    return 1
+  fi
 }
 
 # A real Home Assistant judges our MQTT discovery (tests/gateway/test_home_assistant_rig.py):
