@@ -34,7 +34,8 @@ log = structlog.get_logger(__name__)
 
 
 def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
-            operations: DaemonOperations) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+            operations: DaemonOperations, mqtt_password: str | None
+            ) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
     """What carries state out of the house, by task name: the cloud relay and cloud-driven
     updates ([cloud]), the MQTT relay ([mqtt]), and the state feed that serves them."""
     runs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
@@ -69,7 +70,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
 
         mqtt = MqttRelay(config.mqtt, gid, outbox, operations,
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
-                         gateway_state=gateway_state, password=read_password(config.mqtt),
+                         gateway_state=gateway_state, password=mqtt_password,
                          staged_dir=config.state_dir / "firmware" / "staged")
         operations.mqtt = mqtt
         runs["mqtt relay"] = mqtt.run
@@ -112,11 +113,13 @@ async def run_daemon(config: GatewayConfig) -> None:
     are open and the control socket listens; STOPPING=1 as soon as SIGTERM arrives, then every
     task is cancelled so each persists its own work (outbox writers flush, an update's session
     stays on disk and a cloud job stays in progress, to resume at the next start)."""
+    # Secrets first: a missing one stops the start before any store is opened.
+    mqtt_password = read_password(config.mqtt) if config.mqtt.enabled else None
     registry = Registry(config.registry_path)
     manager = ConnectionManager(config, registry)
     operations = DaemonOperations(config, registry, manager)
     manager.repairer = operations.repair
-    relays = _relays(config, registry, manager, operations)
+    relays = _relays(config, registry, manager, operations, mqtt_password)
     health = HubHealth(manager, AdapterProbe(config.link.adapter))
     operations.health = health
     metrics = HubMetrics(operations, operations.status_now)

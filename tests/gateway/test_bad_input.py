@@ -50,6 +50,8 @@ def daemon(tmp_path: Path, config: str, state_dir: Path | None = None
     ("[link]\nmax_linkz = 2\n", "link.max_linkz"),
     ("[link\nmax_links = 2\n", "not valid TOML"),
     ("metrics_port = 70000\n", "metrics_port"),
+    ('[mqtt]\nenabled = true\npassword_file = "/nonexistent/mqtt-password"\n',
+     "mqtt.password_file"),
 ])
 def test_a_bad_config_names_the_key_and_exits_7_before_anything_starts(
         tmp_path: Path, config: str, names: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from firmware_bridge.ota.outcome import Phase, Progress
 from gateway.config import MqttConfig
-from gateway.errors import ControllerBusy
+from gateway.errors import ConfigError, ControllerBusy
 from gateway.ops.models import (
     Claim,
     ClaimResult,
@@ -451,3 +451,9 @@ def test_the_broker_password_comes_from_a_credential_or_a_file(
     assert read_password(MqttConfig()) == "from-systemd"
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     assert read_password(MqttConfig()) is None
+    (credentials / "awgw-mqtt-password").write_text("")  # install.sh's empty placeholder
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    assert read_password(config) == "from-file"
+    file.unlink()  # a password file the config names but nobody wrote
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file"):
+        read_password(config)
