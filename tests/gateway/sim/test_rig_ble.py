@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from typing import Any
@@ -290,3 +291,43 @@ def test_awgw_sim_rejects_bad_options() -> None:
                                 capture_output=True, text=True, timeout=30, check=False)
         assert result.returncode == 2, args
         assert "error" in result.stderr
+
+
+async def _characteristics(bus: MessageBus, device_path: str) -> set[str]:
+    reply = await bus.call(Message(destination="org.bluez", path="/",
+                                   interface="org.freedesktop.DBus.ObjectManager",
+                                   member="GetManagedObjects"))
+    assert reply is not None and reply.message_type == MessageType.METHOD_RETURN
+    return {path for path, ifaces in reply.body[0].items()
+            if path.startswith(device_path) and "org.bluez.GattCharacteristic1" in ifaces}
+
+
+async def test_a_connect_during_a_teardown_waits_for_it_and_resolves_every_service(
+        rig: Rig) -> None:
+    address = rig.controllers[0].address
+    path = "/org/bluez/hci0/dev_" + address.replace(":", "_")
+    client = await connect(address)  # BlueZ now knows the device and its services
+    for char in client.services.characteristics.values():
+        if "notify" in char.properties:  # the teardown then stops each: it takes a while
+            await client.start_notify(char, lambda _c, _d: None)
+    bus = await MessageBus(bus_address=rig.bus_address).connect()
+    try:
+        everything = await _characteristics(bus, path)
+        assert len(everything) > 10
+
+        def call(member: str) -> Any:
+            return bus.call(Message(destination="org.bluez", path=path,
+                                    interface="org.bluez.Device1", member=member))
+
+        # Both go out back to back, as when an updater connects while a visit lets go.
+        replies = await asyncio.gather(call("Disconnect"), call("Connect"))
+        assert all(r.message_type == MessageType.METHOD_RETURN for r in replies)
+        connected = await bus.call(Message(
+            destination="org.bluez", path=path, interface="org.freedesktop.DBus.Properties",
+            member="Get", signature="ss", body=["org.bluez.Device1", "Connected"]))
+        assert connected is not None and connected.body[0].value is True
+        assert await _characteristics(bus, path) == everything
+    finally:
+        bus.disconnect()
+        with contextlib.suppress(BleakError):
+            await client.disconnect()
