@@ -33,8 +33,8 @@ from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.link.state import Field, Source, StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
+from gateway.link.radio import pair_on_radio
 from gateway.ops.models import LinkState
-from gateway.ops.radio import pair_on_radio
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
 from gateway.store.registry import Registry

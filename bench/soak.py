@@ -68,7 +68,7 @@ async def settled(hub: HubProcess) -> bool:
         async with asyncio.timeout(SETTLE_WITHIN_S):
             while True:
                 status = await hub.ops.status()
-                if status.mqtt.state == "connected":
+                if status.mqtt.up:
                     return True
                 await asyncio.sleep(1.0)
     except (TimeoutError, GatewayError):

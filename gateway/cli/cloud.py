@@ -21,7 +21,8 @@ from gateway.cli.args import positive_float
 from gateway.cli.link import operations
 from gateway.config import load_config
 from gateway.errors import CloudLinkError
-from gateway.ops.models import Claim, CloudStatus, CloudStatusQuery, Unclaim
+from gateway.ops.health import CloudStatus
+from gateway.ops.models import Claim, CloudStatusQuery, Unclaim
 from gateway.ops.protocol import dispatch
 from gateway.relay.account import CloudAccount
 from gateway.store.credentials import MAX_TOKEN_BYTES

@@ -11,7 +11,7 @@ from rich.console import Console
 from gateway.cli import output
 from gateway.cli.link import operations
 from gateway.config import load_config
-from gateway.ops.models import HubStatus, RelayHealth
+from gateway.ops.health import HubStatus, RelayHealth
 
 COMMANDS = ("status", "doctor")
 
@@ -26,7 +26,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     if args.command == "doctor":
-        from gateway.doctor.report import run_doctor
+        from gateway.cli.doctor_report import run_doctor
 
         return await run_doctor(args)
     config = load_config(args.config)
@@ -47,8 +47,8 @@ def _duration(seconds: float) -> str:
 def _relay(relay: RelayHealth) -> str:
     if not relay.enabled:
         return "[dim]disabled[/dim]"
-    good = relay.state in ("up", "connected", "linked")
-    text = f"[{'green' if good else 'red'}]{relay.state}[/]"
+    good = relay.up
+    text = f"[{'green' if good else 'red'}]{relay.state.value}[/]"
     if relay.outbox_depth:
         text += f", outbox {relay.outbox_depth}"
         if relay.lag_s is not None:

@@ -14,14 +14,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from firmware_bridge.gatt.codec import NO_CHANNEL
-from gateway import control
 from gateway.cli import args as types
 from gateway.cli import exits, output
+from gateway.cli.direct import DirectOperations
 from gateway.config import GatewayConfig, OtaPolicy, load_config
-from gateway.daemon import run_daemon
+from gateway.control import client as control
+from gateway.control.client import SocketOperations
+from gateway.daemon.main import run_daemon
 from gateway.errors import CommandFailed
-from gateway.ops.client import SocketOperations
-from gateway.ops.direct import DirectOperations
 from gateway.ops.models import (
     MAX_VALVE_MINUTES,
     CommandResult,

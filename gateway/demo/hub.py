@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.ops.client import SocketOperations
+from gateway.control.client import SocketOperations
 from gateway.relay.account import CloudAccount
 from gateway.sim.processes import terminate
 

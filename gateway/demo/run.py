@@ -26,10 +26,10 @@ import structlog
 from rich.console import Console
 from rich.live import Live
 
+from gateway.control.client import SocketOperations
 from gateway.demo.hub import HubConfig, HubProcess
 from gateway.demo.view import ViewModel, ota_line, render
 from gateway.errors import GatewayError
-from gateway.ops.client import SocketOperations
 from gateway.ops.models import Claim, ControllerState, GetState, LinkState, Pair, ValveOpen
 from gateway.sim.broker import EmbeddedBroker, MosquittoBroker, free_port, local_broker
 from gateway.sim.cloud import EmulatorServer, World

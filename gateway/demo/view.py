@@ -13,7 +13,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gateway.ops.models import ControllerState, HubStatus
+from gateway.ops.health import HubStatus
+from gateway.ops.models import ControllerState
 
 WIDTH = 80
 BAR = 24

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from gateway.config import GatewayConfig
 from gateway.doctor.host import Host
 from gateway.errors import GatewayError
-from gateway.ops.models import CloudStatus
+from gateway.ops.health import CloudStatus
 from gateway.relay.cloud import OUTBOX_FILE
 from gateway.relay.mqtt import MQTT_OUTBOX_FILE, read_password
 from gateway.store.outbox import Outbox

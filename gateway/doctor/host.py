@@ -20,10 +20,11 @@ import httpx
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from gateway import control
 from gateway.config import GatewayConfig, MqttConfig
+from gateway.control import client as control
 from gateway.errors import GatewayError
-from gateway.ops.models import HUB_STATUS, HubStatus, HubStatusQuery
+from gateway.ops.health import HubStatus
+from gateway.ops.models import HUB_STATUS, HubStatusQuery
 
 # Each question to the host is a local round trip (D-Bus, a tool, a loopback socket) or one
 # HTTP request; a host that takes longer than this to answer has answered.

@@ -33,9 +33,9 @@ from firmware_bridge.link.outcome import CommandOutcome
 from firmware_bridge.link.session import Clock as SessionClock
 from firmware_bridge.link.session import ControllerSession, PollPlan
 from firmware_bridge.link.state import DecodeProblem, Field
+from gateway.clock import Clock, LoopClock
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError
-from gateway.link.clock import Clock, LoopClock
 from gateway.link.decision import URGENT_RETRY_S, Action, Memory, decide
 from gateway.link.events import first_of
 from gateway.link.failures import Failure, classify

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from firmware_bridge.gatt.codec import CHANNELS, MAX_TASK_MINUTES, NO_CHANNEL
 from firmware_bridge.ota.update import ConfirmPolicy
 from gateway.config import LinkPolicy, OtaPolicy
+from gateway.ops.health import CloudStatus, HubStatus
 
 # The longest valve-open the gateway sends, in minutes: the firmware accepts up to 1440 but
 # keeps a task's minutes in one byte, so anything longer would run short (device-ble.md Δ21).
@@ -339,99 +340,6 @@ class OtaReport(_Model):
     firmware_revision: str | None = None
     revision_matches: bool | None = None
     gatt_cache_refreshed: bool = False
-
-
-class OutboxView(_Model):
-    depth: int
-    bytes: int
-    oldest_age_s: float | None
-    by_kind: dict[str, int]
-    dropped: dict[str, int]
-
-
-class CloudStatus(_Model):
-    """`awgw cloud status`: how the relay to the cloud stands (cloud-api.md 2.4, 11)."""
-
-    enabled: bool
-    mode: str  # configured: auto | gateway_routes | user_state
-    active_mode: str | None  # what auto decided; None until the probe answered
-    gateway_id: str | None
-    link: str  # unlinked | linked | relink_needed
-    user: str | None
-    token_expires_in_s: float | None
-    outbox: OutboxView | None
-    delivered: int = 0
-    rejected: int = 0
-    last_success_at: float | None = None
-    last_error: str | None = None
-    note: str | None = None
-
-
-class RadioHealth(_Model):
-    """The radio side as the watchdog judges it (gateway/service/health.py)."""
-
-    adapter: str
-    ok: bool
-    scanning: bool
-    reason: str | None  # why it is not ok: "adapter hci0 is missing", "supervisor stuck", ...
-
-
-class UpdateInProgress(_Model):
-    address: str
-    phase: str
-    offset: int
-    total: int
-    rate_bytes_per_s: float
-
-
-class RelayHealth(_Model):
-    """One way out of the house (the cloud or the MQTT broker) as `awgw status` shows it."""
-
-    enabled: bool
-    state: str  # disabled | connected | disconnected | linked | relink_needed | unlinked | offline
-    outbox_depth: int | None = None
-    outbox_dropped: int = 0
-    delivered: int = 0
-    lag_s: float | None = None  # age of the oldest item still waiting to go out
-    last_error: str | None = None
-
-
-class HubStatus(_Model):
-    """`awgw status`, STATUS= for systemd and the metrics all read this one model."""
-
-    version: str
-    uptime_s: float
-    ready: bool
-    radio: RadioHealth
-    links: int
-    max_links: int
-    controllers: int
-    fresh: int
-    stale: int
-    link_states: dict[str, int]
-    updates: list[UpdateInProgress]
-    cloud: RelayHealth
-    mqtt: RelayHealth
-    loop_lag_ms: float
-    metrics_url: str | None = None
-    # The daemon's own asyncio tasks and threads: steady in a healthy hub (bench/soak.py).
-    tasks: int = 0
-    threads: int = 0
-
-    def summary(self) -> str:
-        """One line for systemd's STATUS= (`systemctl status awgw` shows it)."""
-        parts = [f"{self.links}/{self.max_links} links",
-                 f"{self.fresh} fresh, {self.stale} stale of {self.controllers}"]
-        if not self.radio.ok:
-            parts.append(f"radio: {self.radio.reason}")
-        parts.append(f"cloud {self.cloud.state}" + (
-            f" (outbox {self.cloud.outbox_depth})" if self.cloud.outbox_depth else ""))
-        parts.append(f"mqtt {self.mqtt.state}" + (
-            f" (outbox {self.mqtt.outbox_depth})" if self.mqtt.outbox_depth else ""))
-        for update in self.updates:
-            pct = 100 * update.offset // update.total if update.total else 0
-            parts.append(f"updating {update.address} {update.phase} {pct}%")
-        return "; ".join(parts)
 
 
 class ClaimResult(_Model):

@@ -9,17 +9,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 from firmware_bridge.ota.outcome import Progress
+from gateway.ops.health import CloudStatus, HubStatus
 from gateway.ops.models import (
     Claim,
     ClaimResult,
-    CloudStatus,
     CloudStatusQuery,
     CommandResult,
     ControllerState,
     DeviceEntry,
     Devices,
     GetState,
-    HubStatus,
     HubStatusQuery,
     Ota,
     OtaReport,

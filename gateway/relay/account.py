@@ -14,7 +14,8 @@ from cloud_client.auth import read_initiate_auth, token_claims
 from cloud_client.errors import AuthError, CloudError, RelinkNeeded
 from gateway.config import GatewayConfig
 from gateway.errors import CloudFailed, CloudLinkError
-from gateway.ops.models import ClaimResult, CloudStatus, OutboxView
+from gateway.ops.health import CloudStatus, OutboxView
+from gateway.ops.models import ClaimResult
 from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE
 from gateway.store.credentials import FileTokenStore, gateway_id
 from gateway.store.outbox import Outbox

@@ -49,7 +49,8 @@ from firmware_bridge.gatt.history import DetailedEntry
 from gateway.backoff import full_jitter
 from gateway.config import CloudConfig, CloudMode
 from gateway.errors import GatewayError
-from gateway.ops.models import CloudStatus, ControllerState, OutboxView
+from gateway.ops.health import CloudStatus, OutboxView, RelayState
+from gateway.ops.models import ControllerState
 from gateway.relay.events import (
     DerivedEvent,
     EventTracker,
@@ -383,17 +384,17 @@ class CloudRelay:
 
     # ---- status -------------------------------------------------------------------------------
 
-    def state(self) -> str:
-        """linked | relink_needed | unlinked while nothing went out yet, then up or down by
-        whichever of the last success and the last failure came later."""
+    def state(self) -> RelayState:
+        """Unlinked or relink_needed until linked, then starting while nothing went out yet,
+        then up or down by whichever of the last success and the last failure came later."""
         link = self.auth.state if self.auth else "unlinked"
         c = self.counters
         if link != "linked":
-            return link
+            return RelayState.RELINK_NEEDED if link == "relink_needed" else RelayState.UNLINKED
         if c.last_error_at is not None and (c.last_success_at is None
                                             or c.last_error_at > c.last_success_at):
-            return "down"
-        return "up" if c.last_success_at is not None else "linked"
+            return RelayState.DOWN
+        return RelayState.UP if c.last_success_at is not None else RelayState.STARTING
 
     def status(self) -> CloudStatus:
         stats = self.outbox.stats()

@@ -41,6 +41,7 @@ from firmware_bridge.mcuboot import ImageFormatError, parse_image
 from gateway.backoff import full_jitter
 from gateway.config import DiscoveryStyle, MqttConfig
 from gateway.errors import ConfigError, ControllerBusy, GatewayError
+from gateway.ops.health import RelayState
 from gateway.ops.models import (
     REQUEST,
     ControllerState,
@@ -185,6 +186,7 @@ class MqttRelay:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connected = False
         self.connects = 0
+        self.failures = 0  # connection attempts failed since the last success
         self.published_states = 0
 
     # ---- in: the state feed (never blocks) -----------------------------------------------------
@@ -252,6 +254,11 @@ class MqttRelay:
             return
         entry.offer = Offer(version, "staged", path, stamp)
 
+    def state(self) -> RelayState:
+        if self.connected:
+            return RelayState.UP
+        return RelayState.DOWN if self.failures or self.connects else RelayState.STARTING
+
     # ---- the connection supervisor -------------------------------------------------------------
 
     async def run(self) -> None:
@@ -266,7 +273,7 @@ class MqttRelay:
                 async with self._client() as client:
                     self.connected = True
                     self.connects += 1
-                    failures = 0
+                    failures = self.failures = 0
                     log.info("mqtt_connected", host=self.config.host, port=self.config.port)
                     await self._on_connect(client)
                     async with asyncio.TaskGroup() as tasks:
@@ -275,6 +282,7 @@ class MqttRelay:
                         tasks.create_task(self._listen(client), name="mqtt commands")
             except* aiomqtt.MqttError as group:
                 failures += 1
+                self.failures = failures
                 self.connected = False
                 delay = full_jitter(self._rng, failures, BACKOFF_MIN_S, BACKOFF_MAX_S)
                 log.warning("mqtt_disconnected", error=str(group.exceptions[0]),

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import control
 from gateway.cli import exits
+from gateway.control import client as control
 from gateway.errors import ConfigError, ControlError
 from gateway.ops.models import PONG, Ping
 

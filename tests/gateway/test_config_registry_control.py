@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 from dbus_fast import DBusError
 
-from gateway import control
 from gateway.bluez.agent import PairingAgent, PairingWindow, device_path
 from gateway.config import LinkPolicy, OtaPolicy, load_config
-from gateway.control import MAX_REQUEST, ControlServer
+from gateway.control import client as control
+from gateway.control import wire
+from gateway.control.server import ControlServer
+from gateway.control.wire import MAX_REQUEST
 from gateway.errors import ConfigError, ControlError, UnknownController
 from gateway.ops.models import (
     PONG,
@@ -206,7 +208,7 @@ async def test_progress_lines_come_before_the_answer_and_a_stop_cancels_the_requ
         if isinstance(request, Ping):
             for offset in (0, 1000, 2000):
                 progress(Progress(Phase.UPLOAD, offset, 2000, 500.0, 1.0))
-                await asyncio.sleep(control.PROGRESS_EVERY_S + 0.01)
+                await asyncio.sleep(wire.PROGRESS_EVERY_S + 0.01)
             progress(Progress(Phase.DONE, 2000, 2000, 500.0, None))
             return Pong()
         started.set()

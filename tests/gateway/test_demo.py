@@ -11,7 +11,8 @@ import pytest
 from rich.console import Console
 
 from gateway.demo.view import WIDTH, ViewModel, ota_line, render
-from gateway.ops.models import HubStatus, LinkState, RadioHealth, RelayHealth
+from gateway.ops.health import HubStatus, RadioHealth, RelayHealth, RelayState
+from gateway.ops.models import LinkState
 from gateway.store.state import StateStore
 
 # Rig, emulator, broker and daemon up (~5 s), pairing three (~3 s), the valve, then the cloud
@@ -47,7 +48,7 @@ def _view() -> ViewModel:
     addresses = [f"C0:FF:EE:00:00:{i:02X}" for i in range(3)]
     for address in addresses:
         store.set_link(address, LinkState.WAITING_SLOT)
-    relay = RelayHealth(enabled=True, state="relink_needed", outbox_depth=123456)
+    relay = RelayHealth(enabled=True, state=RelayState.RELINK_NEEDED, outbox_depth=123456)
     status = HubStatus(version="0.1.0", uptime_s=12.0, ready=True, radio=RadioHealth(
         adapter="hci0", ok=False, scanning=False, reason="adapter hci0 is missing"),
         links=0, max_links=3, controllers=3, fresh=0, stale=3,

@@ -19,8 +19,8 @@ from firmware_bridge.gatt.codec import BulkSync
 from firmware_bridge.link.state import StateEvent
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
+from gateway.link.radio import pair_on_radio
 from gateway.ops.models import LinkState
-from gateway.ops.radio import pair_on_radio
 from gateway.sim.rig import Rig
 from gateway.store.registry import Registry
 

@@ -10,7 +10,7 @@ import pytest
 from gateway import bluez
 from gateway.config import GatewayConfig
 from gateway.errors import PairingError
-from gateway.ops.radio import list_devices, pair_on_radio, unpair_on_radio
+from gateway.link.radio import list_devices, pair_on_radio, unpair_on_radio
 from gateway.sim.rig import Rig
 from gateway.store.registry import Registry
 

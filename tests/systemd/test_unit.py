@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import control, daemon
+from gateway.control import wire as control
+from gateway.daemon import main as daemon
 from gateway.demo import hub
 from gateway.relay import mqtt
 from gateway.store import credentials

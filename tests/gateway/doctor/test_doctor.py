@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import exits
+from gateway.cli.doctor_report import diagnose, load
 from gateway.config import CloudConfig, GatewayConfig, MqttConfig
 from gateway.doctor.checks import Finding, Status
 from gateway.doctor.host import Adapter, Disk, Rfkill
-from gateway.doctor.report import diagnose, load
-from gateway.ops.models import CloudStatus, HubStatus, RadioHealth, RelayHealth
+from gateway.ops.health import CloudStatus, HubStatus, RadioHealth, RelayHealth, RelayState
 from gateway.relay.cloud import OUTBOX_FILE
 from gateway.store.outbox import NewItem, Outbox, OutboxLimits
 
 MIB = 1024 * 1024
 ADAPTER = Adapter("hci0", "B8:27:EB:00:00:01", powered=True, discovering=True,
                   passive_scan=True)
-RELAY = RelayHealth(enabled=True, state="up", outbox_depth=0)
+RELAY = RelayHealth(enabled=True, state=RelayState.UP, outbox_depth=0)
 HEALTHY_STATUS = HubStatus(
     version="0.1.0", uptime_s=60, ready=True,
     radio=RadioHealth(adapter="hci0", ok=True, scanning=True, reason=None), links=1,
@@ -120,7 +120,7 @@ def _linked(monkeypatch: pytest.MonkeyPatch) -> None:
     async def linked(self: object) -> CloudStatus:
         return LINKED
 
-    monkeypatch.setattr("gateway.ops.direct.DirectOperations.cloud_status", linked)
+    monkeypatch.setattr("gateway.cli.direct.DirectOperations.cloud_status", linked)
 
 
 async def test_a_healthy_hub_has_nothing_wrong(tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ async def test_an_unlinked_gateway_and_an_invalid_config(tmp_path: Path,
     async def unlinked(self: object) -> CloudStatus:
         return LINKED.model_copy(update={"link": "relink_needed", "user": None})
 
-    monkeypatch.setattr("gateway.ops.direct.DirectOperations.cloud_status", unlinked)
+    monkeypatch.setattr("gateway.cli.direct.DirectOperations.cloud_status", unlinked)
     bad = tmp_path / "config.toml"
     bad.write_text('[link]\nmax_links = "three"\n')
     cfg, problem = load(bad)

@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 from firmware_bridge.errors import AttRefused, LinkDBusError
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import OutcomeStatus
+from gateway.clock import LoopClock
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import ControllerBusy, PairingError
-from gateway.link.clock import LoopClock
 from gateway.link.scheduler import SlotScheduler
 from gateway.link.supervisor import Supervisor
 from gateway.ops.models import LinkState

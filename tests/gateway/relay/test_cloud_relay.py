@@ -13,13 +13,7 @@ from typing import Any
 from cloud_client import CloudClient, CognitoAuth, CognitoSettings, RetryPolicy, sign_in
 from firmware_bridge.gatt.history import DetailedEntry
 from gateway.config import CloudConfig, CloudMode
-from gateway.ops.models import (
-    AlarmView,
-    ControllerState,
-    LinkState,
-    TaskView,
-    ValveState,
-)
+from gateway.ops.models import AlarmView, ControllerState, LinkState, TaskView, ValveState
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.events import DerivedEvent
 from gateway.sim.cloud import EmulatorServer, Fault, World

@@ -17,15 +17,14 @@ import pytest
 from firmware_bridge.ota.outcome import Phase, Progress
 from gateway.config import MqttConfig
 from gateway.errors import ConfigError, ControllerBusy
+from gateway.ops.health import CloudStatus, HubStatus
 from gateway.ops.models import (
     Claim,
     ClaimResult,
-    CloudStatus,
     CommandResult,
     ControllerState,
     DeviceEntry,
     GetState,
-    HubStatus,
     Ota,
     OtaReport,
     Pair,

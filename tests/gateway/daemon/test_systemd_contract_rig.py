@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from gateway.demo.hub import HubConfig, HubProcess
-from gateway.ops.models import Claim, HubStatus, Pair
+from gateway.ops.health import HubStatus
+from gateway.ops.models import Claim, Pair
 from gateway.sim.broker import free_port
 from gateway.sim.cloud import EmulatorServer, World
 from gateway.sim.cloud.publish import publish_release

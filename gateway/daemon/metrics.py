@@ -16,16 +16,15 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.ops.models import HubStatus
+from gateway.ops.health import HubStatus
 
 if TYPE_CHECKING:
-    from gateway.ops.daemon import DaemonOperations
+    from gateway.daemon.operations import DaemonOperations
 
 log = structlog.get_logger(__name__)
 
 # Prometheus scrapes every 15-60 s; a fresher view than 5 s buys nothing and costs a status.
 METRICS_PERIOD_S = 5.0
-RELAY_UP = {"up": 1.0, "connected": 1.0}
 
 
 class HubMetrics(Collector):
@@ -119,7 +118,7 @@ class HubMetrics(Collector):
         for name, relay in (("cloud", status.cloud), ("mqtt", status.mqtt)):
             if not relay.enabled:
                 continue
-            up.add_metric([name], RELAY_UP.get(relay.state, 0.0))
+            up.add_metric([name], float(relay.up))
             lag.add_metric([name], relay.lag_s or 0.0)
             depth.add_metric([name], relay.outbox_depth or 0)
             dropped.add_metric([name], relay.outbox_dropped)

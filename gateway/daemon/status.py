@@ -8,13 +8,14 @@ import collections
 import threading
 from typing import TYPE_CHECKING
 
-from gateway.ops.models import HubStatus, LinkState, RadioHealth, RelayHealth, UpdateInProgress
+from gateway.ops.health import HubStatus, RadioHealth, RelayHealth, RelayState, UpdateInProgress
+from gateway.ops.models import LinkState
 from gateway.relay.cloud import VERSION
 
 if TYPE_CHECKING:
-    from gateway.ops.daemon import DaemonOperations
+    from gateway.daemon.operations import DaemonOperations
 
-DISABLED = RelayHealth(enabled=False, state="disabled")
+DISABLED = RelayHealth(enabled=False, state=RelayState.DISABLED)
 
 
 def hub_status(ops: DaemonOperations) -> HubStatus:
@@ -57,7 +58,7 @@ def _mqtt(ops: DaemonOperations) -> RelayHealth:
     if relay is None:
         return DISABLED
     stats = relay.outbox.stats()
-    return RelayHealth(enabled=True, state="connected" if relay.connected else "disconnected",
+    return RelayHealth(enabled=True, state=relay.state(),
                        outbox_depth=stats.depth, outbox_dropped=sum(stats.dropped.values()),
                        delivered=relay.published_states,
                        lag_s=None if stats.oldest_age_s is None else round(stats.oldest_age_s, 1))

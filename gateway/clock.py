@@ -1,15 +1,24 @@
-"""Time as the supervisors see it: a clock and a wait-for-event-or-timeout, injected so that
-tests run backoffs and refresh periods in virtual time instead of waiting them out."""
+"""The one clock: monotonic time, wall time, sleep, and wait-for-event-or-timeout, injected into
+every part that waits so that tests run backoffs, outages and refresh periods in virtual time
+instead of waiting them out."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
 
 class Clock(Protocol):
     def now(self) -> float:
-        """Monotonic seconds."""
+        """Monotonic seconds: for deadlines, ages and backoffs."""
+        ...
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch: only for what leaves the hub with a date."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
         ...
 
     async def wait(self, event: asyncio.Event, timeout_s: float | None) -> bool:
@@ -22,6 +31,12 @@ class LoopClock:
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     async def wait(self, event: asyncio.Event, timeout_s: float | None) -> bool:
         if timeout_s is None:

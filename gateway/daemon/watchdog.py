@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import structlog
 
-from gateway.ops.models import HubStatus
-from gateway.service import notify
-from gateway.service.health import PROBE_PERIOD_S, HubHealth
+from gateway.daemon import systemd
+from gateway.daemon.health import PROBE_PERIOD_S, HubHealth
+from gateway.ops.health import HubStatus
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +27,7 @@ async def report(health: HubHealth, status: Callable[[], HubStatus],
         ok, reason = health.progressing()
         if watchdog_s is not None:
             if ok:
-                notify.notify("WATCHDOG=1")
+                systemd.notify("WATCHDOG=1")
                 if withheld is not None:
                     log.info("watchdog_resumed", adapter=health.adapter)
             elif reason != withheld:
@@ -37,6 +37,6 @@ async def report(health: HubHealth, status: Callable[[], HubStatus],
             withheld = None if ok else reason
         line = status().summary()
         if line != last_line:
-            notify.notify(f"STATUS={line}")
+            systemd.notify(f"STATUS={line}")
             last_line = line
         await asyncio.sleep(period)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.service import notify as systemd
+from gateway.daemon import systemd
 
 
 def test_notify_and_watchdog_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

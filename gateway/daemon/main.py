@@ -12,9 +12,12 @@ from typing import Any
 import structlog
 
 from gateway.config import GatewayConfig
-from gateway.control import ControlServer
+from gateway.control.server import ControlServer
+from gateway.daemon import systemd, watchdog
+from gateway.daemon.health import AdapterProbe, HubHealth
+from gateway.daemon.metrics import HubMetrics
+from gateway.daemon.operations import DaemonOperations, SupervisedHistory
 from gateway.link.manager import ConnectionManager
-from gateway.ops.daemon import DaemonOperations, SupervisedHistory
 from gateway.ops.models import Request, Result
 from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
@@ -23,9 +26,6 @@ from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, VERSION, CloudRelay
 from gateway.relay.feed import FanOut, StateFeed
 from gateway.relay.mqtt import MQTT_OUTBOX_FILE, MqttRelay, read_password
 from gateway.relay.topics import SERIAL
-from gateway.service import notify, watchdog
-from gateway.service.health import AdapterProbe, HubHealth
-from gateway.service.metrics import HubMetrics
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import Outbox
 from gateway.store.registry import Registry
@@ -137,7 +137,7 @@ async def run_daemon(config: GatewayConfig) -> None:
     def stop() -> None:
         nonlocal stopping
         if not stopping:
-            notify.notify("STOPPING=1")
+            systemd.notify("STOPPING=1")
             log.info("daemon_stopping")
         stopping = True
         if main is not None:
@@ -157,11 +157,11 @@ async def run_daemon(config: GatewayConfig) -> None:
             if config.metrics_port:
                 operations.metrics_url = metrics.serve(config.metrics_port)
             operations.ready = True
-            notify.notify("READY=1")
+            systemd.notify("READY=1")
             log.info("daemon_ready", controllers=len(manager.supervisors),
                      metrics=operations.metrics_url)
             tasks.create_task(watchdog.report(health, operations.status_now,
-                                              notify.watchdog_interval_s()),
+                                              systemd.watchdog_interval_s()),
                               name="systemd watchdog")
             if operations.metrics_url is not None:
                 tasks.create_task(metrics.run(), name="metrics")
@@ -170,7 +170,7 @@ async def run_daemon(config: GatewayConfig) -> None:
             raise
     finally:
         if not stopping:
-            notify.notify("STOPPING=1")  # stopping for another reason than a signal
+            systemd.notify("STOPPING=1")  # stopping for another reason than a signal
         await server.close()
         metrics.close()
         health.probe.close()

@@ -15,19 +15,28 @@ from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.ota.outcome import Progress
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
+from gateway.cli.direct import SCAN_TIMEOUT_S
 from gateway.config import GatewayConfig
+from gateway.daemon.health import HubHealth
+from gateway.daemon.status import hub_status
 from gateway.link.manager import ConnectionManager
+from gateway.link.radio import (
+    list_devices,
+    pair_on_radio,
+    repair_on_radio,
+    result_of,
+    unpair_on_radio,
+    valve_command,
+)
 from gateway.link.scheduler import Priority
-from gateway.ops.direct import SCAN_TIMEOUT_S
+from gateway.ops.health import CloudStatus, HubStatus
 from gateway.ops.models import (
     Claim,
     ClaimResult,
-    CloudStatus,
     CommandResult,
     ControllerState,
     DeviceEntry,
     GetState,
-    HubStatus,
     Ota,
     OtaReport,
     Pair,
@@ -39,21 +48,11 @@ from gateway.ops.models import (
     ValveOpen,
 )
 from gateway.ops.protocol import ProgressFn
-from gateway.ops.radio import (
-    list_devices,
-    pair_on_radio,
-    repair_on_radio,
-    result_of,
-    unpair_on_radio,
-    valve_command,
-)
 from gateway.ota.service import OtaService
 from gateway.relay import account
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.mqtt import MqttRelay
-from gateway.service.health import HubHealth
-from gateway.service.status import hub_status
 from gateway.store.registry import Registry, normalise_address
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, cast
 
+from gateway.daemon.health import RADIO_GRACE_S, STUCK_MARGIN_S, AdapterProbe, HubHealth
 from gateway.link.manager import ConnectionManager
 from gateway.ops.models import LinkState
-from gateway.service.health import RADIO_GRACE_S, STUCK_MARGIN_S, AdapterProbe, HubHealth
 
 CONNECT_TIMEOUT_S = 15.0
 

@@ -17,7 +17,7 @@ from gateway.doctor import checks
 from gateway.doctor.checks import Context, Finding, Status
 from gateway.doctor.host import Host, SystemHost
 from gateway.errors import ConfigError
-from gateway.ops.models import CloudStatus
+from gateway.ops.health import CloudStatus
 
 STYLE = {Status.OK: "green", Status.INFO: "blue", Status.WARNING: "yellow",
          Status.ERROR: "red"}

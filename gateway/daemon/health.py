@@ -23,7 +23,8 @@ from dbus_fast.aio import MessageBus
 
 from gateway.link.manager import ConnectionManager
 from gateway.link.scanner import POWER_SETTLE_S
-from gateway.ops.models import LinkState, RadioHealth
+from gateway.ops.health import RadioHealth
+from gateway.ops.models import LinkState
 
 log = structlog.get_logger(__name__)
 

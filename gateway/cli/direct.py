@@ -15,16 +15,23 @@ from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
 from gateway.errors import CommandFailed, ControlError
 from gateway.link.failures import classify
+from gateway.link.radio import (
+    list_devices,
+    pair_on_radio,
+    repair_on_radio,
+    result_of,
+    unpair_on_radio,
+    valve_command,
+)
 from gateway.link.scanner import discover
+from gateway.ops.health import CloudStatus, HubStatus
 from gateway.ops.models import (
     Claim,
     ClaimResult,
-    CloudStatus,
     CommandResult,
     ControllerState,
     DeviceEntry,
     GetState,
-    HubStatus,
     LinkState,
     Ota,
     OtaReport,
@@ -37,14 +44,6 @@ from gateway.ops.models import (
     ValveOpen,
 )
 from gateway.ops.protocol import ProgressFn
-from gateway.ops.radio import (
-    list_devices,
-    pair_on_radio,
-    repair_on_radio,
-    result_of,
-    unpair_on_radio,
-    valve_command,
-)
 from gateway.ota.service import OtaService
 from gateway.relay import account
 from gateway.store.registry import Registry, normalise_address

@@ -1,0 +1,1 @@
+"""The daemon wing: everything that exists only while `awgw daemon` runs."""
