@@ -120,7 +120,9 @@ MqttTopic = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", 
 # What MQTT commands may ask, by op (gateway.ops.models), plus "update_install" (Home
 # Assistant's update entity installing the offered firmware): reading, watering and offered
 # updates by default; "ota" (any image file on the hub) only when added.
-DEFAULT_MQTT_OPS = ("valve_open", "valve_close", "refresh", "state", "update_install")
+MqttOp = Literal["valve_open", "valve_close", "refresh", "state", "ota", "update_install"]
+DEFAULT_MQTT_OPS: tuple[MqttOp, ...] = ("valve_open", "valve_close", "refresh", "state",
+                                        "update_install")
 
 
 class MqttConfig(BaseModel):
@@ -140,7 +142,7 @@ class MqttConfig(BaseModel):
     discovery: DiscoveryStyle = DiscoveryStyle.DEVICE
     # The broker drops a client silent for 1.5x this; the last will then says offline.
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    allowed_ops: tuple[str, ...] = DEFAULT_MQTT_OPS
+    allowed_ops: tuple[MqttOp, ...] = DEFAULT_MQTT_OPS
     # What a Home Assistant valve OPEN runs for until the zone's minutes are set.
     default_valve_minutes: Annotated[int, Field(ge=1, le=255)] = 10
 

@@ -35,8 +35,9 @@ def configure_logging(*, json_logs: bool = True, level: str = "info",
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_secrets,
+        # Tracebacks are text before redaction, so a secret inside one is redacted too.
         structlog.processors.format_exc_info,
+        redact_secrets,
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(),
     ]
     structlog.configure(

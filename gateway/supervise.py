@@ -61,9 +61,17 @@ class _Part:
                           reason=self.reason, child_crashes=self.child_crashes)
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """A part's TaskGroups wrap what went wrong in groups: the first leaf is what happened."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    leaf = root_cause(exc)
+    text = str(leaf)
+    return f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
 
 
 class Supervision:
@@ -112,8 +120,9 @@ class Supervision:
                     on_crash(exc)
                 if len(part.crashes) >= self.policy.max_crashes:
                     part.state = PartState.FAILED
-                    log.exception("part_failed", part=name, error_class=type(exc).__name__,
-                              error=str(exc), crashes=len(part.crashes),
+                    log.exception("part_failed", part=name,
+                                  error_class=type(root_cause(exc)).__name__,
+                              error=part.reason, crashes=len(part.crashes),
                               window_s=self.policy.window_s,
                               remedy="the rest of the hub keeps running; restart the service "
                                      "(sudo systemctl restart awgw) and report the traceback",
@@ -121,8 +130,9 @@ class Supervision:
                     return
                 delay = self.policy.delay_s(len(part.crashes))
                 part.state = PartState.RESTARTING
-                log.exception("part_crashed", part=name, error_class=type(exc).__name__,
-                          error=str(exc), restart_in_s=round(delay, 2), exc_info=exc)
+                log.exception("part_crashed", part=name,
+                              error_class=type(root_cause(exc)).__name__,
+                              error=part.reason, restart_in_s=round(delay, 2), exc_info=exc)
                 await self.clock.sleep(delay)
                 part.restarts += 1
                 log.info("part_restarted", part=name, restarts=part.restarts)
@@ -130,7 +140,7 @@ class Supervision:
             part.state = PartState.STOPPED
             return
 
-    async def child(self, parent: str, what: str, run: Awaitable[None]) -> bool:
+    async def child(self, parent: str, what: str, run: Awaitable[object]) -> bool:
         """One-shot work of ``parent`` (a command, a job): True when it completed; a crash is
         logged once and counted on the parent, never raised into the parent's TaskGroup."""
         try:
@@ -141,6 +151,7 @@ class Supervision:
             part = self._part(parent)
             part.child_crashes += 1
             log.exception("part_child_crashed", part=parent, child=what,
-                      error_class=type(exc).__name__, error=str(exc), exc_info=exc)
+                          error_class=type(root_cause(exc)).__name__, error=describe(exc),
+                          exc_info=exc)
             return False
         return True

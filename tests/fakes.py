@@ -122,6 +122,7 @@ class VirtualClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(0)
+        self.waited.append(seconds)
         self.now_s += max(0.0, seconds)
 
     async def wait(self, event: asyncio.Event, timeout_s: float | None) -> bool:

@@ -1,5 +1,6 @@
 """The house rules, checked on the source: imports flow gateway -> firmware_bridge and
-cloud_client, never back; the rig (gateway.sim) stands beside the gateway; and only
+cloud_client, never back; the rig (gateway.sim) stands beside the gateway; inside the gateway
+every room imports only from floors below its own (so no circle between rooms); and only
 firmware_bridge.bleak_compat touches bleak's private API."""
 
 from __future__ import annotations
@@ -20,6 +21,25 @@ ALLOWED: tuple[tuple[str, frozenset[str]], ...] = (
     ("cloud_client", frozenset({"cloud_client"})),
 )
 BLEAK_COMPAT = "firmware_bridge.bleak_compat"
+# The gateway's floors, ground first: a room imports only from floors below its own. The
+# ground is what every room needs; then the configuration, the contract every caller speaks
+# (ops/), the stores; the daemon wing and the CLI at the top. The rig (gateway.sim) stands
+# beside the house: only the demo and the CLI (`awgw sim`) use it.
+FLOORS: tuple[frozenset[str], ...] = (
+    frozenset({"gateway", "gateway.errors", "gateway.clock", "gateway.backoff",
+               "gateway.logging"}),
+    frozenset({"gateway.config"}),
+    frozenset({"gateway.ops"}),
+    frozenset({"gateway.supervise", "gateway.store", "gateway.bluez"}),
+    frozenset({"gateway.link", "gateway.relay"}),
+    frozenset({"gateway.ota"}),
+    frozenset({"gateway.control"}),
+    frozenset({"gateway.daemon", "gateway.doctor"}),
+    frozenset({"gateway.demo"}),
+    frozenset({"gateway.cli"}),
+)
+RIG = "gateway.sim"
+RIG_USERS = 8  # the demo's floor and above
 
 
 def module_name(path: Path) -> str:
@@ -64,6 +84,33 @@ def violations(source: str, module: str, is_package: bool = False) -> list[str]:
     return found
 
 
+def room(module: str) -> str:
+    """``gateway.link.manager`` -> ``gateway.link``; a root module is its own room."""
+    return ".".join(module.split(".")[:2])
+
+
+def floor(module: str) -> int | None:
+    """None outside the gateway's floors (the rig, the other packages)."""
+    return next((i for i, rooms in enumerate(FLOORS) if room(module) in rooms), None)
+
+
+def upward(source: str, module: str, is_package: bool = False) -> list[str]:
+    """Imports of ``module`` that reach its own floor's other rooms or a floor above."""
+    own = floor(module)
+    if own is None:
+        return []
+    found = []
+    for line, target in imported(ast.parse(source), module, is_package):
+        if not _within(target, "gateway") or room(target) == room(module):
+            continue
+        if room(target) == RIG and own >= RIG_USERS:
+            continue
+        theirs = floor(target)
+        if theirs is None or theirs >= own:
+            found.append(f"{module}:{line} -> {target}")
+    return found
+
+
 def private_bleak_access(source: str) -> list[int]:
     """Lines that reach into another object's private attributes in a module that uses bleak.
     ``self._x`` and ``cls._x`` are a class's own business; dunders are public."""
@@ -98,6 +145,39 @@ def test_imports_flow_one_way() -> None:
     for module, path in sources():
         problems += violations(path.read_text(), module, path.name == "__init__.py")
     assert problems == [], "\n".join(problems)
+
+
+def test_every_gateway_room_stands_on_a_floor() -> None:
+    rooms = {room(m) for m, _ in sources() if _within(m, "gateway")} - {"gateway.sim"}
+    assert {r for r in rooms if floor(r) is None} == set()
+
+
+def test_no_import_runs_back_up_a_floor() -> None:
+    problems = []
+    for module, path in sources():
+        problems += upward(path.read_text(), module, path.name == "__init__.py")
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize(("module", "source"), [
+    ("gateway.ops.models", "from gateway.daemon.operations import DaemonOperations\n"),
+    ("gateway.store.registry", "from gateway.link import manager\n"),
+    ("gateway.link.manager", "from gateway.relay.feed import StateFeed\n"),  # same floor
+    ("gateway.doctor.checks", "def f():\n    from gateway.cli import exits\n"),
+    ("gateway.config", "from gateway.ops.models import Ping\n"),
+    ("gateway.daemon.main", "from gateway.sim.rig import Rig\n"),
+])
+def test_an_import_up_a_floor_is_caught(module: str, source: str) -> None:
+    assert upward(source, module), source
+
+
+@pytest.mark.parametrize(("module", "source"), [
+    ("gateway.cli.main", "from gateway.daemon.main import run_daemon\n"),
+    ("gateway.ops.models", "from gateway.config import LinkPolicy\nfrom gateway.ops import x\n"),
+    ("gateway.daemon.hub", "from gateway.link.manager import ConnectionManager\n"),
+])
+def test_an_import_down_the_floors_passes(module: str, source: str) -> None:
+    assert upward(source, module) == []
 
 
 def test_only_bleak_compat_touches_bleak_private_api() -> None:

@@ -23,7 +23,7 @@ from gateway.link.radio import (
     unpair_on_radio,
     valve_command,
 )
-from gateway.link.scanner import discover
+from gateway.link.scanner import SCAN_TIMEOUT_S, discover
 from gateway.ops.health import CloudStatus, HubStatus
 from gateway.ops.models import (
     Claim,
@@ -48,10 +48,6 @@ from gateway.ota.service import OtaService
 from gateway.relay import account
 from gateway.store.registry import Registry, normalise_address
 from gateway.store.state import StateStore
-
-# The CLI's one-shot scan: the controller advertises every 20-30 ms, so 5 s sees everything in
-# range several times even through a busy radio.
-SCAN_TIMEOUT_S = 5.0
 
 
 class DirectOperations:

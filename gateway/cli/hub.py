@@ -11,7 +11,7 @@ from rich.console import Console
 from gateway.cli import output
 from gateway.cli.link import operations
 from gateway.config import load_config
-from gateway.ops.health import HubStatus, RelayHealth
+from gateway.ops.health import HubStatus, PartState, RelayHealth
 
 COMMANDS = ("status", "doctor")
 
@@ -80,5 +80,12 @@ def show_status(status: HubStatus, console: Console) -> None:
         console.print(f"update    {update.address} {update.phase} {pct}% "
                       f"({update.offset}/{update.total} B, "
                       f"{update.rate_bytes_per_s / 1000:.1f} kB/s)")
+    down = [p for p in status.parts if not p.up]
+    restarted = sum(p.restarts for p in status.parts)
+    console.print(f"parts     {len(status.parts) - len(down)}/{len(status.parts)} up"
+                  + (f", {restarted} restarts" if restarted else ""))
+    for part in down:
+        colour = "red" if part.state is PartState.FAILED else "yellow"
+        console.print(f"          [{colour}]{part.name} {part.state.value}[/]: {part.reason}")
     metrics = status.metrics_url or "off"
     console.print(f"loop lag  {status.loop_lag_ms} ms; metrics {metrics}")

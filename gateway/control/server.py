@@ -53,6 +53,7 @@ class ControlServer:
         self.handler = handler
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
+        self.listening = asyncio.Event()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,21 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, SOCKET_MODE)
+        self.listening.set()
         log.info("control_socket_listening", path=str(self.path))
+
+    async def run(self) -> None:
+        """The guarded part: listen, serve until cancelled, then close (a restart after a crash
+        listens again on a fresh socket)."""
+        await self.start()
+        try:
+            await self._serve()
+        finally:
+            await self.close()
+
+    async def _serve(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
 
     async def close(self) -> None:
         """Stop listening, then cancel the requests still running (an update through the
@@ -79,6 +94,8 @@ class ControlServer:
             await asyncio.wait(clients, timeout=CLOSE_CLIENTS_S)
         if self._server is not None:
             await self._server.wait_closed()
+            self._server = None
+        self.listening.clear()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

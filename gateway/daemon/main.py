@@ -1,23 +1,26 @@
 """`awgw daemon`: the long-running gateway, and its composition root. Builds the registry, the
-connection manager, the operations and the control socket, runs them in one TaskGroup, with
-systemd readiness, structured shutdown on SIGTERM, and no single controller able to stop it."""
+connection manager, the operations, the relays and the control socket into one ``Hub`` whose
+parts each run under a guard, with systemd readiness and structured shutdown on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
 
+from gateway.clock import Clock, LoopClock
 from gateway.config import GatewayConfig
 from gateway.control.server import ControlServer
-from gateway.daemon import systemd, watchdog
+from gateway.daemon import systemd
 from gateway.daemon.health import AdapterProbe, HubHealth
+from gateway.daemon.hub import Hub, Run
 from gateway.daemon.metrics import HubMetrics
 from gateway.daemon.operations import DaemonOperations, SupervisedHistory
 from gateway.link.manager import ConnectionManager
+from gateway.link.scanner import Scanner
+from gateway.link.supervisor import Connector
 from gateway.ops.models import Request, Result
 from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
@@ -29,16 +32,17 @@ from gateway.relay.topics import SERIAL
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import Outbox
 from gateway.store.registry import Registry
+from gateway.supervise import DEFAULT_POLICY, RestartPolicy, Supervision
 
 log = structlog.get_logger(__name__)
 
 
 def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
-            operations: DaemonOperations, mqtt_password: str | None
-            ) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+            operations: DaemonOperations, mqtt_password: str | None, supervision: Supervision
+            ) -> dict[str, Run]:
     """What carries state out of the house, by task name: the cloud relay and cloud-driven
     updates ([cloud]), the MQTT relay ([mqtt]), and the state feed that serves them."""
-    runs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+    runs: dict[str, Run] = {}
     sinks: list[CloudRelay | MqttRelay] = []
     cloud: CloudRelay | None = None
     account: CloudAccount | None = None
@@ -71,14 +75,16 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
         mqtt = MqttRelay(config.mqtt, gid, outbox, operations,
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
                          gateway_state=gateway_state, password=mqtt_password,
-                         staged_dir=config.state_dir / "firmware" / "staged")
+                         staged_dir=config.state_dir / "firmware" / "staged",
+                         supervision=supervision)
         operations.mqtt = mqtt
         runs["mqtt relay"] = mqtt.run
         sinks.append(mqtt)
     if cloud is not None and account is not None:
         relay = cloud
         updates = CloudUpdates(config, registry, account.client, account.gateway_id,
-                               operations, FanOut(sinks), lambda: relay.mode)
+                               operations, FanOut(sinks), lambda: relay.mode,
+                               supervision=supervision)
         runs["cloud updates"] = updates.run
         if operations.mqtt is not None:
             operations.mqtt.cloud_install = updates.install_offer
@@ -90,44 +96,49 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
     return runs
 
 
-# BlueZ starts with the hub; until it answers there is nothing to supervise. systemd's
-# TimeoutStartSec= (systemd/awgw.service) bounds the wait; this is how often we ask.
-BLUEZ_RETRY_S = 2.0
-async def _bluez_answers(health: HubHealth) -> None:
-    """Until bluetoothd answers at all; what it says of the adapter is the watchdog's and
-    `awgw doctor`'s business."""
-    waited = False
-    while True:
-        await health.probe_once()
-        if health.probe.bluez_answered:
-            return
-        if not waited:
-            log.warning("waiting_for_bluez", reason=health.radio().reason,
-                        remedy="sudo systemctl start bluetooth")
-            waited = True
-        await asyncio.sleep(BLUEZ_RETRY_S)
+@dataclass(frozen=True)
+class RadioParts:
+    """What the daemon reaches BlueZ through: tests give it fakes, the daemon BlueZ itself."""
+
+    scanner: Scanner | None = None
+    connector: Connector | None = None
+    probe: AdapterProbe | None = None
 
 
-async def run_daemon(config: GatewayConfig) -> None:
-    """READY=1 once BlueZ answers, the config is valid (it was parsed before this), the stores
-    are open and the control socket listens; STOPPING=1 as soon as SIGTERM arrives, then every
-    task is cancelled so each persists its own work (outbox writers flush, an update's session
-    stays on disk and a cloud job stays in progress, to resume at the next start)."""
+def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
+              restart: RestartPolicy = DEFAULT_POLICY, clock: Clock | None = None) -> Hub:
+    """The composition root: every store, relay and server the daemon runs, wired once.
+    Raises GatewayError (exit 7 at the CLI) for a configuration that cannot run."""
+    radio = radio or RadioParts()
     # Secrets first: a missing one stops the start before any store is opened.
     mqtt_password = read_password(config.mqtt) if config.mqtt.enabled else None
+    supervision = Supervision(clock or LoopClock(), restart)
     registry = Registry(config.registry_path)
-    manager = ConnectionManager(config, registry)
+    manager = ConnectionManager(config, registry, connector=radio.connector,
+                                scanner=radio.scanner, supervision=supervision)
     operations = DaemonOperations(config, registry, manager)
     manager.repairer = operations.repair
-    relays = _relays(config, registry, manager, operations, mqtt_password)
-    health = HubHealth(manager, AdapterProbe(config.link.adapter))
+    relays = _relays(config, registry, manager, operations, mqtt_password, supervision)
+    health = HubHealth(manager, radio.probe or AdapterProbe(config.link.adapter))
     operations.health = health
+    operations.supervision = supervision
     metrics = HubMetrics(operations, operations.status_now)
 
     async def handle(request: Request, progress: ProgressFn | None) -> Result:
         return await dispatch(operations, request, progress)
 
-    server = ControlServer(config.socket_path, handle)
+    return Hub(config=config, registry=registry, manager=manager, operations=operations,
+               supervision=supervision, health=health, metrics=metrics,
+               server=ControlServer(config.socket_path, handle), relays=relays)
+
+
+async def run_daemon(config: GatewayConfig, *, radio: RadioParts | None = None,
+                     restart: RestartPolicy = DEFAULT_POLICY) -> None:
+    """READY=1 once BlueZ answers, the config is valid (it was parsed before this), the stores
+    are open and the control socket listens; STOPPING=1 as soon as SIGTERM arrives, then every
+    task is cancelled so each persists its own work (outbox writers flush, an update's session
+    stays on disk and a cloud job stays in progress, to resume at the next start)."""
+    hub = build_hub(config, radio=radio, restart=restart)
     log.info("daemon_starting", state_dir=str(config.state_dir), adapter=config.link.adapter,
              max_links=config.link.max_links, policy=config.link.default_policy.value)
     main = asyncio.current_task()
@@ -146,32 +157,14 @@ async def run_daemon(config: GatewayConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     try:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(manager.run(), name="connection manager")
-            for name, run in relays.items():
-                tasks.create_task(run(), name=name)
-            tasks.create_task(health.run(), name="hub health")
-            await _bluez_answers(health)
-            await manager.ready.wait()
-            await server.start()
-            if config.metrics_port:
-                operations.metrics_url = metrics.serve(config.metrics_port)
-            operations.ready = True
-            systemd.notify("READY=1")
-            log.info("daemon_ready", controllers=len(manager.supervisors),
-                     metrics=operations.metrics_url)
-            tasks.create_task(watchdog.report(health, operations.status_now,
-                                              systemd.watchdog_interval_s()),
-                              name="systemd watchdog")
-            if operations.metrics_url is not None:
-                tasks.create_task(metrics.run(), name="metrics")
+        await hub.run()
     except asyncio.CancelledError:
         if not stopping:
             raise
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         if not stopping:
             systemd.notify("STOPPING=1")  # stopping for another reason than a signal
-        await server.close()
-        metrics.close()
-        health.probe.close()
+        hub.close()
         log.info("daemon_stopped")

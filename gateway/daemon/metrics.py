@@ -131,4 +131,13 @@ class HubMetrics(Collector):
         for result, count in sorted(self.ops.ota_outcomes.items()):
             outcomes.add_metric([result], count)
         out += [ota_bytes, outcomes]
+        part_up = GaugeMetricFamily("awgw_part_up", "1 while the daemon's part runs",
+                                    labels=["part"])
+        restarts = CounterMetricFamily("awgw_part_restarts",
+                                       "restarts of the daemon's part after a crash",
+                                       labels=["part"])
+        for part in status.parts:
+            part_up.add_metric([part.name], float(part.up))
+            restarts.add_metric([part.name], part.restarts)
+        out += [part_up, restarts]
         return out

@@ -15,7 +15,6 @@ from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.ota.outcome import Progress
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
-from gateway.cli.direct import SCAN_TIMEOUT_S
 from gateway.config import GatewayConfig
 from gateway.daemon.health import HubHealth
 from gateway.daemon.status import hub_status
@@ -28,6 +27,7 @@ from gateway.link.radio import (
     unpair_on_radio,
     valve_command,
 )
+from gateway.link.scanner import SCAN_TIMEOUT_S
 from gateway.link.scheduler import Priority
 from gateway.ops.health import CloudStatus, HubStatus
 from gateway.ops.models import (
@@ -54,6 +54,7 @@ from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.mqtt import MqttRelay
 from gateway.store.registry import Registry, normalise_address
+from gateway.supervise import Supervision
 
 
 class DaemonOperations:
@@ -69,6 +70,7 @@ class DaemonOperations:
         self.mqtt: MqttRelay | None = None
         # Set by the daemon: the health the watchdog judges, readiness, the metrics' address.
         self.health: HubHealth | None = None
+        self.supervision: Supervision | None = None
         self.ready = False
         self.metrics_url: str | None = None
         # Updates running now (their last progress), and what updates have done so far.

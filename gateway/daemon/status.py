@@ -37,7 +37,9 @@ def hub_status(ops: DaemonOperations) -> HubStatus:
         stale=len(supervisors) - fresh, link_states=dict(sorted(states.items())),
         updates=updates, cloud=_cloud(ops), mqtt=_mqtt(ops),
         loop_lag_ms=round(1000 * health.loop_lag_s, 1) if health else 0.0,
-        metrics_url=ops.metrics_url, tasks=len(asyncio.all_tasks()),
+        metrics_url=ops.metrics_url,
+        parts=ops.supervision.parts() if ops.supervision is not None else [],
+        tasks=len(asyncio.all_tasks()),
         threads=threading.active_count())
 
 

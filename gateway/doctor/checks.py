@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from gateway.config import GatewayConfig
 from gateway.doctor.host import Host
 from gateway.errors import GatewayError
-from gateway.ops.health import CloudStatus
+from gateway.ops.health import CloudStatus, PartState
 from gateway.relay.cloud import OUTBOX_FILE
 from gateway.relay.mqtt import MQTT_OUTBOX_FILE, read_password
 from gateway.store.outbox import Outbox
@@ -278,6 +278,17 @@ async def check_daemon(ctx: Context) -> list[Finding]:
         found.append(error("radio", f"the daemon's radio: {status.radio.reason}",
                            "sudo systemctl restart bluetooth; `rfkill list`; if it keeps "
                            "happening on a Pi, see the coexistence finding"))
+    for part in status.parts:
+        if part.state is PartState.FAILED:
+            found.append(error("daemon_part", f"{part.name} crashed {part.restarts + 1} times "
+                               f"and stays down: {part.reason}",
+                               "sudo systemctl restart awgw; report the traceback in "
+                               "`journalctl -u awgw` (event part_failed)"))
+        elif not part.up:
+            found.append(warn("daemon_part", f"{part.name} crashed and restarts "
+                              f"({part.restarts} restarts so far): {part.reason}",
+                              "it restarts by itself; if it keeps crashing, report the traceback "
+                              "in `journalctl -u awgw` (event part_crashed)"))
     return found
 
 

@@ -11,6 +11,7 @@ import structlog
 from firmware_bridge.errors import PeerNotFound
 from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
 from firmware_bridge.link.outcome import CommandOutcome
+from gateway.clock import LoopClock
 from gateway.config import GatewayConfig
 from gateway.errors import UnknownController
 from gateway.link.scanner import Scanner
@@ -19,6 +20,7 @@ from gateway.link.supervisor import CommandFn, Connector, Repairer, Supervisor
 from gateway.ops.models import LinkState
 from gateway.store.registry import ControllerRecord, Registry, normalise_address
 from gateway.store.state import StateStore
+from gateway.supervise import Supervision
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +28,7 @@ log = structlog.get_logger(__name__)
 class ConnectionManager:
     def __init__(self, config: GatewayConfig, registry: Registry, *,
                  connector: Connector | None = None, repairer: Repairer | None = None,
-                 scanner: Scanner | None = None) -> None:
+                 scanner: Scanner | None = None, supervision: Supervision | None = None) -> None:
         self.config = config
         self.settings = config.link
         self.registry = registry
@@ -39,6 +41,9 @@ class ConnectionManager:
         self.connector = connector or self._bleak_connect
         self.repairer = repairer
         self.supervisors: dict[str, Supervisor] = {}
+        # Each supervisor is a guarded part of its own: a bug in one costs that controller a
+        # restart with backoff, never the other controllers or the daemon.
+        self.supervision = supervision or Supervision(LoopClock())
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self.ready = asyncio.Event()
@@ -61,13 +66,21 @@ class ConnectionManager:
         return any(s.state is not LinkState.CONNECTED for s in self.supervisors.values())
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            group.create_task(self.scanner.run(), name="scanner")
-            for record in self.registry.all():
-                self.add(record)
-            self.ready.set()
-            await asyncio.Event().wait()  # until cancelled by the daemon's shutdown
+        """The scanner and every supervisor; restartable: a restart after a crash starts the
+        supervisors it already had again, with the state they kept."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                group.create_task(self.scanner.run(), name="scanner")
+                for record in self.registry.all():
+                    self.add(record)
+                for supervisor in self.supervisors.values():
+                    self._start(supervisor)
+                self.ready.set()
+                await asyncio.Event().wait()  # until cancelled by the daemon's shutdown
+        finally:
+            self._group = None
+            self._tasks.clear()
 
     def add(self, record: ControllerRecord) -> Supervisor:
         if record.address in self.supervisors:
@@ -78,10 +91,17 @@ class ConnectionManager:
             store=self.store, registry=self.registry, connector=self.connector,
             repairer=self.repairer)
         self.supervisors[record.address] = supervisor
-        if self._group is not None:
-            self._tasks[record.address] = self._group.create_task(
-                self._guarded(supervisor), name=f"supervisor {record.address}")
+        self._start(supervisor)
         return supervisor
+
+    def _start(self, supervisor: Supervisor) -> None:
+        address = supervisor.address
+        if self._group is None or address in self._tasks:
+            return
+        self._tasks[address] = self._group.create_task(
+            self.supervision.guard(f"supervisor {address}", supervisor.run,
+                                   on_crash=supervisor.crashed),
+            name=f"supervisor {address}")
 
     async def remove(self, address: str) -> None:
         address = normalise_address(address)
@@ -91,6 +111,7 @@ class ConnectionManager:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        self.supervision.forget(f"supervisor {address}")
 
     def supervisor(self, address: str) -> Supervisor:
         address = normalise_address(address)
@@ -102,12 +123,3 @@ class ConnectionManager:
 
     async def command(self, address: str, name: str, run: CommandFn) -> CommandOutcome:
         return await self.supervisor(address).submit(name, run)
-
-    async def _guarded(self, supervisor: Supervisor) -> None:
-        """A bug in one supervisor must not take the daemon (and every other controller)
-        down: it is logged once and that supervisor stops."""
-        try:
-            await supervisor.run()
-        except Exception:
-            supervisor.fault()
-            log.exception("supervisor_crashed", address=supervisor.address)

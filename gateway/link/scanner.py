@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 # Seen within this long counts as "present" for `awgw scan` answered by the daemon: the
 # controller advertises every 20-30 ms when free, so 30 s of silence means gone or busy.
 PRESENT_WINDOW_S = 30.0
+# A one-shot scan: the controller advertises every 20-30 ms, so 5 s sees everything in range
+# several times even through a busy radio.
+SCAN_TIMEOUT_S = 5.0
 # Recovery ladder spacing: a discovery restart is cheap; an adapter power cycle drops every
 # link, so at most one per 10 minutes.
 RESTART_EVERY_S = 60.0

@@ -171,15 +171,19 @@ class Supervisor:
             self._set(LinkState.IDLE)
         self._wake.set()
 
-    def fault(self) -> None:
-        """The supervisor's task died of a bug (the manager's guard saw it)."""
+    def crashed(self, exc: BaseException) -> None:
+        """The supervisor's loop died of a bug (its guard saw it, logs it and restarts it with
+        backoff): commands waiting now fail instead of waiting out their deadline."""
         self._set(LinkState.FAULTED, leaving_update=True)
+        self._fail_commands(CommandFailed(f"internal error: {type(exc).__name__}: {exc}"))
 
     # ---- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
         next_visit = 0.0
         clock = self.clock
+        if self.state is LinkState.FAULTED:
+            self._set(LinkState.IDLE)  # started again by its guard after a crash
         while True:
             if self.state in (LinkState.BOND_LOST, LinkState.UPDATING):
                 await self._sleep_until_woken(None)
@@ -200,7 +204,7 @@ class Supervisor:
             except Exception as exc:  # every failure is classified in _on_failure
                 delay = await self._on_failure(exc)
                 if delay is None:
-                    return
+                    raise  # a bug: the guard logs it once and restarts this loop with backoff
                 if self._bond_lost():
                     continue  # waits at the top of the loop for a person (bond_reset)
                 if delay > 0:
@@ -222,10 +226,6 @@ class Supervisor:
                   "attempt": decision.memory.attempt, "action": decision.action.value}
         match decision.action:
             case Action.FAULT:
-                self._set(LinkState.FAULTED)
-                self._log.error("supervisor_faulted", failure_class=failure.kind.value,
-                                exc_info=exc)
-                self._fail_commands(CommandFailed(f"internal error: {failure.summary}"))
                 return None
             case Action.BOND_LOST:
                 self._set(LinkState.BOND_LOST)

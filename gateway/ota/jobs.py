@@ -40,14 +40,18 @@ from cloud_client.versions import version_key
 from firmware_bridge.mcuboot import ImageFormatError, image_problems, parse_image
 from firmware_bridge.ota.outcome import Progress
 from gateway.backoff import full_jitter
+from gateway.clock import LoopClock
 from gateway.config import CloudMode, GatewayConfig, OtaPolicy
 from gateway.errors import ControllerBusy, GatewayError
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent, ota_event
 from gateway.store.registry import ControllerRecord, Registry
+from gateway.supervise import Supervision
 
 log = structlog.get_logger("gateway.ota.jobs")
+# The guarded part this runs as (gateway/daemon/hub.py); each job is its child.
+PART = "cloud updates"
 # A watering controller is looked at again this often (a state-store read, no radio traffic).
 GATE_POLL_S = 5.0
 # Job progress goes to the cloud in steps of this many percent (11 P3 has no rate of its own;
@@ -98,7 +102,8 @@ class CloudUpdates:
                  gateway_id: str, target: UpdateTarget, events: EventSink | None,
                  mode: Callable[[], CloudMode | None], *,
                  gate_poll_s: float = GATE_POLL_S, rng: Callable[[], float] = random.random,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 supervision: Supervision | None = None) -> None:
         self.config = config
         self.registry = registry
         self.client = client
@@ -114,7 +119,7 @@ class CloudUpdates:
         self._finished: set[str] = set()
         self._announced: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()  # one cloud-driven update at a time
-        self._background: set[asyncio.Task[None]] = set()
+        self.supervision = supervision or Supervision(LoopClock())
         # The newest release offered per controller by the last check, and who wants to know
         # (the MQTT relay's update entity).
         self._offers: dict[str, Release] = {}
@@ -152,7 +157,7 @@ class CloudUpdates:
             failures = 0
             for job in polled.jobs:
                 if job.job_id not in self._finished:
-                    await self._run_job(job)
+                    await self._guarded_job(job)
             cursor = polled.next_cursor or cursor
             await asyncio.sleep(polled.poll_after_s)
 
@@ -167,6 +172,13 @@ class CloudUpdates:
 
     # ---- jobs -----------------------------------------------------------------------------------
 
+    async def _guarded_job(self, job: Job) -> None:
+        """A job is a child of cloud updates: its crash (a bug) is logged, counted and reported
+        as failed, and the next job runs."""
+        if not await self.supervision.child(PART, f"job {job.job_id}", self._run_job(job)):
+            await self._report(job, "failed", None, {"reason": "gateway_error"})
+            self._finished.add(job.job_id)
+
     async def _run_job(self, job: Job) -> None:
         if job.type != "ota_update" or job.ota is None:
             await self._report(job, "rejected", None, {"reason": "unsupported_job_type"})
@@ -179,20 +191,33 @@ class CloudUpdates:
             return
         spec = job.ota
         plan = Plan(record, spec.version, spec.board, spec.channel, spec.artifact, True)
+        if job.status == "queued":
+            await self._report(job, "in_progress", 0, {"stage": "queued_on_gateway"})
+        # Progress goes out through one queue drained in order by one reporter, which has
+        # finished before the final status is sent: an in_progress never lands after it.
+        reports: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
         last = [-PROGRESS_STEP_PCT]
 
         def progress(pct: int, stage: str) -> None:
             if pct - last[0] >= PROGRESS_STEP_PCT or pct == 100:
                 last[0] = pct
-                task = asyncio.get_running_loop().create_task(
-                    self._report(job, "in_progress", pct, {"stage": stage}),
-                    name=f"job progress {job.job_id}")
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                reports.put_nowait((pct, stage))
 
-        if job.status == "queued":
-            await self._report(job, "in_progress", 0, {"stage": "queued_on_gateway"})
-        outcome = await self.apply(plan, progress)
+        async def reporter() -> None:
+            while (item := await reports.get()) is not None:
+                await self._report(job, "in_progress", item[0], {"stage": item[1]})
+
+        failure: Exception | None = None
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(reporter(), name=f"job progress {job.job_id}")
+            try:
+                outcome = await self.apply(plan, progress)
+            except Exception as exc:  # raised as itself below, not as a TaskGroup's group
+                failure = exc
+            finally:
+                reports.put_nowait(None)
+        if failure is not None:
+            raise failure
         if outcome.status == "retry":
             return  # transient (the cloud or the download went away): the next poll resumes
         status: str = outcome.status

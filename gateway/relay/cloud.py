@@ -224,8 +224,13 @@ class CloudRelay:
                 if not sent:
                     await self._idle()
             except RelinkNeeded as exc:
+                # Never linked, or the link was revoked: nothing can go out until a person links
+                # the hub again, so wait for the token store to change (this raised before any
+                # I/O: looping at once would spin the event loop).
                 self.counters.last_error, self.counters.last_error_at = str(exc), self._clock()
-                log.warning("cloud_relink_needed", reason=exc.kind)
+                log.warning("cloud_relink_needed", reason=exc.kind,
+                            remedy="sudo -u awgw awgw cloud link")
+                await self._await_relink()
             except (CloudError, GatewayError) as exc:
                 # GatewayError: the outbox could not be read or acked (disk trouble); what it
                 # holds stays, and is sent once it can be read again.

@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +40,7 @@ from cloud_client.versions import version_key
 from firmware_bridge.gatt.history import DetailedEntry
 from firmware_bridge.mcuboot import ImageFormatError, parse_image
 from gateway.backoff import full_jitter
+from gateway.clock import LoopClock
 from gateway.config import DiscoveryStyle, MqttConfig
 from gateway.errors import ConfigError, ControllerBusy, GatewayError
 from gateway.ops.health import RelayState
@@ -57,6 +59,7 @@ from gateway.relay import ha_discovery
 from gateway.relay.events import DerivedEvent, EventTracker, history_data, history_dedupe
 from gateway.relay.topics import OFFLINE, ONLINE, Topics, node_id
 from gateway.store.outbox import NewItem, Outbox, OutboxWriter
+from gateway.supervise import Supervision
 
 log = structlog.get_logger("gateway.relay.mqtt")
 # Reconnect backoff: from 1 s doubling to 60 s, full jitter (a broker restart is back within
@@ -73,7 +76,12 @@ IDLE_POLL_S = 5.0
 TICK_S = 2.0
 # Commands in flight at once: a script flooding the command topic queues behind these.
 MAX_CONCURRENT_COMMANDS = 8
+# Commands accepted and not yet answered (running or queued behind the ones in flight): past
+# this a command is answered busy at once, so a flood costs neither memory nor tasks.
+MAX_PENDING_COMMANDS = 32
 CREDENTIAL_NAME = "awgw-mqtt-password"
+# The guarded part this relay runs as (gateway/daemon/hub.py); its commands are its children.
+PART = "mqtt relay"
 MQTT_OUTBOX_FILE = "mqtt-outbox.sqlite3"
 
 
@@ -89,13 +97,24 @@ class InstallOutcome(Protocol):
 CloudInstall = Callable[[str, Callable[[int, str], None]], Awaitable[InstallOutcome]]
 
 
+class CommandStatus(StrEnum):
+    DONE = "done"
+    REFUSED = "refused"
+    BUSY = "busy"
+    INVALID = "invalid"
+    NOT_ALLOWED = "not_allowed"
+    UNKNOWN_CONTROLLER = "unknown_controller"
+    # The gateway failed handling it (a bug, logged with its traceback): nothing was done.
+    ERROR = "error"
+
+
 class CommandReply(BaseModel):
     """What ``<node>/result`` carries for every command."""
 
     id: str | None = None
     op: str | None = None
     ok: bool
-    status: str  # done | refused | busy | invalid | not_allowed | unknown_controller
+    status: CommandStatus
     detail: str
     result: Any = None
 
@@ -163,7 +182,8 @@ class MqttRelay:
                  password: str | None = None, staged_dir: Path | None = None,
                  cloud_install: CloudInstall | None = None,
                  rng: Callable[[], float] = random.random,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 supervision: Supervision | None = None) -> None:
         self.config = config
         self.topics = Topics(config.topic_prefix, gateway_id)
         self.outbox = outbox
@@ -183,7 +203,10 @@ class MqttRelay:
         self._changed = asyncio.Event()
         self._events = EventTracker()
         self._commands = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending = 0
+        self.commands_refused_busy = 0
+        self.replies_lost = 0
+        self.supervision = supervision or Supervision(LoopClock())
         self.connected = False
         self.connects = 0
         self.failures = 0  # connection attempts failed since the last success
@@ -279,7 +302,7 @@ class MqttRelay:
                     async with asyncio.TaskGroup() as tasks:
                         tasks.create_task(self._publish_states(client), name="mqtt states")
                         tasks.create_task(self._pump_events(client), name="mqtt events")
-                        tasks.create_task(self._listen(client), name="mqtt commands")
+                        tasks.create_task(self._listen(client, tasks), name="mqtt commands")
             except* aiomqtt.MqttError as group:
                 failures += 1
                 self.failures = failures
@@ -459,7 +482,10 @@ class MqttRelay:
 
     # ---- in: commands ---------------------------------------------------------------------------
 
-    async def _listen(self, client: aiomqtt.Client) -> None:
+    async def _listen(self, client: aiomqtt.Client, tasks: asyncio.TaskGroup) -> None:
+        """Each command is a child of the connection's TaskGroup, guarded: its crash is logged
+        and answered as an error, never the relay's end. A reply lost with the connection is
+        counted (``replies_lost``); a flood past MAX_PENDING_COMMANDS is answered busy."""
         async for message in client.messages:
             topic = message.topic.value
             if topic == f"{self.config.discovery_prefix}/status":
@@ -472,23 +498,43 @@ class MqttRelay:
                 continue
             payload = message.payload
             raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            task = asyncio.create_task(
-                self._command(client, parsed, bytes(raw), message.retain),
-                name=f"mqtt command {topic}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if self._pending >= MAX_PENDING_COMMANDS:
+                self.commands_refused_busy += 1
+                await self._reply(client, parsed[0], CommandReply(
+                    ok=False, status=CommandStatus.BUSY,
+                    detail=f"{self._pending} commands are waiting; try again shortly"))
+                continue
+            self._pending += 1
+            tasks.create_task(self._command(client, topic, parsed, bytes(raw), message.retain),
+                              name=f"mqtt command {topic}")
 
-    async def _command(self, client: aiomqtt.Client, parsed: tuple[str, str, int | None],
-                       raw: bytes, retained: bool) -> None:
+    async def _command(self, client: aiomqtt.Client, topic: str,
+                       parsed: tuple[str, str, int | None], raw: bytes, retained: bool) -> None:
         node, kind, channel = parsed
-        reply = await self._answer(node, kind, channel, raw, retained)
+        replies: list[CommandReply | None] = []
+
+        async def answer() -> None:
+            replies.append(await self._answer(node, kind, channel, raw, retained))
+
+        try:
+            done = await self.supervision.child(PART, f"command {topic}", answer())
+        finally:
+            self._pending -= 1
+        reply = replies[0] if done else CommandReply(
+            ok=False, status=CommandStatus.ERROR,
+            detail="the gateway failed handling this command; nothing was done")
         if reply is None:
             return
         if not reply.ok:
             log.warning("mqtt_command_refused", node=node, kind=kind, status=reply.status,
                         detail=reply.detail)
-        with contextlib.suppress(aiomqtt.MqttError):  # the link went: the reply goes with it
+        await self._reply(client, node, reply)
+
+    async def _reply(self, client: aiomqtt.Client, node: str, reply: CommandReply) -> None:
+        try:
             await client.publish(self.topics.result(node), reply.model_dump_json(), qos=1)
+        except aiomqtt.MqttError:
+            self.replies_lost += 1  # the link went: the reply goes with it
 
     async def _answer(self, node: str, kind: str, channel: int | None, raw: bytes,
                       retained: bool) -> CommandReply | None:
@@ -496,38 +542,41 @@ class MqttRelay:
         if kind == "minutes":
             return self._set_minutes(node, entry, channel, raw)
         if retained:
-            return CommandReply(ok=False, status="invalid",
+            return CommandReply(ok=False, status=CommandStatus.INVALID,
                                 detail="a retained command is never executed; publish "
                                        "commands without the retain flag")
         if len(raw) > MAX_COMMAND_BYTES:
-            return CommandReply(ok=False, status="invalid",
+            return CommandReply(ok=False, status=CommandStatus.INVALID,
                                 detail=f"command of {len(raw)} bytes exceeds "
                                        f"{MAX_COMMAND_BYTES}")
         if entry is None:
-            return CommandReply(ok=False, status="unknown_controller",
+            return CommandReply(ok=False, status=CommandStatus.UNKNOWN_CONTROLLER,
                                 detail=f"no paired controller is published as {node}")
         if kind == "update":
             return await self._install(node, entry, raw)
         try:
             command_id, request = self._request(entry, node, kind, channel, raw)
         except (ValueError, TypeError, ValidationError) as exc:  # UnicodeDecodeError, JSON too
-            return CommandReply(ok=False, status="invalid", detail=_brief(exc))
+            return CommandReply(ok=False, status=CommandStatus.INVALID, detail=_brief(exc))
         if request.op not in self.config.allowed_ops:
-            return CommandReply(id=command_id, op=request.op, ok=False, status="not_allowed",
+            return CommandReply(id=command_id, op=request.op, ok=False,
+                                status=CommandStatus.NOT_ALLOWED,
                                 detail=f"{request.op} is not in [mqtt] allowed_ops")
         async with self._commands:
             try:
                 result = await dispatch(self.ops, request)
             except ControllerBusy as exc:
-                return CommandReply(id=command_id, op=request.op, ok=False, status="busy",
+                return CommandReply(id=command_id, op=request.op, ok=False,
+                                    status=CommandStatus.BUSY,
                                     detail=str(exc))
             except GatewayError as exc:
-                return CommandReply(id=command_id, op=request.op, ok=False, status="refused",
+                return CommandReply(id=command_id, op=request.op, ok=False,
+                                    status=CommandStatus.REFUSED,
                                     detail=str(exc))
         dumped = result.model_dump(mode="json") if isinstance(result, BaseModel) else None
         ok = bool(getattr(result, "ok", True))
         return CommandReply(id=command_id, op=request.op, ok=ok,
-                            status="done" if ok else "refused",
+                            status=CommandStatus.DONE if ok else CommandStatus.REFUSED,
                             detail=str(getattr(result, "detail", "") or request.op),
                             result=dumped)
 
@@ -560,18 +609,19 @@ class MqttRelay:
         """Home Assistant's update entity: install what is offered, with live progress."""
         op = "update_install"
         if raw.strip() != b"install":
-            return CommandReply(op=op, ok=False, status="invalid",
+            return CommandReply(op=op, ok=False, status=CommandStatus.INVALID,
                                 detail="the update entity's payload is install")
         if op not in self.config.allowed_ops:
-            return CommandReply(op=op, ok=False, status="not_allowed",
+            return CommandReply(op=op, ok=False, status=CommandStatus.NOT_ALLOWED,
                                 detail=f"{op} is not in [mqtt] allowed_ops")
         self._staged(node, entry)
         offer = entry.offer
         if offer is None:
-            return CommandReply(op=op, ok=False, status="refused",
+            return CommandReply(op=op, ok=False, status=CommandStatus.REFUSED,
                                 detail="no firmware is offered for this controller")
         if entry.installing:
-            return CommandReply(op=op, ok=False, status="busy", detail="already installing")
+            return CommandReply(op=op, ok=False, status=CommandStatus.BUSY,
+                                detail="already installing")
         entry.installing, entry.percentage = True, 0
         self._dirty.add(node)
         self._changed.set()
@@ -598,20 +648,20 @@ class MqttRelay:
                 result = {"status": outcome.status, "reason": outcome.reason,
                           "detail": outcome.detail}
             else:
-                return CommandReply(op=op, ok=False, status="refused",
+                return CommandReply(op=op, ok=False, status=CommandStatus.REFUSED,
                                     detail="cloud updates are not configured")
         except ControllerBusy as exc:
-            return CommandReply(op=op, ok=False, status="busy", detail=str(exc))
+            return CommandReply(op=op, ok=False, status=CommandStatus.BUSY, detail=str(exc))
         except GatewayError as exc:
-            return CommandReply(op=op, ok=False, status="refused", detail=str(exc))
+            return CommandReply(op=op, ok=False, status=CommandStatus.REFUSED, detail=str(exc))
         finally:
             entry.installing, entry.percentage = False, None
             self._dirty.add(node)
             self._changed.set()
         if ok:
             entry.offer = None if offer.source == "cloud" else entry.offer
-        return CommandReply(op=op, ok=ok, status="done" if ok else "refused",
-                            detail=detail or op, result=result)
+        status = CommandStatus.DONE if ok else CommandStatus.REFUSED
+        return CommandReply(op=op, ok=ok, status=status, detail=detail or op, result=result)
 
     def _set_minutes(self, node: str, entry: _Node | None, channel: int | None,
                      raw: bytes) -> CommandReply | None:
@@ -621,9 +671,10 @@ class MqttRelay:
         try:
             minutes = int(float(raw.decode("utf-8").strip()))
         except (ValueError, UnicodeDecodeError):
-            return CommandReply(ok=False, status="invalid", detail="minutes must be a number")
+            return CommandReply(ok=False, status=CommandStatus.INVALID,
+                                detail="minutes must be a number")
         if not 1 <= minutes <= 255:
-            return CommandReply(ok=False, status="invalid",
+            return CommandReply(ok=False, status=CommandStatus.INVALID,
                                 detail="minutes must be 1..255 (device-ble.md Δ21)")
         entry.minutes = {**(entry.minutes or {}), channel: minutes}
         entry.minutes_published = False

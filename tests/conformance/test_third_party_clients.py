@@ -27,7 +27,8 @@ from firmware_bridge.mcuboot import parse_image
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig, RigOptions, udp_endpoint
 
-pytestmark = pytest.mark.rig
+# Each virtual controller serves mcumgr's fixed port 1337 at 127.0.1.<n>: one such rig at a time.
+pytestmark = [pytest.mark.rig, pytest.mark.xdist_group("mcumgr_udp_1337")]
 IMAGE = make_image((7, 1, 0, 0), firmware_body("third-party", 60_000))
 NEW_HASH = parse_image(IMAGE).image_hash
 # The virtual controller reboots in ~1 s; a loaded machine and the clients' own retries fit.

@@ -23,7 +23,8 @@ FIRST, SECOND = "C0:FF:EE:00:00:00", "C0:FF:EE:00:00:01"
 class Cli:
     def __init__(self, rig: Rig, state_dir: Path) -> None:
         config = state_dir / "config.toml"
-        config.write_text("[link]\nrefresh_period_s = 5\nconnect_timeout_s = 8\n")
+        # Metrics off: tests run in parallel, and the default port is one for all.
+        config.write_text("metrics_port = 0\n[link]\nrefresh_period_s = 5\nconnect_timeout_s = 8\n")
         self.env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": rig.bus_address,
                     "AWGW_STATE_DIR": str(state_dir), "AWGW_CONFIG": str(config)}
 

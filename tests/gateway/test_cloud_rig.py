@@ -37,7 +37,8 @@ class Gateway:
     def __init__(self, rig: Rig, state_dir: Path, cloud_url: str, client_id: str) -> None:
         config = state_dir / "config.toml"
         config.write_text(
-            "[link]\nrefresh_period_s = 5\nconnect_timeout_s = 8\n"
+            # Metrics off: tests run in parallel, and the default port is one for all.
+            "metrics_port = 0\n[link]\nrefresh_period_s = 5\nconnect_timeout_s = 8\n"
             # The virtual controller does not confirm itself: the gateway confirms after this.
             "[ota]\nself_confirm_wait_s = 2\n"
             f"[cloud]\nenabled = true\nbase_url = \"{cloud_url}\"\n"

@@ -39,7 +39,8 @@ async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str,
                  extra: str = "") -> AsyncIterator[asyncio.subprocess.Process]:
     config = tmp_path / "config.toml"
     config.write_text(
-        f"[link]\nrefresh_period_s = {REFRESH_S}\nconnect_timeout_s = 8\n"
+        # Metrics off: tests run in parallel, and the default port is one for all.
+        f"metrics_port = 0\n[link]\nrefresh_period_s = {REFRESH_S}\nconnect_timeout_s = 8\n"
         f'default_policy = "{policy}"\n'
         f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\n'
         + extra)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.control import wire as control
-from gateway.daemon import main as daemon
+from gateway.daemon import hub as daemon
 from gateway.demo import hub
 from gateway.relay import mqtt
 from gateway.store import credentials

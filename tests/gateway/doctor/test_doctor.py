@@ -19,7 +19,15 @@ from gateway.cli.doctor_report import diagnose, load
 from gateway.config import CloudConfig, GatewayConfig, MqttConfig
 from gateway.doctor.checks import Finding, Status
 from gateway.doctor.host import Adapter, Disk, Rfkill
-from gateway.ops.health import CloudStatus, HubStatus, RadioHealth, RelayHealth, RelayState
+from gateway.ops.health import (
+    CloudStatus,
+    HubStatus,
+    PartHealth,
+    PartState,
+    RadioHealth,
+    RelayHealth,
+    RelayState,
+)
 from gateway.relay.cloud import OUTBOX_FILE
 from gateway.store.outbox import NewItem, Outbox, OutboxLimits
 
@@ -187,6 +195,14 @@ CASES: list[tuple[str, Change, str, Status, str]] = [
         update={"radio": RadioHealth(adapter="hci0", ok=False, scanning=False,
                                      reason="adapter hci0 is missing")})),
      "radio", Status.ERROR, "restart bluetooth"),
+    ("a part restarting", lambda h: setattr(h, "daemon_answer", HEALTHY_STATUS.model_copy(
+        update={"parts": [PartHealth(name="mqtt relay", state=PartState.RESTARTING, restarts=2,
+                                     reason="ValueError: x")]})),
+     "daemon_part", Status.WARNING, "part_crashed"),
+    ("a part down for good", lambda h: setattr(h, "daemon_answer", HEALTHY_STATUS.model_copy(
+        update={"parts": [PartHealth(name="cloud relay", state=PartState.FAILED, restarts=4,
+                                     reason="KeyError: 'x'")]})),
+     "daemon_part", Status.ERROR, "systemctl restart awgw"),
     ("broker refuses", lambda h: setattr(h, "broker", "Connection refused"), "broker",
      Status.ERROR, "[mqtt] host"),
     ("cloud unreachable", lambda h: setattr(h, "health", "ConnectError: no route"), "cloud",

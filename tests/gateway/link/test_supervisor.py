@@ -15,13 +15,15 @@ from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import OutcomeStatus
 from gateway.clock import LoopClock
 from gateway.config import LinkPolicy, LinkSettings
-from gateway.errors import ControllerBusy, PairingError
+from gateway.errors import CommandFailed, ControllerBusy, PairingError
 from gateway.link.scheduler import SlotScheduler
 from gateway.link.supervisor import Supervisor
 from gateway.ops.models import LinkState
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
+from gateway.supervise import RestartPolicy, Supervision
 from tests.fakes import ModelLink, VirtualClock
+from tests.helpers import cancel_and_wait
 
 ADDRESS = "C0:FF:EE:00:00:00"
 
@@ -97,15 +99,36 @@ async def test_link_loss_is_classified_backed_off_and_recovered(tmp_path: Path) 
         task.cancel()
 
 
-async def test_programming_error_is_not_retried_and_commands_fail_typed(tmp_path: Path) -> None:
+async def test_a_programming_error_goes_to_the_guard_which_restarts_the_loop(
+        tmp_path: Path) -> None:
+    """A bug is never retried as a flaky radio by the supervisor itself: it escapes to its
+    guard, commands waiting fail typed at once, and the guard starts the loop again after its
+    backoff (in virtual time), logging the crash once."""
     radio = Radio()
     radio.failures.append(TypeError("bug"))
     sup, _ = make(tmp_path, radio)
+    assert isinstance(sup.clock, VirtualClock)
+    supervision = Supervision(sup.clock, RestartPolicy(first_s=7.0))
     with capture_logs() as logs:
-        await asyncio.wait_for(sup.run(), 2)  # returns: no retry loop
-    assert sup.state is LinkState.FAULTED and radio.connects == 1
-    assert any(e["event"] == "supervisor_faulted" for e in logs)
-    with pytest.raises(Exception, match="internal error"):
+        task = asyncio.create_task(supervision.guard("supervisor", sup.run,
+                                                     on_crash=sup.crashed))
+        try:
+            await wait_for(lambda: sup.state is LinkState.CONNECTED)
+        finally:
+            await cancel_and_wait(task)
+    assert radio.connects == 2 and 7.0 in sup.clock.waited
+    (part,) = supervision.parts()
+    assert part.restarts == 1 and part.reason == "TypeError: bug"
+    assert [e["event"] for e in logs].count("part_crashed") == 1
+    assert not any(e["event"] == "link_failure" for e in logs)
+
+
+async def test_commands_fail_typed_while_the_supervisor_is_down(tmp_path: Path) -> None:
+    radio = Radio()
+    sup, _ = make(tmp_path, radio)
+    sup.crashed(TypeError("bug"))
+    assert sup.state is LinkState.FAULTED
+    with pytest.raises(CommandFailed, match="internal error"):
         await sup.submit("open", lambda s: s.open_valve(1, 2))
 
 
