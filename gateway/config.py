@@ -155,7 +155,7 @@ class GatewayConfig(BaseModel):
     # How long `awgw pair` keeps the pairing agent accepting requests.
     pairing_window_s: Annotated[float, Field(gt=0, le=600)] = 120.0
     log_level: LogLevel = "info"
-    # Prometheus metrics on 127.0.0.1 (gateway/service/metrics.py); 0 turns them off.
+    # Prometheus metrics on 127.0.0.1 (gateway/daemon/metrics.py); 0 turns them off.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9877
     link: LinkSettings = LinkSettings()
     ota: OtaConfig = OtaConfig()

@@ -37,7 +37,7 @@ def test_install_is_idempotent_and_upgrade_and_uninstall_keep_what_they_should(
     root = tmp_path / "root"
     run(root, "install")
     opt = root / "opt/autowatering-gateway"
-    assert (opt / "gateway/daemon.py").is_file() and not (opt / ".git").exists()
+    assert (opt / "gateway/daemon/main.py").is_file() and not (opt / ".git").exists()
     assert (root / "etc/systemd/system/awgw.service").read_text() == (
         SCRIPT.parent / "awgw.service").read_text()
     assert os.readlink(root / "usr/local/bin/awgw") == "/opt/autowatering-gateway/.venv/bin/awgw"
