@@ -29,7 +29,7 @@ class LinkPolicy(StrEnum):
 
 
 class LinkSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     adapter: str = "hci0"
     # A Pi's onboard controller manages ~4-7 LE links in practice; 3 leaves room for the
@@ -49,7 +49,7 @@ class LinkSettings(BaseModel):
 
 
 class OtaConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     # ota.md 5.2 W: MCUboot swaps ~180 sectors through scratch after the reset, tens of seconds
     # on an nRF52840; the controller is retried with back-off for this long before the update
@@ -82,7 +82,7 @@ HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_leng
 
 
 class CloudConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     enabled: bool = False
     base_url: HttpUrl | None = None
@@ -126,7 +126,7 @@ DEFAULT_MQTT_OPS: tuple[MqttOp, ...] = ("valve_open", "valve_close", "refresh", 
 
 
 class MqttConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     enabled: bool = False
     host: Annotated[str, Field(min_length=1, max_length=255)] = "localhost"
@@ -148,7 +148,7 @@ class MqttConfig(BaseModel):
 
 
 class GatewayConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     state_dir: Path = DEFAULT_STATE_DIR
     control_socket: Path | None = None

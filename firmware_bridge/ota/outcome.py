@@ -6,6 +6,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 
+class ConfirmPolicy(StrEnum):
+    """Who confirms a new image once it runs (ota.md 5)."""
+
+    SELF = "self"  # the firmware confirms itself after a good boot: wait for it
+    EXPLICIT = "explicit"  # the gateway confirms as soon as the new image runs
+    SELF_THEN_EXPLICIT = "self-then-explicit"  # wait, then confirm if the image is healthy
+
+
 class OtaResult(StrEnum):
     SUCCEEDED = "succeeded"
     REVERTED = "reverted"

@@ -18,14 +18,20 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TypeVar
 
 import structlog
 
 from firmware_bridge.errors import BridgeError, LinkLost, TransportError, TransportTimeout
 from firmware_bridge.mcuboot import ImageFormatError, McubootImage, image_problems, parse_image
-from firmware_bridge.ota.outcome import FailureReason, OtaOutcome, OtaResult, Phase, Progress
+from firmware_bridge.ota.outcome import (
+    ConfirmPolicy,
+    FailureReason,
+    OtaOutcome,
+    OtaResult,
+    Phase,
+    Progress,
+)
 from firmware_bridge.ota.session_store import SessionStore, UploadSession
 from firmware_bridge.ota.upload import (
     CHUNK_TIMEOUT_S,
@@ -52,12 +58,6 @@ RC_TOO_LARGE = 30
 # Marks for test or confirms sent without the device's state following: the device is not
 # doing what img_mgmt documents; give up with a protocol error rather than loop.
 MAX_STATE_WRITES = 3
-
-
-class ConfirmPolicy(StrEnum):
-    SELF = "self"  # the firmware confirms itself after a good boot: wait for it
-    EXPLICIT = "explicit"  # the gateway confirms as soon as the new image runs
-    SELF_THEN_EXPLICIT = "self-then-explicit"  # wait, then confirm if the image is healthy
 
 
 @dataclass(frozen=True)

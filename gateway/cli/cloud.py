@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import output
+from gateway.cli import logs, output
 from gateway.cli.args import positive_float
 from gateway.cli.link import operations
 from gateway.config import load_config
@@ -24,8 +24,6 @@ from gateway.errors import CloudLinkError
 from gateway.ops.health import CloudStatus
 from gateway.ops.models import Claim, CloudStatusQuery, Unclaim
 from gateway.ops.protocol import dispatch
-from gateway.relay.account import CloudAccount
-from gateway.store.credentials import MAX_TOKEN_BYTES
 
 COMMANDS = ("cloud", "claim", "unclaim", "cloud-emulator")
 
@@ -89,6 +87,9 @@ async def run(args: argparse.Namespace) -> int:
         status = await dispatch(operations(config), CloudStatusQuery())
         _show(args, status)
         return 0
+    logs.start()
+    from gateway.relay.account import CloudAccount
+
     async with CloudAccount(config) as account:
         if args.cloud_command == "unlink":
             account.unlink()
@@ -115,6 +116,8 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def _read_token(path: Path) -> str:
+    from gateway.store.credentials import MAX_TOKEN_BYTES
+
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -4,14 +4,15 @@ with this hub, and what to do about it)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli import output
 from gateway.cli.link import operations
 from gateway.config import load_config
 from gateway.ops.health import HubStatus, PartState, RelayHealth
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 COMMANDS = ("status", "doctor")
 
@@ -34,6 +35,8 @@ async def run(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(status)
     else:
+        from rich.console import Console
+
         show_status(status, Console())
     return 0
 

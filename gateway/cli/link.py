@@ -15,12 +15,10 @@ from pydantic import BaseModel
 
 from firmware_bridge.gatt.codec import NO_CHANNEL
 from gateway.cli import args as types
-from gateway.cli import exits, output
-from gateway.cli.direct import DirectOperations
+from gateway.cli import exits, logs, output
 from gateway.config import GatewayConfig, OtaPolicy, load_config
 from gateway.control import client as control
 from gateway.control.client import SocketOperations
-from gateway.daemon.main import run_daemon
 from gateway.errors import CommandFailed
 from gateway.ops.models import (
     MAX_VALVE_MINUTES,
@@ -37,7 +35,6 @@ from gateway.ops.models import (
     ValveOpen,
 )
 from gateway.ops.protocol import Operations, dispatch
-from gateway.store.registry import Registry
 
 COMMANDS = ("daemon", "scan", "pair", "unpair", "devices", "state", "refresh", "valve")
 
@@ -111,15 +108,22 @@ def request_of(args: argparse.Namespace) -> Request:
 
 
 def operations(config: GatewayConfig) -> Operations:
-    """The daemon's when it runs (it owns the radio), else this process's own."""
+    """The daemon's when it runs (it owns the radio), else this process's own: only then are
+    the radio's modules imported and logging started."""
     if control.daemon_running(config.socket_path):
         return SocketOperations(config.socket_path)
+    logs.start()
+    from gateway.cli.direct import DirectOperations
+    from gateway.store.registry import Registry
+
     return DirectOperations(config, Registry(config.registry_path))
 
 
 async def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.command == "daemon":
+        from gateway.daemon.main import run_daemon
+
         await run_daemon(config)
         return 0
     result = await dispatch(operations(config), request_of(args))

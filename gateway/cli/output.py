@@ -1,5 +1,5 @@
 """How the CLI shows results: ``--json`` prints one JSON document as the last line of stdout;
-otherwise rich tables for people."""
+otherwise rich tables for people (rich is imported only then)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
-from rich.console import Console
-from rich.table import Table
 
 from gateway.ops.models import ControllerState
 
@@ -22,6 +20,9 @@ def print_json(result: object) -> None:
 
 
 def print_table(rows: Sequence[BaseModel], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(*columns)
     for row in rows:
         values = row.model_dump(mode="json")
@@ -34,6 +35,9 @@ def print_record(result: BaseModel) -> None:
 
 
 def print_state(state: ControllerState) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
     fresh = ("fresh" if state.fresh else "never read" if state.age_s is None
              else f"STALE ({state.age_s} s old)")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from firmware_bridge.gatt.codec import CHANNELS, MAX_TASK_MINUTES, NO_CHANNEL
-from firmware_bridge.ota.update import ConfirmPolicy
+from firmware_bridge.ota.outcome import ConfirmPolicy
 from gateway.config import LinkPolicy, OtaPolicy
 from gateway.ops.health import CloudStatus, HubStatus
 
@@ -42,7 +42,7 @@ class LinkState(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _zone_or_master(channel: int) -> int:

@@ -34,9 +34,9 @@ from firmware_bridge.errors import BridgeError
 from firmware_bridge.gatt import uuids
 from firmware_bridge.gatt.codec import SystemStatus
 from firmware_bridge.link.gatt_link import GattLink
-from firmware_bridge.ota.outcome import OtaOutcome, OtaResult
+from firmware_bridge.ota.outcome import ConfirmPolicy, OtaOutcome, OtaResult
 from firmware_bridge.ota.session_store import FileSessionStore
-from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
+from firmware_bridge.ota.update import FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
 from gateway.errors import CommandFailed, ControllerBusy

@@ -20,9 +20,9 @@ import pytest
 
 from firmware_bridge.errors import LinkLost
 from firmware_bridge.mcuboot import parse_image
-from firmware_bridge.ota.outcome import FailureReason, OtaOutcome, OtaResult
+from firmware_bridge.ota.outcome import ConfirmPolicy, FailureReason, OtaOutcome, OtaResult
 from firmware_bridge.ota.session_store import FileSessionStore
-from firmware_bridge.ota.update import ConfirmPolicy, FirmwareUpdate, OtaSettings
+from firmware_bridge.ota.update import FirmwareUpdate, OtaSettings
 from firmware_bridge.smp import commands
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.channel import SmpChannel

@@ -16,7 +16,8 @@ import pytest
 from firmware_bridge.gatt import uuids
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.session import ControllerSession, PollPlan
-from firmware_bridge.ota.update import ConfirmPolicy, OtaSettings
+from firmware_bridge.ota.outcome import ConfirmPolicy
+from firmware_bridge.ota.update import OtaSettings
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig, OtaConfig
 from gateway.errors import ControllerBusy, UnknownController
