@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.control.server import ControlServer
 from gateway.daemon import systemd, watchdog
@@ -45,6 +46,7 @@ class Hub:
     health: HubHealth
     metrics: HubMetrics
     server: ControlServer
+    clock: Clock
     # What carries state out of the house, by part name (relays, cloud updates, the feed).
     relays: dict[str, Run] = field(default_factory=dict)
     # Set once READY=1 was sent.
@@ -77,7 +79,8 @@ class Hub:
             log.info("daemon_ready", controllers=len(self.manager.supervisors),
                      metrics=self.operations.metrics_url)
             part("systemd watchdog", lambda: watchdog.report(
-                self.health, self.operations.status_now, systemd.watchdog_interval_s()))
+                self.health, self.operations.status_now, systemd.watchdog_interval_s(),
+                self.clock))
 
     async def _bluez_answers(self) -> None:
         """Until bluetoothd answers at all; what it says of the adapter is the watchdog's and
@@ -91,7 +94,7 @@ class Hub:
                 log.warning("waiting_for_bluez", reason=self.health.radio().reason,
                             remedy="sudo systemctl start bluetooth")
                 waited = True
-            await asyncio.sleep(BLUEZ_RETRY_S)
+            await self.clock.sleep(BLUEZ_RETRY_S)
 
     def close(self) -> None:
         self.metrics.close()

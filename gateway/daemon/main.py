@@ -38,8 +38,8 @@ log = structlog.get_logger(__name__)
 
 
 def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
-            operations: DaemonOperations, mqtt_password: str | None, supervision: Supervision
-            ) -> dict[str, Run]:
+            operations: DaemonOperations, mqtt_password: str | None, supervision: Supervision,
+            clock: Clock) -> dict[str, Run]:
     """What carries state out of the house, by task name: the cloud relay and cloud-driven
     updates ([cloud]), the MQTT relay ([mqtt]), and the state feed that serves them."""
     runs: dict[str, Run] = {}
@@ -56,7 +56,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
                            Outbox(config.state_dir / OUTBOX_FILE, account.gateway_id),
                            account.client, account.auth, serials=serials,
                            token_stamp=account.store.stamp,
-                           status_path=config.cloud_dir / STATUS_FILE)
+                           status_path=config.cloud_dir / STATUS_FILE, clock=clock)
         operations.cloud, operations.account = cloud, account
         runs["cloud relay"] = cloud.run
         sinks.append(cloud)
@@ -76,7 +76,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
                          gateway_state=gateway_state, password=mqtt_password,
                          staged_dir=config.state_dir / "firmware" / "staged",
-                         supervision=supervision)
+                         supervision=supervision, clock=clock)
         operations.mqtt = mqtt
         runs["mqtt relay"] = mqtt.run
         sinks.append(mqtt)
@@ -84,7 +84,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
         relay = cloud
         updates = CloudUpdates(config, registry, account.client, account.gateway_id,
                                operations, FanOut(sinks), lambda: relay.mode,
-                               supervision=supervision)
+                               supervision=supervision, clock=clock)
         runs["cloud updates"] = updates.run
         if operations.mqtt is not None:
             operations.mqtt.cloud_install = updates.install_offer
@@ -92,7 +92,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
     if sinks:
         history_s = config.cloud.history_period_s
         runs["state feed"] = StateFeed(manager.store, registry, sinks,
-                                       SupervisedHistory(manager), history_s).run
+                                       SupervisedHistory(manager), history_s, clock=clock).run
     return runs
 
 
@@ -112,24 +112,26 @@ def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
     radio = radio or RadioParts()
     # Secrets first: a missing one stops the start before any store is opened.
     mqtt_password = read_password(config.mqtt) if config.mqtt.enabled else None
-    supervision = Supervision(clock or LoopClock(), restart)
+    # The one clock every part waits on (tests pass a virtual one).
+    clock = clock or LoopClock()
+    supervision = Supervision(clock, restart)
     registry = Registry(config.registry_path)
     manager = ConnectionManager(config, registry, connector=radio.connector,
-                                scanner=radio.scanner, supervision=supervision)
+                                scanner=radio.scanner, supervision=supervision, clock=clock)
     operations = DaemonOperations(config, registry, manager)
     manager.repairer = operations.repair
-    relays = _relays(config, registry, manager, operations, mqtt_password, supervision)
+    relays = _relays(config, registry, manager, operations, mqtt_password, supervision, clock)
     health = HubHealth(manager, radio.probe or AdapterProbe(config.link.adapter))
     operations.health = health
     operations.supervision = supervision
-    metrics = HubMetrics(operations, operations.status_now)
+    metrics = HubMetrics(operations, operations.status_now, clock)
 
     async def handle(request: Request, progress: ProgressFn | None) -> Result:
         return await dispatch(operations, request, progress)
 
     return Hub(config=config, registry=registry, manager=manager, operations=operations,
                supervision=supervision, health=health, metrics=metrics,
-               server=ControlServer(config.socket_path, handle), relays=relays)
+               server=ControlServer(config.socket_path, handle), clock=clock, relays=relays)
 
 
 async def run_daemon(config: GatewayConfig, *, radio: RadioParts | None = None,

@@ -7,7 +7,6 @@ reads the latest list."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.clock import Clock
 from gateway.ops.health import HubStatus
 
 if TYPE_CHECKING:
@@ -28,8 +28,10 @@ METRICS_PERIOD_S = 5.0
 
 
 class HubMetrics(Collector):
-    def __init__(self, ops: DaemonOperations, status: Callable[[], HubStatus]) -> None:
+    def __init__(self, ops: DaemonOperations, status: Callable[[], HubStatus],
+                 clock: Clock) -> None:
         self.ops = ops
+        self.clock = clock
         self.status = status
         self.registry = CollectorRegistry(auto_describe=False)
         self._families: list[Metric] = []
@@ -64,7 +66,7 @@ class HubMetrics(Collector):
     async def run(self) -> None:
         while True:
             self.update()
-            await asyncio.sleep(METRICS_PERIOD_S)
+            await self.clock.sleep(METRICS_PERIOD_S)
 
     def update(self) -> None:
         self._families = self.families(self.status())

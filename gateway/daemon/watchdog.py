@@ -3,11 +3,11 @@ progress (``HubHealth.progressing``), STATUS= whenever the one-line summary chan
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import structlog
 
+from gateway.clock import Clock
 from gateway.daemon import systemd
 from gateway.daemon.health import PROBE_PERIOD_S, HubHealth
 from gateway.ops.health import HubStatus
@@ -16,7 +16,7 @@ log = structlog.get_logger(__name__)
 
 
 async def report(health: HubHealth, status: Callable[[], HubStatus],
-                 watchdog_s: float | None) -> None:
+                 watchdog_s: float | None, clock: Clock) -> None:
     """Probe, then ping or withhold, then refresh STATUS=, once per period: the probe period,
     or the ping interval (half of WatchdogSec=) when that is shorter."""
     period = PROBE_PERIOD_S if watchdog_s is None else min(PROBE_PERIOD_S, watchdog_s)
@@ -39,4 +39,4 @@ async def report(health: HubHealth, status: Callable[[], HubStatus],
         if line != last_line:
             systemd.notify(f"STATUS={line}")
             last_line = line
-        await asyncio.sleep(period)
+        await clock.sleep(period)

@@ -11,7 +11,7 @@ import structlog
 from firmware_bridge.errors import PeerNotFound
 from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
 from firmware_bridge.link.outcome import CommandOutcome
-from gateway.clock import LoopClock
+from gateway.clock import Clock, LoopClock
 from gateway.config import GatewayConfig
 from gateway.errors import UnknownController
 from gateway.link.scanner import Scanner
@@ -28,7 +28,8 @@ log = structlog.get_logger(__name__)
 class ConnectionManager:
     def __init__(self, config: GatewayConfig, registry: Registry, *,
                  connector: Connector | None = None, repairer: Repairer | None = None,
-                 scanner: Scanner | None = None, supervision: Supervision | None = None) -> None:
+                 scanner: Scanner | None = None, supervision: Supervision | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config
         self.settings = config.link
         self.registry = registry
@@ -43,7 +44,8 @@ class ConnectionManager:
         self.supervisors: dict[str, Supervisor] = {}
         # Each supervisor is a guarded part of its own: a bug in one costs that controller a
         # restart with backoff, never the other controllers or the daemon.
-        self.supervision = supervision or Supervision(LoopClock())
+        self.clock = clock or LoopClock()
+        self.supervision = supervision or Supervision(self.clock)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self.ready = asyncio.Event()
@@ -89,7 +91,7 @@ class ConnectionManager:
             record.address, settings=self.settings,
             policy=record.policy or self.settings.default_policy, scheduler=self.scheduler,
             store=self.store, registry=self.registry, connector=self.connector,
-            repairer=self.repairer)
+            repairer=self.repairer, clock=self.clock)
         self.supervisors[record.address] = supervisor
         self._start(supervisor)
         return supervisor

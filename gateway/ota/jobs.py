@@ -40,7 +40,7 @@ from cloud_client.versions import version_key
 from firmware_bridge.mcuboot import ImageFormatError, image_problems, parse_image
 from firmware_bridge.ota.outcome import Progress
 from gateway.backoff import full_jitter
-from gateway.clock import LoopClock
+from gateway.clock import Clock, LoopClock
 from gateway.config import CloudMode, GatewayConfig, OtaPolicy
 from gateway.errors import ControllerBusy, GatewayError
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
@@ -102,7 +102,7 @@ class CloudUpdates:
                  gateway_id: str, target: UpdateTarget, events: EventSink | None,
                  mode: Callable[[], CloudMode | None], *,
                  gate_poll_s: float = GATE_POLL_S, rng: Callable[[], float] = random.random,
-                 clock: Callable[[], float] = time.time,
+                 clock: Clock | None = None,
                  supervision: Supervision | None = None) -> None:
         self.config = config
         self.registry = registry
@@ -113,13 +113,13 @@ class CloudUpdates:
         self.mode = mode
         self.gate_poll_s = gate_poll_s
         self._rng = rng
-        self._clock = clock
+        self.clock = clock or LoopClock()
         self.cache = config.state_dir / "firmware"
         self._failed_path = config.cloud_dir / FAILED_FILE
         self._finished: set[str] = set()
         self._announced: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()  # one cloud-driven update at a time
-        self.supervision = supervision or Supervision(LoopClock())
+        self.supervision = supervision or Supervision(self.clock)
         # The newest release offered per controller by the last check, and who wants to know
         # (the MQTT relay's update entity).
         self._offers: dict[str, Release] = {}
@@ -138,7 +138,7 @@ class CloudUpdates:
         while True:
             mode = self.mode()
             if mode is None:
-                await asyncio.sleep(MODE_WAIT_S)  # the relay's probe has not answered yet
+                await self.clock.sleep(MODE_WAIT_S)  # the relay's probe has not answered yet
                 continue
             if mode is not CloudMode.GATEWAY_ROUTES:
                 return  # today's backend has no jobs
@@ -146,20 +146,20 @@ class CloudUpdates:
             try:
                 polled = await self.client.gateway_jobs(self.gateway_id, cursor)
             except RateLimited as exc:
-                await asyncio.sleep(exc.retry_after_s or 60.0)
+                await self.clock.sleep(exc.retry_after_s or 60.0)
                 continue
             except CloudError as exc:
                 failures += 1
                 delay = full_jitter(self._rng, failures, 1.0, POLL_BACKOFF_MAX_S)
                 log.info("gateway_jobs_poll_failed", error=str(exc), retry_in_s=round(delay, 1))
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
                 continue
             failures = 0
             for job in polled.jobs:
                 if job.job_id not in self._finished:
                     await self._guarded_job(job)
             cursor = polled.next_cursor or cursor
-            await asyncio.sleep(polled.poll_after_s)
+            await self.clock.sleep(polled.poll_after_s)
 
     async def _check_releases(self) -> None:
         while True:
@@ -168,7 +168,7 @@ class CloudUpdates:
             except CloudError as exc:
                 log.info("release_check_failed", error=str(exc))
             period = self.config.cloud.ota_check_period_s
-            await asyncio.sleep(period * (1 + CHECK_JITTER * (2 * self._rng() - 1)))
+            await self.clock.sleep(period * (1 + CHECK_JITTER * (2 * self._rng() - 1)))
 
     # ---- jobs -----------------------------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class CloudUpdates:
         window = self.config.cloud.maintenance_window
         if window is None:
             return True
-        hour = time.localtime(self._clock()).tm_hour
+        hour = time.localtime(self.clock.time()).tm_hour
         start, end = window
         return start <= hour < end if start <= end else (hour >= start or hour < end)
 
@@ -398,7 +398,7 @@ class CloudUpdates:
             if busy is None:
                 return
             log.info("update_waits_for_idle", address=address, why=busy)
-            await asyncio.sleep(self.gate_poll_s)
+            await self.clock.sleep(self.gate_poll_s)
 
     async def _download(self, plan: Plan) -> Path:
         artifact = plan.artifact

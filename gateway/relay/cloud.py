@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from cloud_client.models import (
 )
 from firmware_bridge.gatt.history import DetailedEntry
 from gateway.backoff import full_jitter
+from gateway.clock import Clock, LoopClock
 from gateway.config import CloudConfig, CloudMode
 from gateway.errors import GatewayError
 from gateway.ops.health import CloudStatus, OutboxView, RelayState
@@ -113,7 +113,7 @@ class CloudRelay:
                  token_stamp: Callable[[], float | None] = lambda: None,
                  status_path: Path | None = None,
                  on_commit: Callable[[Sequence[NewItem], list[str]], None] | None = None,
-                 clock: Callable[[], float] = time.time,
+                 clock: Clock | None = None,
                  rng: Callable[[], float] = random.random) -> None:
         self.config = config
         self.gateway_id = gateway_id
@@ -126,7 +126,7 @@ class CloudRelay:
         self._serials = serials
         self._token_stamp = token_stamp
         self._status_path = status_path
-        self._clock = clock
+        self.clock = clock or LoopClock()
         self._rng = rng
         self._controllers: dict[str, _Controller] = {}
         self._events = EventTracker()
@@ -139,7 +139,7 @@ class CloudRelay:
     # ---- in: from the state feed --------------------------------------------------------------
 
     def observe(self, address: str, serial: str, state: ControllerState) -> None:
-        now = self._clock()
+        now = self.clock.time()
         entry = self._controllers.setdefault(address, _Controller(serial))
         for event in self._events.track(address, state, now):
             self.record_event(serial, event, now)
@@ -153,7 +153,7 @@ class CloudRelay:
             self._wake.set()
 
     def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None:
-        observed = self._clock() if at is None else at
+        observed = self.clock.time() if at is None else at
         body = {"kind": "event", "serial": serial, "observed_at": _iso(observed),
                 "type": event.type, "data": event.data}
         self.writer.submit(NewItem(serial, "event", observed, json.dumps(body)))
@@ -193,15 +193,15 @@ class CloudRelay:
     async def _coalescer(self) -> None:
         """Sends the snapshots held back by the period, once their period is over."""
         while True:
-            now = self._clock()
+            now = self.clock.time()
             due = [e.sent_at + self.config.snapshot_period_s - now
                    for e in self._controllers.values() if e.pending is not None]
             if not due:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await asyncio.sleep(max(0.0, min(due)))
-            now = self._clock()
+            await self.clock.sleep(max(0.0, min(due)))
+            now = self.clock.time()
             for entry in self._controllers.values():
                 if (entry.pending is not None
                         and now - entry.sent_at >= self.config.snapshot_period_s):
@@ -227,7 +227,7 @@ class CloudRelay:
                 # Never linked, or the link was revoked: nothing can go out until a person links
                 # the hub again, so wait for the token store to change (this raised before any
                 # I/O: looping at once would spin the event loop).
-                self.counters.last_error, self.counters.last_error_at = str(exc), self._clock()
+                self.counters.last_error, self.counters.last_error_at = str(exc), self.clock.time()
                 log.warning("cloud_relink_needed", reason=exc.kind,
                             remedy="sudo -u awgw awgw cloud link")
                 await self._await_relink()
@@ -235,10 +235,10 @@ class CloudRelay:
                 # GatewayError: the outbox could not be read or acked (disk trouble); what it
                 # holds stays, and is sent once it can be read again.
                 failures += 1
-                self.counters.last_error, self.counters.last_error_at = str(exc), self._clock()
+                self.counters.last_error, self.counters.last_error_at = str(exc), self.clock.time()
                 delay = full_jitter(self._rng, failures, BACKOFF_MIN_S, BACKOFF_MAX_S)
                 log.warning("cloud_send_failed", error=str(exc), retry_in_s=round(delay, 1))
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
 
     async def _idle(self) -> None:
         async with self.writer.committed:
@@ -249,12 +249,12 @@ class CloudRelay:
                 pass
         if self.mode is CloudMode.USER_STATE:
             # 5: self-limit the user document's write rate.
-            await asyncio.sleep(self.config.user_state_period_s)
+            await self.clock.sleep(self.config.user_state_period_s)
 
     async def _await_relink(self) -> None:
         stamp = self._token_stamp()
-        while self._token_stamp() == stamp:  # noqa: ASYNC110 - a file changing has no event
-            await asyncio.sleep(RELINK_POLL_S)
+        while self._token_stamp() == stamp:
+            await self.clock.sleep(RELINK_POLL_S)
         assert self.auth is not None
         self.auth.state = "linked"
         log.info("cloud_relinked")
@@ -347,7 +347,7 @@ class CloudRelay:
         await asyncio.to_thread(self.outbox.ack, [i.id for i in leased])
         self.counters.delivered += stored_count
         self.counters.batches += 1
-        self.counters.last_success_at = self._clock()
+        self.counters.last_success_at = self.clock.time()
 
     # ---- user_state: the latest snapshot under gateways.<id> -----------------------------------
 
@@ -366,12 +366,12 @@ class CloudRelay:
                                    "fw_version": body.get("fw_version"), "data": body.get("data")}
         state: JsonObject = {"gateways": {self.gateway_id: {
             "name": self.config.gateway_name, "sw_version": VERSION,
-            "updated_at": _iso(self._clock()), "controllers": controllers}}}
+            "updated_at": _iso(self.clock.time()), "controllers": controllers}}}
         await self.client.save_user_state(SaveUserState(state=state))
         await asyncio.to_thread(self.outbox.ack, [s.id for s in latest.values()])
         self.counters.delivered += len(latest)
         self.counters.batches += 1
-        self.counters.last_success_at = self._clock()
+        self.counters.last_success_at = self.clock.time()
         return True
 
     def _write_status(self) -> None:

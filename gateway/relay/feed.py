@@ -5,8 +5,7 @@ each watering (device-ble.md 6.10: the controller keeps 30 entries a channel).""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import structlog
@@ -14,6 +13,7 @@ import structlog
 from firmware_bridge.gatt.codec import CHANNELS
 from firmware_bridge.gatt.history import DetailedEntry
 from firmware_bridge.link.state import StateEvent
+from gateway.clock import Clock, LoopClock
 from gateway.errors import GatewayError
 from gateway.ops.models import ControllerState
 from gateway.relay.events import DerivedEvent
@@ -59,13 +59,13 @@ class HistoryReader(Protocol):
 class StateFeed:
     def __init__(self, store: StateStore, registry: Registry, sinks: Sequence[StateSink],
                  history: HistoryReader | None, history_period_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock | None = None) -> None:
         self.store = store
         self.registry = registry
         self.sinks = list(sinks)
         self.history = history
         self.history_period_s = history_period_s
-        self._clock = clock
+        self.clock = clock or LoopClock()
         self._running: dict[str, int | None] = {}
         # When each controller's full history read is due, and the channels to read soon
         # because a watering on them just ended (and when).
@@ -106,13 +106,13 @@ class StateFeed:
         self._running[address] = running
         if before is not None and running != before:
             _due, channels = self._after_watering.get(address, (0.0, set()))
-            self._after_watering[address] = (self._clock() + HISTORY_AFTER_WATERING_S,
+            self._after_watering[address] = (self.clock.now() + HISTORY_AFTER_WATERING_S,
                                              channels | {before})
 
     async def run(self) -> None:
         queue = self.store.subscribe()
         try:
-            now = self._clock()
+            now = self.clock.now()
             for record in self.registry.all():
                 self._periodic_due[record.address] = now
                 self._observe(record.address)
@@ -127,7 +127,7 @@ class StateFeed:
     async def _changes(self, queue: asyncio.Queue[StateEvent]) -> None:
         while True:
             changed = {(await queue.get()).address}
-            await asyncio.sleep(SETTLE_S)
+            await self.clock.sleep(SETTLE_S)
             while not queue.empty():
                 changed.add(queue.get_nowait().address)
             for address in changed:
@@ -135,7 +135,7 @@ class StateFeed:
 
     async def _ticks(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
+            await self.clock.sleep(TICK_S)
             try:
                 records = self.registry.all()
             except GatewayError as exc:
@@ -147,8 +147,8 @@ class StateFeed:
     async def _history_loop(self) -> None:
         assert self.history is not None
         while True:
-            await asyncio.sleep(1.0)
-            now = self._clock()
+            await self.clock.sleep(1.0)
+            now = self.clock.now()
             try:
                 records = self.registry.all()
             except GatewayError as exc:

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +39,7 @@ from cloud_client.versions import version_key
 from firmware_bridge.gatt.history import DetailedEntry
 from firmware_bridge.mcuboot import ImageFormatError, parse_image
 from gateway.backoff import full_jitter
-from gateway.clock import LoopClock
+from gateway.clock import Clock, LoopClock
 from gateway.config import DiscoveryStyle, MqttConfig
 from gateway.errors import ConfigError, ControllerBusy, GatewayError
 from gateway.ops.health import RelayState
@@ -182,7 +181,7 @@ class MqttRelay:
                  password: str | None = None, staged_dir: Path | None = None,
                  cloud_install: CloudInstall | None = None,
                  rng: Callable[[], float] = random.random,
-                 clock: Callable[[], float] = time.time,
+                 clock: Clock | None = None,
                  supervision: Supervision | None = None) -> None:
         self.config = config
         self.topics = Topics(config.topic_prefix, gateway_id)
@@ -196,7 +195,7 @@ class MqttRelay:
         self._staged_dir = staged_dir
         self.cloud_install = cloud_install
         self._rng = rng
-        self._clock = clock
+        self.clock = clock or LoopClock()
         self._nodes: dict[str, _Node] = {}
         self._dirty: set[str] = set()
         self._removed: set[str] = set()
@@ -206,7 +205,7 @@ class MqttRelay:
         self._pending = 0
         self.commands_refused_busy = 0
         self.replies_lost = 0
-        self.supervision = supervision or Supervision(LoopClock())
+        self.supervision = supervision or Supervision(self.clock)
         self.connected = False
         self.connects = 0
         self.failures = 0  # connection attempts failed since the last success
@@ -225,11 +224,11 @@ class MqttRelay:
                 state.model_copy(update={"age_s": None}):
             self._dirty.add(node)
             self._changed.set()
-        for event in self._events.track(address, state, self._clock()):
+        for event in self._events.track(address, state, self.clock.time()):
             self.record_event(serial, event)
 
     def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None:
-        observed = self._clock() if at is None else at
+        observed = self.clock.time() if at is None else at
         body = {"event_type": event.type, "observed_at": _iso(observed), **event.data}
         self.writer.submit(NewItem(serial, "event", observed, json.dumps(body)))
 
@@ -310,7 +309,7 @@ class MqttRelay:
                 delay = full_jitter(self._rng, failures, BACKOFF_MIN_S, BACKOFF_MAX_S)
                 log.warning("mqtt_disconnected", error=str(group.exceptions[0]),
                             retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             finally:
                 self.connected = False
 
@@ -382,9 +381,7 @@ class MqttRelay:
     async def _publish_states(self, client: aiomqtt.Client) -> None:
         radio = None
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
-                    await self._changed.wait()
+            await self.clock.wait(self._changed, TICK_S)
             self._changed.clear()
             up = self._radio_ok()
             if up != radio:

@@ -15,6 +15,7 @@ import aiomqtt
 import pytest
 
 from firmware_bridge.ota.outcome import Phase, Progress
+from gateway.clock import Clock, LoopClock
 from gateway.config import MqttConfig
 from gateway.errors import ConfigError, ControllerBusy
 from gateway.ops.health import CloudStatus, HubStatus
@@ -42,7 +43,9 @@ from gateway.relay.mqtt import BACKOFF_MAX_S, MqttRelay, read_password
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.outbox import Outbox
+from tests.fakes import VirtualClock
 from tests.gateway.relay.test_cloud_relay import state
+from tests.helpers import until
 
 ADDRESS = "C0:FF:EE:00:00:01"
 SERIAL = "100001"
@@ -125,12 +128,12 @@ class Setup:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[Setup]:
+async def running(tmp_path: Path, clock: Clock | None = None) -> AsyncIterator[Setup]:
     async with MosquittoBroker() as broker:
         ops = FakeOps()
         config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, keepalive_s=5)
         relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), ops,
-                          rng=lambda: 0.5)
+                          rng=lambda: 0.5, clock=clock)
         task = asyncio.create_task(relay.run(), name="mqtt relay under test")
         try:
             async with asyncio.timeout(ARRIVES_WITHIN_S):
@@ -214,12 +217,33 @@ async def test_state_availability_and_discovery_are_retained(tmp_path: Path) -> 
             assert s.relay.published_states == published
 
 
-# A restart (the broker is back at once) and the issue's 60 s outage: the relay's backoff
-# reaches its cap meanwhile, so it is back within BACKOFF_MAX_S of the broker.
+class VirtualBackoff(VirtualClock):
+    """Backoffs pass in virtual time; the relay's waits for news (its state tick) stay real, so
+    a connected relay does not tick through virtual seconds at the speed of the event loop.
+    Clearing ``going`` keeps a backoff from ending (its virtual time has passed) until the test
+    sets it again:
+    the test's own subscriber is on the broker before the relay comes back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.going = asyncio.Event()
+        self.going.set()
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        await self.going.wait()
+
+    async def wait(self, event: asyncio.Event, timeout_s: float | None) -> bool:
+        return await LoopClock().wait(event, timeout_s)
+
+
+# A restart (the broker is back at once) and the issue's 60 s outage, in virtual time: the
+# relay's backoff reaches its cap meanwhile, so it is back within BACKOFF_MAX_S of the broker.
 @pytest.mark.parametrize("outage_s", [1.0, 60.0])
 async def test_events_survive_a_broker_outage_in_order_once(tmp_path: Path,
                                                             outage_s: float) -> None:
-    async with running(tmp_path) as s:
+    clock = VirtualBackoff()
+    async with running(tmp_path, clock) as s:
         topic = f"{PREFIX}/{SERIAL}/event/test"
         async with Listener(s.broker.port, topic) as before:
             for n in range(20):
@@ -229,12 +253,19 @@ async def test_events_survive_a_broker_outage_in_order_once(tmp_path: Path,
         s.relay.observe(ADDRESS, SERIAL, state(task_ch=1))
         for n in range(20, 60):
             s.relay.record_event(SERIAL, DerivedEvent("test", {"n": n}))
-        await asyncio.sleep(outage_s)
+        down_at = clock.now()
+        # The outage passes in the relay's own backoffs (virtual time), not in the test's.
+        await until(lambda: clock.now() - down_at >= outage_s and not s.relay.connected,
+                    ARRIVES_WITHIN_S, "the outage passed")
+        clock.going.clear()
         await s.broker.start()
+        back_at = clock.now()
         async with Listener(s.broker.port, topic, f"{PREFIX}/{SERIAL}/state") as after:
-            async with asyncio.timeout(BACKOFF_MAX_S + ARRIVES_WITHIN_S):
-                while len(after.on(topic)) < 40:  # noqa: ASYNC110 - polled record
-                    await asyncio.sleep(0.05)
+            clock.going.set()
+            await until(lambda: s.relay.connected, ARRIVES_WITHIN_S, "the relay reconnected")
+            assert clock.now() - back_at <= BACKOFF_MAX_S
+            assert outage_s < 2 or max(clock.waited) == pytest.approx(BACKOFF_MAX_S * 0.5)
+            await after.until(lambda: len(after.on(topic)) >= 40)
             await asyncio.sleep(0.5)
             numbers = [json.loads(p)["n"] for p in after.on(topic)]
             assert numbers == list(range(20, 60))  # in order, once, nothing lost
