@@ -13,7 +13,7 @@ ensure_apt() {
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if ((${#missing[@]})); then
-    echo "installing ${missing[*]}" >&2
+    echo "installing ${missing[*]} (apt)" >&2
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
@@ -21,16 +21,24 @@ ensure_apt() {
 
 ensure_venv() {
   if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "creating the virtualenv $VENV" >&2
     python3 -m venv "$VENV"
   fi
+  # pip runs again only when pyproject.toml changed since the last install it did.
+  local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  [[ -e "$stamp" ]] && return 0
   # pip's and setuptools' chatter goes to a log, shown only when the install fails.
   local log="$VENV/install.log"
+  echo "installing the gateway and its test tools into $VENV (pip, about a minute the first" \
+       "time; log: $log)" >&2
   if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
          "$VENV/bin/python" -m pip install -q -e ".[dev]"; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "installing the virtualenv failed (log: $log)" >&2
     return 1
   fi
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
 }
 
 # A real Home Assistant judges our MQTT discovery (tests/gateway/test_home_assistant_rig.py):

@@ -80,6 +80,8 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--controllers", type=positive_int, default=3)
     demo.add_argument("--duration", type=positive_float, default=None, metavar="S")
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    demo.add_argument("--until-updated", action="store_true",
+                      help="end once the cloud update is done (--duration still bounds it)")
     demo.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
                       help="the MQTT broker: mosquitto where installed (auto), or amqtt")
     sim.add_argument("--passkey", action="append", default=[], metavar="INDEX=NNNNNN",
@@ -163,7 +165,8 @@ async def _delayed_fault(rig: Any, spec: FaultSpec) -> None:
 async def run_demo_command(args: argparse.Namespace) -> int:
     from gateway.demo import print_report, run_demo
 
-    report = await run_demo(args.controllers, args.duration, args.json, args.broker)
+    report = await run_demo(args.controllers, args.duration, args.json, args.broker,
+                          args.until_updated)
     if args.json:
         print_report(report)
     return 0 if report.error is None else exits.FAILURE

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway import __version__
 from gateway.clock import Clock, LoopClock
 from gateway.config import GatewayConfig
 from gateway.control.server import ControlServer
@@ -25,7 +26,7 @@ from gateway.ops.models import Request, Result
 from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
 from gateway.relay.account import CloudAccount
-from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, VERSION, CloudRelay
+from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, CloudRelay
 from gateway.relay.feed import FanOut, StateFeed
 from gateway.relay.mqtt import MQTT_OUTBOX_FILE, MqttRelay, read_password
 from gateway.relay.topics import SERIAL
@@ -66,7 +67,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
 
         def gateway_state() -> dict[str, object]:
             return {"cloud_outbox_depth": cloud.outbox.stats().depth if cloud else None,
-                    "controllers": len(manager.supervisors), "sw_version": VERSION}
+                    "controllers": len(manager.supervisors), "sw_version": __version__}
 
         def rssi_of(address: str) -> int | None:
             sighting = manager.scanner.seen.get(address)

@@ -8,9 +8,9 @@ import collections
 import threading
 from typing import TYPE_CHECKING
 
+from gateway import __version__
 from gateway.ops.health import HubStatus, RadioHealth, RelayHealth, RelayState, UpdateInProgress
 from gateway.ops.models import LinkState
-from gateway.relay.cloud import VERSION
 
 if TYPE_CHECKING:
     from gateway.daemon.operations import DaemonOperations
@@ -30,7 +30,7 @@ def hub_status(ops: DaemonOperations) -> HubStatus:
                                 rate_bytes_per_s=round(p.rate_bytes_per_s, 1))
                for a, p in sorted(ops.updates.items())]
     return HubStatus(
-        version=VERSION, uptime_s=round(health.uptime_s(), 1) if health else 0.0,
+        version=__version__, uptime_s=round(health.uptime_s(), 1) if health else 0.0,
         ready=ops.ready, radio=radio,
         links=states.get(LinkState.CONNECTED.value, 0) + states.get(LinkState.SYNCING.value, 0),
         max_links=ops.config.link.max_links, controllers=len(supervisors), fresh=fresh,

@@ -52,6 +52,9 @@ SCAN_WITHIN_S = 15.0
 # the view shows the controllers settle first.
 VALVE_AFTER_S = 2.0
 JOB_AFTER_S = 4.0
+# With --until-updated the demo ends this long after the update finished: the relays deliver
+# what the update produced (its events, the new version's snapshot) within a snapshot period.
+SETTLE_AFTER_UPDATE_S = 3.0
 # The emulator's gatewayJobs poll interval for the demo (the real cloud says 60 s).
 POLL_AFTER_S = 2.0
 VIEW_EVERY_S = 0.5
@@ -108,8 +111,9 @@ class DemoReport:
 
 class Demo:
     def __init__(self, controllers: int, duration: float | None, as_json: bool,
-                 broker: str = "auto") -> None:
+                 broker: str = "auto", until_updated: bool = False) -> None:
         self.count = controllers
+        self.until_updated = until_updated
         self.broker_choice = broker
         self.duration = duration
         self.as_json = as_json
@@ -194,12 +198,18 @@ class Demo:
                                      "seconds": round(time.monotonic() - started, 3)})
         await asyncio.sleep(JOB_AFTER_S)
         self.view.phase = f"cloud job: update {first} to {RELEASE}"
-        tasks.create_task(self._cloud_update(cloud_url, first, wanted[first]),
-                          name="demo cloud update")
-        if deadline is None:
+        update = tasks.create_task(self._cloud_update(cloud_url, first, wanted[first]),
+                                   name="demo cloud update")
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self.until_updated:
+            await asyncio.wait({update}, timeout=remaining)
+            if update.done():
+                # What the update produced (its events, the new version) reaches the relays.
+                await asyncio.sleep(SETTLE_AFTER_UPDATE_S)
+        elif remaining is None:
             await asyncio.Event().wait()  # until Ctrl-C
         else:
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(remaining)
 
     async def _cloud_update(self, cloud_url: str, address: str, serial: str) -> None:
         record = OtaRecord(address=address, serial=serial)
@@ -284,8 +294,8 @@ class Demo:
 
 
 async def run_demo(controllers: int, duration: float | None, as_json: bool,
-                   broker: str = "auto") -> DemoReport:
-    return await Demo(controllers, duration, as_json, broker).run()
+                   broker: str = "auto", until_updated: bool = False) -> DemoReport:
+    return await Demo(controllers, duration, as_json, broker, until_updated).run()
 
 
 def print_report(report: DemoReport) -> None:

@@ -45,6 +45,7 @@ from cloud_client.models import (
     iso_ms,
 )
 from firmware_bridge.gatt.history import DetailedEntry
+from gateway import __version__
 from gateway.backoff import full_jitter
 from gateway.clock import Clock, LoopClock
 from gateway.config import CloudConfig, CloudMode
@@ -74,7 +75,6 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 300.0
 # How often a relink_needed relay looks at the token store for a new link.
 RELINK_POLL_S = 5.0
-VERSION = "0.1.0"
 # In the state directory: the outbox, and (in cloud/) what the relay last said of itself.
 OUTBOX_FILE = "outbox.sqlite3"
 STATUS_FILE = "status.json"
@@ -275,7 +275,7 @@ class CloudRelay:
     async def _register(self) -> None:
         generation = self._serials_generation
         await self.client.register_gateway(RegisterGateway(
-            gateway_id=self.gateway_id, name=self.config.gateway_name, sw_version=VERSION,
+            gateway_id=self.gateway_id, name=self.config.gateway_name, sw_version=__version__,
             platform="raspberrypi", capabilities=["ble", "ota_relay"],
             serials=list(self._serials())))
         self._registered_generation = generation
@@ -365,7 +365,7 @@ class CloudRelay:
             controllers[serial] = {"seq": stored.seq, "observed_at": body.get("observed_at"),
                                    "fw_version": body.get("fw_version"), "data": body.get("data")}
         state: JsonObject = {"gateways": {self.gateway_id: {
-            "name": self.config.gateway_name, "sw_version": VERSION,
+            "name": self.config.gateway_name, "sw_version": __version__,
             "updated_at": _iso(self.clock.time()), "controllers": controllers}}}
         await self.client.save_user_state(SaveUserState(state=state))
         await asyncio.to_thread(self.outbox.ack, [s.id for s in latest.values()])

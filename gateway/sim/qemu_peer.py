@@ -84,6 +84,9 @@ def fetch_artifacts(cache_dir: Path | None = None) -> PeerArtifacts:
         return out
     sdist = cache / SMPCLIENT_SDIST
     if not sdist.exists() or _sha256_file(sdist) != SMPCLIENT_SDIST_SHA256:
+        # The front door's commands say what they install while they install it.
+        print(f"fetching the QEMU conformance peer (smpclient 7.3.0 sdist) into {cache}",
+              file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run(
                 [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
