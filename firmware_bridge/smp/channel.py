@@ -107,7 +107,7 @@ class SmpChannel:
                     future.set_result((header, payload))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # every transport has its own error types: one meaning here
+        except Exception as exc:  # noqa: BLE001 - every transport has its own errors: one meaning here
             self._failure = exc
             self._fail_all(LinkLost(f"SMP transport closed: {type(exc).__name__}: {exc}"))
 

@@ -99,7 +99,7 @@ class TcpSerialTransport:
             except StopIteration as done:
                 frame: bytes = done.value
                 return frame
-            except Exception:  # smp.packet raises bare exceptions on bad CRC/base64
+            except Exception:  # noqa: BLE001 - smp.packet raises bare exceptions on bad CRC/base64
                 # A damaged packet is a lost reply (the request is resent on timeout), not a
                 # dead link: start over at the next packet.
                 decoder = smp_packet.decode()

@@ -96,6 +96,7 @@ class Hub:
                 waited = True
             await self.clock.sleep(BLUEZ_RETRY_S)
 
-    def close(self) -> None:
-        self.metrics.close()
+    async def close(self) -> None:
+        # The metrics server's shutdown waits for its thread's poll loop: not on the loop.
+        await asyncio.to_thread(self.metrics.close)
         self.health.probe.close()

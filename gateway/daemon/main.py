@@ -169,5 +169,5 @@ async def run_daemon(config: GatewayConfig, *, radio: RadioParts | None = None,
             loop.remove_signal_handler(sig)
         if not stopping:
             systemd.notify("STOPPING=1")  # stopping for another reason than a signal
-        hub.close()
+        await hub.close()
         log.info("daemon_stopped")

@@ -247,7 +247,7 @@ class Supervisor:
             return
         try:
             await self.repairer(self.address)
-        except Exception as exc:  # the next visit classifies whatever is still wrong
+        except Exception as exc:  # noqa: BLE001 - the next visit classifies what is still wrong
             self._log.warning("repair_failed", error=str(exc))
 
     def _bond_remedy(self) -> str:

@@ -212,7 +212,7 @@ class CloudUpdates:
             tasks.create_task(reporter(), name=f"job progress {job.job_id}")
             try:
                 outcome = await self.apply(plan, progress)
-            except Exception as exc:  # raised as itself below, not as a TaskGroup's group
+            except Exception as exc:  # noqa: BLE001 - raised as itself below, not in a TaskGroup's group
                 failure = exc
             finally:
                 reports.put_nowait(None)

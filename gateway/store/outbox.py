@@ -187,8 +187,9 @@ class Outbox:
                 return ""
         if item.kind == "snapshot":
             leased = ",".join(str(i) for i in self._leased) or "-1"
+            # Formatted in: our own integer ids only.
             self._db.execute(
-                f"DELETE FROM items WHERE controller = ? AND kind = 'snapshot' "
+                f"DELETE FROM items WHERE controller = ? AND kind = 'snapshot' "  # noqa: S608
                 f"AND id NOT IN ({leased})", (item.controller,))
         seq = self._seq.get(item.controller, 0) + 1
         self._seq[item.controller] = seq
@@ -230,8 +231,9 @@ class Outbox:
         """The oldest unleased items, within the batch limits, in commit order."""
         with self._lock:
             marks = ",".join("?" for _ in kinds)
+            # Formatted in: "?" placeholders only.
             rows = self._db.execute(
-                f"SELECT id, controller, kind, key, seq, observed_at, size, body FROM items "
+                f"SELECT id, controller, kind, key, seq, observed_at, size, body FROM items "  # noqa: S608
                 f"WHERE kind IN ({marks}) ORDER BY id LIMIT ?",
                 (*kinds, max_items + len(self._leased))).fetchall()
             batch: list[StoredItem] = []

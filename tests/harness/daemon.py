@@ -143,7 +143,7 @@ class InProcessDaemon:
         if task is not None:
             await cancel_and_wait(task)
         if self._hub is not None:
-            self._hub.close()
+            await self._hub.close()
 
     @property
     def hub(self) -> Hub:
