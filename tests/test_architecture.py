@@ -85,8 +85,12 @@ def violations(source: str, module: str, is_package: bool = False) -> list[str]:
 
 
 def room(module: str) -> str:
-    """``gateway.link.manager`` -> ``gateway.link``; a root module is its own room."""
-    return ".".join(module.split(".")[:2])
+    """``gateway.link.manager`` -> ``gateway.link``; a root module is its own room; a dunder of
+    the package (``gateway.__version__``) is the package's."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1].startswith("__"):
+        return parts[0]
+    return ".".join(parts[:2])
 
 
 def floor(module: str) -> int | None:
