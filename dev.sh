@@ -41,7 +41,7 @@ ensure_venv() {
   touch "$stamp"
 }
 
-# A real Home Assistant judges our MQTT discovery (tests/gateway/test_home_assistant_rig.py):
+# A real Home Assistant judges our MQTT discovery (tests/rig/test_home_assistant.py):
 # 2025.4.x runs on Python 3.13, in its own virtualenv, cached between runs.
 HA_VERSION=2025.4.4
 HA_FRONTEND=20250411.0

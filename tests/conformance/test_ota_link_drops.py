@@ -17,7 +17,7 @@ from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.qemu_peer import free_tcp_port
 from gateway.sim.rig import Rig, RigOptions
-from tests.conformance.test_ota import Faults, FaultyTransport
+from tests.helpers.smp import Faults, FaultyTransport
 
 pytestmark = pytest.mark.rig
 UPLOADS = 5

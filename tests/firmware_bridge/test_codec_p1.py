@@ -47,12 +47,9 @@ from firmware_bridge.gatt.history import (
     parse_history,
 )
 from firmware_bridge.gatt.sensors import Diagnostics, EnvironmentalData, RainData, RainSensorState
+from tests.helpers.golden import V19
 
 V10 = bytes.fromhex("0000AC41000041420050 7D44971CB569013C005C00000000".replace(" ", ""))
-V19 = bytes.fromhex(
-    "0200EE02000001080103000200050100013C0001000100000000CDCC4C3D0000000000000000A04100040"
-    "05C971CB569971CB56900000000")
-
 
 def test_v10_v11_environmental_data_read_and_notify() -> None:
     env = EnvironmentalData.decode(V10)

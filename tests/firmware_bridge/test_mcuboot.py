@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firmware_bridge.mcuboot import ImageFormatError, parse_image
-from tests.golden import BODY, FILE_SHA256, H_NEW, H_OLD, NEW_IMAGE, OLD_IMAGE
+from tests.helpers.golden import BODY, FILE_SHA256, H_NEW, H_OLD, NEW_IMAGE, OLD_IMAGE
 
 
 def test_golden_image_hashes() -> None:

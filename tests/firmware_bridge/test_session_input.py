@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from firmware_bridge.gatt import uuids
 from firmware_bridge.link.session import ControllerSession, PollPlan
 from firmware_bridge.link.state import DecodeProblem, Field, StateEvent
-from tests.fakes import ModelLink
+from tests.helpers.fakes import ModelLink
 
 NOTIFYING = [uuids.VALVE_CONTROL, uuids.FLOW_SENSOR, uuids.SYSTEM_STATUS, uuids.TASK_QUEUE,
              uuids.CURRENT_TASK, uuids.ALARM_STATUS, uuids.RTC_CONFIG, uuids.TIMEZONE_CONFIG,

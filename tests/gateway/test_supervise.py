@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 
 from gateway.ops.health import PartState
 from gateway.supervise import RestartPolicy, Supervision
-from tests.fakes import VirtualClock
 from tests.helpers import cancel_and_wait, until
+from tests.helpers.fakes import VirtualClock
 
 POLICY = RestartPolicy(first_s=1.0, cap_s=8.0, max_crashes=5, window_s=600.0)
 

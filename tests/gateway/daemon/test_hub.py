@@ -37,8 +37,8 @@ from gateway.ota.jobs import CloudUpdates
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.feed import StateFeed
 from gateway.relay.mqtt import MqttRelay
-from tests.harness.daemon import TEST_RESTARTS, InProcessDaemon, controller_address
 from tests.helpers import until
+from tests.helpers.daemon import TEST_RESTARTS, InProcessDaemon, controller_address
 
 # What the issue asks of a daemon whose part crashed: ping and a valve command within 1 s.
 ANSWERS_WITHIN_S = 1.0

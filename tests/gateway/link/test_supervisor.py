@@ -22,8 +22,8 @@ from gateway.ops.models import LinkState
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 from gateway.supervise import RestartPolicy, Supervision
-from tests.fakes import ModelLink, VirtualClock
 from tests.helpers import cancel_and_wait
+from tests.helpers.fakes import ModelLink, VirtualClock
 
 ADDRESS = "C0:FF:EE:00:00:00"
 

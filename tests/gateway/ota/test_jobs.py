@@ -24,7 +24,7 @@ from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.sim.cloud.publish import publish_release
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.registry import Registry
-from tests.gateway.relay.test_cloud_relay import state
+from tests.helpers.builders import state
 
 ADDRESS = "C0:FF:EE:00:00:01"
 IMAGE = make_image((4, 0, 0, 0), firmware_body("jobs", 8_000))

@@ -26,7 +26,7 @@ from gateway.ota.service import OtaService
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
-from tests.fakes import InProcessSmpDevice, ModelLink
+from tests.helpers.fakes import InProcessSmpDevice, ModelLink
 
 ADDRESS = "C0:FF:EE:00:00:00"
 OLD = make_image((3, 1, 0, 0), firmware_body("factory", 30_000))

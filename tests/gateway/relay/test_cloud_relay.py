@@ -13,12 +13,12 @@ from typing import Any
 from cloud_client import CloudClient, CognitoAuth, CognitoSettings, RetryPolicy, sign_in
 from firmware_bridge.gatt.history import DetailedEntry
 from gateway.config import CloudConfig, CloudMode
-from gateway.ops.models import AlarmView, ControllerState, LinkState, TaskView, ValveState
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.events import DerivedEvent
 from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.store.credentials import FileTokenStore
 from gateway.store.outbox import Outbox
+from tests.helpers.builders import state
 
 SERIAL = "100001"
 FAST = RetryPolicy(attempts=2, base_s=0.01, cap_s=0.02, conflict_min_s=0.01,
@@ -26,22 +26,6 @@ FAST = RetryPolicy(attempts=2, base_s=0.01, cap_s=0.02, conflict_min_s=0.01,
 # The emulator answers in milliseconds; the relay's backoff after a failure is up to a few
 # seconds here (its first steps), so delivery after an outage takes a few of those.
 DELIVERED_WITHIN_S = 30.0
-
-
-def state(*, task_ch: int | None = None, volume: int = 0, alarm: int | None = None,
-          fresh: bool = True) -> ControllerState:
-    task = None if task_ch is None else TaskView(
-        channel=task_ch, mode="duration", status="running", target=300, current=10,
-        total_volume_ml=volume, at=1.0)
-    return ControllerState(
-        address="C0:FF:EE:00:00:01", firmware_version="3.1.0", link=LinkState.CONNECTED,
-        fresh=fresh, updated_at=1.0, age_s=0.0, last_failure=None, decode_problems=0,
-        valves=[ValveState(channel=c, open=c == task_ch, name=None, at=1.0) for c in range(8)],
-        system_status=None, flow=None,
-        alarm=None if alarm is None else AlarmView(
-            code=alarm, name="NO_FLOW", active=True, healed=False, data=1, device_timestamp=5,
-            at=1.0),
-        current_task=task, task_queue=None)
 
 
 @dataclass

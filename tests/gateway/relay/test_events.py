@@ -8,7 +8,7 @@ import pytest
 
 from gateway.ops.models import QueueView
 from gateway.relay.events import Watering, derive, snapshot_data
-from tests.gateway.relay.test_cloud_relay import state
+from tests.helpers.builders import state
 
 NOW = 100.0
 

@@ -19,7 +19,7 @@ from gateway.relay.ha_discovery import (
     gateway_messages,
 )
 from gateway.relay.topics import Topics
-from tests.gateway.relay.test_cloud_relay import state
+from tests.helpers.builders import state
 
 GOLDEN = Path(__file__).parent / "golden"
 TOPICS = Topics("autowatering", "gw1")

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from firmware_bridge.ota.outcome import Phase, Progress
@@ -43,9 +42,10 @@ from gateway.relay.mqtt import BACKOFF_MAX_S, MqttRelay, read_password
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.outbox import Outbox
-from tests.fakes import VirtualClock
-from tests.gateway.relay.test_cloud_relay import state
 from tests.helpers import until
+from tests.helpers.builders import state
+from tests.helpers.fakes import VirtualClock
+from tests.helpers.mqtt import Listener, publish
 
 ADDRESS = "C0:FF:EE:00:00:01"
 SERIAL = "100001"
@@ -144,51 +144,6 @@ async def running(tmp_path: Path, clock: Clock | None = None) -> AsyncIterator[S
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-class Listener:
-    """A client that collects what arrives on some topics (retained ones included)."""
-
-    def __init__(self, port: int, *topics: str) -> None:
-        self.port = port
-        self.topics = topics
-        self.got: list[tuple[str, bytes, bool]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-
-    async def __aenter__(self) -> Listener:
-        self._task = asyncio.create_task(self._run(), name="listener")
-        async with asyncio.timeout(ARRIVES_WITHIN_S):
-            await self._ready.wait()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        async with aiomqtt.Client("127.0.0.1", self.port) as client:
-            for topic in self.topics:
-                await client.subscribe(topic, qos=1)
-            self._ready.set()
-            async for message in client.messages:
-                payload = message.payload if isinstance(message.payload, bytes) else b""
-                self.got.append((message.topic.value, payload, message.retain))
-
-    def on(self, topic: str) -> list[bytes]:
-        return [p for t, p, _ in self.got if t == topic]
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(ARRIVES_WITHIN_S):
-            while not predicate():  # noqa: ASYNC110 - polled record
-                await asyncio.sleep(0.02)
-
-
-async def publish(port: int, topic: str, payload: str | bytes, retain: bool = False) -> None:
-    async with aiomqtt.Client("127.0.0.1", port) as client:
-        await client.publish(topic, payload, qos=1, retain=retain)
 
 
 async def test_state_availability_and_discovery_are_retained(tmp_path: Path) -> None:

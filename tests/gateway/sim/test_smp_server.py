@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from firmware_bridge.smp.wire import decode_payload
 from gateway.sim.controller.mcuboot_flash import NRF52840_GEOMETRY, QEMU_PEER_GEOMETRY, McubootFlash
 from gateway.sim.controller.smp_server import SmpServer, SmpServerConfig, TransportLimits
-from tests.golden import H_NEW, H_OLD, NEW_IMAGE, OLD_IMAGE
+from tests.helpers.golden import H_NEW, H_OLD, NEW_IMAGE, OLD_IMAGE
 
 FIRST_CHUNK = bytes.fromhex(
     "0a00008100012a01a5636c656e190de0636f666600637368615820b9283e304dc5e8f08016e91634b59d39daf578"

@@ -15,9 +15,8 @@ from gateway.sim.broker import MosquittoBroker
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
-from tests.gateway.relay.test_mqtt_relay import Listener
-from tests.gateway.test_mqtt_rig import NODE, daemon
-from tests.home_assistant import HomeAssistant, venv
+from tests.helpers.home_assistant import HomeAssistant, venv
+from tests.helpers.mqtt import NODE, Listener, daemon
 
 pytestmark = [
     pytest.mark.rig,

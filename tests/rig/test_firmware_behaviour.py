@@ -17,7 +17,7 @@ from firmware_bridge.gatt.codec import CurrentTask, TaskQueue, TaskQueueCommand,
 from gateway.sim.controller.device import TICK_S
 from gateway.sim.controller.irrigation import NO_FLOW_DETECT_S, NO_FLOW_RETRY_S
 from gateway.sim.rig import Rig
-from tests.gateway.test_cli_rig import FIRST, Cli
+from tests.helpers.cli import FIRST, Cli
 
 pytestmark = [pytest.mark.rig, pytest.mark.rig_options(controllers=1)]
 # The irrigation model's own times: NO_FLOW after NO_FLOW_DETECT_S without pulses, re-checked

@@ -10,7 +10,7 @@ from firmware_bridge.gatt.configuration import SystemConfig
 from firmware_bridge.gatt.units import PulsesPerLitre
 from firmware_bridge.link.state import Field, Source, StateEvent
 from gateway.store.state import StateStore
-from tests.firmware_bridge.test_codec_p1 import V19
+from tests.helpers.golden import V19
 
 ADDRESS = "C0:FF:EE:00:00:00"
 

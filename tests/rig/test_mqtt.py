@@ -6,12 +6,8 @@ a controller powered off turns unavailable within the stale limit and back when 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,54 +15,15 @@ import pytest
 
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.rig import Rig
-from tests.gateway.relay.test_mqtt_relay import Listener, publish
+from tests.helpers.mqtt import NODE, REFRESH_S, Listener, daemon, publish
 
 pytestmark = [pytest.mark.rig, pytest.mark.rig_options(controllers=1)]
-ADDRESS = "C0:FF:EE:00:00:00"
-NODE = "autowatering/100001"
-REFRESH_S = 5.0
 # Kept link: the valve notification crosses the link model (~30 ms) and the feed settles 50 ms;
 # the issue's bound. Shared link: the next visit, within the refresh period, plus a connect.
 KEPT_WITHIN_S = 1.0
 SHARED_WITHIN_S = REFRESH_S + 8.0
 # The stale limit is twice the refresh period (StateStore), and the feed ticks every 5 s.
 STALE_WITHIN_S = 2 * REFRESH_S + 5.0 + 5.0
-DAEMON_UP_WITHIN_S = 30.0
-
-
-@contextlib.asynccontextmanager
-async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str,
-                 extra: str = "") -> AsyncIterator[asyncio.subprocess.Process]:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        # Metrics off: tests run in parallel, and the default port is one for all.
-        f"metrics_port = 0\n[link]\nrefresh_period_s = {REFRESH_S}\nconnect_timeout_s = 8\n"
-        f'default_policy = "{policy}"\n'
-        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\n'
-        + extra)
-    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": rig.bus_address,
-           "AWGW_STATE_DIR": str(tmp_path), "AWGW_CONFIG": str(config)}
-    pair = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "pair", ADDRESS, "--json", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(pair.communicate(), 120)
-    assert pair.returncode == 0, err.decode()[-1500:]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "daemon", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        async with asyncio.timeout(DAEMON_UP_WITHIN_S):
-            while not (tmp_path / "control.sock").is_socket():  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-        yield proc
-    except BaseException:
-        proc.terminate()
-        err, _ = await proc.communicate()
-        print(err.decode()[-5000:])
-        raise
-    if proc.returncode is None:
-        proc.terminate()
-    await asyncio.wait_for(proc.communicate(), 30)
 
 
 def state_of(listener: Listener) -> dict[str, Any] | None:

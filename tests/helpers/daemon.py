@@ -23,8 +23,8 @@ from gateway.link.scanner import Sighting
 from gateway.ops.models import Request
 from gateway.store.registry import Registry
 from gateway.supervise import RestartPolicy
-from tests.fakes import ModelLink
 from tests.helpers import cancel_and_wait
+from tests.helpers.fakes import ModelLink
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.channel import SmpChannel
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
-from tests.gateway.test_cli_rig import FIRST, Cli
+from tests.helpers.cli import FIRST, Cli
 
 pytestmark = [pytest.mark.rig, pytest.mark.rig_options(controllers=1)]
 

@@ -16,7 +16,7 @@ from gateway.sim.cloud.publish import publish_release
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
-from tests.gateway.test_cloud_rig import ADDRESS, SERIAL, Gateway, cloud, link_and_claim, until
+from tests.helpers.cloud import ADDRESS, SERIAL, Gateway, cloud, link_and_claim, until
 
 pytestmark = [pytest.mark.rig, pytest.mark.rig_options(
     controllers=1, template=ControllerConfig(0, 0, "", time_scale=60.0))]
