@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -85,9 +85,6 @@ class Supervision:
     def parts(self) -> list[PartHealth]:
         return [part.health() for part in self._parts.values()]
 
-    def __iter__(self) -> Iterator[PartHealth]:
-        return iter(self.parts())
-
     def forget(self, name: str) -> None:
         """A part that ended for good by design (a controller unpaired)."""
         self._parts.pop(name, None)
@@ -118,21 +115,19 @@ class Supervision:
                 part.reason = describe(exc)
                 if on_crash is not None:
                     on_crash(exc)
+                cause = type(root_cause(exc)).__name__
                 if len(part.crashes) >= self.policy.max_crashes:
                     part.state = PartState.FAILED
-                    log.exception("part_failed", part=name,
-                                  error_class=type(root_cause(exc)).__name__,
-                              error=part.reason, crashes=len(part.crashes),
-                              window_s=self.policy.window_s,
-                              remedy="the rest of the hub keeps running; restart the service "
-                                     "(sudo systemctl restart awgw) and report the traceback",
-                              exc_info=exc)
+                    log.exception("part_failed", part=name, error_class=cause, error=part.reason,
+                                  crashes=len(part.crashes), window_s=self.policy.window_s,
+                                  remedy="the rest of the hub keeps running; restart the "
+                                         "service (sudo systemctl restart awgw) and report the "
+                                         "traceback")
                     return
                 delay = self.policy.delay_s(len(part.crashes))
                 part.state = PartState.RESTARTING
-                log.exception("part_crashed", part=name,
-                              error_class=type(root_cause(exc)).__name__,
-                              error=part.reason, restart_in_s=round(delay, 2), exc_info=exc)
+                log.exception("part_crashed", part=name, error_class=cause, error=part.reason,
+                              restart_in_s=round(delay, 2))
                 await self.clock.sleep(delay)
                 part.restarts += 1
                 log.info("part_restarted", part=name, restarts=part.restarts)
@@ -151,7 +146,6 @@ class Supervision:
             part = self._part(parent)
             part.child_crashes += 1
             log.exception("part_child_crashed", part=parent, child=what,
-                          error_class=type(root_cause(exc)).__name__, error=describe(exc),
-                          exc_info=exc)
+                          error_class=type(root_cause(exc)).__name__, error=describe(exc))
             return False
         return True
