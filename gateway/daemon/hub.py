@@ -22,8 +22,10 @@ from gateway.control.server import ControlServer
 from gateway.daemon import systemd, watchdog
 from gateway.daemon.health import HubHealth
 from gateway.daemon.metrics import HubMetrics
-from gateway.daemon.operations import DaemonOperations
+from gateway.daemon.operations import ControllerOperations, WaysOut
+from gateway.daemon.status import hub_status
 from gateway.link.manager import ConnectionManager
+from gateway.ops.health import HubStatus
 from gateway.store.registry import Registry
 from gateway.supervise import Supervision
 
@@ -41,7 +43,8 @@ class Hub:
     config: GatewayConfig
     registry: Registry
     manager: ConnectionManager
-    operations: DaemonOperations
+    controllers: ControllerOperations
+    ways_out: WaysOut
     supervision: Supervision
     health: HubHealth
     metrics: HubMetrics
@@ -51,6 +54,12 @@ class Hub:
     relays: dict[str, Run] = field(default_factory=dict)
     # Set once READY=1 was sent.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Where the metrics listen, once they do.
+    metrics_url: str | None = None
+
+    def status(self) -> HubStatus:
+        """The one account of the hub's health (`awgw status`, STATUS=, the metrics)."""
+        return hub_status(self)
 
     async def run(self) -> None:
         """Every part in one TaskGroup, each under its guard; READY=1 once BlueZ answers, the
@@ -70,16 +79,15 @@ class Hub:
             part("control server", self.server.run)
             await self.server.listening.wait()
             if self.config.metrics_port:
-                self.operations.metrics_url = self.metrics.serve(self.config.metrics_port)
-            if self.operations.metrics_url is not None:
+                self.metrics_url = self.metrics.serve(self.config.metrics_port)
+            if self.metrics_url is not None:
                 part("metrics", self.metrics.run)
-            self.operations.ready = True
             self.ready.set()
             systemd.notify("READY=1")
             log.info("daemon_ready", controllers=len(self.manager.supervisors),
-                     metrics=self.operations.metrics_url)
+                     metrics=self.metrics_url)
             part("systemd watchdog", lambda: watchdog.report(
-                self.health, self.operations.status_now, systemd.watchdog_interval_s(),
+                self.health, self.status, systemd.watchdog_interval_s(),
                 self.clock))
 
     async def _bluez_answers(self) -> None:

@@ -18,10 +18,16 @@ from gateway.daemon import systemd
 from gateway.daemon.health import AdapterProbe, HubHealth
 from gateway.daemon.hub import Hub, Run
 from gateway.daemon.metrics import HubMetrics
-from gateway.daemon.operations import DaemonOperations, SupervisedHistory
+from gateway.daemon.operations import (
+    ControllerOperations,
+    HubOperations,
+    SupervisedHistory,
+    WaysOut,
+)
 from gateway.link.manager import ConnectionManager
 from gateway.link.scanner import Scanner
 from gateway.link.supervisor import Connector
+from gateway.ops.health import HubStatus
 from gateway.ops.models import Request, Result
 from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
@@ -39,14 +45,15 @@ log = structlog.get_logger(__name__)
 
 
 def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
-            operations: DaemonOperations, mqtt_password: str | None, supervision: Supervision,
-            clock: Clock) -> dict[str, Run]:
+            operations: ControllerOperations, mqtt_password: str | None,
+            supervision: Supervision, clock: Clock) -> tuple[dict[str, Run], WaysOut]:
     """What carries state out of the house, by task name: the cloud relay and cloud-driven
     updates ([cloud]), the MQTT relay ([mqtt]), and the state feed that serves them."""
     runs: dict[str, Run] = {}
     sinks: list[CloudRelay | MqttRelay] = []
     cloud: CloudRelay | None = None
     account: CloudAccount | None = None
+    mqtt: MqttRelay | None = None
     if config.cloud.enabled:
         account = CloudAccount(config)
 
@@ -58,7 +65,6 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
                            account.client, account.auth, serials=serials,
                            token_stamp=account.store.stamp,
                            status_path=config.cloud_dir / STATUS_FILE, clock=clock)
-        operations.cloud, operations.account = cloud, account
         runs["cloud relay"] = cloud.run
         sinks.append(cloud)
     if config.mqtt.enabled:
@@ -78,7 +84,6 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
                          gateway_state=gateway_state, password=mqtt_password,
                          staged_dir=config.state_dir / "firmware" / "staged",
                          supervision=supervision, clock=clock)
-        operations.mqtt = mqtt
         runs["mqtt relay"] = mqtt.run
         sinks.append(mqtt)
     if cloud is not None and account is not None:
@@ -87,14 +92,16 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
                                operations, FanOut(sinks), lambda: relay.mode,
                                supervision=supervision, clock=clock)
         runs["cloud updates"] = updates.run
-        if operations.mqtt is not None:
-            operations.mqtt.cloud_install = updates.install_offer
-            updates.offer_listeners.append(operations.mqtt.offer)
+        if mqtt is not None:
+            # The update entity and the cloud's offers need each other: the one wiring that
+            # is still done after construction.
+            mqtt.cloud_install = updates.install_offer
+            updates.offer_listeners.append(mqtt.offer)
     if sinks:
         history_s = config.cloud.history_period_s
         runs["state feed"] = StateFeed(manager.store, registry, sinks,
                                        SupervisedHistory(manager), history_s, clock=clock).run
-    return runs
+    return runs, WaysOut(cloud=cloud, account=account, mqtt=mqtt)
 
 
 @dataclass(frozen=True)
@@ -117,22 +124,31 @@ def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
     clock = clock or LoopClock()
     supervision = Supervision(clock, restart)
     registry = Registry(config.registry_path)
+
+    async def repair(address: str) -> None:  # the supervisors' one automatic re-pair
+        await controllers.repair(address)
+
     manager = ConnectionManager(config, registry, connector=radio.connector,
-                                scanner=radio.scanner, supervision=supervision, clock=clock)
-    operations = DaemonOperations(config, registry, manager)
-    manager.repairer = operations.repair
-    relays = _relays(config, registry, manager, operations, mqtt_password, supervision, clock)
+                                scanner=radio.scanner, repairer=repair, supervision=supervision,
+                                clock=clock)
+    controllers = ControllerOperations(config, registry, manager)
+    relays, ways_out = _relays(config, registry, manager, controllers, mqtt_password,
+                               supervision, clock)
     health = HubHealth(manager, radio.probe or AdapterProbe(config.link.adapter))
-    operations.health = health
-    operations.supervision = supervision
-    metrics = HubMetrics(operations, operations.status_now, clock)
+
+    def status() -> HubStatus:  # the hub is built last: its status is read only once it runs
+        return hub.status()
+
+    metrics = HubMetrics(controllers, status, clock)
+    operations = HubOperations(controllers, ways_out, status)
 
     async def handle(request: Request, progress: ProgressFn | None) -> Result:
         return await dispatch(operations, request, progress)
 
-    return Hub(config=config, registry=registry, manager=manager, operations=operations,
-               supervision=supervision, health=health, metrics=metrics,
-               server=ControlServer(config.socket_path, handle), clock=clock, relays=relays)
+    hub = Hub(config=config, registry=registry, manager=manager, controllers=controllers,
+              ways_out=ways_out, supervision=supervision, health=health, metrics=metrics,
+              server=ControlServer(config.socket_path, handle), clock=clock, relays=relays)
+    return hub
 
 
 async def run_daemon(config: GatewayConfig, *, radio: RadioParts | None = None,

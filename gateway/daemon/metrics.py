@@ -19,7 +19,7 @@ from gateway.clock import Clock
 from gateway.ops.health import HubStatus
 
 if TYPE_CHECKING:
-    from gateway.daemon.operations import DaemonOperations
+    from gateway.daemon.operations import ControllerOperations
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +28,7 @@ METRICS_PERIOD_S = 5.0
 
 
 class HubMetrics(Collector):
-    def __init__(self, ops: DaemonOperations, status: Callable[[], HubStatus],
+    def __init__(self, ops: ControllerOperations, status: Callable[[], HubStatus],
                  clock: Clock) -> None:
         self.ops = ops
         self.clock = clock

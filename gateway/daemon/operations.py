@@ -1,12 +1,14 @@
 """The operations answered by the running daemon, through its supervisors, so the daemon stays
-the only owner of the radio."""
+the only owner of the radio: ``ControllerOperations`` (what the relays use too) and
+``HubOperations`` (everything the control socket answers)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 
 from firmware_bridge.gatt.history import DetailedEntry, HistoryRateLimited
 from firmware_bridge.link.gatt_link import GattLink
@@ -16,8 +18,6 @@ from firmware_bridge.ota.outcome import Progress
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
-from gateway.daemon.health import HubHealth
-from gateway.daemon.status import hub_status
 from gateway.link.manager import ConnectionManager
 from gateway.link.radio import (
     list_devices,
@@ -54,25 +54,27 @@ from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.mqtt import MqttRelay
 from gateway.store.registry import Registry, normalise_address
-from gateway.supervise import Supervision
 
 
-class DaemonOperations:
+@dataclass(frozen=True)
+class WaysOut:
+    """The relays that carry state out of the house, as the composition root built them."""
+
+    cloud: CloudRelay | None = None
+    account: CloudAccount | None = None
+    mqtt: MqttRelay | None = None
+
+
+class ControllerOperations:
+    """What the daemon does to its controllers, through their supervisors: the part of the
+    operations the relays use too (MQTT commands, cloud jobs)."""
+
     def __init__(self, config: GatewayConfig, registry: Registry,
                  manager: ConnectionManager) -> None:
         self.config = config
         self.registry = registry
         self.manager = manager
         self.ota_service = OtaService(config, registry)
-        # Set by the daemon when the cloud is configured.
-        self.cloud: CloudRelay | None = None
-        self.account: CloudAccount | None = None
-        self.mqtt: MqttRelay | None = None
-        # Set by the daemon: the health the watchdog judges, readiness, the metrics' address.
-        self.health: HubHealth | None = None
-        self.supervision: Supervision | None = None
-        self.ready = False
-        self.metrics_url: str | None = None
         # Updates running now (their last progress), and what updates have done so far.
         self.updates: dict[str, Progress] = {}
         self.ota_bytes = 0
@@ -105,12 +107,8 @@ class DaemonOperations:
 
     async def unpair(self, request: Unpair) -> DeviceEntry:
         address = normalise_address(request.address)
-        record = self.registry.get(address)
         await self.manager.remove(address)
-        entry = await unpair_on_radio(self.config, self.registry, address)
-        if self.mqtt is not None:
-            self.mqtt.forget(address, record.serial)
-        return entry
+        return await unpair_on_radio(self.config, self.registry, address)
 
     async def devices(self) -> list[DeviceEntry]:
         links = {a: s.state for a, s in self.manager.supervisors.items()}
@@ -162,11 +160,50 @@ class DaemonOperations:
         self.ota_outcomes[report.result] += 1
         return report
 
+class HubOperations:
+    """Every operation the control socket answers: the controllers' (delegated), and what only
+    the hub as a whole knows (its status, the cloud link, claims)."""
+
+    def __init__(self, controllers: ControllerOperations, ways_out: WaysOut,
+                 status: Callable[[], HubStatus]) -> None:
+        self.controllers = controllers
+        self.config = controllers.config
+        self.cloud, self.account, self.mqtt = ways_out.cloud, ways_out.account, ways_out.mqtt
+        self.status_now = status
+
+    async def scan(self) -> list[ScanEntry]:
+        return await self.controllers.scan()
+
+    async def pair(self, request: Pair) -> DeviceEntry:
+        return await self.controllers.pair(request)
+
+    async def unpair(self, request: Unpair) -> DeviceEntry:
+        serial = self.controllers.registry.get(normalise_address(request.address)).serial
+        entry = await self.controllers.unpair(request)
+        if self.mqtt is not None:
+            self.mqtt.forget(entry.address, serial)
+        return entry
+
+    async def devices(self) -> list[DeviceEntry]:
+        return await self.controllers.devices()
+
+    async def state(self, request: GetState) -> ControllerState:
+        return await self.controllers.state(request)
+
+    async def refresh(self, request: Refresh) -> ControllerState:
+        return await self.controllers.refresh(request)
+
+    async def valve_open(self, request: ValveOpen) -> CommandResult:
+        return await self.controllers.valve_open(request)
+
+    async def valve_close(self, request: ValveClose) -> CommandResult:
+        return await self.controllers.valve_close(request)
+
+    async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:
+        return await self.controllers.ota(request, on_progress)
+
     async def status(self) -> HubStatus:
         return self.status_now()
-
-    def status_now(self) -> HubStatus:
-        return hub_status(self)
 
     async def cloud_status(self) -> CloudStatus:
         if self.cloud is None or self.account is None:
@@ -194,7 +231,7 @@ class SupervisedAccess:
     """The OTA service's way to a controller in the daemon: the supervisor hands it over and
     commands answer busy until the update ends; every connect takes the scheduler's turn."""
 
-    def __init__(self, ops: DaemonOperations) -> None:
+    def __init__(self, ops: ControllerOperations) -> None:
         self.ops = ops
         self.manager = ops.manager
 

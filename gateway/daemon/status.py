@@ -9,42 +9,39 @@ import threading
 from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.ops.health import HubStatus, RadioHealth, RelayHealth, RelayState, UpdateInProgress
+from gateway.ops.health import HubStatus, RelayHealth, RelayState, UpdateInProgress
 from gateway.ops.models import LinkState
 
 if TYPE_CHECKING:
-    from gateway.daemon.operations import DaemonOperations
+    from gateway.daemon.hub import Hub
+    from gateway.relay.cloud import CloudRelay
+    from gateway.relay.mqtt import MqttRelay
 
 DISABLED = RelayHealth(enabled=False, state=RelayState.DISABLED)
 
 
-def hub_status(ops: DaemonOperations) -> HubStatus:
-    manager, health = ops.manager, ops.health
+def hub_status(hub: Hub) -> HubStatus:
+    manager, health, controllers = hub.manager, hub.health, hub.controllers
     store = manager.store
     supervisors = manager.supervisors
     states = collections.Counter(s.state.value for s in supervisors.values())
     fresh = sum(1 for address in supervisors if store.fresh(address))
-    radio = health.radio() if health is not None else RadioHealth(
-        adapter=ops.config.link.adapter, ok=True, scanning=manager.scanner.scanning, reason=None)
     updates = [UpdateInProgress(address=a, phase=p.phase.value, offset=p.offset, total=p.total,
                                 rate_bytes_per_s=round(p.rate_bytes_per_s, 1))
-               for a, p in sorted(ops.updates.items())]
+               for a, p in sorted(controllers.updates.items())]
     return HubStatus(
-        version=__version__, uptime_s=round(health.uptime_s(), 1) if health else 0.0,
-        ready=ops.ready, radio=radio,
+        version=__version__, uptime_s=round(health.uptime_s(), 1),
+        ready=hub.ready.is_set(), radio=health.radio(),
         links=states.get(LinkState.CONNECTED.value, 0) + states.get(LinkState.SYNCING.value, 0),
-        max_links=ops.config.link.max_links, controllers=len(supervisors), fresh=fresh,
+        max_links=hub.config.link.max_links, controllers=len(supervisors), fresh=fresh,
         stale=len(supervisors) - fresh, link_states=dict(sorted(states.items())),
-        updates=updates, cloud=_cloud(ops), mqtt=_mqtt(ops),
-        loop_lag_ms=round(1000 * health.loop_lag_s, 1) if health else 0.0,
-        metrics_url=ops.metrics_url,
-        parts=ops.supervision.parts() if ops.supervision is not None else [],
-        tasks=len(asyncio.all_tasks()),
+        updates=updates, cloud=_cloud(hub.ways_out.cloud), mqtt=_mqtt(hub.ways_out.mqtt),
+        loop_lag_ms=round(1000 * health.loop_lag_s, 1), metrics_url=hub.metrics_url,
+        parts=hub.supervision.parts(), tasks=len(asyncio.all_tasks()),
         threads=threading.active_count())
 
 
-def _cloud(ops: DaemonOperations) -> RelayHealth:
-    relay = ops.cloud
+def _cloud(relay: CloudRelay | None) -> RelayHealth:
     if relay is None:
         return DISABLED
     stats = relay.outbox.stats()
@@ -55,8 +52,7 @@ def _cloud(ops: DaemonOperations) -> RelayHealth:
                        last_error=relay.counters.last_error)
 
 
-def _mqtt(ops: DaemonOperations) -> RelayHealth:
-    relay = ops.mqtt
+def _mqtt(relay: MqttRelay | None) -> RelayHealth:
     if relay is None:
         return DISABLED
     stats = relay.outbox.stats()

@@ -69,7 +69,7 @@ Status = Literal["succeeded", "failed", "rejected", "skipped", "retry"]
 
 
 class UpdateTarget(Protocol):
-    """What the jobs need of the operations (DaemonOperations)."""
+    """What the jobs need of the operations (the daemon's ControllerOperations)."""
 
     async def state(self, request: GetState) -> ControllerState: ...
 

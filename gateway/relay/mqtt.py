@@ -53,7 +53,7 @@ from gateway.ops.models import (
     ValveClose,
     ValveOpen,
 )
-from gateway.ops.protocol import Operations, dispatch
+from gateway.ops.protocol import ControllerOps, dispatch_to_controllers
 from gateway.relay import ha_discovery
 from gateway.relay.events import DerivedEvent, EventTracker, history_data, history_dedupe
 from gateway.relay.topics import OFFLINE, ONLINE, Topics, node_id
@@ -174,7 +174,7 @@ def read_password(config: MqttConfig) -> str | None:
 
 
 class MqttRelay:
-    def __init__(self, config: MqttConfig, gateway_id: str, outbox: Outbox, ops: Operations,
+    def __init__(self, config: MqttConfig, gateway_id: str, outbox: Outbox, ops: ControllerOps,
                  *, radio_ok: Callable[[], bool] = lambda: True,
                  rssi_of: Callable[[str], int | None] = lambda _a: None,
                  gateway_state: Callable[[], dict[str, Any]] = dict,
@@ -561,7 +561,7 @@ class MqttRelay:
                                 detail=f"{request.op} is not in [mqtt] allowed_ops")
         async with self._commands:
             try:
-                result = await dispatch(self.ops, request)
+                result = await dispatch_to_controllers(self.ops, request)
             except ControllerBusy as exc:
                 return CommandReply(id=command_id, op=request.op, ok=False,
                                     status=CommandStatus.BUSY,
@@ -631,9 +631,9 @@ class MqttRelay:
 
         try:
             if offer.source == "staged" and offer.file is not None:
-                report = await dispatch(self.ops, Ota(address=entry.address, file=str(offer.file)),
-                                        lambda p: progress(int(p.fraction * 100)))
-                ok = isinstance(report, OtaReport) and report.result in ("succeeded", "skipped")
+                report = await self.ops.ota(Ota(address=entry.address, file=str(offer.file)),
+                                            lambda p: progress(int(p.fraction * 100)))
+                ok = report.result in ("succeeded", "skipped")
                 detail = report.detail if isinstance(report, OtaReport) else ""
                 result: Any = report.model_dump(mode="json") if isinstance(report, BaseModel) \
                     else None
