@@ -34,7 +34,7 @@ import aiomqtt
 
 from gateway.config import MqttConfig
 from gateway.ops.models import ControllerState, FlowView, LinkState, TaskView, ValveState
-from gateway.relay.mqtt import MqttRelay
+from gateway.relay.mqtt.relay import MqttRelay
 from gateway.sim.broker import MosquittoBroker
 from gateway.store.outbox import Outbox
 

@@ -34,8 +34,9 @@ from gateway.ota.jobs import CloudUpdates
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, CloudRelay
 from gateway.relay.feed import FanOut, StateFeed
-from gateway.relay.mqtt import MQTT_OUTBOX_FILE, MqttRelay, read_password
-from gateway.relay.topics import SERIAL
+from gateway.relay.mqtt.password import read_password
+from gateway.relay.mqtt.relay import MQTT_OUTBOX_FILE, MqttRelay
+from gateway.relay.mqtt.topics import SERIAL
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import Outbox
 from gateway.store.registry import Registry

@@ -52,7 +52,7 @@ from gateway.ota.service import OtaService
 from gateway.relay import account
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
-from gateway.relay.mqtt import MqttRelay
+from gateway.relay.mqtt.relay import MqttRelay
 from gateway.store.registry import Registry, normalise_address
 
 

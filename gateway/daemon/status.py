@@ -15,7 +15,7 @@ from gateway.ops.models import LinkState
 if TYPE_CHECKING:
     from gateway.daemon.hub import Hub
     from gateway.relay.cloud import CloudRelay
-    from gateway.relay.mqtt import MqttRelay
+    from gateway.relay.mqtt.relay import MqttRelay
 
 DISABLED = RelayHealth(enabled=False, state=RelayState.DISABLED)
 

@@ -17,7 +17,8 @@ from gateway.doctor.host import Host
 from gateway.errors import GatewayError
 from gateway.ops.health import CloudStatus, PartState
 from gateway.relay.cloud import OUTBOX_FILE
-from gateway.relay.mqtt import MQTT_OUTBOX_FILE, read_password
+from gateway.relay.mqtt.password import read_password
+from gateway.relay.mqtt.relay import MQTT_OUTBOX_FILE
 from gateway.store.outbox import Outbox
 
 SERVICE_USER = "awgw"

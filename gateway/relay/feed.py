@@ -17,7 +17,7 @@ from gateway.clock import Clock, LoopClock
 from gateway.errors import GatewayError
 from gateway.ops.models import ControllerState
 from gateway.relay.events import DerivedEvent
-from gateway.relay.topics import SERIAL
+from gateway.relay.mqtt.topics import SERIAL
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 

@@ -15,7 +15,7 @@ import pytest
 from gateway.control import wire as control
 from gateway.daemon import hub as daemon
 from gateway.demo import hub
-from gateway.relay import mqtt
+from gateway.relay.mqtt import password as mqtt
 from gateway.store import credentials
 
 UNIT = Path(__file__).parents[2] / "systemd" / "awgw.service"

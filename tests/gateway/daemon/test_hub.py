@@ -36,7 +36,7 @@ from gateway.ops.models import (
 from gateway.ota.jobs import CloudUpdates
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.feed import StateFeed
-from gateway.relay.mqtt import MqttRelay
+from gateway.relay.mqtt.relay import MqttRelay
 from tests.helpers import until
 from tests.helpers.daemon import TEST_RESTARTS, InProcessDaemon, controller_address
 

@@ -1,5 +1,7 @@
 """The MQTT relay: retained controller state, events, availability, Home Assistant discovery and
-commands, over aiomqtt with its own reconnect supervisor (topics in ``relay.topics``).
+commands, over aiomqtt with its own reconnect supervisor. Its neighbours in this package: the
+topics, the discovery payloads, the commands (parsed without I/O), the update entity's offers and
+the broker's password.
 
 Nothing here can block the radio side: ``observe`` only records the latest state per
 controller (a coalesced view, so a slow or absent broker cannot grow memory) and puts derived
@@ -21,15 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiomqtt
 import structlog
@@ -41,22 +41,26 @@ from firmware_bridge.mcuboot import ImageFormatError, parse_image
 from gateway.backoff import full_jitter
 from gateway.clock import Clock, LoopClock
 from gateway.config import DiscoveryStyle, MqttConfig
-from gateway.errors import ConfigError, ControllerBusy, GatewayError
+from gateway.errors import ControllerBusy, GatewayError
 from gateway.ops.health import RelayState
 from gateway.ops.models import (
-    REQUEST,
     ControllerState,
     Ota,
     OtaReport,
-    Refresh,
-    Request,
-    ValveClose,
-    ValveOpen,
 )
 from gateway.ops.protocol import ControllerOps, dispatch_to_controllers
-from gateway.relay import ha_discovery
 from gateway.relay.events import DerivedEvent, EventTracker, history_data, history_dedupe
-from gateway.relay.topics import OFFLINE, ONLINE, Topics, node_id
+from gateway.relay.mqtt import discovery as ha_discovery
+from gateway.relay.mqtt.commands import (
+    MAX_COMMAND_BYTES,
+    CommandReply,
+    CommandStatus,
+    brief,
+    parse_command,
+    parse_minutes,
+)
+from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics, node_id
+from gateway.relay.mqtt.update_entity import CloudInstall, Offer
 from gateway.store.outbox import NewItem, Outbox, OutboxWriter
 from gateway.supervise import Supervision
 
@@ -65,8 +69,6 @@ log = structlog.get_logger("gateway.relay.mqtt")
 # seconds; a long outage is probed once a minute).
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
-# A command is a small JSON object; anything larger is refused unread.
-MAX_COMMAND_BYTES = 4096
 # Events go out in leases of this many (one fsync to ack them); the outbox is polled this
 # often when the writer has nothing new.
 EVENT_LEASE = 50
@@ -78,55 +80,9 @@ MAX_CONCURRENT_COMMANDS = 8
 # Commands accepted and not yet answered (running or queued behind the ones in flight): past
 # this a command is answered busy at once, so a flood costs neither memory nor tasks.
 MAX_PENDING_COMMANDS = 32
-CREDENTIAL_NAME = "awgw-mqtt-password"
 # The guarded part this relay runs as (gateway/daemon/hub.py); its commands are its children.
 PART = "mqtt relay"
 MQTT_OUTBOX_FILE = "mqtt-outbox.sqlite3"
-
-
-class InstallOutcome(Protocol):
-    @property
-    def status(self) -> str: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def detail(self) -> Any: ...
-
-
-CloudInstall = Callable[[str, Callable[[int, str], None]], Awaitable[InstallOutcome]]
-
-
-class CommandStatus(StrEnum):
-    DONE = "done"
-    REFUSED = "refused"
-    BUSY = "busy"
-    INVALID = "invalid"
-    NOT_ALLOWED = "not_allowed"
-    UNKNOWN_CONTROLLER = "unknown_controller"
-    # The gateway failed handling it (a bug, logged with its traceback): nothing was done.
-    ERROR = "error"
-
-
-class CommandReply(BaseModel):
-    """What ``<node>/result`` carries for every command."""
-
-    id: str | None = None
-    op: str | None = None
-    ok: bool
-    status: CommandStatus
-    detail: str
-    result: Any = None
-
-
-@dataclass
-class Offer:
-    """Firmware the update entity offers: a release from the cloud check, or an image staged
-    on the hub (``<state_dir>/firmware/staged/<node>.bin``)."""
-
-    version: str
-    source: str  # cloud | staged
-    file: Path | None = None
-    stamp: float = 0.0  # the staged file's mtime
 
 
 @dataclass
@@ -146,31 +102,6 @@ class _Node:
     installing: bool = False
     percentage: int | None = None
     update_published: str | None = None
-
-
-def read_password(config: MqttConfig) -> str | None:
-    """The systemd credential when it holds one, else ``mqtt.password_file``. The credential
-    is optional (install.sh creates it empty); a password file the config names must exist:
-    connecting without the password would only be refused by the broker, later and vaguer."""
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    candidates = [(p, named) for p, named in (
-        (os.path.join(directory, CREDENTIAL_NAME) if directory else None, False),
-        (str(config.password_file) if config.password_file else None, True)) if p]
-    for path, named in candidates:
-        try:
-            with open(path, encoding="utf-8") as file:
-                password = file.read(4096).strip()
-        except FileNotFoundError as exc:
-            if named:
-                raise ConfigError(f"mqtt.password_file: {path} does not exist (put the "
-                                  "broker's password there, or remove the key)") from exc
-            continue
-        except OSError as exc:
-            raise ConfigError(f"cannot read the MQTT password from {path}: {exc.strerror}") \
-                from exc
-        if password:  # an empty file (install.sh's placeholder credential) gives none
-            return password
-    return None
 
 
 class MqttRelay:
@@ -552,9 +483,11 @@ class MqttRelay:
         if kind == "update":
             return await self._install(node, entry, raw)
         try:
-            command_id, request = self._request(entry, node, kind, channel, raw)
+            command_id, request = parse_command(
+                kind, channel, raw, address=entry.address, node=node,
+                minutes=entry.minutes or {}, default_minutes=self.config.default_valve_minutes)
         except (ValueError, TypeError, ValidationError) as exc:  # UnicodeDecodeError, JSON too
-            return CommandReply(ok=False, status=CommandStatus.INVALID, detail=_brief(exc))
+            return CommandReply(ok=False, status=CommandStatus.INVALID, detail=brief(exc))
         if request.op not in self.config.allowed_ops:
             return CommandReply(id=command_id, op=request.op, ok=False,
                                 status=CommandStatus.NOT_ALLOWED,
@@ -576,31 +509,6 @@ class MqttRelay:
                             status=CommandStatus.DONE if ok else CommandStatus.REFUSED,
                             detail=str(getattr(result, "detail", "") or request.op),
                             result=dumped)
-
-    def _request(self, entry: _Node, node: str, kind: str, channel: int | None,
-                 raw: bytes) -> tuple[str | None, Request]:
-        text = raw.decode("utf-8").strip()
-        if kind == "valve":
-            assert channel is not None
-            if text == "OPEN":
-                minutes = (entry.minutes or {}).get(channel, self.config.default_valve_minutes)
-                return None, ValveOpen(address=entry.address, channel=channel, minutes=minutes)
-            if text == "CLOSE":
-                return None, ValveClose(address=entry.address, channel=channel)
-            raise ValueError(f"valve payload must be OPEN or CLOSE, got {text[:20]!r}")
-        if kind == "resync":
-            if text != "PRESS":
-                raise ValueError(f"button payload must be PRESS, got {text[:20]!r}")
-            return None, Refresh(address=entry.address)
-        body = json.loads(text)
-        if not isinstance(body, dict):
-            raise TypeError("a command is a JSON object with an op")
-        if "address" in body:
-            raise ValueError(f"the topic names the controller ({node}); send no address")
-        command_id = body.pop("id", None)
-        if command_id is not None and not (isinstance(command_id, str) and len(command_id) <= 64):
-            raise ValueError("id must be a string of at most 64 characters")
-        return command_id, REQUEST.validate_python({**body, "address": entry.address})
 
     async def _install(self, node: str, entry: _Node, raw: bytes) -> CommandReply:
         """Home Assistant's update entity: install what is offered, with live progress."""
@@ -666,13 +574,9 @@ class MqttRelay:
         if entry is None or channel is None:
             return None
         try:
-            minutes = int(float(raw.decode("utf-8").strip()))
-        except (ValueError, UnicodeDecodeError):
-            return CommandReply(ok=False, status=CommandStatus.INVALID,
-                                detail="minutes must be a number")
-        if not 1 <= minutes <= 255:
-            return CommandReply(ok=False, status=CommandStatus.INVALID,
-                                detail="minutes must be 1..255 (device-ble.md Δ21)")
+            minutes = parse_minutes(raw)
+        except ValueError as exc:
+            return CommandReply(ok=False, status=CommandStatus.INVALID, detail=str(exc))
         entry.minutes = {**(entry.minutes or {}), channel: minutes}
         entry.minutes_published = False
         self._dirty.add(node)
@@ -683,10 +587,3 @@ class MqttRelay:
 def _iso(at: float) -> str:
     moment = datetime.fromtimestamp(at, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+00:00"
-
-
-def _brief(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                         for e in exc.errors()[:3])
-    return str(exc)

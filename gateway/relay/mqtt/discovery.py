@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.relay.topics import OFFLINE, ONLINE, Topics
+from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics
 
 MANUFACTURER = "AutoWatering"
 ORIGIN = {"name": "autowatering-gateway", "sw_version": "0.1.0",

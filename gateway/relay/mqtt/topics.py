@@ -115,6 +115,7 @@ class Topics:
         if len(rest) == 3 and rest[1:] == ["update", "install"]:
             return rest[0], "update", None
         if len(rest) == 4 and rest[1] in ("valve", "minutes") and rest[3] == "set" \
-                and rest[2].isdigit() and len(rest[2]) <= 3:
+                and rest[2].isascii() and rest[2].isdigit() and len(rest[2]) <= 3:
+            # isascii: "²" is a digit to isdigit() but not to int() (hostile-edges.md H1).
             return rest[0], rest[1], int(rest[2])
         return None

@@ -13,12 +13,12 @@ import jinja2.sandbox
 import pytest
 
 from gateway.ops.models import EnvironmentView
-from gateway.relay.ha_discovery import (
+from gateway.relay.mqtt.discovery import (
     ControllerInfo,
     controller_messages,
     gateway_messages,
 )
-from gateway.relay.topics import Topics
+from gateway.relay.mqtt.topics import Topics
 from tests.helpers.builders import state
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -38,7 +38,8 @@ from gateway.ops.models import (
 )
 from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent
-from gateway.relay.mqtt import BACKOFF_MAX_S, MqttRelay, read_password
+from gateway.relay.mqtt.password import read_password
+from gateway.relay.mqtt.relay import BACKOFF_MAX_S, MqttRelay
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.outbox import Outbox
