@@ -5,7 +5,6 @@ cloud starts it before it does."""
 
 from __future__ import annotations
 
-import sys
 from typing import TextIO
 
 from gateway.config import LogLevel
@@ -13,11 +12,13 @@ from gateway.config import LogLevel
 
 class _Logging:
     def __init__(self) -> None:
-        self.wanted: tuple[LogLevel, TextIO] = ("warning", sys.stderr)
+        # Set by `awgw`'s main only: code of the CLI used as a library (a test, the doctor)
+        # never reconfigures the process's logging as a side effect.
+        self.wanted: tuple[LogLevel, TextIO] | None = None
         self.started = False
 
     def start(self) -> None:
-        if self.started:
+        if self.started or self.wanted is None:
             return
         from gateway.logging import configure_logging
 
