@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.sim.cloud import EmulatorServer, World
 from gateway.sim.rig import Rig
+from tests.helpers import until as poll_until
 
 ADDRESS = "C0:FF:EE:00:00:00"
 SERIAL = "100001"
@@ -85,9 +86,8 @@ async def cloud(mode: str) -> AsyncIterator[tuple[World, str]]:
 
 
 async def until(predicate: Callable[[], bool], limit_s: float = ARRIVES_WITHIN_S) -> None:
-    async with asyncio.timeout(limit_s):
-        while not predicate():  # noqa: ASYNC110 - the emulator's record has no event
-            await asyncio.sleep(0.2)
+    """The shared poll, bounded by this module's delivery limit."""
+    await poll_until(predicate, limit_s)
 
 
 def records(world: World) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from gateway.link.radio import pair_on_radio
 from gateway.ops.models import LinkState
 from gateway.sim.rig import Rig
 from gateway.store.registry import Registry
+from tests.helpers import until
 
 pytestmark = pytest.mark.rig
 
@@ -56,11 +56,6 @@ def refreshes(queue: asyncio.Queue[StateEvent]) -> list[StateEvent]:
             found.append(event)
     return found
 
-
-async def until(predicate: Callable[[], bool], limit_s: float) -> None:
-    async with asyncio.timeout(limit_s):
-        while not predicate():  # noqa: ASYNC110 - polls state that has no event
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.rig_options(controllers=6)

@@ -28,6 +28,7 @@ from gateway.sim.cloud.publish import publish_release
 from gateway.sim.controller.device import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
+from tests.helpers import until
 
 pytestmark = [pytest.mark.rig, pytest.mark.rig_options(
     controllers=1, template=ControllerConfig(0, 0, "", time_scale=60.0,
@@ -84,14 +85,7 @@ async def fake_systemd(tmp_path: Path) -> AsyncIterator[FakeSystemd]:
             task.cancel()
 
 
-async def until(predicate: object, limit_s: float, what: str) -> None:
-    assert callable(predicate)
-    try:
-        async with asyncio.timeout(limit_s):
-            while not predicate():  # noqa: ASYNC110 - polling what a process did
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"not within {limit_s} s: {what}") from None
+
 
 
 # metrics.METRICS_PERIOD_S (5 s) between the families' rebuilds, and a loaded machine.

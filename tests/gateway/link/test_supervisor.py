@@ -22,7 +22,7 @@ from gateway.ops.models import LinkState
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 from gateway.supervise import RestartPolicy, Supervision
-from tests.helpers import cancel_and_wait
+from tests.helpers import cancel_and_wait, until
 from tests.helpers.fakes import ModelLink, VirtualClock
 
 ADDRESS = "C0:FF:EE:00:00:00"
@@ -60,10 +60,7 @@ def make(tmp_path: Path, radio: Radio, policy: LinkPolicy = LinkPolicy.KEEP,
     return sup, store
 
 
-async def wait_for(predicate: Callable[[], bool], limit_s: float = 5.0) -> None:
-    async with asyncio.timeout(limit_s):
-        while not predicate():  # noqa: ASYNC110 - polls state that has no event
-            await asyncio.sleep(0.01)
+
 
 
 async def test_keep_policy_connects_syncs_and_serves_a_command(tmp_path: Path) -> None:
@@ -71,11 +68,11 @@ async def test_keep_policy_connects_syncs_and_serves_a_command(tmp_path: Path) -
     sup, store = make(tmp_path, radio)
     task = asyncio.create_task(sup.run())
     try:
-        await wait_for(lambda: sup.state is LinkState.CONNECTED)
+        await until(lambda: sup.state is LinkState.CONNECTED)
         assert store.fresh(ADDRESS)
         outcome = await sup.submit("open", lambda s: s.open_valve(1, 2))
         assert outcome.status is OutcomeStatus.CONFIRMED
-        await wait_for(lambda: store.snapshot(ADDRESS).valves[1].open)
+        await until(lambda: store.snapshot(ADDRESS).valves[1].open)
     finally:
         task.cancel()
 
@@ -86,9 +83,9 @@ async def test_link_loss_is_classified_backed_off_and_recovered(tmp_path: Path) 
     task = asyncio.create_task(sup.run())
     try:
         with capture_logs() as logs:
-            await wait_for(lambda: sup.state is LinkState.CONNECTED)
+            await until(lambda: sup.state is LinkState.CONNECTED)
             radio.links[-1].drop()
-            await wait_for(lambda: len(radio.links) == 2 and sup.state is LinkState.CONNECTED)
+            await until(lambda: len(radio.links) == 2 and sup.state is LinkState.CONNECTED)
         failures = [e for e in logs if e["event"] == "link_failure"]
         assert failures and failures[0]["failure_class"] == "link_lost"
         # The backoff it slept is the one decided for the class (1 s +-20 % for a first loss).
@@ -113,7 +110,7 @@ async def test_a_programming_error_goes_to_the_guard_which_restarts_the_loop(
         task = asyncio.create_task(supervision.guard("supervisor", sup.run,
                                                      on_crash=sup.crashed))
         try:
-            await wait_for(lambda: sup.state is LinkState.CONNECTED)
+            await until(lambda: sup.state is LinkState.CONNECTED)
         finally:
             await cancel_and_wait(task)
     assert radio.connects == 2 and 7.0 in sup.clock.waited
@@ -144,12 +141,12 @@ async def test_lost_bond_repairs_once_then_reports_the_remedy(tmp_path: Path) ->
     sup, _ = make(tmp_path, radio, repairer=repair)
     task = asyncio.create_task(sup.run())
     try:
-        await wait_for(lambda: sup.state is LinkState.BOND_LOST)
+        await until(lambda: sup.state is LinkState.BOND_LOST)
         assert repairs == [ADDRESS]
         with pytest.raises(PairingError, match="awgw unpair"):
             await sup.submit("open", lambda s: s.open_valve(1, 2))
         sup.bond_reset()  # a person re-paired it
-        await wait_for(lambda: sup.state is LinkState.CONNECTED)
+        await until(lambda: sup.state is LinkState.CONNECTED)
     finally:
         task.cancel()
 
@@ -160,12 +157,12 @@ async def test_commands_are_refused_as_busy_during_a_firmware_update(tmp_path: P
     sup.clock = LoopClock()  # the hand-over takes real turns of the loop: none skipped
     task = asyncio.create_task(sup.run())
     try:
-        await wait_for(lambda: sup.state is LinkState.CONNECTED)
+        await until(lambda: sup.state is LinkState.CONNECTED)
         async with sup.firmware_update():
             assert radio.links[-1].connected is False  # handed over before the update connects
             with pytest.raises(ControllerBusy):
                 await sup.submit("open", lambda s: s.open_valve(1, 2))
-        await wait_for(lambda: sup.state is LinkState.CONNECTED and len(radio.links) == 2)
+        await until(lambda: sup.state is LinkState.CONNECTED and len(radio.links) == 2)
     finally:
         task.cancel()
 
@@ -232,7 +229,7 @@ async def test_share_policy_releases_after_each_visit_and_comes_back(tmp_path: P
     sup, store = make(tmp_path, radio, LinkPolicy.SHARE)
     task = asyncio.create_task(sup.run())
     try:
-        await wait_for(lambda: len(radio.links) >= 2, limit_s=5)
+        await until(lambda: len(radio.links) >= 2, limit_s=5)
         assert not radio.links[0].connected  # released between visits
         outcome = await sup.submit("open", lambda s: s.open_valve(3, 1))
         assert outcome.ok and store.fresh(ADDRESS)
@@ -254,7 +251,7 @@ async def test_repeated_gatt_mismatch_clears_the_cache_once(tmp_path: Path) -> N
     task = asyncio.create_task(sup.run())
     try:
         with capture_logs() as logs:
-            await wait_for(lambda: sup.state is LinkState.CONNECTED, limit_s=15)
+            await until(lambda: sup.state is LinkState.CONNECTED, limit_s=15)
         assert repairs == [ADDRESS]
         actions = [e.get("action") for e in logs if e["event"] == "link_failure"]
         assert actions.count("clear_gatt_cache_and_repair") == 1

@@ -18,6 +18,7 @@ from gateway.relay.events import DerivedEvent
 from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.store.credentials import FileTokenStore
 from gateway.store.outbox import Outbox
+from tests.helpers import until as poll_until
 from tests.helpers.builders import state
 
 SERIAL = "100001"
@@ -64,9 +65,8 @@ async def running(tmp_path: Path, mode: str = "gateway_routes",
 
 
 async def until(predicate: Callable[[], bool], limit_s: float = DELIVERED_WITHIN_S) -> None:
-    async with asyncio.timeout(limit_s):
-        while not predicate():  # noqa: ASYNC110 - the emulator's record has no event
-            await asyncio.sleep(0.05)
+    """The shared poll, bounded by this module's delivery limit."""
+    await poll_until(predicate, limit_s)
 
 
 def types(world: World) -> list[str]:
