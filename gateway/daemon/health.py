@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 
 import structlog
-from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from gateway.bluez import bus
 from gateway.link.manager import ConnectionManager
 from gateway.link.scanner import POWER_SETTLE_S
 from gateway.ops.health import RadioHealth
@@ -56,34 +56,23 @@ class AdapterProbe:
         """None when BlueZ answers and the adapter is powered, else why not."""
         self.bluez_answered = False
         try:
-            async with asyncio.timeout(PROBE_TIMEOUT_S):
-                if self._bus is None or not self._bus.connected:
-                    self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-                reply = await self._bus.call(Message(
-                    destination="org.bluez", path=f"/org/bluez/{self.adapter}",
-                    interface="org.freedesktop.DBus.Properties", member="Get",
-                    signature="ss", body=["org.bluez.Adapter1", "Powered"]))
-        except TimeoutError:
-            self.close()
-            return f"BlueZ did not answer within {PROBE_TIMEOUT_S:.0f} s"
-        except (OSError, EOFError) as exc:
-            self.close()
-            return f"the system D-Bus is unreachable ({exc})"
-        if reply is None:
-            return "BlueZ sent no reply"
-        if reply.message_type == MessageType.ERROR:
-            name = reply.error_name
-            if name == "org.freedesktop.DBus.Error.ServiceUnknown":
-                return "BlueZ (bluetoothd) is not running"
+            if self._bus is None or not self._bus.connected:
+                self._bus = await bus.connect()
+            powered = await bus.get_property(self._bus, f"/org/bluez/{self.adapter}",
+                                             "org.bluez.Adapter1", "Powered")
+        except bus.BluezRefused as exc:
             self.bluez_answered = True
-            if name in ("org.freedesktop.DBus.Error.UnknownObject",
-                        "org.freedesktop.DBus.Error.UnknownMethod"):
+            if exc.name in ("org.freedesktop.DBus.Error.UnknownObject",
+                            "org.freedesktop.DBus.Error.UnknownMethod"):
                 return f"adapter {self.adapter} is missing"
-            return f"BlueZ refused to read {self.adapter}: {name}"
+            return f"BlueZ refused to read {self.adapter}: {exc.name}"
+        except bus.BluezNotRunning as exc:
+            return str(exc)
+        except bus.BluezUnreachable as exc:
+            self.close()
+            return str(exc)
         self.bluez_answered = True
-        if not reply.body[0].value:
-            return f"adapter {self.adapter} is powered off"
-        return None
+        return None if powered else f"adapter {self.adapter} is powered off"
 
     def close(self) -> None:
         if self._bus is not None:

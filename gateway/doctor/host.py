@@ -17,9 +17,8 @@ from typing import Protocol
 
 import aiomqtt
 import httpx
-from dbus_fast import BusType, Message, MessageType
-from dbus_fast.aio import MessageBus
 
+from gateway.bluez import bus
 from gateway.config import GatewayConfig, MqttConfig
 from gateway.control import client as control
 from gateway.errors import GatewayError
@@ -100,31 +99,22 @@ class SystemHost:
 
     async def adapters(self) -> list[Adapter] | str:
         try:
-            async with asyncio.timeout(ASK_TIMEOUT_S):
-                bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-                try:
-                    reply = await bus.call(Message(
-                        destination="org.bluez", path="/",
-                        interface="org.freedesktop.DBus.ObjectManager",
-                        member="GetManagedObjects"))
-                finally:
-                    bus.disconnect()
-        except (OSError, EOFError, TimeoutError) as exc:
-            return f"the system D-Bus did not answer ({type(exc).__name__}: {exc})"
-        if reply is None or reply.message_type == MessageType.ERROR:
-            name = reply.error_name if reply else "no reply"
-            if name == "org.freedesktop.DBus.Error.ServiceUnknown":
-                return "bluetoothd is not running"
-            return f"BlueZ answered with {name}"
+            async with bus.system_bus() as system:
+                tree = await bus.managed_objects(system)
+        except bus.BluezNotRunning:
+            return "bluetoothd is not running"
+        except bus.BluezRefused as exc:
+            return f"BlueZ answered with {exc.name}"
+        except bus.BluezUnreachable as exc:
+            return f"the system D-Bus did not answer ({exc})"
         found = []
-        for path, interfaces in reply.body[0].items():
+        for path, interfaces in tree.items():
             props = interfaces.get("org.bluez.Adapter1")
             if props is None:
                 continue
             found.append(Adapter(
-                name=str(path).rsplit("/", 1)[-1], address=str(props["Address"].value),
-                powered=bool(props["Powered"].value),
-                discovering=bool(props["Discovering"].value),
+                name=path.rsplit("/", 1)[-1], address=str(props["Address"]),
+                powered=bool(props["Powered"]), discovering=bool(props["Discovering"]),
                 passive_scan="org.bluez.AdvertisementMonitorManager1" in interfaces))
         return sorted(found, key=lambda a: a.name)
 

@@ -14,11 +14,9 @@ from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
-from dbus_fast import BusType, Variant
-from dbus_fast.aio import MessageBus
-from dbus_fast.errors import DBusError
 
 from firmware_bridge.gatt import uuids
+from gateway.bluez import bus
 from gateway.link.events import first_of
 from gateway.link.scheduler import ScanGate
 
@@ -77,9 +75,9 @@ class AdapterRecovery:
         if "restart" in self._last and self._allowed("power_cycle", POWER_CYCLE_EVERY_S):
             try:
                 await self._power_cycle()
-            except (DBusError, OSError) as exc:
-                log.exception("adapter_power_cycle_failed", adapter=self.adapter,
-                              error=str(exc), remedy="sudo systemctl restart bluetooth")
+            except bus.BluezError as exc:
+                log.warning("adapter_power_cycle_failed", adapter=self.adapter,
+                            error=str(exc), remedy="sudo systemctl restart bluetooth")
                 return "power_cycle_failed"
             return "power_cycle"
         if self._allowed("restart", RESTART_EVERY_S):
@@ -87,17 +85,10 @@ class AdapterRecovery:
         return "wait"
 
     async def _power_cycle(self) -> None:
-        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        try:
-            path = f"/org/bluez/{self.adapter}"
-            introspection = await bus.introspect("org.bluez", path)
-            props = bus.get_proxy_object("org.bluez", path, introspection).get_interface(
-                "org.freedesktop.DBus.Properties")
-            await props.call_set("org.bluez.Adapter1", "Powered", Variant("b", False))  # type: ignore[attr-defined]
+        async with bus.system_bus() as system:
+            await bus.set_powered(system, self.adapter, False)
             await asyncio.sleep(POWER_SETTLE_S)
-            await props.call_set("org.bluez.Adapter1", "Powered", Variant("b", True))  # type: ignore[attr-defined]
-        finally:
-            bus.disconnect()
+            await bus.set_powered(system, self.adapter, True)
 
 
 class Scanner:
