@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud_client import CloudClient, CognitoAuth, CognitoSettings, RetryPolicy, sign_in
-from gateway.config import CloudConfig, CloudMode
-from gateway.relay.cloud import OUTBOX_FILE, CloudRelay
+from gateway.config import CloudConfig, CloudMode, GatewayConfig
+from gateway.relay.cloud import CloudRelay
 from gateway.relay.events import DerivedEvent
 from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.store.credentials import FileTokenStore
@@ -77,7 +77,7 @@ def committed_so_far(state_dir: Path, controllers: int) -> dict[str, int]:
         for line in log_path.read_text().splitlines():
             serial, n = line.split()
             top[serial] = max(top[serial], int(n))
-    db_path = state_dir / OUTBOX_FILE
+    db_path = GatewayConfig(state_dir=state_dir).cloud_outbox_path
     if db_path.exists():
         db = sqlite3.connect(db_path)
         try:
@@ -123,7 +123,7 @@ async def relay_child(args: argparse.Namespace) -> None:
 
     config = CloudConfig(enabled=True, base_url=args.url, mode=CloudMode.GATEWAY_ROUTES,
                          snapshot_period_s=1.0)
-    outbox = Outbox(state_dir / OUTBOX_FILE, GATEWAY_ID)
+    outbox = Outbox(GatewayConfig(state_dir=state_dir).cloud_outbox_path, GATEWAY_ID)
     async with CloudClient(args.url, auth, retry=RetryPolicy(attempts=2, base_s=0.05,
                                                              cap_s=0.2)) as client:
         relay = CloudRelay(config, GATEWAY_ID, outbox, client, auth,

@@ -181,6 +181,40 @@ class GatewayConfig(BaseModel):
     def registry_path(self) -> Path:
         return self.state_dir / "registry.sqlite3"
 
+    # Every file the daemon keeps in its state directory is named here, once.
+    @property
+    def cloud_outbox_path(self) -> Path:
+        return self.state_dir / "outbox.sqlite3"
+
+    @property
+    def mqtt_outbox_path(self) -> Path:
+        return self.state_dir / "mqtt-outbox.sqlite3"
+
+    @property
+    def cloud_status_path(self) -> Path:
+        """What the cloud relay last did, for `awgw cloud status` while the daemon is down."""
+        return self.cloud_dir / "status.json"
+
+    @property
+    def failed_updates_path(self) -> Path:
+        """Cloud releases that failed or reverted on a controller: never retried blindly."""
+        return self.cloud_dir / "ota_failed.json"
+
+    @property
+    def firmware_cache_dir(self) -> Path:
+        """Cloud releases downloaded, named by their sha256."""
+        return self.state_dir / "firmware"
+
+    @property
+    def staged_firmware_dir(self) -> Path:
+        """Images a person staged for Home Assistant's update entity (<node>.bin)."""
+        return self.firmware_cache_dir / "staged"
+
+    @property
+    def ota_sessions_dir(self) -> Path:
+        """An update's session on disk, so it resumes after a restart."""
+        return self.state_dir / "ota"
+
 
 def load_config(path: Path | None = None) -> GatewayConfig:
     """Read ``path`` (or $AWGW_CONFIG, or /etc/awgw/config.toml if present); $AWGW_STATE_DIR

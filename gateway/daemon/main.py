@@ -32,10 +32,10 @@ from gateway.ops.models import Request, Result
 from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
 from gateway.relay.account import CloudAccount
-from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE, CloudRelay
+from gateway.relay.cloud import CloudRelay
 from gateway.relay.feed import FanOut, StateFeed
 from gateway.relay.mqtt.password import read_password
-from gateway.relay.mqtt.relay import MQTT_OUTBOX_FILE, MqttRelay
+from gateway.relay.mqtt.relay import MqttRelay
 from gateway.relay.mqtt.topics import SERIAL
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import Outbox
@@ -62,15 +62,15 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
             return [r.serial for r in registry.all() if r.serial and SERIAL.match(r.serial)]
 
         cloud = CloudRelay(config.cloud, account.gateway_id,
-                           Outbox(config.state_dir / OUTBOX_FILE, account.gateway_id),
+                           Outbox(config.cloud_outbox_path, account.gateway_id),
                            account.client, account.auth, serials=serials,
                            token_stamp=account.store.stamp,
-                           status_path=config.cloud_dir / STATUS_FILE, clock=clock)
+                           status_path=config.cloud_status_path, clock=clock)
         runs["cloud relay"] = cloud.run
         sinks.append(cloud)
     if config.mqtt.enabled:
         gid = gateway_id(config.cloud_dir)
-        outbox = Outbox(config.state_dir / MQTT_OUTBOX_FILE, gid)
+        outbox = Outbox(config.mqtt_outbox_path, gid)
 
         def gateway_state() -> dict[str, object]:
             return {"cloud_outbox_depth": cloud.outbox.stats().depth if cloud else None,
@@ -83,7 +83,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
         mqtt = MqttRelay(config.mqtt, gid, outbox, operations,
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
                          gateway_state=gateway_state, password=mqtt_password,
-                         staged_dir=config.state_dir / "firmware" / "staged",
+                         staged_dir=config.staged_firmware_dir,
                          supervision=supervision, clock=clock)
         runs["mqtt relay"] = mqtt.run
         sinks.append(mqtt)

@@ -16,9 +16,7 @@ from gateway.config import GatewayConfig
 from gateway.doctor.host import Host
 from gateway.errors import GatewayError
 from gateway.ops.health import CloudStatus, PartState
-from gateway.relay.cloud import OUTBOX_FILE
 from gateway.relay.mqtt.password import read_password
-from gateway.relay.mqtt.relay import MQTT_OUTBOX_FILE
 from gateway.store.outbox import Outbox
 
 SERVICE_USER = "awgw"
@@ -232,8 +230,9 @@ def check_storage(ctx: Context) -> list[Finding]:
                           "free space on the SD card (journalctl --vacuum-size=50M, apt clean)"))
     elif disk.writable:
         found.append(ok("state_dir", f"{state_dir} is writable, {mib} MiB free"))
-    for name, file in (("cloud_outbox", OUTBOX_FILE), ("mqtt_outbox", MQTT_OUTBOX_FILE)):
-        found += _outbox(name, state_dir / file)
+    for name, path in (("cloud_outbox", ctx.config.cloud_outbox_path),
+                       ("mqtt_outbox", ctx.config.mqtt_outbox_path)):
+        found += _outbox(name, path)
     return found
 
 

@@ -61,7 +61,6 @@ PROGRESS_STEP_PCT = 10
 CHECK_JITTER = 0.1
 # After a failed poll of gatewayJobs: back off up to this.
 POLL_BACKOFF_MAX_S = 600.0
-FAILED_FILE = "ota_failed.json"
 # How often to look whether the relay's start-up probe has chosen the cloud mode.
 MODE_WAIT_S = 1.0
 
@@ -114,8 +113,8 @@ class CloudUpdates:
         self.gate_poll_s = gate_poll_s
         self._rng = rng
         self.clock = clock or LoopClock()
-        self.cache = config.state_dir / "firmware"
-        self._failed_path = config.cloud_dir / FAILED_FILE
+        self.cache = config.firmware_cache_dir
+        self._failed_path = config.failed_updates_path
         self._finished: set[str] = set()
         self._announced: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()  # one cloud-driven update at a time

@@ -189,7 +189,7 @@ class OtaService:
 
     @property
     def sessions_dir(self) -> Path:
-        return self.config.state_dir / "ota"
+        return self.config.ota_sessions_dir
 
     @contextlib.asynccontextmanager
     async def _radio(self, radio: str) -> AsyncIterator[None]:

@@ -16,7 +16,6 @@ from gateway.config import GatewayConfig
 from gateway.errors import CloudFailed, CloudLinkError
 from gateway.ops.health import CloudStatus, OutboxView
 from gateway.ops.models import ClaimResult
-from gateway.relay.cloud import OUTBOX_FILE, STATUS_FILE
 from gateway.store.credentials import FileTokenStore, gateway_id
 from gateway.store.outbox import Outbox
 
@@ -113,7 +112,7 @@ class CloudAccount:
     def offline_status(self) -> CloudStatus:
         """What can be told with the daemon stopped: the link, the outbox as stored, and what
         the relay last wrote of itself."""
-        path = self.config.state_dir / OUTBOX_FILE
+        path = self.config.cloud_outbox_path
         outbox = None
         if path.exists():
             store = Outbox(path, self.gateway_id, reader=True)
@@ -126,7 +125,7 @@ class CloudAccount:
                                 dropped=stats.dropped)
         try:
             last: CloudStatus | None = CloudStatus.model_validate_json(
-                (self.config.cloud_dir / STATUS_FILE).read_bytes())
+                self.config.cloud_status_path.read_bytes())
         except (FileNotFoundError, ValidationError):
             last = None
         note = "the daemon is not running"

@@ -76,8 +76,6 @@ BACKOFF_MAX_S = 300.0
 # How often a relink_needed relay looks at the token store for a new link.
 RELINK_POLL_S = 5.0
 # In the state directory: the outbox, and (in cloud/) what the relay last said of itself.
-OUTBOX_FILE = "outbox.sqlite3"
-STATUS_FILE = "status.json"
 USER_STATE_NOTE = ("cloud mode user_state: the backend has no route for events and watering "
                    "history yet; they are kept in the outbox (and go to MQTT)")
 

@@ -82,7 +82,6 @@ MAX_CONCURRENT_COMMANDS = 8
 MAX_PENDING_COMMANDS = 32
 # The guarded part this relay runs as (gateway/daemon/hub.py); its commands are its children.
 PART = "mqtt relay"
-MQTT_OUTBOX_FILE = "mqtt-outbox.sqlite3"
 
 
 @dataclass

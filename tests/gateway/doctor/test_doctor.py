@@ -28,7 +28,6 @@ from gateway.ops.health import (
     RelayHealth,
     RelayState,
 )
-from gateway.relay.cloud import OUTBOX_FILE
 from gateway.store.outbox import NewItem, Outbox, OutboxLimits
 
 MIB = 1024 * 1024
@@ -248,7 +247,7 @@ async def test_outbox_drops_and_old_items_are_found(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     cfg.state_dir.mkdir()
     clock = [1_000_000.0]
-    outbox = Outbox(cfg.state_dir / OUTBOX_FILE, "gw", OutboxLimits(max_items=3),
+    outbox = Outbox(cfg.cloud_outbox_path, "gw", OutboxLimits(max_items=3),
                     clock=lambda: clock[0])
     outbox.put_many([NewItem("A", "event", float(n), json.dumps({"n": n}))
                      for n in range(5)])
