@@ -19,7 +19,7 @@ import structlog
 from firmware_bridge.errors import TransportTimeout
 from firmware_bridge.ota.outcome import Phase, Progress
 from firmware_bridge.smp.channel import SmpChannel, SmpProtocolError
-from firmware_bridge.smp.commands import IMAGE_UPLOAD
+from firmware_bridge.smp.commands import IMAGE_UPLOAD, upload_offset
 from firmware_bridge.smp.wire import HEADER_SIZE, Group, Op, encode_cbor
 
 log = structlog.get_logger(__name__)
@@ -197,10 +197,7 @@ class Uploader:
         raise AssertionError("unreachable")
 
     def _offset(self, reply: dict[str, Any]) -> int:
-        off = reply.get("off")
-        if not isinstance(off, int) or not 0 <= off <= self.total:
-            raise SmpProtocolError(f"upload reply offset {off!r} is outside 0..{self.total}")
-        return off
+        return upload_offset(reply, self.total)
 
     async def run(self) -> None:
         acked = await self.first()

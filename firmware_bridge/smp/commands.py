@@ -1,9 +1,14 @@
-"""The mcumgr commands an update needs (ota.md 3.4), typed on the way in and out."""
+"""The mcumgr commands an update needs (ota.md 3.4), typed on the way in and out: replies are
+bound to the pinned ``smp`` package's models before anything reads them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from smp.image_management import ImageStatesReadResponse, ImageUploadWriteResponse
+from smp.os_management import MCUMgrParametersReadResponse
 
 from firmware_bridge.smp.channel import DeviceRejected, SmpChannel, SmpProtocolError
 from firmware_bridge.smp.wire import Group, Op
@@ -19,6 +24,7 @@ RESET_TIMEOUT_S = 5.0
 ERASE_TIMEOUT_S = 60.0
 DEFAULT_BUF_SIZE = 384  # ota.md 4.7: the fallback when params are not supported
 DEFAULT_BUF_COUNT = 1
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -40,26 +46,27 @@ class Params:
     reported: bool
 
 
-def _field(entry: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
-    value = entry.get(key, default)
-    if not isinstance(value, kind):
-        raise SmpProtocolError(f"image state field {key!r} is {type(value).__name__}")
-    return value
+def _bound(model: type[M], reply: dict[str, Any], what: str) -> M:
+    """A reply bound to the pinned ``smp`` package's model for it: a reply that does not fit
+    is the device speaking another protocol, never a value to guess from."""
+    try:
+        return model.model_validate(reply, strict=True)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors()[:3])
+        raise SmpProtocolError(f"{what} reply does not fit: {problems}") from exc
 
 
 def parse_images(reply: dict[str, Any]) -> tuple[ImageSlot, ...]:
-    images = reply.get("images")
-    if not isinstance(images, list):
-        raise SmpProtocolError("image state reply has no 'images' list")
+    bound = _bound(ImageStatesReadResponse, reply, "image state")
     slots = []
-    for entry in images:
-        if not isinstance(entry, dict):
-            raise SmpProtocolError("image state entry is not a map")
-        slots.append(ImageSlot(
-            _field(entry, "slot", int), _field(entry, "version", str, ""),
-            _field(entry, "hash", bytes), _field(entry, "bootable", bool, False),
-            _field(entry, "pending", bool, False), _field(entry, "confirmed", bool, False),
-            _field(entry, "active", bool, False), _field(entry, "permanent", bool, False)))
+    for image in bound.images:
+        if image.hash is None:
+            raise SmpProtocolError(f"image state of slot {image.slot} has no hash")
+        slots.append(ImageSlot(image.slot, image.version, bytes(image.hash),
+                               bool(image.bootable), bool(image.pending),
+                               bool(image.confirmed), bool(image.active),
+                               bool(image.permanent)))
     return tuple(slots)
 
 
@@ -71,10 +78,19 @@ async def read_params(channel: SmpChannel) -> Params:
         if exc.rc != RC_NOT_SUPPORTED:
             raise
         return Params(DEFAULT_BUF_SIZE, DEFAULT_BUF_COUNT, reported=False)
-    size, count = reply.get("buf_size"), reply.get("buf_count")
-    if not isinstance(size, int) or not isinstance(count, int) or size < 64 or count < 1:
-        raise SmpProtocolError(f"mcumgr params {reply!r} are not usable")
-    return Params(size, count, reported=True)
+    params = _bound(MCUMgrParametersReadResponse, reply, "mcumgr params")
+    if params.buf_size < 64 or params.buf_count < 1:
+        raise SmpProtocolError(f"mcumgr params {params.buf_size} x {params.buf_count} are not "
+                               "usable")
+    return Params(params.buf_size, params.buf_count, reported=True)
+
+
+def upload_offset(reply: dict[str, Any], total: int) -> int:
+    """Where the device says the upload stands (ota.md 4.5): 0..total."""
+    off = _bound(ImageUploadWriteResponse, reply, "upload").off
+    if off is None or not 0 <= off <= total:
+        raise SmpProtocolError(f"upload reply offset {off!r} is outside 0..{total}")
+    return off
 
 
 async def image_state(channel: SmpChannel) -> tuple[ImageSlot, ...]:
