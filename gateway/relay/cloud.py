@@ -1,8 +1,8 @@
 """The cloud relay: controller state -> outbox -> cloud (cloud-api.md 5, 11).
 
 ``observe`` turns each new controller state into at most one snapshot per change and per
-``snapshot_period_s`` and into the events it implies; ``record_history`` and ``record_event``
-add watering history and OTA outcomes. All of it is committed to the outbox first (group
+``snapshot_period_s``; ``record_event`` adds the events the state feed derived (once, for every
+relay) and OTA outcomes, ``record_history`` the watering history. All of it is committed to the outbox first (group
 commits), and one pump drains the outbox to the cloud, one batch in flight, so order per
 controller holds and nothing is lost while the cloud is away.
 
@@ -54,7 +54,6 @@ from gateway.ops.health import CloudStatus, OutboxView, RelayState
 from gateway.ops.models import ControllerState
 from gateway.relay.events import (
     DerivedEvent,
-    EventTracker,
     JsonObject,
     history_data,
     history_dedupe,
@@ -127,7 +126,6 @@ class CloudRelay:
         self.clock = clock or LoopClock()
         self._rng = rng
         self._controllers: dict[str, _Controller] = {}
-        self._events = EventTracker()
         # Registration is current when it carried the latest serials: a claim that lands while
         # a registerGateway is in flight bumps the generation, so that one does not count.
         self._serials_generation = 0
@@ -139,8 +137,6 @@ class CloudRelay:
     def observe(self, address: str, serial: str, state: ControllerState) -> None:
         now = self.clock.time()
         entry = self._controllers.setdefault(address, _Controller(serial))
-        for event in self._events.track(address, state, now):
-            self.record_event(serial, event, now)
         if snapshot_data(state) == entry.sent_data:
             entry.pending = None
             return

@@ -16,7 +16,7 @@ from firmware_bridge.link.state import StateEvent
 from gateway.clock import Clock, LoopClock
 from gateway.errors import GatewayError
 from gateway.ops.models import ControllerState
-from gateway.relay.events import DerivedEvent
+from gateway.relay.events import DerivedEvent, EventTracker
 from gateway.relay.mqtt.topics import SERIAL
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
@@ -33,6 +33,8 @@ HISTORY_AFTER_WATERING_S = 2.0
 
 class StateSink(Protocol):
     def observe(self, address: str, serial: str, state: ControllerState) -> None: ...
+
+    def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None: ...
 
     def record_history(self, serial: str, entries: Sequence[DetailedEntry]) -> None: ...
 
@@ -66,6 +68,7 @@ class StateFeed:
         self.history = history
         self.history_period_s = history_period_s
         self.clock = clock or LoopClock()
+        self._events = EventTracker()
         self._running: dict[str, int | None] = {}
         # When each controller's full history read is due, and the channels to read soon
         # because a watering on them just ended (and when).
@@ -98,8 +101,13 @@ class StateFeed:
             return
         record = self.registry.get(address)
         state = self.store.snapshot(address, record.firmware_version)
+        # Events are derived once, here, and every relay gets the same ones.
+        now = self.clock.time()
+        events = self._events.track(address, state, now)
         for sink in self.sinks:
             sink.observe(address, serial, state)
+            for event in events:
+                sink.record_event(serial, event, now)
         task = state.current_task
         running = task.channel if task is not None and task.runs else None
         before = self._running.get(address)

@@ -26,10 +26,7 @@ from firmware_bridge.gatt.codec import (
     TaskStatus,
     ValveControl,
 )
-
-V1 = bytes.fromhex(
-    "01070000971CB5693C000000010004024D030C00B9006F0294277000500000000C0000000100000000010000"
-    "0105FFFF0000000019001C0000180000")
+from tests.helpers.golden import V1
 
 
 def test_v1_bulk_sync_golden() -> None:

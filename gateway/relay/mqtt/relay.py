@@ -49,7 +49,7 @@ from gateway.ops.models import (
     OtaReport,
 )
 from gateway.ops.protocol import ControllerOps, dispatch_to_controllers
-from gateway.relay.events import DerivedEvent, EventTracker, history_data, history_dedupe
+from gateway.relay.events import DerivedEvent, history_data, history_dedupe
 from gateway.relay.mqtt import discovery as ha_discovery
 from gateway.relay.mqtt.commands import (
     MAX_COMMAND_BYTES,
@@ -130,7 +130,6 @@ class MqttRelay:
         self._dirty: set[str] = set()
         self._removed: set[str] = set()
         self._changed = asyncio.Event()
-        self._events = EventTracker()
         self._commands = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
         self._pending = 0
         self.commands_refused_busy = 0
@@ -154,8 +153,6 @@ class MqttRelay:
                 state.model_copy(update={"age_s": None}):
             self._dirty.add(node)
             self._changed.set()
-        for event in self._events.track(address, state, self.clock.time()):
-            self.record_event(serial, event)
 
     def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None:
         observed = self.clock.time() if at is None else at

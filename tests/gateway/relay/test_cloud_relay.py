@@ -13,8 +13,9 @@ from typing import Any
 from cloud_client import CloudClient, CognitoAuth, CognitoSettings, RetryPolicy, sign_in
 from firmware_bridge.gatt.history import DetailedEntry
 from gateway.config import CloudConfig, CloudMode
+from gateway.ops.models import ControllerState
 from gateway.relay.cloud import CloudRelay
-from gateway.relay.events import DerivedEvent
+from gateway.relay.events import DerivedEvent, EventTracker
 from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.store.credentials import FileTokenStore
 from gateway.store.outbox import Outbox
@@ -73,12 +74,24 @@ def types(world: World) -> list[str]:
     return [e["type"] for e in world.applied.events]
 
 
+_TRACKERS: dict[int, EventTracker] = {}
+
+
+def feed(relay: CloudRelay, new: ControllerState) -> None:
+    """What the state feed does with a new state: the relay observes it and records the events
+    derived from it (one tracker per relay here, as the feed keeps one for all relays)."""
+    tracker = _TRACKERS.setdefault(id(relay), EventTracker())
+    relay.observe("A", SERIAL, new)
+    for event in tracker.track("A", new, 1.0):
+        relay.record_event(SERIAL, event, 1.0)
+
+
 async def test_states_become_snapshots_and_events(tmp_path: Path) -> None:
     async with running(tmp_path) as s:
-        s.relay.observe("A", SERIAL, state())
-        s.relay.observe("A", SERIAL, state(task_ch=2, volume=100))
-        s.relay.observe("A", SERIAL, state(task_ch=2, volume=900, alarm=1))
-        s.relay.observe("A", SERIAL, state())
+        feed(s.relay, state())
+        feed(s.relay, state(task_ch=2, volume=100))
+        feed(s.relay, state(task_ch=2, volume=900, alarm=1))
+        feed(s.relay, state())
         await until(lambda: len(s.world.applied.events) >= 5)
         assert types(s.world) == ["controller_reachable", "watering_started", "alarm_raised",
                                   "alarm_cleared", "watering_finished"]
@@ -92,7 +105,7 @@ async def test_states_become_snapshots_and_events(tmp_path: Path) -> None:
 
 async def test_an_outage_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
     async with running(tmp_path) as s:
-        s.relay.observe("A", SERIAL, state())
+        feed(s.relay, state())
         await until(lambda: len(s.world.applied.events) == 1)
         s.world.faults.append(Fault("status", count=10**6, route="POST /reportDeviceState"))
         for n in range(300):
@@ -138,7 +151,7 @@ async def test_a_revoked_link_buffers_until_linked_again(tmp_path: Path) -> None
 async def test_todays_backend_gets_the_snapshot_under_the_gateways_key(tmp_path: Path) -> None:
     async with running(tmp_path, mode="user_state") as s:
         s.world.users[s.uid].state = {"schema": "v1", "storage": {"zones": ["lawn"]}}
-        s.relay.observe("A", SERIAL, state(task_ch=1, volume=50))
+        feed(s.relay, state(task_ch=1, volume=50))
         await until(lambda: (s.world.users[s.uid].state or {}).get("gateways") is not None)
         doc: Any = s.world.users[s.uid].state
         assert doc["schema"] == "v1" and doc["storage"] == {"zones": ["lawn"]}
@@ -155,7 +168,7 @@ def _event(n: int) -> DerivedEvent:
 
 async def test_a_configured_mode_is_not_probed(tmp_path: Path) -> None:
     async with running(tmp_path, mode="gateway_routes", configured=CloudMode.USER_STATE) as s:
-        s.relay.observe("A", SERIAL, state())
+        feed(s.relay, state())
         await until(lambda: (s.world.users[s.uid].state or {}).get("gateways") is not None)
         assert s.world.gateways == {}
 

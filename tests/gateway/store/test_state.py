@@ -10,7 +10,7 @@ from firmware_bridge.gatt.configuration import SystemConfig
 from firmware_bridge.gatt.units import PulsesPerLitre
 from firmware_bridge.link.state import Field, Source, StateEvent
 from gateway.store.state import StateStore
-from tests.helpers.golden import V19
+from tests.helpers.golden import V1, V19
 
 ADDRESS = "C0:FF:EE:00:00:00"
 
@@ -36,7 +36,6 @@ def test_freshness_ages_without_restamping() -> None:
     store = StateStore(stale_after_s=10, clock=lambda: now[0])
     assert not store.fresh(ADDRESS)  # nothing known is not fresh
     from firmware_bridge.gatt.codec import BulkSync
-    from tests.firmware_bridge.test_codec import V1
     store.apply(event(Field.BULK, BulkSync.decode(V1), 1000.0))
     now[0] = 1009.0
     assert store.fresh(ADDRESS)

@@ -1,0 +1,56 @@
+"""The state feed derives events once and hands every relay the same ones, with the state
+they came from."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from firmware_bridge.gatt.codec import BulkSync
+from firmware_bridge.gatt.history import DetailedEntry
+from firmware_bridge.link.state import Field, Source, StateEvent
+from gateway.ops.models import ControllerState
+from gateway.relay.events import DerivedEvent
+from gateway.relay.feed import StateFeed
+from gateway.store.registry import Registry
+from gateway.store.state import StateStore
+from tests.helpers import cancel_and_wait, until
+from tests.helpers.golden import V1
+
+ADDRESS, SERIAL = "C0:FF:EE:00:00:00", "100001"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.states: list[ControllerState] = []
+        self.events: list[tuple[str, DerivedEvent]] = []
+
+    def observe(self, address: str, serial: str, state: ControllerState) -> None:
+        self.states.append(state)
+
+    def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None:
+        self.events.append((serial, event))
+
+    def record_history(self, serial: str, entries: Sequence[DetailedEntry]) -> None:
+        pass
+
+
+async def test_every_relay_gets_the_same_events_once(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "r.sqlite3")
+    registry.add(ADDRESS, name="AutoWatering", bonded=True, serial=SERIAL)
+    store = StateStore(stale_after_s=60)
+    cloud, mqtt = Sink(), Sink()
+    feed = StateFeed(store, registry, [cloud, mqtt], None, history_period_s=3600)
+    task = asyncio.create_task(feed.run())
+    try:
+        at = time.time()  # the store ages values by wall time
+        store.apply(StateEvent(ADDRESS, Field.BULK, BulkSync.decode(V1), Source.SNAPSHOT, at, at))
+        await until(lambda: bool(cloud.events) and bool(mqtt.events))
+        await asyncio.sleep(0.2)  # a second derivation would have landed by now
+    finally:
+        await cancel_and_wait(task)
+    assert [e.type for _s, e in cloud.events] == ["controller_reachable"]
+    assert cloud.events == mqtt.events and cloud.events[0][0] == SERIAL
+    assert cloud.states and cloud.states == mqtt.states
