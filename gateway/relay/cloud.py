@@ -2,9 +2,9 @@
 
 ``observe`` turns each new controller state into at most one snapshot per change and per
 ``snapshot_period_s``; ``record_event`` adds the events the state feed derived (once, for every
-relay) and OTA outcomes, ``record_history`` the watering history. All of it is committed to the outbox first (group
-commits), and one pump drains the outbox to the cloud, one batch in flight, so order per
-controller holds and nothing is lost while the cloud is away.
+relay) and OTA outcomes, ``record_history`` the watering history. All of it is committed to
+the outbox first (group commits), and one pump drains the outbox to the cloud, one batch in
+flight, so order per controller holds and nothing is lost while the cloud is away.
 
 Two modes (``CloudMode``): ``gateway_routes`` sends snapshots, events and history through
 reportDeviceState (idempotent by batch and event id, 11 P2); ``user_state`` writes the latest
