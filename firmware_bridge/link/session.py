@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -28,12 +28,9 @@ from firmware_bridge.gatt.codec import (
     NO_CHANNEL,
     AlarmCode,
     AlarmStatus,
-    BulkSync,
     CurrentTask,
     CurrentTaskCommand,
-    FlowSensor,
     RtcConfig,
-    SystemStatus,
     TaskQueue,
     TaskQueueCommand,
     TaskStatus,
@@ -41,10 +38,7 @@ from firmware_bridge.gatt.codec import (
 )
 from firmware_bridge.gatt.configuration import (
     ChannelConfig,
-    HydraulicStatus,
-    Statistics,
     SystemConfig,
-    TimezoneConfig,
 )
 from firmware_bridge.gatt.fragments import (
     EnvDataReassembler,
@@ -60,8 +54,9 @@ from firmware_bridge.gatt.history import (
     is_realtime_event,
     parse_history,
 )
-from firmware_bridge.gatt.sensors import Diagnostics, EnvironmentalData, RainData
 from firmware_bridge.gatt.timesync import needs_sync, time_sync
+from firmware_bridge.link.confirm import TASK_QUEUE_EFFECTS, EventPredicate, after
+from firmware_bridge.link.decoding import DECODERS
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus, TaskQueueError
 from firmware_bridge.link.priority_lock import PriorityLock
@@ -129,48 +124,6 @@ class PollPlan:
         return PollPlan(min(self.bulk_s, period_s), min(self.bulk_watering_s, period_s),
                         min(self.status_s, period_s), self.slow_s, self.read_channel_names,
                         self.time_zone)
-
-
-Decoder = Callable[[bytes], Value]
-DECODERS: dict[str, tuple[Field, Decoder]] = {
-    uuids.BULK_SYNC: (Field.BULK, BulkSync.decode),
-    uuids.SYSTEM_STATUS: (Field.SYSTEM_STATUS, SystemStatus.decode),
-    uuids.FLOW_SENSOR: (Field.FLOW, FlowSensor.decode),
-    uuids.VALVE_CONTROL: (Field.VALVE, ValveControl.decode),
-    uuids.TASK_QUEUE: (Field.TASK_QUEUE, TaskQueue.decode),
-    uuids.CURRENT_TASK: (Field.CURRENT_TASK, CurrentTask.decode),
-    uuids.ALARM_STATUS: (Field.ALARM, AlarmStatus.decode),
-    uuids.RTC_CONFIG: (Field.RTC, RtcConfig.decode),
-    uuids.TIMEZONE_CONFIG: (Field.TIMEZONE, TimezoneConfig.decode),
-    uuids.SYSTEM_CONFIG: (Field.SYSTEM_CONFIG, SystemConfig.decode),
-    uuids.ENVIRONMENTAL_DATA: (Field.ENVIRONMENT, EnvironmentalData.decode),
-    uuids.RAIN_DATA: (Field.RAIN, RainData.decode),
-    uuids.DIAGNOSTICS: (Field.DIAGNOSTICS, Diagnostics.decode),
-    uuids.HYDRAULIC_STATUS: (Field.HYDRAULIC, HydraulicStatus.decode),
-    uuids.CHANNEL_CONFIG: (Field.CHANNEL, ChannelConfig.decode),
-    uuids.STATISTICS: (Field.STATISTICS, Statistics.decode),
-}
-
-EventPredicate = Callable[[StateEvent], bool]
-
-
-def _after(start: float, predicate: EventPredicate) -> EventPredicate:
-    return lambda event: event.monotonic >= start and predicate(event)
-
-
-def _task_is(*statuses: TaskStatus) -> EventPredicate:
-    return lambda e: isinstance(e.value, CurrentTask) and e.value.status in statuses
-
-
-_TASK_QUEUE_EFFECTS: dict[TaskQueueCommand, EventPredicate] = {
-    TaskQueueCommand.NOOP: lambda e: isinstance(e.value, TaskQueue),
-    TaskQueueCommand.START_NEXT: _task_is(TaskStatus.RUNNING),
-    TaskQueueCommand.PAUSE: _task_is(TaskStatus.PAUSED),
-    TaskQueueCommand.RESUME: _task_is(TaskStatus.RUNNING),
-    TaskQueueCommand.CANCEL: lambda e: isinstance(e.value, CurrentTask) and e.value.idle,
-    TaskQueueCommand.CLEAR_PENDING: lambda e: isinstance(e.value, TaskQueue)
-    and not e.value.is_error_report and e.value.pending_count == 0,
-}
 
 
 class ControllerSession:
@@ -332,7 +285,7 @@ class ControllerSession:
     async def task_queue_command(self, command: TaskQueueCommand) -> CommandOutcome:
         """The Task Queue write always succeeds (5.5): a failure shows only as an error report
         notification, a success only as its effect. Wait for whichever comes first."""
-        effect = _TASK_QUEUE_EFFECTS[command]
+        effect = TASK_QUEUE_EFFECTS[command]
 
         def answered(event: StateEvent) -> bool:
             value = event.value
@@ -422,7 +375,7 @@ class ControllerSession:
                 async with self._lock.hold(PriorityLock.URGENT):
                     # Only what arrives after the write can answer it: a throttled
                     # notification of an earlier change must not confirm this command.
-                    self._waiters = [(_after(self.clock.monotonic(), p), f)
+                    self._waiters = [(after(self.clock.monotonic(), p), f)
                                      if f in (done, queued_future) else (p, f)
                                      for p, f in self._waiters]
                     await self._timed(self.link.write(uuid, frame))
