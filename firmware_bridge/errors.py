@@ -1,4 +1,19 @@
-"""The firmware_bridge error tree: protocol and transport errors of the controller's language."""
+"""The firmware_bridge error tree: protocol and transport errors of the controller's language.
+
+    BridgeError
+    |-- DecodeError            bytes that do not fit the documented layout
+    |-- EncodeError            a value the wire format cannot carry
+    |-- AttRefused             the device answered with an ATT error (a value: ``code``)
+    |-- CharacteristicMissing  not exposed (older firmware, or a stale GATT cache)
+    `-- TransportError         the byte pipe failed
+        |-- TransportTimeout   no answer within the named timeout
+        |-- PeerNotFound       the adapter does not know the device
+        |-- LinkLost           the connection went away mid-operation
+        `-- LinkDBusError      BlueZ refused (``name`` kept for classification)
+
+SMP adds two in ``smp.channel``: ``SmpProtocolError`` (a DecodeError: a reply that does not
+fit) and ``DeviceRejected`` (a BridgeError: the device's own rc, a value). The gateway
+classifies all of these once (gateway/link/failures.py)."""
 
 
 class BridgeError(Exception):
