@@ -17,7 +17,7 @@ import time
 from smpclient import SMPClient
 from smpclient.transport.ble import SMPBLETransport
 
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.controller.link_model import LinkParams
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig, RigOptions

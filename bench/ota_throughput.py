@@ -40,7 +40,7 @@ from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.channel import SmpChannel
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from firmware_bridge.smp.transport import FrameTransport
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.controller.link_model import LinkParams
 from gateway.sim.images import firmware_body, make_image, rewrap_as_version
 from gateway.sim.qemu_peer import PeerArtifacts, QemuPeer, fetch_artifacts

@@ -35,7 +35,7 @@ from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
 from gateway.link.radio import pair_on_radio
 from gateway.ops.models import LinkState
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
 from gateway.store.registry import Registry
 

@@ -34,7 +34,7 @@ from gateway.errors import GatewayError
 from gateway.ops.models import Claim, Pair
 from gateway.sim.broker import MosquittoBroker, free_port
 from gateway.sim.cloud import EmulatorServer, Fault, World
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
 
 USER, PASSWORD = "soak@example.com", "soak-password"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
 
 

@@ -117,7 +117,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 def _controller_template(args: argparse.Namespace) -> Any:
-    from gateway.sim.controller.device import ControllerConfig
+    from gateway.sim.controller.config import ControllerConfig
 
     return ControllerConfig(
         0, 0, "", firmware_version=args.firmware_version, smp=not args.no_smp,

@@ -34,7 +34,7 @@ from gateway.ops.models import Claim, ControllerState, GetState, LinkState, Pair
 from gateway.sim.broker import EmbeddedBroker, MosquittoBroker, free_port, local_broker
 from gateway.sim.cloud import EmulatorServer, World
 from gateway.sim.cloud.publish import publish_release
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig, RigOptions
 

@@ -21,7 +21,8 @@ import structlog
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from gateway.sim.controller.device import CONTROL_IFACE, CONTROL_PATH, ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
+from gateway.sim.controller.control import CONTROL_IFACE, CONTROL_PATH
 from gateway.sim.dbus_daemon import PrivateBus
 from gateway.sim.errors import SimConfigError, SimError
 from gateway.sim.processes import terminate

@@ -245,7 +245,7 @@ async def test_resume_after_the_gateway_is_killed(peer: Peer, tmp_path: Path) ->
 async def test_firmware_that_confirms_itself_is_waited_for(tmp_path: Path) -> None:
     """AutoWatering firmware confirms its own image after a good boot: the SELF policy waits
     for that and never sends a confirm itself."""
-    from gateway.sim.controller.device import ControllerConfig
+    from gateway.sim.controller.config import ControllerConfig
 
     template = ControllerConfig(0, 0, "", self_confirm_after_s=1.5)
     async with Rig(RigOptions(controllers=1, template=template)) as rig:

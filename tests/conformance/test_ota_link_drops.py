@@ -13,7 +13,7 @@ from firmware_bridge.ota.outcome import OtaResult
 from firmware_bridge.ota.update import FirmwareUpdate, OtaSettings
 from firmware_bridge.ota.upload import max_data
 from firmware_bridge.smp.udp import UdpSmpTransport
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.qemu_peer import free_tcp_port
 from gateway.sim.rig import Rig, RigOptions

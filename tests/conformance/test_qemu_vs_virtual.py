@@ -22,7 +22,7 @@ import pytest
 from firmware_bridge.mcuboot import parse_image
 from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from firmware_bridge.smp.wire import decode_payload
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.images import rewrap_as_version
 from gateway.sim.qemu_peer import QemuPeer, fetch_artifacts, free_tcp_port
 from gateway.sim.rig import Rig, RigOptions

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.rig import Rig
 from tests.helpers.cloud import (
     ADDRESS,

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.sim.cloud import World
 from gateway.sim.cloud.publish import publish_release
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
 from tests.helpers.cloud import ADDRESS, SERIAL, Gateway, cloud, link_and_claim, until

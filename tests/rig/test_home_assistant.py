@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.sim.broker import MosquittoBroker
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
 from tests.helpers.home_assistant import HomeAssistant, venv

@@ -25,7 +25,7 @@ from gateway.ops.models import Claim, Pair
 from gateway.sim.broker import free_port
 from gateway.sim.cloud import EmulatorServer, World
 from gateway.sim.cloud.publish import publish_release
-from gateway.sim.controller.device import ControllerConfig
+from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
 from tests.helpers import until

@@ -6,7 +6,8 @@ import asyncio
 import signal
 import sys
 
-from gateway.sim.controller.device import ControllerConfig, VirtualController
+from gateway.sim.controller.config import ControllerConfig
+from gateway.sim.controller.device import VirtualController
 from gateway.sim.logs import configure_sim_logging
 
 

@@ -7,21 +7,19 @@ power loss is a real process death and a reboot a real re-registration, as on th
 
 import asyncio
 import contextlib
-import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import structlog
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusByte, DBusStr, DBusUInt16
-from dbus_fast.service import ServiceInterface, method
 
 from firmware_bridge.gatt import uuids
 from firmware_bridge.smp.wire import HEADER_SIZE, parse_header
+from gateway.sim.controller.config import ControllerConfig, Faults, version_tuple
+from gateway.sim.controller.control import CONTROL_PATH, ControlInterface
 from gateway.sim.controller.flash_store import FlashStore
 from gateway.sim.controller.gatt_app import (
     ADV_PATH,
@@ -29,24 +27,16 @@ from gateway.sim.controller.gatt_app import (
     GattCharacteristic,
     GattService,
     LEAdvertisement,
-    Options,
     att_error,
 )
 from gateway.sim.controller.irrigation import AttError, IrrigationConfig, IrrigationModel, Schedule
 from gateway.sim.controller.link_model import LinkParams, LinkScheduler
-from gateway.sim.controller.mcuboot_flash import (
-    NRF52840_GEOMETRY,
-    QEMU_PEER_GEOMETRY,
-    FlashGeometry,
-)
 from gateway.sim.controller.smp_server import SmpServer, SmpServerConfig, TransportLimits
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.radios import PERIPHERAL_RADIOS_BUS_NAME
 
 log = structlog.get_logger(__name__)
 
-CONTROL_PATH = "/org/autowatering/control"
-CONTROL_IFACE = "org.autowatering.SimController1"
 # The firmware restarts advertising ~0.8 s after a disconnect (device-ble.md section 2).
 READVERTISE_DELAY_S = 0.8
 # BlueZoo calls Confirm() after delivering each notification; waiting for it keeps dbus-fast's
@@ -74,102 +64,6 @@ UNTHROTTLED_EVENTS = {uuids.ALARM_STATUS, uuids.SMP_CHARACTERISTIC, uuids.HISTOR
 # Characteristics that push their current value right after a subscription (4.3).
 SNAPSHOT_ON_SUBSCRIBE = (uuids.ALARM_STATUS, uuids.TIMEZONE_CONFIG, uuids.DIAGNOSTICS,
                          uuids.RAIN_DATA, uuids.HYDRAULIC_STATUS)
-
-
-@dataclass
-class ControllerConfig:
-    index: int
-    adapter_id: int
-    address: str
-    firmware_version: str = "3.1.0"
-    serial_number: str = "000001"
-    hardware_revision: str = "v1"
-    smp: bool = True
-    mcumgr_params: bool = True
-    buf_size: int = 384
-    buf_count: int = 4
-    geometry: str = "nrf52840"
-    indefinite_cbor: bool = False
-    interval_ms: float = 30.0
-    packets_per_event: int = 4
-    mtu: int = 247
-    udp_port: int | None = None
-    udp_host: str = "127.0.0.1"
-    # Zephyr's UDP transport netbuf defaults (CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE with the UDP
-    # transport: 2048 bytes, 2 buffers); MCUmgr params over UDP report these.
-    udp_buf_size: int = 2048
-    udp_buf_count: int = 2
-    time_scale: float = 1.0
-    schedule_every_s: float | None = None
-    nominal_pps: tuple[int, ...] = (25, 20, 23, 30, 18, 22, 26, 24)
-    state_dir: str = ""
-    factory_image_size: int = 24_000
-    # Benchmarks: write "<uuid> <hex value> <monotonic ns>" per notification as it leaves the
-    # link model, so a central can measure its own latency beyond the modelled air time.
-    trace_dir: str = ""
-    # AutoWatering firmware confirms its own image (boot_write_img_confirmed) once it has run
-    # this long after a boot; None models firmware that leaves it to the updater.
-    self_confirm_after_s: float | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "ControllerConfig":
-        raw = json.loads(text)
-        raw["nominal_pps"] = tuple(raw["nominal_pps"])
-        return cls(**raw)
-
-    def flash_geometry(self) -> FlashGeometry:
-        return QEMU_PEER_GEOMETRY if self.geometry == "qemu" else NRF52840_GEOMETRY
-
-
-@dataclass
-class Faults:
-    """Faults armed from the control interface; see ``VirtualController.inject``."""
-
-    slow_s: float = 0.0
-    slow_until: float = 0.0
-    mute_until: float = 0.0
-    busy_until: float = 0.0
-    corrupt_next: set[str] = field(default_factory=set)
-    at_upload_offset: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
-    drop_smp_replies: int = 0
-
-
-def _version_tuple(text: str) -> tuple[int, int, int, int]:
-    major, minor, revision, build = [*(int(p) for p in text.split(".")[:4]), 0, 0, 0, 0][:4]
-    return major, minor, revision, build
-
-
-class ControlInterface(ServiceInterface):
-    """The rig's handle on a controller: faults and inspection. Not part of the device."""
-
-    def __init__(self, controller: "VirtualController") -> None:
-        super().__init__(CONTROL_IFACE)
-        self._c = controller
-
-    @method()
-    async def InjectFault(self, kind: DBusStr, params: Options) -> None:
-        try:
-            await self._c.inject(kind, {k: v.value for k, v in params.items()})
-        except ValueError as exc:
-            raise DBusError("org.autowatering.Error.InvalidFault", str(exc)) from exc
-
-    @method()
-    def RaiseAlarm(self, code: DBusUInt16, data: DBusUInt16) -> None:
-        self._c.model.raise_alarm(code, data)
-
-    @method()
-    def Water(self, channel: DBusByte, minutes: DBusUInt16) -> None:
-        try:
-            self._c.model.water_locally(channel, minutes)
-        except ValueError as exc:
-            raise DBusError("org.autowatering.Error.InvalidWatering", str(exc)) from exc
-
-    @method()
-    def Status(self) -> DBusStr:
-        return json.dumps(self._c.status())
 
 
 class VirtualController:
@@ -202,7 +96,7 @@ class VirtualController:
         self.boots = 0
         self._running_version: str | None = None  # parsed from slot 0 after each boot
         self.store = FlashStore(Path(config.state_dir) / "flash")
-        factory = make_image(_version_tuple(config.firmware_version),
+        factory = make_image(version_tuple(config.firmware_version),
                              firmware_body(f"factory-{config.firmware_version}",
                                            config.factory_image_size))
         self.flash = self.store.load(config.flash_geometry(), factory)
