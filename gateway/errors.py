@@ -9,7 +9,12 @@ class ConfigError(GatewayError):
     """Configuration is missing or invalid."""
 
 
-class RegistryError(GatewayError):
+class StoreError(GatewayError):
+    """A store in the state directory (disk full, locked, damaged): transient for whoever met it,
+    retried with backoff, never a programming error."""
+
+
+class RegistryError(StoreError):
     """The controller registry (SQLite) could not be read or written."""
 
 
@@ -33,7 +38,7 @@ class CommandFailed(GatewayError):
     """The controller refused or never confirmed a command."""
 
 
-class OutboxError(GatewayError):
+class OutboxError(StoreError):
     """The outbox (SQLite in the state directory) could not be opened, read or written."""
 
 

@@ -21,6 +21,7 @@ from firmware_bridge.errors import (
     TransportError,
     TransportTimeout,
 )
+from gateway.errors import StoreError
 
 # ATT codes meaning "this link is not (or no longer) encrypted with a bond the peer knows".
 ATT_AUTHENTICATION = {0x05, 0x08, 0x0F}
@@ -39,6 +40,7 @@ class FailureClass(StrEnum):
     LINK_LOST = "link_lost"
     DEVICE_BUSY = "device_busy"
     GATT_MISMATCH = "gatt_mismatch"
+    STORE = "store"
     PROGRAMMING = "programming"
 
 
@@ -71,6 +73,9 @@ POLICIES: dict[FailureClass, RetryPolicy] = {
     FailureClass.LINK_LOST: RetryPolicy(1.0, 30.0),
     FailureClass.DEVICE_BUSY: RetryPolicy(1.0, 10.0),
     FailureClass.GATT_MISMATCH: RetryPolicy(5.0, 300.0),
+    # The state directory's disk full, locked or damaged: clears when a person (or logrotate)
+    # frees space; the supervisor keeps the link policy and tries again, never faulted.
+    FailureClass.STORE: RetryPolicy(5.0, 300.0),
     FailureClass.PROGRAMMING: RetryPolicy(0.0, 0.0, retry=False),
 }
 
@@ -115,6 +120,8 @@ def classify(exc: BaseException) -> Failure:
 
 
 def _kind(exc: BaseException) -> FailureClass:
+    if isinstance(exc, StoreError):
+        return FailureClass.STORE
     if isinstance(exc, AttRefused):
         if exc.code in ATT_AUTHENTICATION:
             return FailureClass.AUTHENTICATION

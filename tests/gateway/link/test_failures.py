@@ -16,6 +16,7 @@ from firmware_bridge.errors import (
     TransportError,
     TransportTimeout,
 )
+from gateway.errors import OutboxError, RegistryError
 from gateway.link.failures import POLICIES, FailureClass, RetryPolicy, classify
 
 
@@ -50,6 +51,8 @@ from gateway.link.failures import POLICIES, FailureClass, RetryPolicy, classify
     (CharacteristicMissing("read: characteristic not found"), FailureClass.GATT_MISMATCH),
     (DecodeError("Bulk Sync: expected >= 60 bytes"), FailureClass.GATT_MISMATCH),
     (TransportError("connect: Not connected"), FailureClass.LINK_LOST),
+    (RegistryError("database or disk is full"), FailureClass.STORE),
+    (OutboxError("database is locked"), FailureClass.STORE),
     (TypeError("'NoneType' object is not subscriptable"), FailureClass.PROGRAMMING),
     (KeyError("x"), FailureClass.PROGRAMMING),
 ])

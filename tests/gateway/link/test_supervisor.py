@@ -15,7 +15,7 @@ from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import OutcomeStatus
 from gateway.clock import LoopClock
 from gateway.config import LinkPolicy, LinkSettings
-from gateway.errors import CommandFailed, ControllerBusy, PairingError
+from gateway.errors import CommandFailed, ControllerBusy, PairingError, RegistryError
 from gateway.link.scheduler import SlotScheduler
 from gateway.link.supervisor import Supervisor
 from gateway.ops.models import LinkState
@@ -257,3 +257,30 @@ async def test_repeated_gatt_mismatch_clears_the_cache_once(tmp_path: Path) -> N
         assert actions.count("clear_gatt_cache_and_repair") == 1
     finally:
         task.cancel()
+
+
+async def test_a_full_disk_is_a_backoff_not_a_fault(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry failing (disk full, locked) is transient for the supervisor that met it:
+    it backs off with the store's policy and serves again once the store works."""
+    radio = Radio()
+    sup, store = make(tmp_path, radio)
+    failing = [2]
+    original = sup.registry.seen
+
+    def seen(*args: object, **kwargs: object) -> None:
+        if failing[0]:
+            failing[0] -= 1
+            raise RegistryError("cannot write the registry: database or disk is full")
+        original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sup.registry, "seen", seen)
+    with capture_logs() as logs:
+        task = asyncio.create_task(sup.run())
+        try:
+            await until(lambda: sup.state is LinkState.CONNECTED and not failing[0])
+        finally:
+            await cancel_and_wait(task)
+    failures = [e for e in logs if e["event"] == "link_failure"]
+    assert [f["failure_class"] for f in failures] == ["store", "store"]
+    assert sup.state is not LinkState.FAULTED and store.fresh(ADDRESS)
