@@ -317,10 +317,14 @@ class ControllerState(_Model):
         return None
 
 
+# How an update ended: firmware_bridge's OtaResult, as the report carries it.
+UpdateResult = Literal["succeeded", "reverted", "failed"]
+
+
 class OtaReport(_Model):
     """How an update ended (firmware_bridge's OtaOutcome) and what the controller said after."""
 
-    result: str
+    result: UpdateResult
     reason: str | None
     detail: str
     rc: int | None

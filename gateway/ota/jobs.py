@@ -386,7 +386,7 @@ class CloudUpdates:
             self.events.record_event(record.serial, ota_event(report))
         detail.update({"result": report.result, "uploaded_bytes": report.uploaded_bytes,
                        "fw_version": report.firmware_revision or report.version})
-        if report.result in ("succeeded", "skipped"):
+        if report.result == "succeeded":
             return Outcome("succeeded", None, detail)
         return Outcome("failed", report.reason or report.result, detail)
 

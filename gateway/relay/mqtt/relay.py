@@ -537,7 +537,7 @@ class MqttRelay:
             if offer.source == "staged" and offer.file is not None:
                 report = await self.ops.ota(Ota(address=entry.address, file=str(offer.file)),
                                             lambda p: progress(int(p.fraction * 100)))
-                ok = report.result in ("succeeded", "skipped")
+                ok = report.result == "succeeded"
                 detail = report.detail if isinstance(report, OtaReport) else ""
                 result: Any = report.model_dump(mode="json") if isinstance(report, BaseModel) \
                     else None

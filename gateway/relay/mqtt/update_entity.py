@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+# A release found by the cloud's check, or an image a person staged on the hub.
+OfferSource = Literal["cloud", "staged"]
 
 
 class InstallOutcome(Protocol):
@@ -27,6 +30,6 @@ class Offer:
     on the hub (``<state_dir>/firmware/staged/<node>.bin``)."""
 
     version: str
-    source: str  # cloud | staged
+    source: OfferSource
     file: Path | None = None
     stamp: float = 0.0  # the staged file's mtime
