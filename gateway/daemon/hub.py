@@ -79,7 +79,9 @@ class Hub:
             part("control server", self.server.run)
             await self.server.listening.wait()
             if self.config.metrics_port:
-                self.metrics_url = self.metrics.serve(self.config.metrics_port)
+                # Binding resolves the address (getaddrinfo): not on the loop.
+                self.metrics_url = await asyncio.to_thread(self.metrics.serve,
+                                                           self.config.metrics_port)
             if self.metrics_url is not None:
                 part("metrics", self.metrics.run)
             self.ready.set()
