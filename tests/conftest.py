@@ -38,3 +38,14 @@ def fixtures_dir() -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rig_options(**kwargs): options for the rig fixture")
+
+
+# A test that needs neither the rig nor QEMU answers in seconds (the slowest wait out a relay's
+# first backoff steps, ~30 s); past this it is stuck, and says so long before the global 300 s.
+UNIT_TIMEOUT_S = 120.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("rig", "qemu", "timeout")):
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
