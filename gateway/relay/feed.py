@@ -168,8 +168,12 @@ class StateFeed:
     async def _read_history(self, address: str, now: float) -> None:
         assert self.history is not None
         periodic = self._periodic_due.setdefault(address, now) <= now
-        soon_at, soon = self._after_watering.get(address, (float("inf"), set()))
-        channels = set(range(CHANNELS)) if periodic else (soon if soon_at <= now else set())
+        after = self._after_watering.get(address)
+        soon_at, soon = after if after is not None else (float("inf"), set())
+        # Only a request already due is answered by this read: one not yet due waits for the
+        # firmware to write its entry, which a read now would miss.
+        answered = after if soon_at <= now else None
+        channels = set(range(CHANNELS)) if periodic else (soon if answered is not None else set())
         if not channels:
             return
         serial = self._serial(address)
@@ -184,11 +188,18 @@ class StateFeed:
             retry = now + min(60.0, self.history_period_s)
             if periodic:
                 self._periodic_due[address] = retry
-            else:
-                self._after_watering[address] = (retry, soon)
+            if answered is not None:
+                latest = self._after_watering.get(address)
+                if latest is answered:
+                    self._after_watering[address] = (retry, soon)
+                elif latest is not None:  # another watering ended meanwhile: one read for both
+                    self._after_watering[address] = (latest[0], latest[1] | soon)
             return
         for sink in self.sinks:
             sink.record_history(serial, entries)
-        self._after_watering.pop(address, None)
+        # A watering that ended while this read was in flight asked for a read of its own
+        # (a new request replaced the one answered): keep it.
+        if answered is not None and self._after_watering.get(address) is answered:
+            del self._after_watering[address]
         if periodic:
             self._periodic_due[address] = now + self.history_period_s

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from firmware_bridge.gatt.codec import BulkSync
+from firmware_bridge.gatt.codec import CHANNELS, BulkSync, CurrentTask, TaskMode, TaskStatus
 from firmware_bridge.gatt.history import DetailedEntry
 from firmware_bridge.link.state import Field, Source, StateEvent
 from gateway.ops.models import ControllerState
@@ -17,6 +17,7 @@ from gateway.relay.feed import StateFeed
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 from tests.helpers import cancel_and_wait, until
+from tests.helpers.fakes import VirtualClock
 from tests.helpers.golden import V1
 
 ADDRESS, SERIAL = "C0:FF:EE:00:00:00", "100001"
@@ -54,3 +55,44 @@ async def test_every_relay_gets_the_same_events_once(tmp_path: Path) -> None:
     assert [e.type for _s, e in cloud.events] == ["controller_reachable"]
     assert cloud.events == mqtt.events and cloud.events[0][0] == SERIAL
     assert cloud.states and cloud.states == mqtt.states
+
+
+class SlowHistory:
+    """A history reader whose reads wait for the test's word, recording what each asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[int]] = []
+        self.release = asyncio.Event()
+
+    async def read(self, address: str, channels: Sequence[int]) -> list[DetailedEntry]:
+        self.asked.append(list(channels))
+        await self.release.wait()
+        return []
+
+
+def _task(channel: int, status: TaskStatus) -> StateEvent:
+    at = time.time()
+    task = CurrentTask(channel, 0, TaskMode.DURATION, 60, 30, 0, status)
+    return StateEvent(ADDRESS, Field.CURRENT_TASK, task, Source.NOTIFY, at, at)
+
+
+async def test_a_watering_that_ends_during_a_history_read_is_read_again(tmp_path: Path) -> None:
+    # The read in flight began before the firmware wrote the entry: it cannot stand for the
+    # read after the watering, which must still come.
+    registry = Registry(tmp_path / "r.sqlite3")
+    registry.add(ADDRESS, name="AutoWatering", bonded=True, serial=SERIAL)
+    store = StateStore(stale_after_s=60)
+    history = SlowHistory()
+    feed = StateFeed(store, registry, [Sink()], history, history_period_s=3600,
+                     clock=VirtualClock())
+    task = asyncio.create_task(feed.run())
+    try:
+        store.apply(_task(2, TaskStatus.RUNNING))
+        await until(lambda: len(history.asked) == 1)  # the periodic read, now in flight
+        store.apply(_task(2, TaskStatus.COMPLETED))
+        await asyncio.sleep(0.2)  # the feed settles the change while the read waits
+        history.release.set()
+        await until(lambda: len(history.asked) == 2, what="the read after the watering")
+    finally:
+        await cancel_and_wait(task)
+    assert history.asked == [list(range(CHANNELS)), [2]]
