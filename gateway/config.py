@@ -157,10 +157,10 @@ class GatewayConfig(BaseModel):
     log_level: LogLevel = "info"
     # Prometheus metrics on 127.0.0.1 (gateway/daemon/metrics.py); 0 turns them off.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9877
-    link: LinkSettings = LinkSettings()
-    ota: OtaConfig = OtaConfig()
-    cloud: CloudConfig = CloudConfig()
-    mqtt: MqttConfig = MqttConfig()
+    link: LinkSettings = Field(default_factory=LinkSettings)
+    ota: OtaConfig = Field(default_factory=OtaConfig)
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @property
     def cloud_dir(self) -> Path:

@@ -15,8 +15,11 @@ from typing import Any, ClassVar, TypeVar
 
 from firmware_bridge.errors import DecodeError, EncodeError
 
-NO_CHANNEL = 0xFF
-CHANNELS = 8
+# Re-exported (the `as` form is mypy's explicit re-export): the codec's callers name the
+# limits with the layouts.
+from firmware_bridge.gatt.limits import CHANNELS as CHANNELS  # noqa: PLC0414
+from firmware_bridge.gatt.limits import MAX_TASK_MINUTES as MAX_TASK_MINUTES  # noqa: PLC0414
+from firmware_bridge.gatt.limits import NO_CHANNEL as NO_CHANNEL  # noqa: PLC0414
 
 
 class GattDecodeError(DecodeError):
@@ -38,11 +41,6 @@ def enum_or_int(enum: type[E], value: int) -> E | int:
         return enum(value)
     except ValueError:
         return value
-
-
-# The longest duration task the firmware runs as asked: it accepts 1-1440 minutes but stores
-# them in a u8 (device-ble.md Δ21: 256 runs 0 minutes, 1440 runs 160).
-MAX_TASK_MINUTES = 255
 
 
 class SystemStatusCode(IntEnum):

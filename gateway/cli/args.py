@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from firmware_bridge.gatt.codec import CHANNELS, NO_CHANNEL
+from firmware_bridge.gatt.limits import CHANNELS, NO_CHANNEL
 
 
 def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:

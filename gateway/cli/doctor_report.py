@@ -8,10 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from gateway.cli import exits
+from gateway.cli.screen import Cell, Screen, Style, Styled
 from gateway.config import DEFAULT_CONFIG_PATH, GatewayConfig, load_config
 from gateway.doctor import checks
 from gateway.doctor.checks import Context, Finding, Status
@@ -19,8 +17,8 @@ from gateway.doctor.host import Host, SystemHost
 from gateway.errors import ConfigError
 from gateway.ops.health import CloudStatus
 
-STYLE = {Status.OK: "green", Status.INFO: "blue", Status.WARNING: "yellow",
-         Status.ERROR: "red"}
+STYLE: dict[Status, Style | None] = {Status.OK: "green", Status.INFO: None,
+                                     Status.WARNING: "yellow", Status.ERROR: "red"}
 
 
 def config_path(given: Path | None) -> Path:
@@ -52,17 +50,16 @@ async def diagnose(host: Host, config: GatewayConfig, problem: str | None, path:
             *await checks.check_ways_out(ctx)]
 
 
-def show(findings: list[Finding], console: Console) -> None:
-    table = Table("", "check", "finding", show_lines=False, pad_edge=False)
+def show(findings: list[Finding], screen: Screen) -> None:
+    rows: list[list[Cell]] = []
     for finding in findings:
-        style = STYLE[finding.status]
-        text = finding.summary
+        rows.append([Styled(finding.status.value, STYLE[finding.status]), finding.check,
+                     finding.summary])
         if finding.remedy and finding.wrong:
-            text += f"\n[dim]-> {finding.remedy}[/dim]"
-        table.add_row(f"[{style}]{finding.status.value}[/{style}]", finding.check, text)
-    console.print(table)
+            rows.append(["", "", Styled(f"-> {finding.remedy}", "dim")])
+    screen.table(["", "check", "finding"], rows)
     wrong = [f for f in findings if f.wrong]
-    console.print(f"{len(wrong)} problem(s)" if wrong else "[green]nothing wrong[/green]")
+    screen.line(f"{len(wrong)} problem(s)" if wrong else Styled("nothing wrong", "green"))
 
 
 async def run_doctor(args: argparse.Namespace) -> int:
@@ -73,5 +70,5 @@ async def run_doctor(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": not any(f.wrong for f in findings),
                           "findings": [f.model_dump(mode="json") for f in findings]}))
     else:
-        show(findings, Console())
+        show(findings, Screen())
     return exits.DOCTOR_PROBLEMS if any(f.wrong for f in findings) else 0

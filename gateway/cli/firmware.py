@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -39,6 +38,7 @@ from firmware_bridge.smp.udp import DEFAULT_PORT as DEFAULT_UDP_PORT
 from firmware_bridge.smp.udp import UdpSmpTransport
 from gateway.cli import exits, output
 from gateway.cli.link import operations
+from gateway.cli.screen import Screen, Style, Styled
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import CommandFailed, ConfigError
 from gateway.ops.models import Ota, OtaReport
@@ -99,9 +99,9 @@ async def run_image_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, sort_keys=True))
     else:
-        console = Console()
+        screen = Screen()
         for key, value in document.items():
-            console.print(f"[bold]{key}[/bold]: {value}")
+            screen.line(Styled(str(key), "bold"), f": {value}")
     return 0 if inspection.valid else exits.BAD_IMAGE
 
 
@@ -184,12 +184,13 @@ def _report(args: argparse.Namespace, report: OtaReport) -> int:
     if args.json:
         output.print_json(report)
     else:
-        style = {"succeeded": "green", "reverted": "yellow"}.get(report.result, "red")
+        outcome: dict[str, Style] = {"succeeded": "green", "reverted": "yellow"}
+        style = outcome.get(report.result, "red")
         revision = "" if report.firmware_revision is None else (
             f", the controller reports {report.firmware_revision}")
-        Console().print(f"[{style}]{report.result}[/{style}] {report.detail} "
-                        f"(version {report.version}, {report.seconds} s{revision}; "
-                        f"{report.frames_lost} frames lost, {report.reconnects} reconnects, "
-                        f"window {report.window})")
+        Screen().line(Styled(report.result, style),
+                      f" {report.detail} (version {report.version}, {report.seconds} s{revision}; "
+                      f"{report.frames_lost} frames lost, {report.reconnects} reconnects, "
+                      f"window {report.window})")
     return {OtaResult.SUCCEEDED.value: 0, OtaResult.REVERTED.value: exits.OTA_REVERTED}.get(
         report.result, exits.OTA_FAILED)

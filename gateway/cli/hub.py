@@ -4,15 +4,13 @@ with this hub, and what to do about it)."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.cli import output
 from gateway.cli.link import operations
+from gateway.cli.screen import Cell, Screen, Styled
 from gateway.config import load_config
 from gateway.ops.health import HubStatus, PartState, RelayHealth
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 COMMANDS = ("status", "doctor")
 
@@ -35,9 +33,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(status)
     else:
-        from rich.console import Console
-
-        show_status(status, Console())
+        show_status(status, Screen())
     return 0
 
 
@@ -47,48 +43,50 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _relay(relay: RelayHealth) -> str:
+def _relay(relay: RelayHealth) -> list[Cell]:
     if not relay.enabled:
-        return "[dim]disabled[/dim]"
+        return [Styled("disabled", "dim")]
     good = relay.up
-    text = f"[{'green' if good else 'red'}]{relay.state.value}[/]"
+    cells: list[Cell] = [Styled(relay.state.value, "green" if good else "red")]
     if relay.outbox_depth:
-        text += f", outbox {relay.outbox_depth}"
+        cells.append(f", outbox {relay.outbox_depth}")
         if relay.lag_s is not None:
-            text += f" (oldest {_duration(relay.lag_s)})"
+            cells.append(f" (oldest {_duration(relay.lag_s)})")
     if relay.outbox_dropped:
-        text += f", [yellow]{relay.outbox_dropped} dropped[/]"
-    text += f", {relay.delivered} delivered"
-    if relay.last_error and not good:
-        text += f"\n          last error: {relay.last_error}"
-    return text
+        cells += [", ", Styled(f"{relay.outbox_dropped} dropped", "yellow")]
+    cells.append(f", {relay.delivered} delivered")
+    return cells
 
 
-def show_status(status: HubStatus, console: Console) -> None:
+def show_status(status: HubStatus, screen: Screen) -> None:
     """Fits 80 columns: one labelled line per part of the hub."""
-    ready = "[green]ready[/]" if status.ready else "[yellow]starting[/]"
-    console.print(f"[bold]AutoWatering gateway {status.version}[/bold]  {ready}, "
-                  f"up {_duration(status.uptime_s)}")
+    ready = Styled("ready", "green") if status.ready else Styled("starting", "yellow")
+    screen.line(Styled(f"AutoWatering gateway {status.version}", "bold"), "  ", ready,
+                f", up {_duration(status.uptime_s)}")
     radio = status.radio
     scanning = "scanning" if radio.scanning else "not scanning"
-    console.print(f"radio     {radio.adapter} " + (f"[green]ok[/], {scanning}" if radio.ok
-                                                   else f"[red]{radio.reason}[/]"))
+    health: list[Cell] = ([Styled("ok", "green"), f", {scanning}"] if radio.ok
+                          else [Styled(radio.reason or "not ok", "red")])
+    screen.line(f"radio     {radio.adapter} ", *health)
     states = ", ".join(f"{n} {s}" for s, n in status.link_states.items()) or "none paired"
-    console.print(f"links     {status.links}/{status.max_links} held; {status.controllers} "
-                  f"controllers: {status.fresh} fresh, {status.stale} stale ({states})")
-    console.print(f"cloud     {_relay(status.cloud)}")
-    console.print(f"mqtt      {_relay(status.mqtt)}")
+    screen.line(f"links     {status.links}/{status.max_links} held; {status.controllers} "
+                f"controllers: {status.fresh} fresh, {status.stale} stale ({states})")
+    for label, relay in (("cloud", status.cloud), ("mqtt", status.mqtt)):
+        screen.line(f"{label:<10}", *_relay(relay))
+        if relay.enabled and relay.last_error and not relay.up:
+            screen.line(f"          last error: {relay.last_error}")
     for update in status.updates:
         pct = 100 * update.offset // update.total if update.total else 0
-        console.print(f"update    {update.address} {update.phase} {pct}% "
-                      f"({update.offset}/{update.total} B, "
-                      f"{update.rate_bytes_per_s / 1000:.1f} kB/s)")
+        screen.line(f"update    {update.address} {update.phase} {pct}% "
+                    f"({update.offset}/{update.total} B, "
+                    f"{update.rate_bytes_per_s / 1000:.1f} kB/s)")
     down = [p for p in status.parts if not p.up]
     restarted = sum(p.restarts for p in status.parts)
-    console.print(f"parts     {len(status.parts) - len(down)}/{len(status.parts)} up"
-                  + (f", {restarted} restarts" if restarted else ""))
+    screen.line(f"parts     {len(status.parts) - len(down)}/{len(status.parts)} up"
+                + (f", {restarted} restarts" if restarted else ""))
     for part in down:
-        colour = "red" if part.state is PartState.FAILED else "yellow"
-        console.print(f"          [{colour}]{part.name} {part.state.value}[/]: {part.reason}")
+        screen.line("          ", Styled(f"{part.name} {part.state.value}",
+                                          "red" if part.state is PartState.FAILED else "yellow"),
+                    f": {part.reason}")
     metrics = status.metrics_url or "off"
-    console.print(f"loop lag  {status.loop_lag_ms} ms; metrics {metrics}")
+    screen.line(f"loop lag  {status.loop_lag_ms} ms; metrics {metrics}")

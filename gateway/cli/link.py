@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from firmware_bridge.gatt.codec import NO_CHANNEL
+from firmware_bridge.gatt.limits import NO_CHANNEL
 from gateway.cli import args as types
 from gateway.cli import exits, logs, output
 from gateway.config import GatewayConfig, OtaPolicy, load_config

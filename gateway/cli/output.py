@@ -1,5 +1,5 @@
 """How the CLI shows results: ``--json`` prints one JSON document as the last line of stdout;
-otherwise rich tables for people (rich is imported only then)."""
+otherwise a screen for people (cli/screen.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from gateway.cli.screen import Screen, Styled
 from gateway.ops.models import ControllerState
 
 TIME_COLUMNS = ("last_seen", "at", "updated_at")
@@ -19,41 +20,34 @@ def print_json(result: object) -> None:
     print(json.dumps(to_jsonable_python(result), sort_keys=True))
 
 
-def print_table(rows: Sequence[BaseModel], columns: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*columns)
+def print_table(rows: Sequence[BaseModel], columns: list[str],
+                screen: Screen | None = None) -> None:
+    cells = []
     for row in rows:
         values = row.model_dump(mode="json")
-        table.add_row(*(_cell(c, values.get(c)) for c in columns))
-    Console().print(table)
+        cells.append([_cell(c, values.get(c)) for c in columns])
+    (screen or Screen()).table(columns, cells)
 
 
-def print_record(result: BaseModel) -> None:
-    print_table([result], list(type(result).model_fields))
+def print_record(result: BaseModel, screen: Screen | None = None) -> None:
+    print_table([result], list(type(result).model_fields), screen)
 
 
-def print_state(state: ControllerState) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    fresh = ("fresh" if state.fresh else "never read" if state.age_s is None
-             else f"STALE ({state.age_s} s old)")
-    console.print(f"[bold]{state.address}[/bold] firmware {state.firmware_version} "
-                  f"link {state.link.value} - {fresh}")
-    valves = Table("channel", "name", "open")
-    for valve in state.valves:
-        valves.add_row(str(valve.channel), valve.name or "-",
-                       "[green]open[/green]" if valve.open else "closed")
-    console.print(valves)
-    summary = Table("item", "value")
+def print_state(state: ControllerState, screen: Screen | None = None) -> None:
+    screen = screen or Screen()
+    fresh = (Styled("fresh", "green") if state.fresh else Styled("never read", "yellow")
+             if state.age_s is None else Styled(f"STALE ({state.age_s} s old)", "red"))
+    screen.line(Styled(state.address, "bold"), f" firmware {state.firmware_version} "
+                f"link {state.link.value} - ", fresh)
+    screen.table(["channel", "name", "open"], [
+        [str(v.channel), v.name or "-", Styled("open", "green") if v.open else "closed"]
+        for v in state.valves])
+    rows: list[list[str | Styled]] = []
     for key in ("system_status", "flow", "alarm", "current_task", "task_queue"):
         item = getattr(state, key)
-        summary.add_row(key, "-" if item is None else ", ".join(
-            f"{k}={v}" for k, v in item.model_dump(mode="json").items() if k != "at"))
-    console.print(summary)
+        rows.append([key, "-" if item is None else ", ".join(
+            f"{k}={v}" for k, v in item.model_dump(mode="json").items() if k != "at")])
+    screen.table(["item", "value"], rows)
 
 
 def _cell(column: str, value: object) -> str:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
-from firmware_bridge.gatt.codec import CHANNELS, MAX_TASK_MINUTES, NO_CHANNEL
+from firmware_bridge.gatt.limits import CHANNELS, MAX_TASK_MINUTES, NO_CHANNEL
 from firmware_bridge.ota.outcome import ConfirmPolicy
 from gateway.config import LinkPolicy, OtaPolicy
 from gateway.ops.health import CloudStatus, HubStatus
