@@ -9,10 +9,22 @@ from __future__ import annotations
 import re
 
 _DIGITS = re.compile(r"[0-9]+")
+# What a release version may be before the gateway uses it (in a file's name, a log, a topic):
+# ASCII letters, digits and . + _ -, at most 64 characters. "4.0.0/rc1", a NUL or a digit of
+# another script is refused, not interpreted.
+_RELEASE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
+# A part longer than this is cut: int() refuses strings of more than 4300 digits, and no
+# version needs more than 18 (a u64).
+_PART_DIGITS = 18
+
+
+def valid_version(version: str) -> bool:
+    return _RELEASE.fullmatch(version) is not None
 
 
 def version_key(version: str) -> tuple[int, ...]:
-    parts = [int(p) for p in _DIGITS.findall(version.strip().removeprefix("v"))]
+    parts = [int(p[:_PART_DIGITS])
+             for p in _DIGITS.findall(version.strip().removeprefix("v"))]
     while parts and parts[-1] == 0:
         parts.pop()
     return tuple(parts)

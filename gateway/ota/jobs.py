@@ -17,8 +17,10 @@ or reverted update is reported and remembered, never retried blindly.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from cloud_client.errors import (
     RateLimited,
 )
 from cloud_client.models import Artifact, Job, OtaLatest, Release, UpdateGatewayJob
-from cloud_client.versions import version_key
+from cloud_client.versions import valid_version, version_key
 from firmware_bridge.mcuboot import ImageFormatError, image_problems, parse_image
 from firmware_bridge.ota.outcome import Progress
 from gateway.backoff import full_jitter
@@ -63,6 +65,8 @@ CHECK_JITTER = 0.1
 POLL_BACKOFF_MAX_S = 600.0
 # How often to look whether the relay's start-up probe has chosen the cloud mode.
 MODE_WAIT_S = 1.0
+# Images kept in the firmware cache (a few releases across boards; each at most 4 MiB).
+CACHE_KEEP = 4
 
 Status = Literal["succeeded", "failed", "rejected", "skipped", "retry"]
 
@@ -164,7 +168,7 @@ class CloudUpdates:
         while True:
             try:
                 await self.check_releases()
-            except CloudError as exc:
+            except (CloudError, GatewayError) as exc:  # the cloud, or the registry's disk
                 log.info("release_check_failed", error=str(exc))
             period = self.config.cloud.ota_check_period_s
             await self.clock.sleep(period * (1 + CHECK_JITTER * (2 * self._rng() - 1)))
@@ -335,6 +339,8 @@ class CloudUpdates:
 
     async def _apply(self, plan: Plan, progress: Callable[[int, str], None]) -> Outcome:
         record = plan.record
+        if not valid_version(plan.version):
+            return Outcome("failed", "bad_version", {"version": plan.version[:80]})
         if plan.board.lower() != record.board.lower():
             return Outcome("failed", "wrong_board", {"controller_board": record.board,
                                                      "release_board": plan.board})
@@ -350,7 +356,7 @@ class CloudUpdates:
             return Outcome("retry", "cloud_unavailable", {"error": str(exc)})
         progress(5, "downloaded")
         try:
-            image = parse_image(path.read_bytes())
+            image = parse_image(await asyncio.to_thread(path.read_bytes))
         except ImageFormatError as exc:
             return Outcome("failed", "bad_image", {"problem": str(exc)})
         problems = image_problems(image, None)
@@ -367,7 +373,8 @@ class CloudUpdates:
         if current and version_key(image_version) < version_key(current) and not (
                 plan.explicit or self.config.cloud.allow_downgrade):
             return Outcome("skipped", "downgrade_not_allowed", {**detail, "fw_version": current})
-        await self._wait_idle(record.address)
+        if (waited := await self._wait_idle(record.address)) is not None:
+            return waited
         progress(10, "uploading")
 
         def on_progress(p: Progress) -> None:
@@ -379,7 +386,9 @@ class CloudUpdates:
                                                on_progress)
                 break
             except ControllerBusy:
-                await self._wait_idle(record.address)  # it started watering meanwhile
+                # It started watering meanwhile.
+                if (waited := await self._wait_idle(record.address)) is not None:
+                    return waited
             except GatewayError as exc:
                 return Outcome("failed", "gateway_refused", {**detail, "error": str(exc)})
         if self.events is not None and record.serial is not None:
@@ -390,30 +399,73 @@ class CloudUpdates:
             return Outcome("succeeded", None, detail)
         return Outcome("failed", report.reason or report.result, detail)
 
-    async def _wait_idle(self, address: str) -> None:
+    async def _wait_idle(self, address: str) -> Outcome | None:
+        """None once the controller is idle; a ``retry`` when it cannot be reached (switched
+        off for the winter, out of range, its bond lost): the update is postponed, never
+        failed or remembered for that."""
         while True:
-            state = await self.target.state(GetState(address=address))
-            busy = state.watering()
+            try:
+                state = await self.target.state(GetState(address=address))
+            except ControllerBusy:
+                busy: str | None = "it is busy"
+            except GatewayError as exc:
+                log.info("update_waits_for_controller", address=address, error=str(exc))
+                return Outcome("retry", "controller_unreachable", {"error": str(exc)})
+            else:
+                busy = state.watering()
             if busy is None:
-                return
+                return None
             log.info("update_waits_for_idle", address=address, why=busy)
             await self.clock.sleep(self.gate_poll_s)
 
     async def _download(self, plan: Plan) -> Path:
+        """The image in the cache, named by its sha256 and hashed again before each use (ota.md
+        6.5); a damaged file is fetched again. The version never goes into a file's name."""
         artifact = plan.artifact
-        sha = artifact.sha256 if artifact else None
+        sha = artifact.sha256.lower() if artifact and artifact.sha256 else None
         size = artifact.size_bytes if artifact else None
         self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        dest = self.cache / f"{sha or plan.board + '-' + plan.version}.bin"
-        if sha is not None and dest.exists():
-            return dest  # ota.md 6.5: cached by sha256, checked when it was written
+        if sha is not None:
+            cached = self.cache / f"{sha}.bin"
+            if await asyncio.to_thread(_holds, cached, sha):
+                return cached
+        # Fetched under a name of its own, then named by what it holds.
+        incoming = self.cache / f"incoming-{secrets.token_hex(8)}.bin"
         link = await self.client.download_url(plan.version, plan.board, plan.channel)
         try:
-            return await self.client.download(link.url, dest, size_bytes=size, sha256=sha)
+            path = await self.client.download(link.url, incoming, size_bytes=size, sha256=sha)
         except DownloadRejected as exc:
             if not exc.problem.startswith(("HTTP 403", "HTTP 404")):
                 raise
-        # 7, rule 2: the URL expired (or its credentials did): one fresh URL, once.
-        fresh = await self.client.download_url(plan.version, plan.board, plan.channel)
-        return await self.client.download(fresh.url, dest, size_bytes=size, sha256=sha)
+            # 7, rule 2: the URL expired (or its credentials did): one fresh URL, once.
+            fresh = await self.client.download_url(plan.version, plan.board, plan.channel)
+            path = await self.client.download(fresh.url, incoming, size_bytes=size, sha256=sha)
+        return await asyncio.to_thread(_settle, path, self.cache)
 
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _holds(path: Path, sha: str) -> bool:
+    """Whether ``path`` holds the bytes of ``sha``; a file that does not is removed."""
+    try:
+        if _digest(path) == sha:
+            return True
+    except FileNotFoundError:
+        return False
+    log.warning("firmware_cache_damaged", file=path.name)
+    path.unlink(missing_ok=True)
+    return False
+
+
+def _settle(path: Path, cache: Path) -> Path:
+    """Name a fresh download by its sha256, and keep the cache to the newest few images."""
+    named = cache / f"{_digest(path)}.bin"
+    path.replace(named)
+    named.touch()  # its use makes it the newest
+    images = sorted(cache.glob("*.bin"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in images[CACHE_KEEP:]:
+        old.unlink(missing_ok=True)
+    return named

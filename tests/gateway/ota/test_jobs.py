@@ -17,6 +17,7 @@ import pytest
 from cloud_client import CloudClient, RetryPolicy
 from cloud_client.models import Artifact
 from gateway.config import CloudConfig, CloudMode, GatewayConfig
+from gateway.errors import CommandFailed
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
 from gateway.ota.jobs import CloudUpdates, Plan
@@ -36,8 +37,11 @@ class FakeTarget:
 
     sent: list[Ota] = field(default_factory=list)
     watering: bool = False
+    unreachable: bool = False
 
     async def state(self, request: GetState) -> ControllerState:
+        if self.unreachable:
+            raise CommandFailed(f"refresh {request.address}: not done within 60 s")
         return state(task_ch=1 if self.watering else None)
 
     async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:
@@ -158,3 +162,51 @@ async def test_an_update_waits_while_the_controller_waters(tmp_path: Path) -> No
         assert not task.done() and s.target.sent == []
         s.target.watering = False
         assert (await asyncio.wait_for(task, 10)).status == "succeeded"
+
+
+@pytest.mark.parametrize("version", ["4.0.0/rc1", "4.0.0\x00", "../../etc/x", "", "v" * 65,
+                                     "1" * 5000, "4.0.0 ", "٤.0.0"])
+async def test_a_hostile_version_is_refused_before_anything_is_fetched(
+        tmp_path: Path, version: str) -> None:
+    # hostile-edges H2 B/C: the version went into a file name (FileNotFoundError, ValueError:
+    # embedded null byte) and ended the part.
+    async with setup(tmp_path) as s:
+        outcome = await s.updates.apply(plan(s, version))
+        assert (outcome.status, outcome.reason) == ("failed", "bad_version")
+        assert s.world.downloads == 0 and s.target.sent == []
+
+
+async def test_an_unreachable_controller_postpones_the_update(tmp_path: Path) -> None:
+    # hostile-edges H2 A: a controller switched off for the winter; its state could not be
+    # read and the supervisor's CommandFailed ended cloud updates (the whole hub, then).
+    async with setup(tmp_path) as s:
+        await publish(s, "4.0.0", IMAGE)
+        s.target.unreachable = True
+        outcome = await s.updates.apply(plan(s, "4.0.0"))
+        assert (outcome.status, outcome.reason) == ("retry", "controller_unreachable")
+        assert s.target.sent == [] and not s.updates._failed()  # noqa: SLF001 - never remembered as failed
+        s.target.unreachable = False
+        assert (await s.updates.apply(plan(s, "4.0.0"))).status == "succeeded"
+
+
+async def test_a_damaged_cache_file_is_fetched_again(tmp_path: Path) -> None:
+    # hostile-edges L9: a cached image was trusted without a re-hash; a damaged one failed as
+    # bad_image and the version was never tried again.
+    async with setup(tmp_path) as s:
+        await publish(s, "4.0.0", IMAGE)
+        sha = hashlib.sha256(IMAGE).hexdigest()
+        cached = tmp_path / "firmware" / f"{sha}.bin"
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(IMAGE[:-1] + b"\x00")
+        outcome = await s.updates.apply(plan(s, "4.0.0", sha=sha, size=len(IMAGE)))
+        assert outcome.status == "succeeded" and s.world.downloads == 1
+        assert cached.read_bytes() == IMAGE
+
+
+async def test_a_release_without_a_sha_is_cached_under_the_sha_of_its_bytes(
+        tmp_path: Path) -> None:
+    async with setup(tmp_path) as s:
+        await publish(s, "4.0.0", IMAGE)
+        assert (await s.updates.apply(plan(s, "4.0.0"))).status == "succeeded"
+        names = sorted(p.name for p in (tmp_path / "firmware").iterdir())
+        assert names == [f"{hashlib.sha256(IMAGE).hexdigest()}.bin"]
