@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 import httpx
 from pydantic import ValidationError
 
+from cloud_client import jsonbody
 from cloud_client.errors import AuthError, MalformedResponse, RelinkNeeded, ServerFailure
 from cloud_client.models import (
     CognitoErrorBody,
@@ -78,7 +79,7 @@ def read_initiate_auth(response: httpx.Response, *, refreshing: bool) -> Tokens:
     if response.status_code >= 500:
         raise ServerFailure("cognito", response.status_code, None, "Cognito unavailable", "none")
     try:
-        raw = json.loads(body)
+        raw = jsonbody.decode(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedResponse("cognito", "not JSON") from exc
     if response.status_code != 200:
@@ -106,7 +107,7 @@ def token_claims(id_token: str) -> dict[str, object]:
     backend checks the signature, 2.2)."""
     try:
         payload = id_token.split(".")[1]
-        raw = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        raw = jsonbody.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError, UnicodeDecodeError):
         return {}
     return raw if isinstance(raw, dict) else {}

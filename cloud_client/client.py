@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import os
 import random
@@ -26,6 +27,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from cloud_client import jsonbody
 from cloud_client.errors import (
     AuthRejected,
     CloudError,
@@ -130,7 +132,7 @@ def _retry_after_s(value: str | None) -> float | None:
 def error_for(route: str, response: httpx.Response, body: bytes) -> CloudResponseError:
     """The typed error for an error status, from either error shape (3) or none."""
     try:
-        raw: object = json.loads(body) if body else None
+        raw: object = jsonbody.decode(body) if body else None
     except (ValueError, UnicodeDecodeError):
         raw = None
     shape, code, message = _shape(raw)
@@ -162,7 +164,7 @@ def parse_response(route: str, response: httpx.Response, body: bytes, model: typ
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise MalformedResponse(route, f"content type {content_type or 'missing'!r}")
     try:
-        raw = json.loads(body)
+        raw = jsonbody.decode(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedResponse(route, "body is not JSON") from exc
     try:
@@ -170,6 +172,34 @@ def parse_response(route: str, response: httpx.Response, body: bytes, model: typ
     except ValidationError as exc:
         raise MalformedResponse(route, f"unexpected shape ({exc.error_count()} problems)") \
             from exc
+
+
+def check_download_url(url: str) -> str:
+    """The host of a download URL the gateway may fetch, or DownloadRejected: https with a
+    host and a valid port; plain http only to this machine (the emulator, a developer's
+    server), never to another host, where anyone on the path could swap the image."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise DownloadRejected("?", f"not a URL ({exc})") from None
+    if not host or any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise DownloadRejected(host or "?", "not a URL with a host")
+    if parts.scheme == "https":
+        return host
+    if parts.scheme == "http" and _loopback(host):
+        return host
+    raise DownloadRejected(host, f"{parts.scheme or 'no'} scheme refused: https only")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class CloudClient:
@@ -276,7 +306,7 @@ class CloudClient:
         No Authorization header goes with it (7, rule 1). A 403 or 404 raises
         DownloadRejected with ``problem`` starting "HTTP 403": the caller fetches a fresh
         URL once (rule 2)."""
-        host = urlsplit(url).hostname or "?"
+        host = check_download_url(url)
         limit = min(max_bytes, size_bytes) if size_bytes is not None else max_bytes
         partial = dest.with_name(dest.name + ".part")
         try:

@@ -99,6 +99,9 @@ class CloudConfig(BaseModel):
     ota_check_period_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
     # cloud-api.md 5: one saveUserState per user at a time, and not more often than this.
     user_state_period_s: Annotated[float, Field(gt=0)] = 60.0
+    # The least time between two polls of gatewayJobs, whatever the cloud's poll_after_s says
+    # (a hostile or broken cloud must not make the gateway poll in a loop).
+    jobs_poll_min_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
     ota_policy: OtaPolicy = OtaPolicy.MANUAL
     ota_channel: str = "stable"
     allow_downgrade: bool = False

@@ -55,7 +55,9 @@ class HubConfig:
                       f'cognito_endpoint = "{self.cloud_url}/_cognito/"',
                       f'client_id = "{self.client_id}"',
                       f"snapshot_period_s = {self.snapshot_period_s}",
-                      "history_period_s = 3600", "ota_check_period_s = 3600"]
+                      "history_period_s = 3600", "ota_check_period_s = 3600",
+                      # The demo's cloud asks for a poll every 2 s, so an update starts soon.
+                      "jobs_poll_min_s = 1"]
         if self.broker_port is not None:
             lines += ["[mqtt]", "enabled = true", 'host = "127.0.0.1"',
                       f"port = {self.broker_port}", "keepalive_s = 10"]

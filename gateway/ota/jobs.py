@@ -65,6 +65,9 @@ CHECK_JITTER = 0.1
 POLL_BACKOFF_MAX_S = 600.0
 # How often to look whether the relay's start-up probe has chosen the cloud mode.
 MODE_WAIT_S = 1.0
+# The longest the gateway waits between two polls of gatewayJobs, whatever the cloud says: a
+# job queued from the app starts within this.
+JOBS_POLL_MAX_S = 3600.0
 # Images kept in the firmware cache (a few releases across boards; each at most 4 MiB).
 CACHE_KEEP = 4
 
@@ -162,7 +165,8 @@ class CloudUpdates:
                 if job.job_id not in self._finished:
                     await self._guarded_job(job)
             cursor = polled.next_cursor or cursor
-            await self.clock.sleep(polled.poll_after_s)
+            await self.clock.sleep(poll_delay_s(polled.poll_after_s,
+                                                self.config.cloud.jobs_poll_min_s))
 
     async def _check_releases(self) -> None:
         while True:
@@ -441,6 +445,11 @@ class CloudUpdates:
             fresh = await self.client.download_url(plan.version, plan.board, plan.channel)
             path = await self.client.download(fresh.url, incoming, size_bytes=size, sha256=sha)
         return await asyncio.to_thread(_settle, path, self.cache)
+
+
+def poll_delay_s(said: float, floor_s: float) -> float:
+    """The cloud's poll_after_s, kept between the configured floor and an hour."""
+    return min(JOBS_POLL_MAX_S, max(floor_s, said))
 
 
 def _digest(path: Path) -> str:

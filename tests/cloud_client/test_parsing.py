@@ -3,6 +3,7 @@ only (cloud-api.md 3), and reads both error shapes."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud_client.auth import read_initiate_auth
+from cloud_client.auth import read_initiate_auth, token_claims
 from cloud_client.client import parse_response
 from cloud_client.errors import (
     AuthError,
@@ -100,3 +101,22 @@ def test_cognito_error_namespace_and_challenge() -> None:
     body = b'{"ChallengeName":"SMS_MFA","Session":"x"}'
     with pytest.raises(AuthError, match="SMS_MFA"):
         read_initiate_auth(httpx.Response(200, content=body), refreshing=False)
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # well under the 1 MiB cap
+
+
+def test_deeply_nested_json_is_a_malformed_response() -> None:
+    # hostile-edges M6: RecursionError escaped every typed error (GET /health, a 503 body,
+    # Cognito), and through the relay's pump ended the part.
+    with pytest.raises(MalformedResponse):
+        parse_response("GET /health", response(200, DEEP), DEEP, OtaLatest)
+    with pytest.raises(ServerFailure):
+        parse_response("GET /health", response(503, DEEP), DEEP, OtaLatest)
+    with pytest.raises(MalformedResponse):
+        read_initiate_auth(httpx.Response(200, content=DEEP), refreshing=True)
+    with pytest.raises(MalformedResponse):
+        read_initiate_auth(httpx.Response(400, content=DEEP), refreshing=True)
+    payload = base64.urlsafe_b64encode(DEEP).decode().rstrip("=")
+    assert token_claims(f"h.{payload}.s") == {}
+

@@ -20,7 +20,7 @@ from gateway.config import CloudConfig, CloudMode, GatewayConfig
 from gateway.errors import CommandFailed
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
-from gateway.ota.jobs import CloudUpdates, Plan
+from gateway.ota.jobs import CloudUpdates, Plan, poll_delay_s
 from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.sim.cloud.publish import publish_release
 from gateway.sim.images import firmware_body, make_image
@@ -210,3 +210,13 @@ async def test_a_release_without_a_sha_is_cached_under_the_sha_of_its_bytes(
         assert (await s.updates.apply(plan(s, "4.0.0"))).status == "succeeded"
         names = sorted(p.name for p in (tmp_path / "firmware").iterdir())
         assert names == [f"{hashlib.sha256(IMAGE).hexdigest()}.bin"]
+
+
+@pytest.mark.parametrize(("said", "floor", "kept"), [
+    (0.0001, 10.0, 10.0), (1e9, 10.0, 3600.0), (120.0, 10.0, 120.0), (float("inf"), 10.0, 3600.0),
+    (0.5, 1.0, 1.0)])
+def test_the_clouds_poll_period_is_kept_between_the_floor_and_an_hour(
+        said: float, floor: float, kept: float) -> None:
+    # hostile-edges M6: poll_after_s only had to be above 0, so a hostile cloud could make
+    # the gateway poll in a hot loop (or, with a huge one, never again).
+    assert poll_delay_s(said, floor) == kept
