@@ -9,8 +9,10 @@ import threading
 from typing import TYPE_CHECKING
 
 from gateway import __version__
+from gateway.errors import OutboxError
 from gateway.ops.health import HubStatus, RelayHealth, RelayState, UpdateInProgress
 from gateway.ops.models import LinkState
+from gateway.store.outbox import Outbox
 
 if TYPE_CHECKING:
     from gateway.daemon.hub import Hub
@@ -44,19 +46,30 @@ def hub_status(hub: Hub) -> HubStatus:
 def _cloud(relay: CloudRelay | None) -> RelayHealth:
     if relay is None:
         return DISABLED
-    stats = relay.outbox.stats()
-    return RelayHealth(enabled=True, state=relay.state(), outbox_depth=stats.depth,
-                       outbox_dropped=sum(stats.dropped.values()),
-                       delivered=relay.counters.delivered,
-                       lag_s=None if stats.oldest_age_s is None else round(stats.oldest_age_s, 1),
-                       last_error=relay.counters.last_error)
+    return _relay(relay.state(), relay.outbox, relay.counters.delivered,
+                  relay.counters.last_error)
 
 
 def _mqtt(relay: MqttRelay | None) -> RelayHealth:
     if relay is None:
         return DISABLED
-    stats = relay.outbox.stats()
-    return RelayHealth(enabled=True, state=relay.state(),
-                       outbox_depth=stats.depth, outbox_dropped=sum(stats.dropped.values()),
-                       delivered=relay.published_states,
-                       lag_s=None if stats.oldest_age_s is None else round(stats.oldest_age_s, 1))
+    return _relay(relay.state(), relay.outbox, relay.published_states, None)
+
+
+def _relay(state: RelayState, outbox: Outbox, delivered: int,
+           last_error: str | None) -> RelayHealth:
+    try:
+        stats = outbox.stats()
+    except OutboxError as exc:  # `awgw status` answers whatever the disk does
+        return RelayHealth(enabled=True, state=state, delivered=delivered,
+                           last_error=str(exc),
+                           outbox_quarantined=_aside(outbox))
+    return RelayHealth(enabled=True, state=state, outbox_depth=stats.depth,
+                       outbox_dropped=sum(stats.dropped.values()), delivered=delivered,
+                       lag_s=None if stats.oldest_age_s is None else round(stats.oldest_age_s, 1),
+                       last_error=last_error, outbox_quarantined=stats.quarantined)
+
+
+def _aside(outbox: Outbox) -> str | None:
+    return None if outbox.quarantined is None else str(outbox.quarantined)
+

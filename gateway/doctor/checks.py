@@ -237,8 +237,12 @@ def check_storage(ctx: Context) -> list[Finding]:
 
 
 def _outbox(check: str, path: Path) -> list[Finding]:
+    found = [warn(check, f"a damaged outbox was moved aside to {aside} (what it held was not "
+                  "relayed)", f"keep it for a bug report or delete it: rm {aside}*")
+             for aside in sorted(path.parent.glob(f"{path.name}.corrupt-*"))
+             if not aside.name.endswith(("-wal", "-shm"))]
     if not path.exists():
-        return []
+        return found
     try:
         outbox = Outbox(path, "doctor", reader=True)
         try:
@@ -246,10 +250,9 @@ def _outbox(check: str, path: Path) -> list[Finding]:
         finally:
             outbox.close()
     except GatewayError as exc:
-        return [error(check, f"{path} cannot be read: {exc}",
-                      f"stop the service, move {path} aside, start it again (a new outbox is "
-                      "made; what the old one held is lost)")]
-    found = []
+        return [*found, error(check, f"{path} cannot be read: {exc}",
+                              "restart the service: a damaged outbox is moved aside at the "
+                              "start and a new one made (what the old one held is not relayed)")]
     dropped = sum(stats.dropped.values())
     if dropped:
         found.append(warn(check, f"{dropped} items were dropped at the outbox's bounds",

@@ -104,6 +104,8 @@ class RelayHealth(_Model):
     delivered: int = 0
     lag_s: float | None = None  # age of the oldest item still waiting to go out
     last_error: str | None = None
+    # A damaged outbox file moved aside since the start (its items were not relayed).
+    outbox_quarantined: str | None = None
 
     @property
     def up(self) -> bool:

@@ -5,23 +5,37 @@ nothing that was committed. Commits are grouped (``put_many``: one transaction, 
 the whole batch; SD cards wear and stall on per-item fsyncs), and nothing is half-written:
 SQLite's WAL commit is atomic.
 
-Each item gets its idempotency key when it is committed, from (gateway id, controller, boot,
-sequence): the boot counter is bumped every time the outbox is opened, so keys never repeat
-across restarts and a resent item keeps the key it was first sent with. History records also
+Each item gets its idempotency key when it is committed, from (gateway id, controller, epoch,
+sequence): the epoch is drawn at random every time the outbox is opened, so keys never repeat
+across restarts, nor after a backup of the file is restored or a damaged one replaced (a
+counter kept in the file would start again from the backup's value, and the cloud would drop
+new events as duplicates); a resent item keeps the key it was first sent with. A controller's
+sequence number is at least the wall clock in milliseconds, so a fresh or restored file's
+snapshots still move ahead of what the cloud stored from an earlier one (cloud-api.md P2
+ignores a snapshot whose seq is not above the last).
+
+A file that SQLite finds damaged (a torn write on an SD card) is moved aside as
+``<name>.corrupt-<time>`` and a fresh one started, at open or whenever a call meets the damage:
+the outbox never stops the daemon, and what is moved aside is reported (``awgw status``,
+``awgw doctor``). History records also
 carry a dedupe key (timestamp + channel + volume) that is remembered, so a record read again
 from the controller is not enqueued twice.
 
 Delivery is at-least-once in per-controller order (lease oldest first, one batch in flight);
 the server deduplicates on the keys, which makes it exactly-once applied. A newer snapshot of a
 controller supersedes the unsent older one (compaction); events and history are never
-compacted. The store is bounded by item count, bytes and age; what bounds drop (oldest
-snapshots first, then the oldest of the rest) is counted per kind and reported.
+compacted. The store is bounded by item count, bytes and age; what bounds drop (older
+snapshots first, then the oldest of the rest, never a controller's latest snapshot) is counted
+per kind and reported. Age is the outbox's own running time (monotonic, summed across
+restarts), never the wall clock: a Pi without an RTC jumps weeks when NTP first answers, and
+items committed before that must not look a month old.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sqlite3
 import threading
 import time
@@ -49,11 +63,20 @@ CREATE TABLE IF NOT EXISTS items (
     observed_at REAL NOT NULL,
     created_at REAL NOT NULL,
     size INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    created_run REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_controller ON items (controller, kind, id);
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at);
 """
+# Files written before items had created_run: added in place.
+MIGRATIONS = ("ALTER TABLE items ADD COLUMN created_run REAL NOT NULL DEFAULT 0",)
+INDEXES = "CREATE INDEX IF NOT EXISTS items_by_age ON items (created_run);"
+# What SQLite says of a file that is not (or no longer) a database: moved aside, never retried.
+DAMAGED = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+# Random bits of an epoch: a collision needs ~16 million opens (birthday bound at 48 bits).
+EPOCH_BYTES = 6
 # A history dedupe key must outlive the controller's memory of the record: 30 entries a
 # channel (device-ble.md 6.10) are a month at most of daily watering; 90 days is generous.
 SEEN_KEEP_S = 90 * 86400
@@ -100,65 +123,138 @@ class OutboxStats:
     dropped: dict[str, int]
     commits: int
     boot: int
+    # The damaged file this outbox moved aside since the daemon started, if any.
+    quarantined: str | None = None
 
 
 class Outbox:
     """Synchronous store on one connection; a lock makes each call whole, so the writer's
-    thread and the pump may call it concurrently (the pump calls it through to_thread too)."""
+    thread and the pump may call it concurrently (the pump calls it through to_thread too).
+    Every call raises OutboxError and nothing else."""
 
     def __init__(self, path: Path, gateway_id: str, limits: OutboxLimits = OutboxLimits(),
-                 clock: Callable[[], float] = time.time, *, reader: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, *, reader: bool = False,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         """``reader``: only to look (``awgw cloud status`` with the daemon stopped): no boot
-        is counted and nothing is written."""
+        is counted, nothing is written and a damaged file is left where it is."""
         self.path = path
         self.gateway_id = gateway_id
         self.limits = limits
         self._clock = clock
+        self._monotonic = monotonic
+        self._reader = reader
         self.commits = 0
+        self.quarantined: Path | None = None
         self._leased: set[int] = set()
         self._lock = threading.RLock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._open()
+        except sqlite3.Error as exc:
+            if reader or not _damaged(exc):
+                raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
+            self._quarantine(exc)
+            try:
+                self._open()
+            except sqlite3.Error as again:
+                raise OutboxError(f"cannot open outbox {path}: {again}") from again
+        except OSError as exc:
+            raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit, so a committed batch survives a
             # power cut (NORMAL would only keep the database consistent, not durable).
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
-            with self._tx():
-                self.boot = self._bump("boot", 0 if reader else 1)
+            columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(items)")}
+            if "created_run" not in columns:
+                for statement in MIGRATIONS:
+                    self._db.execute(statement)
+            self._db.executescript(INDEXES)
+            # Damage behind a good header shows only when the pages are read: look once now
+            # (bounded by the outbox's 64 MiB), rather than fail at the first lease.
+            _check_pages(self._db)
+            with self._tx_raw():
+                self.boot = self._bump("boot", 0 if self._reader else 1)
                 # Sequences are per controller and never go back, across restarts too: the
                 # cloud ignores a snapshot whose seq is not above the last one it stored.
                 self._seq = {str(k)[len("seq:"):]: int(v) for k, v in self._db.execute(
                     "SELECT k, v FROM meta WHERE k LIKE 'seq:%'")}
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
+                self._run_base = self._meta("runtime_ms") / 1000.0
+        except BaseException:
+            self._db.close()
+            raise
+        self._run_mark = self._monotonic()
+        self.epoch = secrets.token_hex(EPOCH_BYTES)
+
+    def _quarantine(self, exc: sqlite3.Error) -> None:
+        """Move the damaged file (and its WAL) aside, named by the time, for a person to look
+        at; the outbox starts again empty."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = self.path.with_name(self.path.name + suffix)
+            if source.exists():
+                source.replace(aside.with_name(aside.name + suffix))
+        self.quarantined = aside
+        self._leased.clear()
+        log.error("outbox_quarantined", path=str(self.path), moved_to=str(aside),
+                  error=str(exc))
 
     def close(self) -> None:
-        self._db.close()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """One call, whole: SQLite's errors become OutboxError; damage found on the way moves
+        the file aside and starts a fresh one, so the next call works."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                if _damaged(exc) and not self._reader:
+                    self.close()
+                    self._quarantine(exc)
+                    try:
+                        self._open()
+                    except (sqlite3.Error, OSError) as again:
+                        raise OutboxError(f"outbox {self.path}: {again}") from again
+                raise OutboxError(f"outbox {self.path}: {exc}") from exc
+            except OSError as exc:
+                raise OutboxError(f"outbox {self.path}: {exc}") from exc
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
-        try:
-            self._lock.acquire()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {exc}") from exc
-        finally:
-            self._lock.release()
+        with self._guard(), self._tx_raw():
+            yield
         self.commits += 1
+
+    @contextlib.contextmanager
+    def _tx_raw(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _meta(self, name: str) -> int:
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
+        return int(row[0]) if row is not None else 0
 
     def _bump(self, name: str, by: int = 1) -> int:
         self._db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET "
                          "v = v + excluded.v", (name, by))
-        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
-        return int(row[0])
+        return self._meta(name)
+
+    def runtime(self) -> float:
+        """Seconds this outbox has been open, summed across restarts: its clock for ages."""
+        return self._run_base + max(0.0, self._monotonic() - self._run_mark)
 
     # ---- in -------------------------------------------------------------------------------------
 
@@ -168,18 +264,20 @@ class Outbox:
         keys: list[str] = []
         if not items:
             return keys
-        now = self._clock()
+        now, run = self._clock(), self.runtime()
         with self._tx():
             for item in items:
-                keys.append(self._put(item, now))
+                keys.append(self._put(item, now, run))
+            self._db.execute("INSERT INTO meta (k, v) VALUES ('runtime_ms', ?) ON CONFLICT(k) "
+                             "DO UPDATE SET v = excluded.v", (int(run * 1000),))
             self._db.executemany(
                 "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = "
                 "excluded.v", [(f"seq:{c}", self._seq[c]) for c in {i.controller for i in items}
                                if c in self._seq])
-            self._enforce_bounds(now)
+            self._enforce_bounds(run)
         return keys
 
-    def _put(self, item: NewItem, now: float) -> str:
+    def _put(self, item: NewItem, now: float, run: float) -> str:
         if item.dedupe is not None:
             fresh = self._db.execute("INSERT OR IGNORE INTO seen (key, at) VALUES (?, ?)",
                                      (f"{item.controller}:{item.dedupe}", now)).rowcount
@@ -191,30 +289,34 @@ class Outbox:
             self._db.execute(
                 f"DELETE FROM items WHERE controller = ? AND kind = 'snapshot' "  # noqa: S608
                 f"AND id NOT IN ({leased})", (item.controller,))
-        seq = self._seq.get(item.controller, 0) + 1
+        seq = max(self._seq.get(item.controller, 0) + 1, int(now * 1000))
         self._seq[item.controller] = seq
-        key = f"{self.gateway_id}:{item.controller}:{self.boot}:{seq}"
+        key = f"{self.gateway_id}:{item.controller}:{self.epoch}:{seq}"
         size = len(item.body.encode())
         self._db.execute(
-            "INSERT INTO items (controller, kind, key, seq, observed_at, created_at, size, body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (item.controller, item.kind, key, seq, item.observed_at, now, size, item.body))
+            "INSERT INTO items (controller, kind, key, seq, observed_at, created_at, size, body,"
+            " created_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (item.controller, item.kind, key, seq, item.observed_at, now, size, item.body, run))
         return key
 
-    def _enforce_bounds(self, now: float) -> None:
-        old = self._db.execute("SELECT kind, COUNT(*) FROM items WHERE created_at < ? "
-                               "GROUP BY kind", (now - self.limits.max_age_s,)).fetchall()
+    def _enforce_bounds(self, run: float) -> None:
+        # A controller's latest snapshot is what the cloud shows of it: never dropped.
+        latest = "SELECT MAX(id) FROM items WHERE kind = 'snapshot' GROUP BY controller"
+        cutoff = run - self.limits.max_age_s
+        old = self._db.execute(
+            f"SELECT kind, COUNT(*) FROM items WHERE created_run < ? AND id NOT IN ({latest}) "  # noqa: S608
+            "GROUP BY kind", (cutoff,)).fetchall()
         if old:
-            self._db.execute("DELETE FROM items WHERE created_at < ?",
-                             (now - self.limits.max_age_s,))
+            self._db.execute(f"DELETE FROM items WHERE created_run < ? AND id NOT IN ({latest})",  # noqa: S608
+                             (cutoff,))
             for kind, count in old:
                 self._bump(f"dropped_{kind}", int(count))
         count, size = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM items").fetchone()
         while count > self.limits.max_items or size > self.limits.max_bytes:
             victim = self._db.execute(
-                "SELECT id, kind, size FROM items ORDER BY kind != 'snapshot', id LIMIT 1"
-            ).fetchone()
+                f"SELECT id, kind, size FROM items WHERE id NOT IN ({latest}) "  # noqa: S608
+                "ORDER BY kind != 'snapshot', id LIMIT 1").fetchone()
             if victim is None:
                 break
             self._db.execute("DELETE FROM items WHERE id = ?", (victim[0],))
@@ -222,14 +324,16 @@ class Outbox:
             self._bump(f"dropped_{victim[1]}")
             count -= 1
             size -= int(victim[2])
-        self._db.execute("DELETE FROM seen WHERE at < ?", (now - SEEN_KEEP_S,))
+        # Dedupe keys age by the wall clock (they answer the controller's own timestamps); a
+        # jump only forgets some early, and a record read again is then enqueued once more.
+        self._db.execute("DELETE FROM seen WHERE at < ?", (self._clock() - SEEN_KEEP_S,))
 
     # ---- out ------------------------------------------------------------------------------------
 
     def lease(self, max_items: int, max_bytes: int,
               kinds: Sequence[Kind] = KINDS) -> list[StoredItem]:
         """The oldest unleased items, within the batch limits, in commit order."""
-        with self._lock:
+        with self._guard():
             marks = ",".join("?" for _ in kinds)
             # Formatted in: "?" placeholders only.
             rows = self._db.execute(
@@ -265,7 +369,7 @@ class Outbox:
 
     def latest_snapshots(self) -> dict[str, StoredItem]:
         """The newest unsent snapshot of each controller (user_state mode sends only these)."""
-        with self._lock:
+        with self._guard():
             rows = self._db.execute(
                 "SELECT id, controller, kind, key, seq, observed_at, size, body FROM items "
                 "WHERE id IN (SELECT MAX(id) FROM items WHERE kind = 'snapshot' "
@@ -274,17 +378,29 @@ class Outbox:
                                           float(r[5]), int(r[6]), str(r[7])) for r in rows}
 
     def stats(self) -> OutboxStats:
-        with self._lock:
+        with self._guard():
             by_kind = {str(k): int(n) for k, n in self._db.execute(
                 "SELECT kind, COUNT(*) FROM items GROUP BY kind")}
             size, oldest = self._db.execute(
-                "SELECT COALESCE(SUM(size), 0), MIN(created_at) FROM items").fetchone()
+                "SELECT COALESCE(SUM(size), 0), MIN(created_run) FROM items").fetchone()
             dropped = {str(k)[len("dropped_"):]: int(v) for k, v in self._db.execute(
                 "SELECT k, v FROM meta WHERE k LIKE 'dropped_%'")}
             return OutboxStats(
                 depth=sum(by_kind.values()), bytes=int(size),
-                oldest_age_s=None if oldest is None else max(0.0, self._clock() - float(oldest)),
-                by_kind=by_kind, dropped=dropped, commits=self.commits, boot=self.boot)
+                oldest_age_s=None if oldest is None else max(0.0, self.runtime() - float(oldest)),
+                by_kind=by_kind, dropped=dropped, commits=self.commits, boot=self.boot,
+                quarantined=None if self.quarantined is None else str(self.quarantined))
+
+
+def _check_pages(db: sqlite3.Connection) -> None:
+    check = db.execute("PRAGMA quick_check").fetchone()
+    if check is None or check[0] != "ok":
+        raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'nothing'}")
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", None) in DAMAGED or (
+        type(exc) is sqlite3.DatabaseError and "quick_check" in str(exc))
 
 
 class OutboxWriter:

@@ -73,7 +73,8 @@ def test_every_row_of_a_table_starts_its_columns_at_the_same_place(
     Screen(out, colour=False).table(["a", "b"], rows)
     lines = out.getvalue().splitlines()
     starts = {width(line[: len(line) - len(printable(row[1]))])
-              for line, row in zip(lines[2:], rows, strict=True) if row[1]}
+              for line, row in zip(lines[2:], rows, strict=True)
+              if row[1] and not row[1].endswith(" ")}  # trailing blanks are not printed
     assert len(starts) <= 1
 
 

@@ -246,17 +246,29 @@ async def test_an_unlinked_gateway_and_an_invalid_config(tmp_path: Path,
 async def test_outbox_drops_and_old_items_are_found(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     cfg.state_dir.mkdir()
-    clock = [1_000_000.0]
+    running = [0.0]  # the outbox's own clock: its running time, not the wall's
     outbox = Outbox(cfg.cloud_outbox_path, "gw", OutboxLimits(max_items=3),
-                    clock=lambda: clock[0])
+                    monotonic=lambda: running[0])
     outbox.put_many([NewItem("A", "event", float(n), json.dumps({"n": n}))
                      for n in range(5)])
+    running[0] += 7200
+    outbox.put_many([NewItem("A", "event", 5.0, "{}")])
     outbox.close()
-    clock[0] += 7200
     findings = by_check(await diagnose(FakeHost(), cfg, None, tmp_path / "x.toml"))
     summaries = " / ".join(f.summary for f in findings["cloud_outbox"])
-    assert "2 items were dropped" in summaries
+    assert "3 items were dropped" in summaries and "the oldest 2.0 h" in summaries
     assert all(f.status is Status.WARNING for f in findings["cloud_outbox"])
+
+
+async def test_a_damaged_outbox_moved_aside_is_reported(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    cfg.state_dir.mkdir()
+    path = cfg.cloud_outbox_path
+    path.write_bytes(b"\0" * 8192)  # a torn write: the daemon moves it aside at its start
+    Outbox(path, "gw").close()
+    findings = by_check(await diagnose(FakeHost(), cfg, None, tmp_path / "x.toml"))
+    (aside,) = findings["cloud_outbox"]
+    assert aside.status is Status.WARNING and ".corrupt-" in aside.summary
 
 
 def test_the_command_exits_with_its_verdict(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +13,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 from gateway.errors import OutboxError
 from gateway.store.outbox import NewItem, Outbox, OutboxLimits, OutboxWriter
@@ -21,20 +24,49 @@ def event(controller: str, n: int, kind: str = "event") -> NewItem:
     return NewItem(controller, kind, float(n), json.dumps({"n": n}))  # type: ignore[arg-type]
 
 
+def parts(key: str) -> tuple[str, str, str, int]:
+    gateway, controller, epoch, seq = key.split(":")
+    return gateway, controller, epoch, int(seq)
+
+
 def test_keys_order_and_restart(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db", "gw")
+    outbox = Outbox(tmp_path / "o.db", "gw", clock=lambda: 0.0)
     keys = outbox.put_many([event("A", 1), event("B", 1), event("A", 2)])
-    assert keys == ["gw:A:1:1", "gw:B:1:1", "gw:A:1:2"]
+    assert [parts(k)[:2] + parts(k)[3:] for k in keys] == [("gw", "A", 1), ("gw", "B", 1),
+                                                           ("gw", "A", 2)]
+    assert len({parts(k)[2] for k in keys}) == 1  # one epoch per open
     batch = outbox.lease(10, 10_000)
     assert [(i.controller, i.seq) for i in batch] == [("A", 1), ("B", 1), ("A", 2)]
     assert outbox.lease(10, 10_000) == []  # all in flight
     outbox.release([batch[2].id])
     outbox.ack([batch[0].id, batch[1].id])
     outbox.close()
-    again = Outbox(tmp_path / "o.db", "gw")
+    again = Outbox(tmp_path / "o.db", "gw", clock=lambda: 0.0)
     assert again.boot == 2
-    assert [i.key for i in again.lease(10, 10_000)] == ["gw:A:1:2"]  # keeps its first key
-    assert again.put_many([event("A", 3)]) == ["gw:A:2:3"]  # seq never goes back
+    assert [i.key for i in again.lease(10, 10_000)] == [keys[2]]  # keeps its first key
+    (new,) = again.put_many([event("A", 3)])
+    assert parts(new)[3] == 3 and parts(new)[2] != parts(keys[0])[2]  # seq never goes back
+
+
+def test_a_restored_backup_never_repeats_a_key_and_its_snapshots_move_ahead(
+        tmp_path: Path) -> None:
+    # hostile-edges M4: keys were gateway:controller:boot:seq, both counters kept in the file;
+    # a restored backup repeated them, and the cloud dropped new events as duplicates and
+    # ignored every snapshot until seq passed the old high-water mark.
+    wall = [1_700_000_000.0]
+    path = tmp_path / "o.db"
+    Outbox(path, "gw", clock=lambda: wall[0]).close()
+    backup = tmp_path / "backup.db"
+    shutil.copy(path, backup)
+    live = Outbox(path, "gw", clock=lambda: wall[0])
+    sent = live.put_many([event("A", 1), event("A", 2, "snapshot")])
+    live.close()
+    shutil.copy(backup, path)
+    wall[0] += 60
+    restored = Outbox(path, "gw", clock=lambda: wall[0])
+    after = restored.put_many([event("A", 3), event("A", 4, "snapshot")])
+    assert not set(after) & set(sent)
+    assert parts(after[1])[3] > parts(sent[1])[3]
 
 
 def test_snapshots_compact_events_and_history_do_not(tmp_path: Path) -> None:
@@ -50,26 +82,121 @@ def test_snapshots_compact_events_and_history_do_not(tmp_path: Path) -> None:
 def test_history_is_enqueued_once_even_after_restart(tmp_path: Path) -> None:
     record = NewItem("A", "history", 1.0, '{"ch":1}', dedupe="1700000000:1:1200")
     outbox = Outbox(tmp_path / "o.db", "gw")
-    assert outbox.put_many([record, record]) == ["gw:A:1:1", ""]
+    first, again = outbox.put_many([record, record])
+    assert first and again == ""
     outbox.ack(i.id for i in outbox.lease(10, 10**6))
     outbox.close()
     assert Outbox(tmp_path / "o.db", "gw").put_many([record]) == [""]
 
 
 def test_bounds_drop_snapshots_first_and_count_it(tmp_path: Path) -> None:
-    now = [1000.0]
+    run = [1000.0]
     outbox = Outbox(tmp_path / "o.db", "gw", OutboxLimits(max_items=3, max_age_s=100),
-                    clock=lambda: now[0])
-    outbox.put_many([event("A", 1), event("B", 2, "snapshot"), event("C", 3), event("D", 4)])
-    assert [json.loads(i.body)["n"] for i in outbox.lease(10, 10**6)] == [1, 3, 4]
-    outbox.release([1, 2, 3, 4])
-    outbox.put_many([event("E", 5)])
+                    monotonic=lambda: run[0])
+    outbox.put_many([event("A", 1), event("B", 2, "snapshot"), event("B", 3, "snapshot"),
+                     event("C", 3), event("D", 4)])
+    outbox.put_many([event("B", 5, "snapshot")])
+    assert [json.loads(i.body)["n"] for i in outbox.lease(10, 10**6)] == [3, 4, 5]
+    outbox.release([i for i in range(1, 8)])
+    outbox.put_many([event("E", 6)])
     stats = outbox.stats()
-    assert stats.depth == 3 and stats.dropped == {"snapshot": 1, "event": 1}
-    now[0] += 101
-    outbox.put_many([event("F", 6)])
+    assert stats.depth == 3 and stats.dropped == {"event": 2}
+    run[0] += 101
+    outbox.put_many([event("F", 7)])
     stats = outbox.stats()
-    assert stats.depth == 1 and stats.dropped["event"] == 4
+    # Age drops the rest, but never B's latest snapshot.
+    assert stats.depth == 2 and stats.by_kind == {"event": 1, "snapshot": 1}
+
+
+def test_a_controllers_latest_snapshot_is_never_evicted(tmp_path: Path) -> None:
+    # hostile-edges M8: eviction took snapshots first, so once the bound was reached (events
+    # that today's backend never takes) every new snapshot was dropped at once.
+    outbox = Outbox(tmp_path / "o.db", "gw", OutboxLimits(max_items=10))
+    outbox.put_many([event("A", n) for n in range(10)])
+    outbox.put_many([event("A", 100, "snapshot")])
+    assert list(outbox.latest_snapshots()) == ["A"]
+    assert outbox.stats().dropped == {"event": 1}
+
+
+def test_a_wall_clock_jump_drops_nothing(tmp_path: Path) -> None:
+    # M8: age used time.time(); a Pi without an RTC that NTP moves weeks ahead dropped every
+    # item committed before the jump as "old".
+    wall = [1_000_000.0]
+    outbox = Outbox(tmp_path / "o.db", "gw", OutboxLimits(max_age_s=30 * 86400),
+                    clock=lambda: wall[0])
+    outbox.put_many([event("A", n) for n in range(5)])
+    wall[0] += 31 * 86400
+    outbox.put_many([event("A", 5)])
+    assert outbox.stats().depth == 6 and outbox.stats().dropped == {}
+
+
+def test_age_counts_across_restarts(tmp_path: Path) -> None:
+    run = [0.0]
+    limits = OutboxLimits(max_age_s=100)
+    outbox = Outbox(tmp_path / "o.db", "gw", limits, monotonic=lambda: run[0])
+    outbox.put_many([event("A", 1)])
+    run[0] += 60
+    outbox.put_many([event("A", 2)])
+    outbox.close()
+    run[0] = 5.0  # a reboot: the monotonic clock starts again
+    again = Outbox(tmp_path / "o.db", "gw", limits, monotonic=lambda: run[0])
+    run[0] += 50  # 110 s of the outbox's life since item 1, 50 since item 2
+    again.put_many([event("A", 3)])
+    assert [json.loads(i.body)["n"] for i in again.lease(10, 10**6)] == [2, 3]
+
+
+def test_a_torn_file_is_moved_aside_and_a_fresh_one_started(tmp_path: Path) -> None:
+    # hostile-edges H3: a file whose first 4 KiB were zeros (a torn write on an SD card)
+    # stopped the daemon from starting: "file is not a database".
+    path = tmp_path / "o.db"
+    first = Outbox(path, "gw")
+    first.put_many([event("A", 1)])
+    first.close()
+    with path.open("r+b") as f:
+        f.write(b"\0" * 4096)
+    outbox = Outbox(path, "gw")
+    assert outbox.quarantined is not None and outbox.quarantined.exists()
+    assert outbox.quarantined.name.startswith("o.db.corrupt-")
+    assert outbox.stats().quarantined == str(outbox.quarantined)
+    assert outbox.put_many([event("A", 2)]) and outbox.stats().depth == 1
+    with pytest.raises(OutboxError):  # a reader only looks: it never moves a file
+        Outbox(outbox.quarantined, "gw", reader=True)
+
+
+def test_damage_behind_a_good_header_is_found_and_the_file_replaced(tmp_path: Path) -> None:
+    # H3: the open succeeded, then lease() raised an untyped sqlite3.DatabaseError.
+    path = tmp_path / "o.db"
+    first = Outbox(path, "gw")
+    first.put_many([NewItem("A", "event", 0.0, "x" * 2000) for _ in range(50)])
+    first.close()
+    with path.open("r+b") as f:
+        f.seek(4096 * 3)
+        f.write(b"\xff" * 4096 * 4)
+    outbox = Outbox(path, "gw")
+    assert outbox.quarantined is not None
+    assert outbox.lease(10, 10**6) == [] and outbox.put_many([event("A", 1)])
+
+
+def test_damage_met_while_running_is_typed_and_healed(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, "gw")
+    outbox.put_many([NewItem("A", "event", 0.0, "x" * 2000) for _ in range(50)])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with path.open("r+b") as f:
+        f.seek(4096 * 3)
+        f.write(b"\xff" * 4096 * 4)
+    # Another write makes the outbox's connection read the pages again, not its cache.
+    other.execute("INSERT INTO meta (k, v) VALUES ('poke', 1)")
+    other.close()
+    damaged = False
+    for call in (lambda: outbox.lease(100, 10**7), outbox.stats, outbox.latest_snapshots):
+        try:
+            call()
+        except OutboxError:
+            damaged = True
+    assert damaged and outbox.quarantined is not None
+    assert outbox.put_many([event("A", 1)]) and outbox.stats().depth == 1
 
 
 def test_lease_respects_batch_limits(tmp_path: Path) -> None:
