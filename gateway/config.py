@@ -6,9 +6,9 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import ConfigError
 
@@ -78,7 +78,34 @@ class OtaPolicy(StrEnum):
     AUTO = "auto"
 
 
-HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2048)]
+def _https_or_loopback(url: str) -> str:
+    from urllib.parse import urlsplit  # only for a config that names a URL: the CLI stays light
+
+    host = urlsplit(url).hostname or ""
+    if url.startswith("https://") or host == "localhost" or _is_loopback(host):
+        return url
+    raise ValueError("must be https:// (plain http only to this machine: it would carry the "
+                     "password and tokens in clear)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError(f"must be an absolute path ({path} depends on where the daemon starts)")
+    return path
+
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2048),
+                    AfterValidator(_https_or_loopback)]
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 
 
 class CloudConfig(BaseModel):
@@ -109,6 +136,12 @@ class CloudConfig(BaseModel):
     maintenance_window: tuple[Annotated[int, Field(ge=0, le=23)],
                               Annotated[int, Field(ge=0, le=24)]] | None = None
 
+    @model_validator(mode="after")
+    def _reachable(self) -> Self:
+        if self.enabled and self.base_url is None:
+            raise ValueError("cloud.base_url is required when the cloud is enabled")
+        return self
+
 
 class DiscoveryStyle(StrEnum):
     """Home Assistant MQTT discovery: one payload per device (HA 2024.11+), one per entity
@@ -121,11 +154,12 @@ class DiscoveryStyle(StrEnum):
 
 MqttTopic = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", max_length=128)]
 # What MQTT commands may ask, by op (gateway.ops.models), plus "update_install" (Home
-# Assistant's update entity installing the offered firmware): reading, watering and offered
-# updates by default; "ota" (any image file on the hub) only when added.
+# Assistant's update entity installing the offered firmware). Reading and watering by default:
+# anyone who may publish on the broker (often anyone on the LAN) can do what is allowed here, so
+# installing firmware ("update_install", still never a downgrade) or any image file on the hub
+# ("ota") is allowed only when added.
 MqttOp = Literal["valve_open", "valve_close", "refresh", "state", "ota", "update_install"]
-DEFAULT_MQTT_OPS: tuple[MqttOp, ...] = ("valve_open", "valve_close", "refresh", "state",
-                                        "update_install")
+DEFAULT_MQTT_OPS: tuple[MqttOp, ...] = ("valve_open", "valve_close", "refresh", "state")
 
 
 class MqttConfig(BaseModel):
@@ -135,11 +169,11 @@ class MqttConfig(BaseModel):
     host: Annotated[str, Field(min_length=1, max_length=255)] = "localhost"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     tls: bool = False
-    ca_file: Path | None = None
+    ca_file: AbsolutePath | None = None
     username: str | None = None
     # The password is read from this file (or the systemd credential awgw-mqtt-password),
     # never written in the config.
-    password_file: Path | None = None
+    password_file: AbsolutePath | None = None
     topic_prefix: MqttTopic = "autowatering"
     discovery_prefix: MqttTopic = "homeassistant"
     discovery: DiscoveryStyle = DiscoveryStyle.DEVICE
@@ -153,8 +187,8 @@ class MqttConfig(BaseModel):
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
-    state_dir: Path = DEFAULT_STATE_DIR
-    control_socket: Path | None = None
+    state_dir: AbsolutePath = DEFAULT_STATE_DIR
+    control_socket: AbsolutePath | None = None
     # How long `awgw pair` keeps the pairing agent accepting requests.
     pairing_window_s: Annotated[float, Field(gt=0, le=600)] = 120.0
     log_level: LogLevel = "info"

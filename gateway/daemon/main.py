@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from dataclasses import dataclass
 
 import structlog
@@ -36,6 +37,7 @@ from gateway.relay.cloud import CloudRelay
 from gateway.relay.feed import FanOut, StateFeed
 from gateway.relay.mqtt.password import read_password
 from gateway.relay.mqtt.relay import MqttRelay
+from gateway.relay.mqtt.tls import open_broker, tls_context
 from gateway.relay.mqtt.topics import SERIAL
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import Outbox
@@ -47,6 +49,7 @@ log = structlog.get_logger(__name__)
 
 def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManager,
             operations: ControllerOperations, mqtt_password: str | None,
+            mqtt_tls: ssl.SSLContext | None,
             supervision: Supervision, clock: Clock) -> tuple[dict[str, Run], WaysOut]:
     """What carries state out of the house, by task name: the cloud relay and cloud-driven
     updates ([cloud]), the MQTT relay ([mqtt]), and the state feed that serves them."""
@@ -82,7 +85,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
 
         mqtt = MqttRelay(config.mqtt, gid, outbox, operations,
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
-                         gateway_state=gateway_state, password=mqtt_password,
+                         gateway_state=gateway_state, password=mqtt_password, tls=mqtt_tls,
                          staged_dir=config.staged_firmware_dir,
                          supervision=supervision, clock=clock)
         runs["mqtt relay"] = mqtt.run
@@ -121,6 +124,11 @@ def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
     radio = radio or RadioParts()
     # Secrets first: a missing one stops the start before any store is opened.
     mqtt_password = read_password(config.mqtt) if config.mqtt.enabled else None
+    mqtt_tls = tls_context(config.mqtt) if config.mqtt.enabled else None
+    if (exposure := open_broker(config.mqtt)) is not None:
+        log.warning("mqtt_open_to_anyone", problem=exposure,
+                    remedy="give the broker a username and password (and TLS), or remove "
+                           "valve_open and valve_close from [mqtt] allowed_ops")
     # The one clock every part waits on (tests pass a virtual one).
     clock = clock or LoopClock()
     supervision = Supervision(clock, restart)
@@ -133,7 +141,7 @@ def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
                                 scanner=radio.scanner, repairer=repair, supervision=supervision,
                                 clock=clock)
     controllers = ControllerOperations(config, registry, manager)
-    relays, ways_out = _relays(config, registry, manager, controllers, mqtt_password,
+    relays, ways_out = _relays(config, registry, manager, controllers, mqtt_password, mqtt_tls,
                                supervision, clock)
     health = HubHealth(manager, radio.probe or AdapterProbe(config.link.adapter))
 

@@ -17,6 +17,7 @@ from gateway.doctor.host import Host
 from gateway.errors import GatewayError
 from gateway.ops.health import CloudStatus, PartState
 from gateway.relay.mqtt.password import read_password
+from gateway.relay.mqtt.tls import open_broker
 from gateway.store.outbox import Outbox
 
 SERVICE_USER = "awgw"
@@ -312,6 +313,10 @@ async def check_ways_out(ctx: Context) -> list[Finding]:
                 found.append(error("broker", f"the MQTT broker at {where}: {problem}",
                                    "check [mqtt] host, port and username, the password "
                                    "credential, and that the broker runs"))
+        if (exposure := open_broker(mqtt)) is not None:
+            found.append(warn("broker_access", exposure,
+                              "give the broker a username and password (and TLS), or remove "
+                              "valve_open and valve_close from [mqtt] allowed_ops"))
     cloud = ctx.config.cloud
     if not cloud.enabled:
         return found

@@ -293,13 +293,15 @@ class CloudUpdates:
     async def install_offer(self, address: str,
                             progress: Callable[[int, str], None] | None = None) -> Outcome:
         """Install the release last offered for ``address`` because a person asked (Home
-        Assistant's update entity): explicit, so the policy and window do not apply."""
+        Assistant's update entity): the policy and window do not apply, but an image older
+        than what runs is still refused unless ``allow_downgrade`` (anyone on the broker may
+        press the button; a job from the cloud names its version, a button does not)."""
         release = self._offers.get(address)
         if release is None:
             return Outcome("failed", "no_release_offered", {})
         record = self.registry.get(address)
         return await self.apply(Plan(record, release.version, record.board, release.channel,
-                                     release.artifact, True), progress)
+                                     release.artifact, explicit=False), progress)
 
     def _announce(self, record: ControllerRecord, version: str, mandatory: bool) -> None:
         if (record.address, version) in self._announced:

@@ -52,6 +52,17 @@ def daemon(tmp_path: Path, config: str, state_dir: Path | None = None
     ("metrics_port = 70000\n", "metrics_port"),
     ('[mqtt]\nenabled = true\npassword_file = "/nonexistent/mqtt-password"\n',
      "mqtt.password_file"),
+    # hostile-edges M7: accepted, then FileNotFoundError ended the MQTT relay after READY.
+    ('[mqtt]\nenabled = true\ntls = true\nca_file = "/nonexistent/ca.pem"\n', "mqtt.ca_file"),
+    # L7: the bearer token, password and refresh token in clear; paths that depend on the
+    # directory the daemon starts in; a cloud without a URL exited 11 after the start.
+    ('[cloud]\nenabled = true\nbase_url = "http://cloud.example.com"\n', "cloud.base_url"),
+    ('[cloud]\nbase_url = "https://a.example.com"\ncognito_endpoint = "http://c.example.com/"\n',
+     "cloud.cognito_endpoint"),
+    ('[mqtt]\nca_file = "certs/ca.pem"\n', "mqtt.ca_file"),
+    ('control_socket = "awgw.sock"\n', "control_socket"),
+    ("[cloud]\nenabled = true\n", "cloud.base_url"),
+    ('[mqtt]\nallowed_ops = ["valve_opne"]\n', "mqtt.allowed_ops"),
 ])
 def test_a_bad_config_names_the_key_and_exits_7_before_anything_starts(
         tmp_path: Path, config: str, names: str) -> None:
@@ -60,6 +71,15 @@ def test_a_bad_config_names_the_key_and_exits_7_before_anything_starts(
     assert names in result.stderr and "Traceback" not in result.stderr
     assert notified == []  # no READY=1, nothing half-started
     assert not (tmp_path / "state").exists()
+
+
+def test_a_ca_file_that_is_not_a_certificate_names_the_key(tmp_path: Path) -> None:
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate\n")
+    result, notified = daemon(tmp_path, f'[mqtt]\nenabled = true\ntls = true\n'
+                                        f'ca_file = "{bogus}"\n')
+    assert result.returncode == 7 and "mqtt.ca_file" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and notified == []
 
 
 def test_an_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:

@@ -65,7 +65,9 @@ async def test_home_assistant_builds_the_devices_and_drives_the_controller(
     (staged / "100001.bin").write_bytes(make_image((9, 2, 0, 0), firmware_body("ha", 60_000)))
     async with MosquittoBroker() as broker, HomeAssistant(broker.port) as ha, \
             daemon(rig, tmp_path, broker.port, "keep",
-                   "[ota]\nself_confirm_wait_s = 2\n"), \
+                   # Still [mqtt]: the update entity's install is allowed when asked for.
+                   'allowed_ops = ["valve_open", "valve_close", "refresh", "state", '
+                   '"update_install"]\n[ota]\nself_confirm_wait_s = 2\n'), \
             Listener(broker.port, f"{NODE}/result") as results:
 
         async def shown(entity: str, state: str | None = None) -> bool:

@@ -59,6 +59,7 @@ from gateway.relay.mqtt.commands import (
     parse_command,
     parse_minutes,
 )
+from gateway.relay.mqtt.tls import tls_context
 from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics, node_id
 from gateway.relay.mqtt.update_entity import CloudInstall, Offer
 from gateway.store.outbox import NewItem, Outbox, OutboxWriter
@@ -109,6 +110,7 @@ class MqttRelay:
                  rssi_of: Callable[[str], int | None] = lambda _a: None,
                  gateway_state: Callable[[], dict[str, Any]] = dict,
                  password: str | None = None, staged_dir: Path | None = None,
+                 tls: ssl.SSLContext | None = None,
                  cloud_install: CloudInstall | None = None,
                  rng: Callable[[], float] = random.random,
                  clock: Clock | None = None,
@@ -122,6 +124,8 @@ class MqttRelay:
         self._rssi_of = rssi_of
         self._gateway_state = gateway_state
         self._password = password
+        # Built by the composition root before any store opens (a bad ca_file is exit 7).
+        self._tls = tls or tls_context(config)
         self._staged_dir = staged_dir
         self.cloud_install = cloud_install
         self._rng = rng
@@ -242,13 +246,10 @@ class MqttRelay:
 
     def _client(self) -> aiomqtt.Client:
         cfg = self.config
-        tls = None
-        if cfg.tls:
-            tls = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         return aiomqtt.Client(
             cfg.host, cfg.port, identifier=f"awgw-{self.topics.gateway_id}",
             username=cfg.username, password=self._password, keepalive=cfg.keepalive_s,
-            tls_context=tls, will=aiomqtt.Will(self.topics.gateway_availability, OFFLINE,
+            tls_context=self._tls, will=aiomqtt.Will(self.topics.gateway_availability, OFFLINE,
                                                qos=1, retain=True))
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:

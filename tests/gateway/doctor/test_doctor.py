@@ -112,7 +112,7 @@ class FakeHost:
 def config(tmp_path: Path) -> GatewayConfig:
     return GatewayConfig(state_dir=tmp_path / "state", control_socket=tmp_path / "c.sock",
                          cloud=CloudConfig(enabled=True, base_url="https://api.example.com"),
-                         mqtt=MqttConfig(enabled=True))
+                         mqtt=MqttConfig(enabled=True, username="awgw"))
 
 
 def by_check(findings: list[Finding]) -> dict[str, list[Finding]]:
@@ -241,6 +241,18 @@ async def test_an_unlinked_gateway_and_an_invalid_config(tmp_path: Path,
     findings = by_check(await diagnose(FakeHost(), config(tmp_path), None, bad))
     (link,) = findings["cloud_link"]
     assert link.status is Status.ERROR and "cloud link" in (link.remedy or "")
+
+
+async def test_a_broker_open_to_anyone_with_valves_allowed_is_a_warning(tmp_path: Path) -> None:
+    # hostile-edges M5: valves opened by any broker client, and nothing said so.
+    anonymous = config(tmp_path).model_copy(update={"mqtt": MqttConfig(enabled=True)})
+    (access,) = by_check(await diagnose(FakeHost(), anonymous, None,
+                                        tmp_path / "x.toml"))["broker_access"]
+    assert access.status is Status.WARNING and "valve_open" in access.summary
+    reading = anonymous.model_copy(update={"mqtt": MqttConfig(
+        enabled=True, allowed_ops=("refresh", "state"))})
+    assert "broker_access" not in by_check(await diagnose(FakeHost(), reading, None,
+                                                          tmp_path / "x.toml"))
 
 
 async def test_outbox_drops_and_old_items_are_found(tmp_path: Path) -> None:

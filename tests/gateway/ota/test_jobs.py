@@ -184,7 +184,7 @@ async def test_an_unreachable_controller_postpones_the_update(tmp_path: Path) ->
         s.target.unreachable = True
         outcome = await s.updates.apply(plan(s, "4.0.0"))
         assert (outcome.status, outcome.reason) == ("retry", "controller_unreachable")
-        assert s.target.sent == [] and not s.updates._failed()  # noqa: SLF001 - never remembered as failed
+        assert s.target.sent == [] and not s.updates._failed()  # never remembered as failed
         s.target.unreachable = False
         assert (await s.updates.apply(plan(s, "4.0.0"))).status == "succeeded"
 
@@ -220,3 +220,14 @@ def test_the_clouds_poll_period_is_kept_between_the_floor_and_an_hour(
     # hostile-edges M6: poll_after_s only had to be above 0, so a hostile cloud could make
     # the gateway poll in a hot loop (or, with a huge one, never again).
     assert poll_delay_s(said, floor) == kept
+
+
+async def test_the_update_button_never_installs_a_downgrade(tmp_path: Path) -> None:
+    # hostile-edges M5: install_offer built an explicit plan, so `install` published by anyone
+    # on the broker applied a rollback image that the policy would refuse.
+    async with setup(tmp_path, firmware="4.0.0") as s:
+        await publish(s, "4.1.0", make_image((3, 0, 0, 0), firmware_body("old", 4_000)))
+        await s.updates.check_releases()
+        outcome = await s.updates.install_offer(ADDRESS)
+        assert (outcome.status, outcome.reason) == ("skipped", "downgrade_not_allowed")
+        assert s.target.sent == []

@@ -186,7 +186,7 @@ async def test_a_claim_during_registration_registers_again(tmp_path: Path) -> No
             entered.set()
             await release.wait()
 
-    relay = CloudRelay(CloudConfig(enabled=True), "gw-test",
+    relay = CloudRelay(CloudConfig(enabled=True, base_url="https://api.example.com"), "gw-test",
                        Outbox(tmp_path / "outbox.db", "gw-test"), SlowClient(),  # type: ignore[arg-type]
                        None, serials=lambda: list(serials))
     registering = asyncio.create_task(relay._register())

@@ -15,7 +15,7 @@ import pytest
 
 from firmware_bridge.ota.outcome import Phase, Progress
 from gateway.clock import Clock, LoopClock
-from gateway.config import MqttConfig
+from gateway.config import DEFAULT_MQTT_OPS, MqttConfig
 from gateway.errors import ConfigError, ControllerBusy
 from gateway.ops.health import CloudStatus, HubStatus
 from gateway.ops.models import (
@@ -296,7 +296,8 @@ async def test_a_retained_command_is_never_executed(tmp_path: Path) -> None:
         result = f"{PREFIX}/{SERIAL}/result"
         async with Listener(broker.port, result) as replies:
             ops = FakeOps()
-            config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port)
+            config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port,
+                            allowed_ops=(*DEFAULT_MQTT_OPS, "update_install"))
             relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), ops)
             relay.observe(ADDRESS, SERIAL, state())
             task = asyncio.create_task(relay.run(), name="relay")
@@ -340,7 +341,8 @@ async def test_the_update_entity_installs_a_staged_image_with_progress(tmp_path:
     (staged / f"{SERIAL}.bin").write_bytes(make_image((9, 2, 0, 0), firmware_body("s", 4000)))
     async with MosquittoBroker() as broker:
         ops = FakeOps()
-        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port)
+        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port,
+                            allowed_ops=(*DEFAULT_MQTT_OPS, "update_install"))
         relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), ops,
                           staged_dir=staged)
         task = asyncio.create_task(relay.run(), name="relay")
@@ -399,7 +401,8 @@ async def test_the_update_entity_installs_a_cloud_release(tmp_path: Path) -> Non
         return Installed("succeeded", None, {"fw_version": "9.3.0"})
 
     async with MosquittoBroker() as broker:
-        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port)
+        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port,
+                            allowed_ops=(*DEFAULT_MQTT_OPS, "update_install"))
         relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), FakeOps(),
                           cloud_install=cloud_install)
         task = asyncio.create_task(relay.run(), name="relay")
