@@ -44,12 +44,18 @@ class EventSink(Protocol):
 
 
 class FanOut:
-    """One event (an OTA outcome) to every relay."""
+    """One event (an OTA outcome) to every relay, for a controller with a six-digit serial
+    only: the serial names the controller's MQTT topics and cloud records, and a controller
+    reports it over BLE (any UTF-8, "12+4#" included: a wildcard in a topic)."""
 
     def __init__(self, sinks: Sequence[EventSink]) -> None:
         self.sinks = list(sinks)
 
     def record_event(self, serial: str, event: DerivedEvent, at: float | None = None) -> None:
+        if not SERIAL.match(serial):
+            log.warning("event_not_relayed", serial=serial[:40], event_type=event.type,
+                        reason="no six-digit serial")
+            return
         for sink in self.sinks:
             sink.record_event(serial, event, at)
 

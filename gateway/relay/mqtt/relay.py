@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ from gateway.relay.mqtt.commands import (
 from gateway.relay.mqtt.tls import tls_context
 from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics, node_id
 from gateway.relay.mqtt.update_entity import CloudInstall, Offer
-from gateway.store.outbox import NewItem, Outbox, OutboxWriter
+from gateway.store.outbox import NewItem, Outbox, OutboxWriter, StoredItem
 from gateway.supervise import Supervision
 
 log = structlog.get_logger("gateway.relay.mqtt")
@@ -138,6 +139,7 @@ class MqttRelay:
         self._pending = 0
         self.commands_refused_busy = 0
         self.replies_lost = 0
+        self.undeliverable = 0  # outbox items that could never become a message
         self.supervision = supervision or Supervision(self.clock)
         self.connected = False
         self.connects = 0
@@ -394,10 +396,15 @@ class MqttRelay:
             sent: list[int] = []
             try:
                 for item in leased:
-                    body = json.loads(item.body)
-                    body.setdefault("event_id", item.key)
-                    await client.publish(self.topics.event(item.controller, body["event_type"]),
-                                         json.dumps(body), qos=1, retain=False)
+                    message = event_message(self.topics, item)
+                    if message is None:
+                        # It can never go out (a file from an older version, a damaged row):
+                        # dropped and counted, not sent again after every reconnect.
+                        log.warning("mqtt_event_undeliverable", controller=item.controller[:40],
+                                    key=item.key)
+                        self.undeliverable += 1
+                    else:
+                        await client.publish(*message, qos=1, retain=False)
                     sent.append(item.id)
             finally:
                 # What the broker acked is done; the rest goes again after the reconnect.
@@ -579,6 +586,26 @@ class MqttRelay:
         self._dirty.add(node)
         self._changed.set()
         return None
+
+
+# An event's type as the relays name it (gateway/relay/events.py): one topic level, no wildcard.
+_EVENT_TYPE = re.compile(r"\A[a-z][a-z_]{0,63}\Z")
+_NODE = re.compile(r"\A(?:[0-9]{6}|[0-9a-f]{12})\Z")
+
+
+def event_message(topics: Topics, item: StoredItem) -> tuple[str, str] | None:
+    """The topic and payload of an outbox event, or None when it cannot be one: every part of
+    the topic is checked here, where a bad one would otherwise end the relay at publish."""
+    try:
+        body = json.loads(item.body)
+    except ValueError:
+        return None
+    kind = body.get("event_type") if isinstance(body, dict) else None
+    if not isinstance(kind, str) or not _EVENT_TYPE.match(kind) or not _NODE.match(
+            item.controller):
+        return None
+    body.setdefault("event_id", item.key)
+    return topics.event(item.controller, kind), json.dumps(body)
 
 
 def _iso(at: float) -> str:

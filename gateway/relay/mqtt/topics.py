@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 # cloud-api.md 1: a cloud serial is six digits; the controller's DIS serial is what we have.
-SERIAL = re.compile(r"^[0-9]{6}$")
+SERIAL = re.compile(r"\A[0-9]{6}\Z")  # \Z: "$" would let a trailing newline in
 ONLINE = "online"
 OFFLINE = "offline"
 

@@ -13,7 +13,7 @@ from firmware_bridge.gatt.history import DetailedEntry
 from firmware_bridge.link.state import Field, Source, StateEvent
 from gateway.ops.models import ControllerState
 from gateway.relay.events import DerivedEvent
-from gateway.relay.feed import StateFeed
+from gateway.relay.feed import FanOut, StateFeed
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 from tests.helpers import cancel_and_wait, until
@@ -96,3 +96,15 @@ async def test_a_watering_that_ends_during_a_history_read_is_read_again(tmp_path
     finally:
         await cancel_and_wait(task)
     assert history.asked == [list(range(CHANNELS)), [2]]
+
+
+def test_an_event_for_a_controller_without_a_six_digit_serial_reaches_no_relay() -> None:
+    # hostile-edges L2: OTA events went out under the raw DIS serial; "12+4#" made a topic
+    # with wildcards and ended the MQTT relay (and stayed in its outbox, to end it again).
+    sink = Sink()
+    fan = FanOut([sink])
+    arabic_indic = "\u0661\u0660\u0660\u0660\u0660\u0661"
+    for serial in ("12+4#", "10000/", "", "1000012", arabic_indic, "100001\n"):
+        fan.record_event(serial, DerivedEvent("firmware_update", {}))
+    fan.record_event(SERIAL, DerivedEvent("firmware_update", {}))
+    assert sink.events == [(SERIAL, DerivedEvent("firmware_update", {}))]

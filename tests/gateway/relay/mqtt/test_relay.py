@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firmware_bridge.ota.outcome import Phase, Progress
 from gateway.clock import Clock, LoopClock
@@ -39,10 +41,11 @@ from gateway.ops.models import (
 from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent
 from gateway.relay.mqtt.password import read_password
-from gateway.relay.mqtt.relay import BACKOFF_MAX_S, MqttRelay
+from gateway.relay.mqtt.relay import BACKOFF_MAX_S, MqttRelay, event_message
+from gateway.relay.mqtt.topics import Topics
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import Outbox, StoredItem
 from tests.helpers import until
 from tests.helpers.builders import state
 from tests.helpers.fakes import VirtualClock
@@ -446,3 +449,24 @@ def test_the_broker_password_comes_from_a_credential_or_a_file(
     file.unlink()  # a password file the config names but nobody wrote
     with pytest.raises(ConfigError, match=r"mqtt\.password_file"):
         read_password(config)
+
+
+@given(st.text(max_size=30), st.text(max_size=60) | st.just('{"event_type": "x+y"}'))
+def test_an_outbox_event_becomes_a_message_with_a_clean_topic_or_none(
+        controller: str, body: str) -> None:
+    # hostile-edges L2: a wildcard in a topic raised ValueError at publish, ended the relay,
+    # and the item, still in the outbox, ended it again after every restart.
+    topics = Topics("autowatering", "gw")
+    item = StoredItem(1, controller, "event", "k", 1, 0.0, len(body), body)
+    message = event_message(topics, item)
+    if message is not None:
+        topic, _payload = message
+        assert not set(topic) & {"+", "#", "\0"} and topic.isascii()
+
+
+def test_a_good_outbox_event_keeps_its_key() -> None:
+    item = StoredItem(1, "100001", "event", "gw:100001:e:7", 7, 0.0, 0,
+                      '{"event_type": "watering_started", "ch": 2}')
+    topic, payload = event_message(Topics("autowatering", "gw"), item) or ("", "")
+    assert topic == "autowatering/100001/event/watering_started"
+    assert json.loads(payload)["event_id"] == "gw:100001:e:7"
