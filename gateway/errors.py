@@ -34,6 +34,14 @@ class ControlError(GatewayError):
     """The daemon's control socket failed or answered with an error."""
 
 
+class ControlBusy(ControlError):
+    """The daemon serves as many control clients as it takes at once: try again shortly."""
+
+
+class ControlRefused(ControlError):
+    """The op needs root or the service user; the socket's group is not enough."""
+
+
 class CommandFailed(GatewayError):
     """The controller refused or never confirmed a command."""
 

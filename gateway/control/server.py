@@ -10,7 +10,12 @@ may send ``{"progress": {...}}`` lines before its answer; a client that does not
 skips them.
 
 The socket is created owner+group only (0660): whoever may run `awgw` against the daemon is
-decided by the socket's group (the systemd unit's), not by anything on the network.
+decided by the socket's group (``awgw``, the unit's), not by anything on the network. Within
+the group, reading and watering are open to every member; pairing, firmware and the cloud
+account's claims only to root and the service user (the peer's uid comes from the kernel,
+SO_PEERCRED). Every op that changes something is logged with that uid. At most MAX_CLIENTS
+are served at once; one more is answered ControlBusy and closed, so a flood of idle
+connections costs the daemon neither its file descriptors nor its answers.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +51,45 @@ from gateway.errors import GatewayError
 from gateway.ops.models import REQUEST, Request, Result
 
 log = structlog.get_logger(__name__)
+# Clients served at once: a person's CLI, a script or two, the doctor; far below the unit's
+# file-descriptor limit (hostile-edges M2: 200 idle connections stopped every answer).
+MAX_CLIENTS = 16
+# Ops that only read: everything else is logged with the peer's uid.
+READ_ONLY_OPS = frozenset({"ping", "scan", "devices", "state", "cloud_status", "status"})
+# Ops beyond watering the garden: a new radio peer, firmware, the cloud account's devices.
+PRIVILEGED_OPS = frozenset({"pair", "unpair", "ota", "claim", "unclaim"})
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(writer: asyncio.StreamWriter) -> Peer | None:
+    """The connecting process as the kernel reports it (Linux SO_PEERCRED)."""
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or option is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return Peer(*struct.unpack("3i", raw))
 
 Handler = Callable[[Request, ProgressSink | None], Awaitable[Result]]
 
 
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler) -> None:
+    def __init__(self, path: Path, handler: Handler,
+                 privileged_uids: frozenset[int] | None = None) -> None:
         self.path = path
         self.handler = handler
+        # Root and whoever runs the daemon (the service user).
+        self.privileged_uids = privileged_uids if privileged_uids is not None else frozenset(
+            {0, os.geteuid()})
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
         self.listening = asyncio.Event()
@@ -101,6 +140,12 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        if len(self._clients) >= MAX_CLIENTS:
+            with contextlib.suppress(ConnectionError, OSError):
+                await _send(writer, error_document(
+                    "ControlBusy", f"the daemon is serving {MAX_CLIENTS} clients: try again"))
+            writer.close()
+            return
         if task is not None:
             self._clients.add(task)
             task.add_done_callback(self._clients.discard)
@@ -120,6 +165,11 @@ class ControlServer:
                 await _send(writer, error_document("ControlError",
                                                    f"bad control request: {reason}"))
                 return
+            peer = peer_of(writer)
+            refusal = self._refusal(request, peer)
+            if refusal is not None:
+                await _send(writer, error_document("ControlRefused", refusal))
+                return
             try:
                 result = await self.handler(request, _progress_lines(writer))
                 await _send(writer, {"ok": True, "result": to_jsonable_python(result)})
@@ -132,6 +182,20 @@ class ControlServer:
             pass  # the client went away; nothing to answer
         finally:
             writer.close()
+
+    def _refusal(self, request: Request, peer: Peer | None) -> str | None:
+        """Why ``peer`` may not run ``request`` (None: it may); every op that changes
+        something is logged with who asked, allowed or not."""
+        if request.op in READ_ONLY_OPS:
+            return None
+        uid = peer.uid if peer is not None else None
+        allowed = request.op not in PRIVILEGED_OPS or uid in self.privileged_uids
+        log.info("control_op", op=request.op, uid=uid, pid=peer.pid if peer else None,
+                 address=getattr(request, "address", None), allowed=allowed)
+        if allowed:
+            return None
+        return (f"{request.op} needs root or the service user (uid {uid} is in the socket's "
+                f"group, which may read and water only): run it with sudo")
 
 
 def _progress_lines(writer: asyncio.StreamWriter) -> ProgressSink:

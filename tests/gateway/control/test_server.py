@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from dbus_fast import DBusError
 
 from gateway.bluez.agent import PairingAgent, PairingWindow, device_path
 from gateway.config import LinkPolicy, OtaPolicy, load_config
 from gateway.control import client as control
 from gateway.control import wire
-from gateway.control.server import ControlServer
+from gateway.control.server import MAX_CLIENTS, ControlServer
 from gateway.control.wire import MAX_REQUEST
-from gateway.errors import ConfigError, ControlError, UnknownController
+from gateway.errors import (
+    ConfigError,
+    ControlBusy,
+    ControlError,
+    ControlRefused,
+    UnknownController,
+)
 from gateway.ops.models import (
     PONG,
     REQUEST,
@@ -44,6 +52,9 @@ from gateway.ops.models import (
     ValveOpen,
 )
 from gateway.store.registry import Registry
+from tests.helpers import until
+
+ADDRESS = "C0:FF:EE:00:00:01"
 
 
 def test_config_defaults_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,3 +245,58 @@ async def test_progress_lines_come_before_the_answer_and_a_stop_cancels_the_requ
     assert cancelled.is_set()
     with pytest.raises(ControlError, match="closed the connection before answering devices"):
         await slow
+
+
+async def test_a_flood_of_idle_connections_is_answered_busy_not_silence(tmp_path: Path) -> None:
+    # hostile-edges M2: 200 idle connections, and ping had no answer within 3 s.
+    async def handler(_request: Request, _progress: object = None) -> Result:
+        return Pong()
+
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, handler)
+    await server.start()
+    idle = []
+    try:
+        for _ in range(MAX_CLIENTS):
+            idle.append(await asyncio.open_unix_connection(str(path)))
+        await asyncio.sleep(0.1)  # the server has taken them all
+        async with asyncio.timeout(1.0):
+            with pytest.raises(ControlBusy, match="try again"):
+                await control.call(path, Ping(), PONG)
+        for _reader, writer in idle:
+            writer.close()
+        await until(lambda: not server._clients)  # the server's own count
+        assert await control.call(path, Ping(), PONG) == Pong()
+    finally:
+        await server.close()
+
+
+async def test_pairing_firmware_and_claims_need_root_and_every_change_is_audited(
+        tmp_path: Path) -> None:
+    # hostile-edges L5: every member of the socket's group could pair, flash and claim.
+    ran: list[str] = []
+
+    async def handler(request: Request, _progress: object = None) -> Result:
+        ran.append(request.op)
+        return Pong()
+
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, handler, privileged_uids=frozenset())  # nobody is root here
+    await server.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for request in (Pair(address=ADDRESS), Unpair(address=ADDRESS),
+                            Ota(address=ADDRESS, file="/tmp/fw.bin"), Claim(serial="100001"),
+                            Unclaim(serial="100001")):
+                with pytest.raises(ControlRefused, match="needs root"):
+                    await control.call(path, request, PONG)
+            await control.call(path, ValveOpen(address=ADDRESS, channel=2, minutes=1), PONG)
+            await control.call(path, Ping(), PONG)
+        assert ran == ["valve_open", "ping"]
+        audited = [(e["op"], e["allowed"], e["uid"]) for e in logs if e["event"] == "control_op"]
+        uid = os.geteuid()
+        assert audited == [("pair", False, uid), ("unpair", False, uid), ("ota", False, uid),
+                           ("claim", False, uid), ("unclaim", False, uid),
+                           ("valve_open", True, uid)]
+    finally:
+        await server.close()
