@@ -16,7 +16,8 @@ ROOT="${AWGW_ROOT:-}"
 SKIP=",${AWGW_SKIP:-},"
 PREFIX="/opt/autowatering-gateway"
 USER_NAME="awgw"
-GROUP_NAME="bluetooth"
+GROUP_NAME="awgw"          # the control socket's group: who may run awgw against the daemon
+BLUEZ_GROUP="bluetooth"    # BlueZ's D-Bus policy admits this group
 APT_PACKAGES=(bluez python3-venv python3-pip rfkill)
 
 OPT="$ROOT$PREFIX"
@@ -52,10 +53,14 @@ ensure_packages() {
 ensure_user() {
   skipped users && return 0
   getent group "$GROUP_NAME" >/dev/null || groupadd --system "$GROUP_NAME"
+  getent group "$BLUEZ_GROUP" >/dev/null || groupadd --system "$BLUEZ_GROUP"
   if ! id -u "$USER_NAME" >/dev/null 2>&1; then
-    say "creating system user $USER_NAME (group $GROUP_NAME)"
-    useradd --system --gid "$GROUP_NAME" --home-dir /var/lib/awgw --no-create-home \
+    say "creating system user $USER_NAME (group $GROUP_NAME, also in $BLUEZ_GROUP)"
+    useradd --system --gid "$GROUP_NAME" --groups "$BLUEZ_GROUP" --home-dir /var/lib/awgw \
+      --no-create-home \
       --shell /usr/sbin/nologin --comment "AutoWatering gateway" "$USER_NAME"
+  else  # an earlier install made the user with the bluetooth group as its own
+    usermod --gid "$GROUP_NAME" --append --groups "$BLUEZ_GROUP" "$USER_NAME"
   fi
 }
 
@@ -101,7 +106,7 @@ ensure_files() {
     chmod 0600 "$CREDENTIALS/$name"
   done
   owner -R root:root "$CREDENTIALS"
-  chmod 0750 "$STATE"
+  chmod 0700 "$STATE"
   owner -R "$USER_NAME:$GROUP_NAME" "$STATE"
 }
 

@@ -91,7 +91,7 @@ async def call(path: Path, request: Request, result: TypeAdapter[T],
         if isinstance(exc, PermissionError):
             # The socket is 0660 with the unit's group: only its members may ask the daemon.
             remedy = (f"; only members of the socket's group may use the daemon: sudo usermod "
-                      f"-aG bluetooth {_user()}, then log in again")
+                      f"-aG awgw {_user()}, then log in again")
         raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror}{remedy}") \
             from exc
     try:

@@ -21,7 +21,8 @@ from gateway.relay.mqtt.tls import open_broker
 from gateway.store.outbox import Outbox
 
 SERVICE_USER = "awgw"
-BLUETOOTH_GROUP = "bluetooth"
+BLUETOOTH_GROUP = "bluetooth"  # BlueZ's D-Bus policy admits it: the service user's
+SOCKET_GROUP = "awgw"  # the control socket's: who may run awgw against the daemon
 # bleak's BlueZ backend needs 5.55 for what we use (ATT MTU exchange over D-Bus, reliable
 # notifications); Raspberry Pi OS bookworm ships 5.66.
 BLUEZ_MIN = (5, 55)
@@ -188,10 +189,10 @@ def check_permissions(ctx: Context) -> list[Finding]:
         found.append(ok("service_user", f"{SERVICE_USER} is in the {BLUETOOTH_GROUP} group"))
     me = host.current_user()
     mine = host.user_groups(me) or set()
-    if me not in ("root", SERVICE_USER) and BLUETOOTH_GROUP not in mine:
-        found.append(warn("cli_user", f"{me} is not in the {BLUETOOTH_GROUP} group: awgw "
+    if me not in ("root", SERVICE_USER) and SOCKET_GROUP not in mine:
+        found.append(warn("cli_user", f"{me} is not in the {SOCKET_GROUP} group: awgw "
                           "commands cannot reach the daemon's socket",
-                          f"sudo usermod -aG {BLUETOOTH_GROUP} {me}, then log in again"))
+                          f"sudo usermod -aG {SOCKET_GROUP} {me}, then log in again"))
     return found
 
 
@@ -213,7 +214,7 @@ def check_storage(ctx: Context) -> list[Finding]:
     state_dir = ctx.config.state_dir
     disk = ctx.host.disk(state_dir)
     found: list[Finding] = []
-    remedy = (f"sudo install -d -o {SERVICE_USER} -g {BLUETOOTH_GROUP} -m 0750 {state_dir} "
+    remedy = (f"sudo install -d -o {SERVICE_USER} -g {SOCKET_GROUP} -m 0700 {state_dir} "
               "(systemd's StateDirectory= makes it for the service)")
     if not disk.exists:
         found.append((warn if disk.writable else error)(
@@ -272,7 +273,7 @@ async def check_daemon(ctx: Context) -> list[Finding]:
     if isinstance(status, str):
         if "Permission denied" in status:
             return [error("daemon", f"the daemon's socket refuses {ctx.host.current_user()}",
-                          f"sudo usermod -aG {BLUETOOTH_GROUP} {ctx.host.current_user()}, "
+                          f"sudo usermod -aG {SOCKET_GROUP} {ctx.host.current_user()}, "
                           "then log in again")]
         return [warn("daemon", f"the daemon is not reachable: {status}",
                      "sudo systemctl start awgw; journalctl -u awgw -n 50")]

@@ -99,5 +99,5 @@ async def test_a_user_outside_the_sockets_group_is_told_how_to_get_in(
 
     monkeypatch.setattr(asyncio, "open_unix_connection", refused)
     with pytest.raises(ControlError, match=r"Permission denied; only members .* usermod -aG "
-                                           r"bluetooth"):
+                                           r"awgw"):
         await control.call(tmp_path / "control.sock", Ping(), PONG)

@@ -47,7 +47,7 @@ def test_install_is_idempotent_and_upgrade_and_uninstall_keep_what_they_should(
         credential = root / "etc/awgw/credentials" / name
         assert credential.read_bytes() == b"" and mode(credential) == 0o600
     assert mode(root / "etc/awgw/credentials") == 0o700
-    assert mode(root / "var/lib/awgw") == 0o750
+    assert mode(root / "var/lib/awgw") == 0o700
 
     config.write_text('log_level = "debug"\n')  # the homeowner's edit
     (root / "var/lib/awgw/registry.sqlite3").write_bytes(b"state")

@@ -70,12 +70,16 @@ def test_the_unit_keeps_its_promises() -> None:
     s = settings()
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
     # A static user in the bluetooth group: DynamicUser= would fall outside BlueZ's policy.
-    assert s["User"] == ["awgw"] and s["Group"] == ["bluetooth"] and "DynamicUser" not in s
+    # The socket's group is the service's own (hostile-edges L5), the state private (L8),
+    # and no Bluetooth socket family: BLE goes through D-Bus (L8).
+    assert s["User"] == ["awgw"] and s["Group"] == ["awgw"] and "DynamicUser" not in s
+    assert s["SupplementaryGroups"] == ["bluetooth"] and s["StateDirectoryMode"] == ["0700"]
+    assert "AF_BLUETOOTH" not in s["RestrictAddressFamilies"][0]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
         assert s[key] == ["yes"], key
     assert s["ProtectSystem"] == ["strict"]
     assert s["CapabilityBoundingSet"] == [""]
-    assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_BLUETOOTH AF_NETLINK"]
+    assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
     assert "@system-service" in s["SystemCallFilter"]
     assert s["StateDirectory"] == s["ConfigurationDirectory"] == s["RuntimeDirectory"] == [
         "awgw"]

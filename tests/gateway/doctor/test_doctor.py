@@ -53,7 +53,7 @@ class FakeHost:
                                                                   False)])
     policy: set[str] | None = field(default_factory=lambda: {"bluetooth"})
     groups: dict[str, set[str]] = field(default_factory=lambda: {
-        "awgw": {"bluetooth"}, "pi": {"pi", "bluetooth"}})
+        "awgw": {"awgw", "bluetooth"}, "pi": {"pi", "awgw"}})
     me: str = "pi"
     model: str | None = "Raspberry Pi 4 Model B Rev 1.5"
     mhz: int | None = 5180
@@ -172,8 +172,8 @@ CASES: list[tuple[str, Change, str, Status, str]] = [
      "install.sh install"),
     ("service user outside bluetooth", lambda h: h.groups.__setitem__("awgw", {"awgw"}),
      "service_user", Status.ERROR, "usermod -aG bluetooth awgw"),
-    ("cli user outside bluetooth", lambda h: h.groups.__setitem__("pi", {"pi"}), "cli_user",
-     Status.WARNING, "usermod -aG bluetooth pi"),
+    ("cli user outside awgw", lambda h: h.groups.__setitem__("pi", {"pi", "bluetooth"}),
+     "cli_user", Status.WARNING, "usermod -aG awgw pi"),
     ("2.4 GHz wifi on the pi's chip", lambda h: setattr(h, "mhz", 2437), "coexistence",
      Status.WARNING, "5 GHz"),
     ("clock not synced", lambda h: setattr(h, "synced", False), "clock", Status.WARNING,
@@ -189,7 +189,7 @@ CASES: list[tuple[str, Change, str, Status, str]] = [
      "daemon", Status.WARNING, "systemctl start awgw"),
     ("socket refuses the user", lambda h: setattr(
         h, "daemon_answer", "cannot reach the daemon at /run/awgw/control.sock: Permission "
-        "denied"), "daemon", Status.ERROR, "usermod -aG bluetooth pi"),
+        "denied"), "daemon", Status.ERROR, "usermod -aG awgw pi"),
     ("daemon's radio wedged", lambda h: setattr(h, "daemon_answer", HEALTHY_STATUS.model_copy(
         update={"radio": RadioHealth(adapter="hci0", ok=False, scanning=False,
                                      reason="adapter hci0 is missing")})),
