@@ -79,9 +79,7 @@ class Hub:
             part("control server", self.server.run)
             await self.server.listening.wait()
             if self.config.metrics_port:
-                # Binding resolves the address (getaddrinfo): not on the loop.
-                self.metrics_url = await asyncio.to_thread(self.metrics.serve,
-                                                           self.config.metrics_port)
+                self.metrics_url = await self.metrics.serve(self.config.metrics_port)
             if self.metrics_url is not None:
                 part("metrics", self.metrics.run)
             self.ready.set()
@@ -107,6 +105,5 @@ class Hub:
             await self.clock.sleep(BLUEZ_RETRY_S)
 
     async def close(self) -> None:
-        # The metrics server's shutdown waits for its thread's poll loop: not on the loop.
-        await asyncio.to_thread(self.metrics.close)
+        await self.metrics.close()
         self.health.probe.close()

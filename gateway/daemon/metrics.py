@@ -1,9 +1,8 @@
 """Prometheus metrics on a localhost port (config ``metrics_port``; 0 turns them off).
 
-prometheus-client serves scrapes from its own thread, so nothing it calls may touch the
-daemon's objects (SQLite connections, the supervisors): the families are built on the event
-loop every METRICS_PERIOD_S from the same ``HubStatus`` `awgw status` shows, and a scrape only
-reads the latest list."""
+The families are built every METRICS_PERIOD_S from the same ``HubStatus`` `awgw status`
+shows, and a scrape (served by the event loop, gateway/daemon/metrics_server.py) renders the
+latest list."""
 
 from __future__ import annotations
 
@@ -11,11 +10,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.clock import Clock
+from gateway.daemon.metrics_server import MetricsServer
 from gateway.ops.health import HubStatus
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class HubMetrics(Collector):
         self.registry = CollectorRegistry(auto_describe=False)
         self._families: list[Metric] = []
         self.registry.register(self)
-        self._server: object | None = None
+        self.server = MetricsServer(lambda: generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
     def collect(self) -> Iterable[Metric]:
         return list(self._families)
@@ -44,24 +44,11 @@ class HubMetrics(Collector):
     def describe(self) -> Iterable[Metric]:
         return []
 
-    def serve(self, port: int) -> str | None:
-        """Listen on 127.0.0.1 only: the metrics name the home's controllers."""
-        try:
-            server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
-        except OSError as exc:
-            log.warning("metrics_unavailable", port=port, error=str(exc),
-                        remedy="set metrics_port to a free port, or 0 to turn metrics off")
-            return None
-        self._server = server
-        bound = server.server_address[1]
-        log.info("metrics_listening", url=f"http://127.0.0.1:{bound}/metrics")
-        return f"http://127.0.0.1:{bound}/metrics"
+    async def serve(self, port: int) -> str | None:
+        return await self.server.start(port)
 
-    def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()  # type: ignore[attr-defined]
-            server.server_close()  # type: ignore[attr-defined]
+    async def close(self) -> None:
+        await self.server.close()
 
     async def run(self) -> None:
         while True:
