@@ -43,7 +43,8 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import CommandFailed, ConfigError
 from gateway.ops.models import Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
-from gateway.ota.service import OtaService, read_image
+from gateway.ota.service import OtaService
+from gateway.store.images import read_image
 from gateway.store.registry import Registry
 
 
@@ -142,11 +143,12 @@ async def run_ota(args: argparse.Namespace) -> int:
         if args.serial or args.udp:
             service = OtaService(config, Registry(config.registry_path))
             device, connect = _endpoint(args, config)
-            _path, data = read_image(file)
+            data = read_image(file)
             report = await service.update_endpoint(device, data, _settings(args, service),
                                                    connect, show)
         else:
-            request = Ota(address=args.target[0], file=str(file), window=args.window,
+            # Read here, with the user's own rights: the daemon gets the bytes, never a path.
+            request = Ota(address=args.target[0], image=read_image(file), window=args.window,
                           confirm=ConfirmPolicy(args.confirm), pre_erase=args.pre_erase,
                           slot_limit=args.slot_limit)
             report = await operations(config).ota(request, show)

@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from firmware_bridge.ota.outcome import Progress
 
 SOCKET_MODE = 0o660
-# Longest request line we accept; real requests are < 200 bytes.
-MAX_REQUEST = 64 * 1024
+# Longest request line we accept: an update's image in base64 (4/3 of MAX_IMAGE_BYTES) and a
+# little more; every other request is under 200 bytes. MAX_CLIENTS lines at most in memory.
+MAX_REQUEST = 1536 * 1024
 # A client that connects and sends nothing is dropped after this.
 REQUEST_READ_TIMEOUT_S = 5.0
 # The slowest operation is a command to a share-policy controller: slot + connect + confirm

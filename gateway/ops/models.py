@@ -23,6 +23,8 @@ from gateway.ops.health import CloudStatus, HubStatus
 MAX_VALVE_MINUTES = MAX_TASK_MINUTES
 # Requests name a file on the hub for OTA; a path longer than this is not a path.
 MAX_PATH = 4096
+# The controller's upload slot (ota.md 2.6: slot 1 is 1 MiB); no image is larger.
+MAX_IMAGE_BYTES = 1024 * 1024
 
 
 class LinkState(StrEnum):
@@ -127,11 +129,17 @@ class ValveClose(_Model):
 
 
 class Ota(_Model):
-    """A firmware update over BLE of a paired controller, from an image file on the hub."""
+    """A firmware update over BLE of a paired controller, with the image itself: the daemon
+    never opens a path a client names (hostile-edges M1: a FIFO blocked its loop, and it read
+    files the client could not), and a file in the user's home or /tmp is out of the unit's
+    sight anyway (ProtectHome, PrivateTmp). On the socket the image travels as base64."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True,
+                              ser_json_bytes="base64", val_json_bytes="base64")
 
     op: Literal["ota"] = "ota"
     address: Address
-    file: Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+    image: Annotated[bytes, Field(min_length=1, max_length=MAX_IMAGE_BYTES, repr=False)]
     window: Annotated[int, Field(ge=1, le=64)] | None = None
     confirm: ConfirmPolicy = ConfirmPolicy.SELF_THEN_EXPLICIT
     pre_erase: bool = False

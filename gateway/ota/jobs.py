@@ -48,6 +48,7 @@ from gateway.errors import ControllerBusy, GatewayError
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent, ota_event
+from gateway.store.images import read_image
 from gateway.store.registry import ControllerRecord, Registry
 from gateway.supervise import Supervision
 
@@ -362,7 +363,10 @@ class CloudUpdates:
             return Outcome("retry", "cloud_unavailable", {"error": str(exc)})
         progress(5, "downloaded")
         try:
-            image = parse_image(await asyncio.to_thread(path.read_bytes))
+            data = await asyncio.to_thread(read_image, path)
+            image = parse_image(data)
+        except GatewayError as exc:  # larger than a slot, or gone
+            return Outcome("failed", "bad_image", {"problem": str(exc)})
         except ImageFormatError as exc:
             return Outcome("failed", "bad_image", {"problem": str(exc)})
         problems = image_problems(image, None)
@@ -388,7 +392,7 @@ class CloudUpdates:
 
         while True:
             try:
-                report = await self.target.ota(Ota(address=record.address, file=str(path)),
+                report = await self.target.ota(Ota(address=record.address, image=data),
                                                on_progress)
                 break
             except ControllerBusy:

@@ -39,7 +39,7 @@ from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
-from gateway.errors import CommandFailed, ControllerBusy
+from gateway.errors import ControllerBusy
 from gateway.link.failures import FailureClass, classify
 from gateway.ops.models import ControllerState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
@@ -71,13 +71,6 @@ class ControllerAccess(Protocol):
         ...
 
 
-def read_image(path: Path) -> tuple[str, bytes]:
-    try:
-        return str(path.resolve()), path.read_bytes()
-    except OSError as exc:
-        raise CommandFailed(f"cannot read {path}: {exc.strerror}") from exc
-
-
 class OtaService:
     def __init__(self, config: GatewayConfig, registry: Registry,
                  engine_defaults: OtaSettings | None = None) -> None:
@@ -104,7 +97,7 @@ class OtaService:
                      on_progress: ProgressFn | None = None) -> OtaReport:
         address = normalise_address(request.address)
         previous = self.registry.get(address).firmware_version
-        _path, data = read_image(Path(request.file))
+        data = request.image
         async with self._radio(self.config.link.adapter):
             state = await access.current_state(address)
             busy = state.watering()

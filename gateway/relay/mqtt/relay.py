@@ -63,6 +63,7 @@ from gateway.relay.mqtt.commands import (
 from gateway.relay.mqtt.tls import tls_context
 from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics, node_id
 from gateway.relay.mqtt.update_entity import CloudInstall, Offer
+from gateway.store.images import read_image
 from gateway.store.outbox import NewItem, Outbox, OutboxWriter, StoredItem
 from gateway.supervise import Supervision
 
@@ -203,8 +204,8 @@ class MqttRelay:
                 and entry.offer.stamp == stamp:
             return
         try:
-            version = str(parse_image(path.read_bytes()).version)
-        except (OSError, ImageFormatError) as exc:
+            version = str(parse_image(read_image(path)).version)
+        except (GatewayError, ImageFormatError) as exc:
             log.warning("staged_image_unusable", path=str(path), error=str(exc))
             return
         entry.offer = Offer(version, "staged", path, stamp)
@@ -543,7 +544,8 @@ class MqttRelay:
 
         try:
             if offer.source == "staged" and offer.file is not None:
-                report = await self.ops.ota(Ota(address=entry.address, file=str(offer.file)),
+                image = await asyncio.to_thread(read_image, offer.file)
+                report = await self.ops.ota(Ota(address=entry.address, image=image),
                                             lambda p: progress(int(p.fraction * 100)))
                 ok = report.result == "succeeded"
                 detail = report.detail if isinstance(report, OtaReport) else ""

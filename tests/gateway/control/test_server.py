@@ -180,7 +180,7 @@ def test_every_request_round_trips_and_names_its_result() -> None:
         Ping(), Scan(), Pair(address="C0:FF:EE:00:00:01", passkey=123456),
         Unpair(address="C0:FF:EE:00:00:01"), Devices(), GetState(address="a"),
         Refresh(address="a"), ValveOpen(address="a", channel=2, minutes=5),
-        ValveClose(address="a", channel=255), Ota(address="a", file="/tmp/x.bin", window=2),
+        ValveClose(address="a", channel=255), Ota(address="a", image=b"\x3d\xb8\xf3\x96", window=2),
         CloudStatusQuery(), Claim(serial="000123"), Unclaim(serial="000123", reason="moved"),
         HubStatusQuery()]
     assert {r.op for r in requests} == set(RESULTS)
@@ -286,7 +286,7 @@ async def test_pairing_firmware_and_claims_need_root_and_every_change_is_audited
     try:
         with structlog.testing.capture_logs() as logs:
             for request in (Pair(address=ADDRESS), Unpair(address=ADDRESS),
-                            Ota(address=ADDRESS, file="/tmp/fw.bin"), Claim(serial="100001"),
+                            Ota(address=ADDRESS, image=b"\x3d\xb8\xf3\x96"), Claim(serial="100001"),
                             Unclaim(serial="100001")):
                 with pytest.raises(ControlRefused, match="needs root"):
                     await control.call(path, request, PONG)

@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from firmware_bridge.gatt import uuids
 from firmware_bridge.link.gatt_link import GattLink
@@ -20,10 +22,11 @@ from firmware_bridge.ota.outcome import ConfirmPolicy
 from firmware_bridge.ota.update import OtaSettings
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig, OtaConfig
-from gateway.errors import ControllerBusy, UnknownController
-from gateway.ops.models import ControllerState, Ota
+from gateway.errors import CommandFailed, ControllerBusy, UnknownController
+from gateway.ops.models import MAX_IMAGE_BYTES, ControllerState, Ota
 from gateway.ota.service import OtaService
 from gateway.sim.images import firmware_body, make_image
+from gateway.store.images import read_image
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 from tests.helpers.fakes import InProcessSmpDevice, ModelLink
@@ -99,7 +102,7 @@ def image(tmp_path: Path) -> Path:
 
 
 def request(image: Path) -> Ota:
-    return Ota(address=ADDRESS, file=str(image), confirm=ConfirmPolicy.EXPLICIT)
+    return Ota(address=ADDRESS, image=image.read_bytes(), confirm=ConfirmPolicy.EXPLICIT)
 
 
 async def test_update_rereads_the_revision_and_records_it(service: OtaService,
@@ -170,7 +173,38 @@ async def test_unpaired_controller_and_unreadable_file_are_typed(service: OtaSer
                                                                  image: Path) -> None:
     access = Access(InProcessSmpDevice(OLD))
     with pytest.raises(UnknownController):
-        await service.update(Ota(address="C0:FF:EE:00:00:09", file=str(image)), access)
-    with pytest.raises(Exception, match="cannot read"):
-        await service.update(Ota(address=ADDRESS, file=str(image) + ".missing"), access)
+        await service.update(Ota(address="C0:FF:EE:00:00:09", image=NEW), access)
+    with pytest.raises(CommandFailed, match="cannot read"):
+        read_image(image.with_name("missing.bin"))
     assert access.device.connects == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory", "huge", "empty"])
+def test_an_image_file_is_read_only_when_it_is_a_regular_file_of_a_slots_size(
+        tmp_path: Path, image: Path, kind: str) -> None:
+    # hostile-edges M1: a FIFO blocked the daemon's loop (the watchdog then killed it), and
+    # /dev/zero ran it out of memory.
+    path = tmp_path / "candidate.bin"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.symlink_to(image)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "huge":
+        with path.open("wb") as f:
+            f.truncate(MAX_IMAGE_BYTES + 1)
+    else:
+        path.touch()
+    started = time.monotonic()
+    with pytest.raises(CommandFailed):
+        read_image(path)
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_ota_request_carries_the_image_and_never_a_path() -> None:
+    wire = Ota(address=ADDRESS, image=b"\x3d\xb8\xf3\x96" + bytes(100)).model_dump_json()
+    assert '"file"' not in wire and Ota.model_validate_json(wire).image.startswith(b"\x3d")
+    with pytest.raises(ValidationError):
+        Ota.model_validate_json('{"op": "ota", "address": "C0:FF:EE:00:00:01", '
+                                '"file": "/etc/shadow"}')

@@ -369,7 +369,8 @@ async def test_the_update_entity_installs_a_staged_image_with_progress(tmp_path:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        assert isinstance(ops.asked[-1], Ota) and ops.asked[-1].file.endswith(f"{SERIAL}.bin")
+        image = (staged / f"{SERIAL}.bin").read_bytes()
+        assert isinstance(ops.asked[-1], Ota) and ops.asked[-1].image == image
 
 
 async def test_home_assistants_birth_message_brings_discovery_back(tmp_path: Path) -> None:
