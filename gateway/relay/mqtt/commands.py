@@ -26,6 +26,9 @@ class CommandStatus(StrEnum):
     INVALID = "invalid"
     NOT_ALLOWED = "not_allowed"
     UNKNOWN_CONTROLLER = "unknown_controller"
+    # Its time ran out before it could run (its MQTT 5 message expiry, else COMMAND_TTL_S):
+    # nothing was done, so no valve opens long after it was asked.
+    EXPIRED = "expired"
     # The gateway failed handling it (a bug, logged with its traceback): nothing was done.
     ERROR = "error"
 

@@ -83,6 +83,11 @@ MAX_CONCURRENT_COMMANDS = 8
 # Commands accepted and not yet answered (running or queued behind the ones in flight): past
 # this a command is answered busy at once, so a flood costs neither memory nor tasks.
 MAX_PENDING_COMMANDS = 32
+# A command not started within this of its arrival (or within the MQTT 5 message expiry its
+# publisher set, when shorter) is answered expired, never run late: a valve asked open behind
+# a queue of others must not open minutes later. Longer than a share-policy controller's
+# slot + connect under load; far shorter than a person's patience with a switch.
+COMMAND_TTL_S = 30.0
 # The guarded part this relay runs as (gateway/daemon/hub.py); its commands are its children.
 PART = "mqtt relay"
 
@@ -141,6 +146,8 @@ class MqttRelay:
         self.commands_refused_busy = 0
         self.replies_lost = 0
         self.undeliverable = 0  # outbox items that could never become a message
+        self.commands_expired = 0
+        self._protocol = aiomqtt.ProtocolVersion.V5
         self.supervision = supervision or Supervision(self.clock)
         self.connected = False
         self.connects = 0
@@ -237,23 +244,38 @@ class MqttRelay:
                         tasks.create_task(self._pump_events(client), name="mqtt events")
                         tasks.create_task(self._listen(client, tasks), name="mqtt commands")
             except* aiomqtt.MqttError as group:
-                failures += 1
+                if self._protocol is aiomqtt.ProtocolVersion.V5 and any(
+                        isinstance(exc, aiomqtt.MqttError) and refuses_v5(exc)
+                        for exc in group.exceptions):
+                    log.info("mqtt_broker_speaks_3_1_1", host=self.config.host,
+                             effect="commands expire after COMMAND_TTL_S only")
+                    self._protocol = aiomqtt.ProtocolVersion.V311
+                    failures = 0  # not a failure of the broker: connect again at once
+                    delay = 0.0
+                else:
+                    failures += 1
+                    delay = full_jitter(self._rng, failures, BACKOFF_MIN_S, BACKOFF_MAX_S)
                 self.failures = failures
                 self.connected = False
-                delay = full_jitter(self._rng, failures, BACKOFF_MIN_S, BACKOFF_MAX_S)
-                log.warning("mqtt_disconnected", error=str(group.exceptions[0]),
-                            retry_in_s=round(delay, 2))
+                if failures:
+                    log.warning("mqtt_disconnected", error=str(group.exceptions[0]),
+                                retry_in_s=round(delay, 2))
                 await self.clock.sleep(delay)
             finally:
                 self.connected = False
 
     def _client(self) -> aiomqtt.Client:
+        """MQTT 5 where the broker speaks it (message expiry), 3.1.1 otherwise; a clean
+        session either way, so the broker never holds commands for an absent gateway."""
         cfg = self.config
+        session: dict[str, Any] = (
+            {"clean_start": True} if self._protocol is aiomqtt.ProtocolVersion.V5
+            else {"clean_session": True})
         return aiomqtt.Client(
             cfg.host, cfg.port, identifier=f"awgw-{self.topics.gateway_id}",
             username=cfg.username, password=self._password, keepalive=cfg.keepalive_s,
-            tls_context=self._tls, will=aiomqtt.Will(self.topics.gateway_availability, OFFLINE,
-                                               qos=1, retain=True))
+            tls_context=self._tls, protocol=self._protocol, **session,
+            will=aiomqtt.Will(self.topics.gateway_availability, OFFLINE, qos=1, retain=True))
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         for topic in self.topics.subscriptions:
@@ -438,16 +460,19 @@ class MqttRelay:
                     detail=f"{self._pending} commands are waiting; try again shortly"))
                 continue
             self._pending += 1
-            tasks.create_task(self._command(client, topic, parsed, bytes(raw), message.retain),
+            deadline = self.clock.now() + command_ttl_s(message)
+            tasks.create_task(self._command(client, topic, parsed, bytes(raw), message.retain,
+                                            deadline),
                               name=f"mqtt command {topic}")
 
     async def _command(self, client: aiomqtt.Client, topic: str,
-                       parsed: tuple[str, str, int | None], raw: bytes, retained: bool) -> None:
+                       parsed: tuple[str, str, int | None], raw: bytes, retained: bool,
+                       deadline: float) -> None:
         node, kind, channel = parsed
         replies: list[CommandReply | None] = []
 
         async def answer() -> None:
-            replies.append(await self._answer(node, kind, channel, raw, retained))
+            replies.append(await self._answer(node, kind, channel, raw, retained, deadline))
 
         try:
             done = await self.supervision.child(PART, f"command {topic}", answer())
@@ -470,7 +495,7 @@ class MqttRelay:
             self.replies_lost += 1  # the link went: the reply goes with it
 
     async def _answer(self, node: str, kind: str, channel: int | None, raw: bytes,
-                      retained: bool) -> CommandReply | None:
+                      retained: bool, deadline: float) -> CommandReply | None:
         entry = self._nodes.get(node)
         if kind == "minutes":
             return self._set_minutes(node, entry, channel, raw)
@@ -498,6 +523,11 @@ class MqttRelay:
                                 status=CommandStatus.NOT_ALLOWED,
                                 detail=f"{request.op} is not in [mqtt] allowed_ops")
         async with self._commands:
+            if self.clock.now() > deadline:
+                self.commands_expired += 1
+                return CommandReply(id=command_id, op=request.op, ok=False,
+                                    status=CommandStatus.EXPIRED,
+                                    detail="not started before it expired; nothing was done")
             try:
                 result = await dispatch_to_controllers(self.ops, request)
             except ControllerBusy as exc:
@@ -593,6 +623,21 @@ class MqttRelay:
 # An event's type as the relays name it (gateway/relay/events.py): one topic level, no wildcard.
 _EVENT_TYPE = re.compile(r"\A[a-z][a-z_]{0,63}\Z")
 _NODE = re.compile(r"\A(?:[0-9]{6}|[0-9a-f]{12})\Z")
+
+
+def command_ttl_s(message: aiomqtt.Message) -> float:
+    """How long a command may wait to start: its MQTT 5 message expiry (what is left of it,
+    as the broker forwards it) when the publisher set one, within COMMAND_TTL_S."""
+    expiry = getattr(message.properties, "MessageExpiryInterval", None)
+    if isinstance(expiry, int) and expiry >= 0:
+        return min(float(expiry), COMMAND_TTL_S)
+    return COMMAND_TTL_S
+
+
+def refuses_v5(exc: aiomqtt.MqttError) -> bool:
+    """A broker that answers an MQTT 5 CONNECT with "unacceptable protocol version" (3.1.1's
+    code 1, or 5's 0x84)."""
+    return isinstance(exc, aiomqtt.MqttCodeError) and getattr(exc.rc, "value", exc.rc) in (1, 0x84)
 
 
 def event_message(topics: Topics, item: StoredItem) -> tuple[str, str] | None:

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from firmware_bridge.ota.outcome import Phase, Progress
 from gateway.clock import Clock, LoopClock
@@ -41,7 +44,14 @@ from gateway.ops.models import (
 from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent
 from gateway.relay.mqtt.password import read_password
-from gateway.relay.mqtt.relay import BACKOFF_MAX_S, MqttRelay, event_message
+from gateway.relay.mqtt.relay import (
+    BACKOFF_MAX_S,
+    COMMAND_TTL_S,
+    MAX_CONCURRENT_COMMANDS,
+    MqttRelay,
+    command_ttl_s,
+    event_message,
+)
 from gateway.relay.mqtt.topics import Topics
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
@@ -65,19 +75,23 @@ class FakeOps:
 
     asked: list[Request] = field(default_factory=list)
     busy: bool = False
+    # Set: valve commands wait for it (a controller slow to answer, a queue behind it).
+    hold: asyncio.Event | None = None
 
-    def _command(self, request: ValveOpen | ValveClose) -> CommandResult:
+    async def _command(self, request: ValveOpen | ValveClose) -> CommandResult:
         self.asked.append(request)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.busy:
             raise ControllerBusy(f"{request.address} is busy with a firmware update")
         return CommandResult(address=request.address, command=request.name, ok=True,
                              status="confirmed", detail="valve confirmed")
 
     async def valve_open(self, request: ValveOpen) -> CommandResult:
-        return self._command(request)
+        return await self._command(request)
 
     async def valve_close(self, request: ValveClose) -> CommandResult:
-        return self._command(request)
+        return await self._command(request)
 
     async def refresh(self, request: Refresh) -> ControllerState:
         self.asked.append(request)
@@ -471,3 +485,45 @@ def test_a_good_outbox_event_keeps_its_key() -> None:
     topic, payload = event_message(Topics("autowatering", "gw"), item) or ("", "")
     assert topic == "autowatering/100001/event/watering_started"
     assert json.loads(payload)["event_id"] == "gw:100001:e:7"
+
+
+async def test_a_command_past_its_expiry_is_answered_expired_and_never_run(
+        tmp_path: Path) -> None:
+    # hostile-edges L3 / issue item 3: a flood queued valve OPENs that ran minutes later.
+    async with running(tmp_path) as s:
+        s.relay.observe(ADDRESS, SERIAL, state())
+        s.ops.hold = asyncio.Event()
+        base = f"{PREFIX}/{SERIAL}"
+        for channel in range(MAX_CONCURRENT_COMMANDS):  # every slot taken by a slow command
+            await publish(s.broker.port, f"{base}/valve/{channel % 8}/set", "CLOSE")
+        await until(lambda: len(s.ops.asked) == MAX_CONCURRENT_COMMANDS)
+        result = f"{base}/result"
+        async with Listener(s.broker.port, result) as replies:
+            expiry = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            expiry.MessageExpiryInterval = 1
+            async with aiomqtt.Client("127.0.0.1", s.broker.port,
+                                      protocol=aiomqtt.ProtocolVersion.V5) as person:
+                await person.publish(f"{base}/command", json.dumps(
+                    {"op": "valve_open", "channel": 2, "minutes": 5, "id": "late"}), qos=1,
+                    properties=expiry)
+            await asyncio.sleep(1.5)  # the queue is still full when its second runs out
+            s.ops.hold.set()
+            await replies.until(lambda: any(json.loads(p).get("id") == "late"
+                                            for p in replies.on(result)))
+            late = next(json.loads(p) for p in replies.on(result)
+                        if json.loads(p).get("id") == "late")
+        assert late["status"] == "expired" and not late["ok"]
+        assert ValveOpen(address=ADDRESS, channel=2, minutes=5) not in s.ops.asked
+        assert s.relay.commands_expired == 1
+
+
+def test_a_commands_time_to_live_is_its_expiry_within_thirty_seconds() -> None:
+    def message(expiry: int | None) -> aiomqtt.Message:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if expiry is not None:
+            properties.MessageExpiryInterval = expiry
+        return aiomqtt.Message("t", b"", 1, False, 1, properties)
+
+    assert command_ttl_s(message(None)) == COMMAND_TTL_S == 30.0
+    assert command_ttl_s(message(5)) == 5.0
+    assert command_ttl_s(message(3600)) == COMMAND_TTL_S
