@@ -4,14 +4,17 @@ a daemon): each one connects, does its work and lets go."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
-from firmware_bridge.errors import BridgeError
+from firmware_bridge.errors import BridgeError, PeerNotFound
 from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
 from firmware_bridge.link.session import ControllerSession, PollPlan
 from firmware_bridge.link.state import Field
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
+from gateway import bluez
+from gateway.clock import LoopClock
 from gateway.config import GatewayConfig
 from gateway.errors import CommandFailed, ControlError
 from gateway.link.failures import classify
@@ -48,6 +51,20 @@ from gateway.ota.service import OtaService
 from gateway.relay import account
 from gateway.store.registry import Registry, normalise_address
 from gateway.store.state import StateStore
+
+T = TypeVar("T")
+
+
+async def after_orphans(adapter: str, address: str, connect: Callable[[], Awaitable[T]]) -> T:
+    """``connect()``; when the controller cannot be found, a link an unclean stop left in
+    BlueZ (a killed daemon, an `awgw ota` killed mid-upload) is released and the connect tried
+    once more, so an interrupted update resumes instead of failing `not_found` for good."""
+    try:
+        return await connect()
+    except PeerNotFound:
+        if not await bluez.release_orphan(adapter, address, LoopClock()):
+            raise
+    return await connect()
 
 
 class DirectOperations:
@@ -107,8 +124,9 @@ class DirectOperations:
         address = normalise_address(address)
         self.registry.get(address)
         try:
-            return await BleakGattLink.connect(address, adapter=self.config.link.adapter,
-                                               timeout_s=self.config.link.connect_timeout_s)
+            return await after_orphans(self.config.link.adapter, address, lambda: (
+                BleakGattLink.connect(address, adapter=self.config.link.adapter,
+                                      timeout_s=self.config.link.connect_timeout_s)))
         except BridgeError as exc:
             raise CommandFailed(f"cannot reach {address} "
                                 f"({classify(exc).kind.value}): {exc}") from exc
@@ -162,13 +180,19 @@ class DirectAccess:
         yield  # no supervisor to hand the controller over from
 
     async def connect_smp(self, address: str) -> FrameTransport:
-        transport = BleSmpTransport(address, adapter=self.ops.config.link.adapter)
-        await transport.connect(self.ops.config.link.connect_timeout_s)
-        return transport
+        link = self.ops.config.link
+
+        async def connect() -> FrameTransport:
+            transport = BleSmpTransport(address, adapter=link.adapter)
+            await transport.connect(link.connect_timeout_s)
+            return transport
+
+        return await after_orphans(link.adapter, address, connect)
 
     async def connect_gatt(self, address: str) -> GattLink:
-        return await BleakGattLink.connect(address, adapter=self.ops.config.link.adapter,
-                                           timeout_s=self.ops.config.link.connect_timeout_s)
+        link = self.ops.config.link
+        return await after_orphans(link.adapter, address, lambda: BleakGattLink.connect(
+            address, adapter=link.adapter, timeout_s=link.connect_timeout_s))
 
     async def refresh_gatt_cache(self, address: str) -> None:
         await repair_on_radio(self.ops.config, self.ops.registry, address)

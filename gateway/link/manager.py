@@ -11,6 +11,7 @@ import structlog
 from firmware_bridge.errors import PeerNotFound
 from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
 from firmware_bridge.link.outcome import CommandOutcome
+from gateway import bluez
 from gateway.clock import Clock, LoopClock
 from gateway.config import GatewayConfig
 from gateway.errors import UnknownController
@@ -53,6 +54,10 @@ class ConnectionManager:
     async def _bleak_connect(self, address: str, timeout_s: float,
                              on_disconnect: Callable[[], None]) -> GattLink:
         device = self.scanner.device(address)
+        if device is None:
+            # Not advertising: perhaps because BlueZ still holds a link an earlier run of the
+            # daemon made (the supervisor asking holds none). Released, it advertises again.
+            await bluez.release_orphan(self.settings.adapter, address, self.clock)
         if device is not None:
             try:
                 return await BleakGattLink.connect(device, adapter=self.settings.adapter,
