@@ -39,7 +39,7 @@ class ConnectionManager:
         self.store = StateStore(stale_after_s=2 * self.settings.refresh_period_s)
         self.scanner = scanner or Scanner(self.settings.adapter, self.gate,
                                           watchdog_s=self.settings.scan_watchdog_s,
-                                          expecting=self._expecting)
+                                          expecting=self._expecting, on_seen=self._sighted)
         self.connector = connector or self._bleak_connect
         self.repairer = repairer
         self.supervisors: dict[str, Supervisor] = {}
@@ -67,6 +67,11 @@ class ConnectionManager:
                 self.scanner.forget(address)  # BlueZ removed the object since the sighting
         return await BleakGattLink.connect(address, adapter=self.settings.adapter,
                                            timeout_s=timeout_s, on_disconnect=on_disconnect)
+
+    def _sighted(self, address: str) -> None:
+        supervisor = self.supervisors.get(address)
+        if supervisor is not None:
+            supervisor.sighted()
 
     def _expecting(self) -> bool:
         """The watchdog only cares while some controller is wanted but not connected."""

@@ -28,6 +28,9 @@ PRESENT_WINDOW_S = 30.0
 # A one-shot scan: the controller advertises every 20-30 ms, so 5 s sees everything in range
 # several times even through a busy radio.
 SCAN_TIMEOUT_S = 5.0
+# A controller heard after this much silence is news for its supervisor (a not_found backoff
+# ends); one advertising steadily (every 20-30 ms) is not news each time.
+SEEN_AGAIN_S = 2.0
 # Recovery ladder spacing: a discovery restart is cheap; an adapter power cycle drops every
 # link, so at most one per 10 minutes.
 RESTART_EVERY_S = 60.0
@@ -93,8 +96,11 @@ class AdapterRecovery:
 
 class Scanner:
     def __init__(self, adapter: str, gate: ScanGate, *, watchdog_s: float,
-                 expecting: Callable[[], bool] = lambda: True) -> None:
+                 expecting: Callable[[], bool] = lambda: True,
+                 on_seen: Callable[[str], None] | None = None) -> None:
+        """``on_seen``: told of a controller heard again after SEEN_AGAIN_S of silence."""
         self.adapter = adapter
+        self.on_seen = on_seen
         self.gate = gate
         self.watchdog_s = watchdog_s
         self.expecting = expecting
@@ -127,8 +133,12 @@ class Scanner:
         if not is_autowatering(adv):
             return
         self._last_advert = time.monotonic()
+        before = self.seen.get(device.address)
         self.seen[device.address] = Sighting(device.address, adv.local_name, adv.rssi,
                                              self._last_advert, device)
+        if self.on_seen is not None and (
+                before is None or self._last_advert - before.at > SEEN_AGAIN_S):
+            self.on_seen(device.address)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:

@@ -38,7 +38,7 @@ from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError
 from gateway.link.decision import URGENT_RETRY_S, Action, Memory, decide
 from gateway.link.events import first_of
-from gateway.link.failures import Failure, classify
+from gateway.link.failures import Failure, FailureClass, classify
 from gateway.link.scheduler import Lease, Priority, SlotScheduler
 from gateway.ops.models import LinkState
 from gateway.store.registry import Registry
@@ -99,6 +99,8 @@ class Supervisor:
         self.session: ControllerSession | None = None
         self._commands: asyncio.Queue[_Command] = asyncio.Queue()
         self._wake = asyncio.Event()
+        # The scanner heard this controller while it was backing off after not_found.
+        self._sighted = False
         self._link_lost = asyncio.Event()
         self._control = asyncio.Event()  # policy changed or an update wants the controller
         self._update_lock = asyncio.Lock()
@@ -163,6 +165,16 @@ class Supervisor:
         if not await self.clock.wait(self._link_free, limit_s):
             raise ControllerBusy(f"{self.address}: the link supervisor did not let go of the "
                                  f"controller within {limit_s:.0f} s (nothing was uploaded)")
+
+    def sighted(self) -> None:
+        """The scanner hears the controller again. A backoff after ``not_found`` (a power cut,
+        out of range) ends at once: waiting it out (up to 120 s) would leave the controller
+        unavailable while it is heard. Other backoffs are the failure table's to keep."""
+        failure = self.failure
+        if self.state is LinkState.BACKOFF and failure is not None \
+                and failure.kind is FailureClass.NOT_FOUND:
+            self._sighted = True
+            self._wake.set()
 
     def bond_reset(self) -> None:
         """A person re-paired the controller: leave BOND_LOST and try again."""
@@ -427,7 +439,8 @@ class Supervisor:
                 return
             if not await clock.wait(self._wake, remaining):
                 return
-            if not backoff:
+            if not backoff or self._sighted:
+                self._sighted = False
                 return
             if not self._commands.empty() and deadline is not None:
                 deadline = min(deadline, clock.now() + URGENT_RETRY_S)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from firmware_bridge.errors import AttRefused, LinkDBusError
+from firmware_bridge.errors import AttRefused, LinkDBusError, PeerNotFound
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import OutcomeStatus
 from gateway.clock import LoopClock
@@ -284,3 +284,22 @@ async def test_a_full_disk_is_a_backoff_not_a_fault(tmp_path: Path,
     failures = [e for e in logs if e["event"] == "link_failure"]
     assert [f["failure_class"] for f in failures] == ["store", "store"]
     assert sup.state is not LinkState.FAULTED and store.fresh(ADDRESS)
+
+
+async def test_a_controller_seen_again_ends_its_not_found_backoff_at_once(
+        tmp_path: Path) -> None:
+    # A controller back from a power cut (or out of range and back) advertises: waiting out a
+    # not_found backoff of 10-120 s would leave it unavailable while it is heard.
+    radio = Radio()
+    radio.failures.append(PeerNotFound(f"connect {ADDRESS}: device {ADDRESS} not found"))
+    sup, _ = make(tmp_path, radio)
+    sup.clock = LoopClock()  # a real backoff, which must not be waited out
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: sup.state is LinkState.BACKOFF)
+        sup.sighted()
+        await until(lambda: sup.state is LinkState.CONNECTED, 2.0)
+        assert radio.connects == 2
+    finally:
+        await cancel_and_wait(task)
+
