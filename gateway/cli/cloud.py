@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
+import pwd
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,26 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                           help="gatewayJobs poll interval the emulator enforces")
 
 
+def check_owner(state_dir: Path) -> None:
+    """`cloud link` and `unlink` write the gateway's identity where the daemon reads it: as
+    another user (``sudo awgw cloud link``: root) the files would be theirs, 0600, and the
+    daemon, running as the service user, could not read its own token (hostile-edges L6)."""
+    try:
+        owner = state_dir.stat().st_uid
+    except FileNotFoundError:
+        return  # a first link makes the directory
+    me = os.geteuid()
+    if owner == me:
+        return
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    raise CloudLinkError(f"{state_dir} belongs to {name}, and this runs as uid {me}: what it "
+                         f"wrote would be unreadable to the daemon. Run it as {name}: "
+                         f"sudo -u {name} awgw cloud ...")
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command != "cloud" or args.cloud_command != "link":
         return
@@ -88,6 +110,7 @@ async def run(args: argparse.Namespace) -> int:
         _show(args, status)
         return 0
     logs.start()
+    check_owner(config.state_dir)
     from gateway.relay.account import CloudAccount
 
     async with CloudAccount(config) as account:

@@ -5,6 +5,7 @@ credential, which then wins and is read-only)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -44,43 +45,60 @@ def _write_private(path: Path, text: str) -> None:
 
 
 class FileTokenStore:
-    """``cloud_client.RefreshTokenStore`` on a 0600 file; a systemd credential overrides it."""
+    """``cloud_client.RefreshTokenStore`` on a 0600 file; a systemd credential overrides it.
+
+    A pool that rotates refresh tokens hands out a new one on refresh. A credential is
+    read-only, so the rotated token goes to the state file, marked with the digest of the
+    credential it replaces: it is used while that credential is unchanged, and a credential a
+    person installs later wins again (hostile-edges L6: a rotated token was lost at the next
+    start, and the gateway had to be linked again)."""
 
     def __init__(self, cloud_dir: Path) -> None:
         self.path = cloud_dir / "refresh_token"
+        self.marker = cloud_dir / "refresh_token.replaces"
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         self.credential = Path(directory) / CREDENTIAL_NAME if directory else None
 
-    def _source(self) -> Path:
+    def _credential(self) -> str | None:
         # install.sh creates the credential file empty (LoadCredential= fails on a missing
         # file): empty means "not given", and `awgw cloud link`'s own file is used.
-        if self.credential is not None and self.credential.exists() \
-                and self.credential.stat().st_size > 0:
-            return self.credential
-        return self.path
-
-    def load(self) -> str | None:
-        source = self._source()
-        try:
-            data = source.read_bytes()
-        except FileNotFoundError:
+        if self.credential is None:
             return None
-        except OSError as exc:
-            raise CloudLinkError(f"cannot read {source}: {exc.strerror}") from exc
-        if len(data) > MAX_TOKEN_BYTES:
-            raise CloudLinkError(f"{source} is {len(data)} bytes: not a refresh token")
-        token = data.decode(errors="replace").strip()
+        token = _read_token(self.credential)
         return token or None
 
+    def _source(self) -> Path:
+        credential = self._credential()
+        if credential is None:
+            return self.path
+        try:
+            replaced = self.marker.read_text().strip()
+        except FileNotFoundError:
+            replaced = ""
+        except OSError as exc:
+            raise CloudLinkError(f"cannot read {self.marker}: {exc.strerror}") from exc
+        if replaced == _digest(credential) and self.path.exists():
+            return self.path  # rotated since this credential was installed
+        assert self.credential is not None
+        return self.credential
+
+    def load(self) -> str | None:
+        return _read_token(self._source()) or None
+
     def save(self, refresh_token: str) -> None:
-        if self._source() is self.credential:
-            return  # a systemd credential is read-only; rotation lives until the next start
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        credential = self._credential()
         _write_private(self.path, refresh_token)
+        if credential is not None:
+            _write_private(self.marker, _digest(credential))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.marker.unlink()
 
     def clear(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        for path in (self.path, self.marker):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def stamp(self) -> float | None:
         """When the token last changed (the daemon notices a new link by it)."""
@@ -88,3 +106,19 @@ class FileTokenStore:
             return self._source().stat().st_mtime_ns / 1e9
         except FileNotFoundError:
             return None
+
+
+def _read_token(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise CloudLinkError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > MAX_TOKEN_BYTES:
+        raise CloudLinkError(f"{path} is {len(data)} bytes: not a refresh token")
+    return data.decode(errors="replace").strip()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
