@@ -21,6 +21,8 @@ TLV_SHA256 = 0x10
 SIGNATURE_TLVS = {0x20: "rsa2048", 0x22: "ecdsa", 0x23: "rsa3072", 0x24: "ed25519"}
 FLAG_ENCRYPTED = 0x04 | 0x08
 FLAG_NON_BOOTABLE = 0x10
+# ota.md 1.6: Zephyr's MCUboot builds reserve CONFIG_ROM_START_OFFSET = 0x200 for the header.
+EXPECTED_HEADER_SIZE = 0x200
 
 
 class ImageFormatError(DecodeError):
@@ -153,6 +155,12 @@ def image_problems(image: McubootImage, slot_limit: int | None) -> list[tuple[st
                                     "(corrupted)"))
     if not image.bootable:
         problems.append(("invalid", "the image is flagged non-bootable"))
+    if image.flags & FLAG_ENCRYPTED:
+        problems.append(("invalid", "the image is flagged encrypted; the project's MCUboot "
+                                    "does not decrypt"))
+    if image.header_size != EXPECTED_HEADER_SIZE:
+        problems.append(("invalid", f"header size {image.header_size:#x}, not the "
+                                    f"{EXPECTED_HEADER_SIZE:#x} Zephyr's MCUboot expects"))
     if slot_limit is not None and image.total_size > slot_limit:
         problems.append(("too_large", f"{image.total_size} bytes exceeds the slot limit of "
                                       f"{slot_limit} bytes"))

@@ -58,6 +58,13 @@ class OtaConfig(BaseModel):
     # ota.md 5.3: the firmware confirms itself after a good boot; poll for it this long before
     # the confirm policy decides.
     self_confirm_wait_s: Annotated[float, Field(ge=0, le=600)] = 60.0
+    # The project's MCUboot public key (PEM; `imgtool getpub -e pem`): when set, every image
+    # (from the cloud, the staged directory or the CLI) must carry a signature it verifies
+    # before a byte is sent. `awgw doctor` warns while none is set.
+    public_key: AbsolutePath | None = None
+    # ota.md 1.6: the largest file that fits slot 0 with the swap trailer and one sector to
+    # spare on the Feb-2026 layout (0xB5000); a request may ask for less, never more.
+    slot_limit_bytes: Annotated[int, Field(ge=0x1000, le=0x100000)] = 0xB5000
 
 
 class CloudMode(StrEnum):

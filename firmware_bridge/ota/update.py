@@ -23,7 +23,14 @@ from typing import TypeVar
 import structlog
 
 from firmware_bridge.errors import BridgeError, LinkLost, TransportError, TransportTimeout
-from firmware_bridge.mcuboot import ImageFormatError, McubootImage, image_problems, parse_image
+from firmware_bridge.mcuboot import (
+    ImageFormatError,
+    McubootImage,
+    SignatureError,
+    image_problems,
+    parse_image,
+    verify_signature,
+)
 from firmware_bridge.ota.outcome import (
     ConfirmPolicy,
     FailureReason,
@@ -67,6 +74,9 @@ class OtaSettings:
     pre_erase: bool = False
     confirm: ConfirmPolicy = ConfirmPolicy.SELF_THEN_EXPLICIT
     slot_limit: int | None = None  # bytes; ota.md 1.6 (741 376 on the Feb-2026 layout)
+    # The project's MCUboot public key (PEM): when set, an image must carry a signature it
+    # verifies before a byte is sent (ota.md 2.6 item 6).
+    public_key_pem: bytes | None = None
     first_timeout_s: float = FIRST_CHUNK_TIMEOUT_S
     timeout_s: float = CHUNK_TIMEOUT_S
     # None: adapt the window between 1 and the device's buf_count, starting at buf_count - 1;
@@ -94,7 +104,8 @@ class _Fail(Exception):
         self.rc = rc
 
 
-def check_image(data: bytes, slot_limit: int | None) -> McubootImage:
+def check_image(data: bytes, slot_limit: int | None,
+                public_key_pem: bytes | None = None) -> McubootImage:
     """Everything that can be known before touching the device (ota.md 2.6)."""
     try:
         image = parse_image(data)
@@ -103,6 +114,11 @@ def check_image(data: bytes, slot_limit: int | None) -> McubootImage:
     for kind, message in image_problems(image, slot_limit):
         reason = FailureReason.TOO_LARGE if kind == "too_large" else FailureReason.INVALID_IMAGE
         raise _Fail(reason, message)
+    if public_key_pem is not None:
+        try:
+            verify_signature(data, image, public_key_pem)
+        except SignatureError as exc:
+            raise _Fail(FailureReason.INVALID_IMAGE, f"signature: {exc}") from exc
     return image
 
 
@@ -128,7 +144,7 @@ class FirmwareUpdate:
         image: McubootImage | None = None
         skipped = False
         try:
-            image = check_image(self.data, self.settings.slot_limit)
+            image = check_image(self.data, self.settings.slot_limit, self.settings.public_key_pem)
             result, detail, skipped = await self._update(image)
             self._clear()
             return self._outcome(result, detail, image, started, skipped=skipped)
@@ -143,7 +159,7 @@ class FirmwareUpdate:
         started = time.monotonic()
         image: McubootImage | None = None
         try:
-            image = check_image(self.data, self.settings.slot_limit)
+            image = check_image(self.data, self.settings.slot_limit, self.settings.public_key_pem)
             slots = await self._control("image state", commands.image_state)
         except _Fail as fail:
             return self._failed(fail, image, started, True)

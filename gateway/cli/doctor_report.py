@@ -46,8 +46,8 @@ async def diagnose(host: Host, config: GatewayConfig, problem: str | None, path:
                   cloud_status=cloud_status)
     return [*checks.check_config(ctx), *await checks.check_bluez(ctx),
             *checks.check_permissions(ctx), *await checks.check_clock(ctx),
-            *checks.check_storage(ctx), *await checks.check_daemon(ctx),
-            *await checks.check_ways_out(ctx)]
+            *checks.check_storage(ctx), *checks.check_firmware_key(ctx),
+            *await checks.check_daemon(ctx), *await checks.check_ways_out(ctx)]
 
 
 def show(findings: list[Finding], screen: Screen) -> None:

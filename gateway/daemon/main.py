@@ -32,6 +32,7 @@ from gateway.ops.health import HubStatus
 from gateway.ops.models import Request, Result
 from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
+from gateway.ota.service import read_public_key
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.feed import FanOut, StateFeed
@@ -125,6 +126,7 @@ def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
     # Secrets first: a missing one stops the start before any store is opened.
     mqtt_password = read_password(config.mqtt) if config.mqtt.enabled else None
     mqtt_tls = tls_context(config.mqtt) if config.mqtt.enabled else None
+    read_public_key(config.ota)  # a bad [ota] public_key stops the start here, exit 7
     if (exposure := open_broker(config.mqtt)) is not None:
         log.warning("mqtt_open_to_anyone", problem=exposure,
                     remedy="give the broker a username and password (and TLS), or remove "

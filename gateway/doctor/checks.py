@@ -16,6 +16,7 @@ from gateway.config import GatewayConfig
 from gateway.doctor.host import Host
 from gateway.errors import GatewayError
 from gateway.ops.health import CloudStatus, PartState
+from gateway.ota.service import read_public_key
 from gateway.relay.mqtt.password import read_password
 from gateway.relay.mqtt.tls import open_broker
 from gateway.store.outbox import Outbox
@@ -295,6 +296,21 @@ async def check_daemon(ctx: Context) -> list[Finding]:
                               "it restarts by itself; if it keeps crashing, report the traceback "
                               "in `journalctl -u awgw` (event part_crashed)"))
     return found
+
+
+def check_firmware_key(ctx: Context) -> list[Finding]:
+    """Whether images are signature-checked before they reach a controller."""
+    try:
+        key = read_public_key(ctx.config.ota)
+    except GatewayError as exc:
+        return [error("firmware_key", str(exc), "point [ota] public_key at the project's "
+                      "MCUboot public key (imgtool getpub -k KEY -e pem)")]
+    if key is None:
+        return [warn("firmware_key", "no [ota] public_key: firmware images are not "
+                     "signature-checked, so whoever controls the cloud or its bucket can flash "
+                     "any image", "set [ota] public_key to the project's MCUboot public key "
+                     "(PEM, from imgtool getpub -e pem)")]
+    return [ok("firmware_key", f"images must be signed by {ctx.config.ota.public_key}")]
 
 
 async def check_ways_out(ctx: Context) -> list[Finding]:

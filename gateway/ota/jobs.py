@@ -39,7 +39,13 @@ from cloud_client.errors import (
 )
 from cloud_client.models import Artifact, Job, OtaLatest, Release, UpdateGatewayJob
 from cloud_client.versions import valid_version, version_key
-from firmware_bridge.mcuboot import ImageFormatError, image_problems, parse_image
+from firmware_bridge.mcuboot import (
+    ImageFormatError,
+    SignatureError,
+    image_problems,
+    parse_image,
+    verify_signature,
+)
 from firmware_bridge.ota.outcome import Progress
 from gateway.backoff import full_jitter
 from gateway.clock import Clock, LoopClock
@@ -47,6 +53,7 @@ from gateway.config import CloudMode, GatewayConfig, OtaPolicy
 from gateway.errors import ControllerBusy, GatewayError
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
+from gateway.ota.service import read_public_key
 from gateway.relay.events import DerivedEvent, ota_event
 from gateway.store.images import read_image
 from gateway.store.registry import ControllerRecord, Registry
@@ -123,6 +130,7 @@ class CloudUpdates:
         self.clock = clock or LoopClock()
         self.cache = config.firmware_cache_dir
         self._failed_path = config.failed_updates_path
+        self._public_key = read_public_key(config.ota)
         self._finished: set[str] = set()
         self._announced: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()  # one cloud-driven update at a time
@@ -369,9 +377,14 @@ class CloudUpdates:
             return Outcome("failed", "bad_image", {"problem": str(exc)})
         except ImageFormatError as exc:
             return Outcome("failed", "bad_image", {"problem": str(exc)})
-        problems = image_problems(image, None)
+        problems = image_problems(image, self.config.ota.slot_limit_bytes)
         if problems:
             return Outcome("failed", "bad_image", {"problem": problems[0][1]})
+        if self._public_key is not None:
+            try:
+                verify_signature(data, image, self._public_key)
+            except SignatureError as exc:  # never retried: the cloud served a bad image
+                return Outcome("failed", "bad_signature", {"problem": str(exc)})
         image_version = str(image.version)
         detail: dict[str, JsonValue] = {"image_version": image_version,
                                         "release_version": plan.version}

@@ -38,8 +38,8 @@ from firmware_bridge.ota.outcome import ConfirmPolicy, OtaOutcome, OtaResult
 from firmware_bridge.ota.session_store import FileSessionStore
 from firmware_bridge.ota.update import FirmwareUpdate, OtaSettings
 from firmware_bridge.smp.transport import FrameTransport
-from gateway.config import GatewayConfig
-from gateway.errors import ControllerBusy
+from gateway.config import GatewayConfig, OtaConfig
+from gateway.errors import ConfigError, ControllerBusy
 from gateway.link.failures import FailureClass, classify
 from gateway.ops.models import ControllerState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
@@ -71,14 +71,43 @@ class ControllerAccess(Protocol):
         ...
 
 
+# A PEM public key is a few hundred bytes (RSA-3072: ~0.6 KiB); a file far larger is not one.
+MAX_KEY_BYTES = 16 * 1024
+
+
+def read_public_key(ota: OtaConfig) -> bytes | None:
+    """``[ota] public_key``'s PEM bytes, checked to be a public key; ConfigError naming the
+    key otherwise (the daemon exits 7 before anything starts)."""
+    if ota.public_key is None:
+        return None
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        with ota.public_key.open("rb") as file:
+            pem = file.read(MAX_KEY_BYTES + 1)
+        if len(pem) > MAX_KEY_BYTES:
+            raise ConfigError(f"ota.public_key: {ota.public_key} is not a PEM public key "
+                              "(too large)")
+        serialization.load_pem_public_key(pem)
+    except OSError as exc:
+        raise ConfigError(f"ota.public_key: cannot read {ota.public_key}: {exc.strerror}") \
+            from exc
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"ota.public_key: {ota.public_key} is not a PEM public key "
+                          f"(`imgtool getpub -k KEY -e pem` writes one)") from exc
+    return pem
+
+
 class OtaService:
     def __init__(self, config: GatewayConfig, registry: Registry,
                  engine_defaults: OtaSettings | None = None) -> None:
         """``engine_defaults``: the engine's device-model timings (tests shorten them); the
-        configured ones and each request's own choices go on top."""
+        configured ones and each request's own choices go on top. ConfigError when
+        ``[ota] public_key`` names no readable PEM public key."""
         self.config = config
         self.registry = registry
         self.engine_defaults = engine_defaults or OtaSettings()
+        self.public_key = read_public_key(config.ota)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def settings(self, *, window: int | None, confirm: ConfirmPolicy, pre_erase: bool,
@@ -86,10 +115,12 @@ class OtaService:
         """The engine's settings: its device-model defaults, the configured reboot and
         self-confirm windows, and the caller's choices."""
         ota = self.config.ota
+        limit = ota.slot_limit_bytes if slot_limit is None else min(slot_limit,
+                                                                    ota.slot_limit_bytes)
         return dataclasses.replace(
             self.engine_defaults, window=window, pre_erase=pre_erase, confirm=confirm,
-            slot_limit=slot_limit, reboot_window_s=ota.reboot_window_s,
-            self_confirm_wait_s=ota.self_confirm_wait_s)
+            slot_limit=limit, reboot_window_s=ota.reboot_window_s,
+            self_confirm_wait_s=ota.self_confirm_wait_s, public_key_pem=self.public_key)
 
     # ---- a paired controller over BLE ----------------------------------------------------
 

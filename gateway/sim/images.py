@@ -18,11 +18,12 @@ from firmware_bridge.mcuboot import HEADER, IMAGE_MAGIC, TLV_MAGIC, TLV_SHA256, 
 HEADER_SIZE = 0x200
 
 
-def make_image(version: tuple[int, int, int, int], body: bytes, *, flags: int = 0) -> bytes:
+def make_image(version: tuple[int, int, int, int], body: bytes, *, flags: int = 0,
+               header_size: int = HEADER_SIZE) -> bytes:
     major, minor, revision, build = version
-    header = HEADER.pack(IMAGE_MAGIC, 0, HEADER_SIZE, 0, len(body), flags, major, minor,
+    header = HEADER.pack(IMAGE_MAGIC, 0, header_size, 0, len(body), flags, major, minor,
                          revision, build, 0)
-    signed_part = header + b"\xff" * (HEADER_SIZE - len(header)) + body
+    signed_part = header + b"\xff" * (header_size - len(header)) + body
     digest = hashlib.sha256(signed_part).digest()
     tlv = struct.pack("<HH", TLV_SHA256, len(digest)) + digest
     return signed_part + struct.pack("<HH", TLV_MAGIC, 4 + len(tlv)) + tlv

@@ -63,6 +63,7 @@ def daemon(tmp_path: Path, config: str, state_dir: Path | None = None
     ('control_socket = "awgw.sock"\n', "control_socket"),
     ("[cloud]\nenabled = true\n", "cloud.base_url"),
     ('[mqtt]\nallowed_ops = ["valve_opne"]\n', "mqtt.allowed_ops"),
+    ('[ota]\npublic_key = "/nonexistent/mcuboot.pub.pem"\n', "ota.public_key"),
 ])
 def test_a_bad_config_names_the_key_and_exits_7_before_anything_starts(
         tmp_path: Path, config: str, names: str) -> None:

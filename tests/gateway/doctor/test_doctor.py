@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.cli import exits
 from gateway.cli.doctor_report import diagnose, load
-from gateway.config import CloudConfig, GatewayConfig, MqttConfig
+from gateway.config import CloudConfig, GatewayConfig, MqttConfig, OtaConfig
 from gateway.doctor.checks import Finding, Status
 from gateway.doctor.host import Adapter, Disk, Rfkill
 from gateway.ops.health import (
@@ -109,10 +111,21 @@ class FakeHost:
         return self.broker
 
 
+def public_key(tmp_path: Path) -> Path:
+    """A PEM public key, as `imgtool getpub -e pem` writes the project's."""
+    path = tmp_path / "mcuboot.pub.pem"
+    if not path.exists():
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        path.write_bytes(key.public_bytes(serialization.Encoding.PEM,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
 def config(tmp_path: Path) -> GatewayConfig:
     return GatewayConfig(state_dir=tmp_path / "state", control_socket=tmp_path / "c.sock",
                          cloud=CloudConfig(enabled=True, base_url="https://api.example.com"),
-                         mqtt=MqttConfig(enabled=True, username="awgw"))
+                         mqtt=MqttConfig(enabled=True, username="awgw"),
+                         ota=OtaConfig(public_key=public_key(tmp_path)))
 
 
 def by_check(findings: list[Finding]) -> dict[str, list[Finding]]:
@@ -300,3 +313,16 @@ def test_the_command_exits_with_its_verdict(tmp_path: Path) -> None:
     assert statuses["bluez_daemon"] == "error"
     assert all(f["remedy"] for f in document["findings"] if f["status"] in ("warning",
                                                                            "error"))
+
+
+@pytest.mark.parametrize(("key", "status"), [(None, Status.WARNING), ("garbage", Status.ERROR)])
+async def test_images_without_a_signature_check_are_a_finding(tmp_path: Path, key: str | None,
+                                                             status: Status) -> None:
+    path = None
+    if key is not None:
+        path = tmp_path / "key.pem"
+        path.write_text(key)
+    unkeyed = config(tmp_path).model_copy(update={"ota": OtaConfig(public_key=path)})
+    (finding,) = by_check(await diagnose(FakeHost(), unkeyed, None,
+                                         tmp_path / "x.toml"))["firmware_key"]
+    assert finding.status is status and "public_key" in finding.summary + (finding.remedy or "")

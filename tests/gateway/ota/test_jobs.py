@@ -16,7 +16,7 @@ import pytest
 
 from cloud_client import CloudClient, RetryPolicy
 from cloud_client.models import Artifact
-from gateway.config import CloudConfig, CloudMode, GatewayConfig
+from gateway.config import CloudConfig, CloudMode, GatewayConfig, OtaConfig
 from gateway.errors import CommandFailed
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
@@ -26,6 +26,7 @@ from gateway.sim.cloud.publish import publish_release
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.registry import Registry
 from tests.helpers.builders import state
+from tests.helpers.images import signed_with_new_key
 
 ADDRESS = "C0:FF:EE:00:00:01"
 IMAGE = make_image((4, 0, 0, 0), firmware_body("jobs", 8_000))
@@ -62,11 +63,12 @@ class Setup:
 
 @contextlib.asynccontextmanager
 async def setup(tmp_path: Path, firmware: str = "3.1.0", allow_downgrade: bool = False,
-                ) -> AsyncIterator[Setup]:
+                public_key: Path | None = None) -> AsyncIterator[Setup]:
     world = World()
     async with EmulatorServer(world) as server:
         config = GatewayConfig(state_dir=tmp_path, cloud=CloudConfig(
-            enabled=True, base_url=server.url, allow_downgrade=allow_downgrade))
+            enabled=True, base_url=server.url, allow_downgrade=allow_downgrade),
+            ota=OtaConfig(public_key=public_key))
         registry = Registry(config.registry_path)
         registry.add(ADDRESS, name="AutoWatering", bonded=True, serial="100001",
                      firmware_version=firmware)
@@ -231,3 +233,17 @@ async def test_the_update_button_never_installs_a_downgrade(tmp_path: Path) -> N
         outcome = await s.updates.install_offer(ADDRESS)
         assert (outcome.status, outcome.reason) == ("skipped", "downgrade_not_allowed")
         assert s.target.sent == []
+
+
+async def test_with_a_key_a_cloud_image_it_did_not_sign_is_refused_before_the_gate(
+        tmp_path: Path) -> None:
+    # hostile-edges M6: whoever controlled the API or its bucket could flash anything.
+    ours, public = signed_with_new_key(tmp_path, "project")
+    theirs, _ = signed_with_new_key(tmp_path, "stranger")
+    async with setup(tmp_path, public_key=public) as s:
+        await publish(s, "9.2.0", theirs)
+        refused = await s.updates.apply(plan(s, "9.2.0"))
+        assert (refused.status, refused.reason) == ("failed", "bad_signature")
+        assert s.target.sent == []
+        await publish(s, "9.2.1", ours)
+        assert (await s.updates.apply(plan(s, "9.2.1"))).status == "succeeded"

@@ -30,6 +30,7 @@ from gateway.store.images import read_image
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 from tests.helpers.fakes import InProcessSmpDevice, ModelLink
+from tests.helpers.images import signed_with_new_key
 
 ADDRESS = "C0:FF:EE:00:00:00"
 OLD = make_image((3, 1, 0, 0), firmware_body("factory", 30_000))
@@ -208,3 +209,40 @@ def test_an_ota_request_carries_the_image_and_never_a_path() -> None:
     with pytest.raises(ValidationError):
         Ota.model_validate_json('{"op": "ota", "address": "C0:FF:EE:00:00:01", '
                                 '"file": "/etc/shadow"}')
+
+
+async def test_with_a_key_only_an_image_it_signed_reaches_the_controller(tmp_path: Path) -> None:
+    # hostile-edges M6 / issue 18 item 6: images were never signature-checked.
+    ours, public = signed_with_new_key(tmp_path, "project")
+    theirs, _ = signed_with_new_key(tmp_path, "stranger")
+    config = GatewayConfig(state_dir=tmp_path, ota=OtaConfig(
+        self_confirm_wait_s=0.0, reboot_window_s=5.0, public_key=public))
+    registry = Registry(config.registry_path)
+    registry.add(ADDRESS, name="AutoWatering", bonded=True, firmware_version="3.1.0")
+    service = OtaService(config, registry, engine_defaults=QUICK)
+    for unsigned_or_foreign in (NEW, theirs):
+        access = Access(InProcessSmpDevice(OLD))
+        report = await service.update(Ota(address=ADDRESS, image=unsigned_or_foreign,
+                                          confirm=ConfirmPolicy.EXPLICIT), access)
+        assert (report.result, report.reason) == ("failed", "invalid_image"), report
+        assert "signature" in report.detail and report.uploaded_bytes == 0
+    access = Access(InProcessSmpDevice(OLD))
+    report = await service.update(Ota(address=ADDRESS, image=ours,
+                                      confirm=ConfirmPolicy.EXPLICIT), access)
+    assert report.result == "succeeded", report
+
+
+@pytest.mark.parametrize(("image", "needle"), [
+    (make_image((9, 2, 0, 0), firmware_body("enc", 4000), flags=0x04), "encrypted"),
+    (make_image((9, 2, 0, 0), firmware_body("hdr", 4000), header_size=0x100), "header"),
+    (make_image((9, 2, 0, 0), firmware_body("big", 750_000)), "slot"),
+])
+async def test_the_header_and_the_slot_limit_are_checked_before_a_byte_is_sent(
+        service: OtaService, image: bytes, needle: str) -> None:
+    # ota.md 2.6 items 3-4: FLAG_ENCRYPTED was never looked at, hdr_size never checked, and
+    # no slot limit applied (only the 4 MiB download cap).
+    access = Access(InProcessSmpDevice(OLD))
+    report = await service.update(Ota(address=ADDRESS, image=image,
+                                      confirm=ConfirmPolicy.EXPLICIT), access)
+    assert report.result == "failed" and needle in report.detail, report
+    assert report.uploaded_bytes == 0
