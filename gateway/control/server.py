@@ -14,8 +14,9 @@ decided by the socket's group (``awgw``, the unit's), not by anything on the net
 the group, reading and watering are open to every member; pairing, firmware and the cloud
 account's claims only to root and the service user (the peer's uid comes from the kernel,
 SO_PEERCRED). Every op that changes something is logged with that uid. At most MAX_CLIENTS
-are served at once; one more is answered ControlBusy and closed, so a flood of idle
-connections costs the daemon neither its file descriptors nor its answers.
+connections are held at once: a newcomer beyond that takes the place of the oldest one that
+has not sent its request yet (an idle flood cannot keep a person's command out), and only
+when every place runs a real request is it answered ControlBusy and closed.
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ class ControlServer:
             {0, os.geteuid()})
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
+        # Connections still waiting for their request line, oldest first: the first to go
+        # when the cap is reached.
+        self._reading: dict[asyncio.Task[Any], None] = {}
         self.listening = asyncio.Event()
+        self.evicted = 0  # idle connections closed to make room
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,18 +146,28 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if len(self._clients) >= MAX_CLIENTS:
-            with contextlib.suppress(ConnectionError, OSError):
-                await _send(writer, error_document(
-                    "ControlBusy", f"the daemon is serving {MAX_CLIENTS} clients: try again"))
-            writer.close()
-            return
+            if not self._reading:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await _send(writer, error_document(
+                        "ControlBusy", f"the daemon is serving {MAX_CLIENTS} requests: "
+                                       "try again"))
+                writer.close()
+                return
+            oldest = next(iter(self._reading))
+            del self._reading[oldest]
+            self._clients.discard(oldest)
+            self.evicted += 1
+            oldest.cancel()
         if task is not None:
             self._clients.add(task)
+            self._reading[task] = None
             task.add_done_callback(self._clients.discard)
         try:
             try:
                 async with asyncio.timeout(REQUEST_READ_TIMEOUT_S):
                     line = await reader.readline()
+                if task is not None:
+                    self._reading.pop(task, None)
                 request = REQUEST.validate_json(line)
             except ValidationError as exc:
                 await _send(writer, error_document("ControlError",
@@ -181,6 +196,8 @@ class ControlServer:
         except (ConnectionError, OSError):
             pass  # the client went away; nothing to answer
         finally:
+            if task is not None:
+                self._reading.pop(task, None)
             writer.close()
 
     def _refusal(self, request: Request, peer: Peer | None) -> str | None:

@@ -538,6 +538,10 @@ class VirtualController:
             "valve_states": self.model.valve_states,
             "status": int(self.model.status),
             "alarm": int(self.model.alarm.code),
+            # What the controller's history holds (channel, timestamp, volume): the record a
+            # bench compares with what reached the cloud.
+            "history": [[e.channel_id, int(e.timestamp), int(e.total_volume_ml)]
+                        for e in self.model.history],
         }
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -247,9 +247,13 @@ async def test_progress_lines_come_before_the_answer_and_a_stop_cancels_the_requ
         await slow
 
 
-async def test_a_flood_of_idle_connections_is_answered_busy_not_silence(tmp_path: Path) -> None:
+async def test_an_idle_flood_never_keeps_a_request_out(tmp_path: Path) -> None:
     # hostile-edges M2: 200 idle connections, and ping had no answer within 3 s.
-    async def handler(_request: Request, _progress: object = None) -> Result:
+    release = asyncio.Event()
+
+    async def handler(request: Request, _progress: object = None) -> Result:
+        if isinstance(request, GetState):
+            await release.wait()  # a request that takes its time
         return Pong()
 
     path = tmp_path / "control.sock"
@@ -257,17 +261,23 @@ async def test_a_flood_of_idle_connections_is_answered_busy_not_silence(tmp_path
     await server.start()
     idle = []
     try:
-        for _ in range(MAX_CLIENTS):
+        for _ in range(3 * MAX_CLIENTS):  # idle connections: each newcomer takes the oldest's
             idle.append(await asyncio.open_unix_connection(str(path)))
-        await asyncio.sleep(0.1)  # the server has taken them all
+        async with asyncio.timeout(1.0):
+            assert await control.call(path, Ping(), PONG) == Pong()
+        assert server.evicted >= 2 * MAX_CLIENTS
+        # Every place running a real request: then, and only then, busy.
+        slow = [asyncio.create_task(control.call(path, GetState(address=ADDRESS), PONG))
+                for _ in range(MAX_CLIENTS)]
+        await until(lambda: len(server._clients) == MAX_CLIENTS and not server._reading)
         async with asyncio.timeout(1.0):
             with pytest.raises(ControlBusy, match="try again"):
                 await control.call(path, Ping(), PONG)
+        release.set()
+        assert all(r == Pong() for r in await asyncio.gather(*slow))
+    finally:
         for _reader, writer in idle:
             writer.close()
-        await until(lambda: not server._clients)  # the server's own count
-        assert await control.call(path, Ping(), PONG) == Pong()
-    finally:
         await server.close()
 
 
