@@ -75,6 +75,9 @@ COMMAND_LIMIT_S = 30.0
 STALE_CHANNEL = 7
 # The deliberate kills and the disk filling are spread over the run: 4 and 3 slots of it.
 KILL_SLOTS = 4
+# A restarted daemon is back in service once ready with every link held; past this it is
+# counted as in service anyway (its commands then count toward the goal).
+RESTART_WINDOW_S = 20.0
 # The state directory's tmpfs: room for the stores, filled to the last byte for FULL_FOR_S.
 TMPFS_SIZE = "48m"
 FULL_SLOTS = 3
@@ -98,6 +101,9 @@ class Tally:
     unexpected_exits: int = 0
     part_crashes: int = 0
     stale_seen: int = 0
+    problems: list[str] = field(default_factory=list)
+    slow: list[str] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
 
     def count(self, kind: str, n: int = 1) -> None:
         self.inputs[kind] = self.inputs.get(kind, 0) + n
@@ -134,6 +140,9 @@ async def person(hub: ChaosHub, rig: Rig, tally: Tally) -> None:
         except (GatewayError, TimeoutError) as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         took_ms = (time.monotonic() - started) * 1000
+        if took_ms > P99_GOAL_MS / 2:
+            tally.slow.append(f"{time.monotonic() - tally.t0:.0f}s {handle.address} "
+                              f"{took_ms:.0f}ms ok={ok} {detail[:80]}")
         if restarting or tally.restarting:
             tally.during_restart += 1
             tally.during_restart_ok += ok
@@ -344,16 +353,45 @@ async def restart(hub: ChaosHub, tally: Tally, *, tear_outbox: bool,
             await hub.process.wait()
         tally.kills += 1
         if tear_outbox:
+            # A torn write on the card: the header page gone, and the WAL that could have
+            # repaired it with it.
             outbox = hub.state_dir / "mqtt-outbox.sqlite3"
-            with contextlib.suppress(OSError), outbox.open("r+b") as file:
-                file.write(b"\0" * 4096)
+            with contextlib.suppress(OSError):
+                outbox.with_name(outbox.name + "-wal").unlink(missing_ok=True)
+                with outbox.open("r+b") as file:
+                    file.write(b"\0" * 4096)
             tally.count("outbox_torn")
         await while_down
         await asyncio.sleep(1.5)  # the expiring commands have expired
-        await hub.start()
-        await asyncio.sleep(2.0)
+        await start_again(hub, tally)
+        await back_in_service(hub)
     finally:
         tally.restarting = False
+
+
+async def back_in_service(hub: ChaosHub) -> None:
+    """A restart lasts until the daemon is ready again with every controller's link held (at
+    most RESTART_WINDOW_S): a command meanwhile is counted apart."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(RESTART_WINDOW_S):
+            while True:
+                with contextlib.suppress(GatewayError):
+                    status = await hub.ops.status()
+                    if status.ready and status.links == CONTROLLERS:
+                        return
+                await asyncio.sleep(0.5)
+
+
+async def start_again(hub: ChaosHub, tally: Tally) -> None:
+    """A start that fails is an exit the goal forbids: counted, and tried again."""
+    for _ in range(3):
+        try:
+            await hub.start()
+        except RuntimeError as exc:
+            tally.unexpected_exits += 1
+            tally.problems.append(f"start failed: {str(exc)[-600:]}")
+        else:
+            return
 
 
 async def crashes(hub: ChaosHub) -> int:
@@ -369,9 +407,9 @@ async def watch_exits(hub: ChaosHub, tally: Tally) -> None:
         proc = hub.process
         if not tally.restarting and proc is not None and proc.returncode is not None:
             tally.unexpected_exits += 1
-            print(f"the daemon exited by itself ({proc.returncode}):\n{hub.log_tail(3000)}",
-                  file=sys.stderr)
-            await hub.start()
+            tally.problems.append(f"exited by itself ({proc.returncode}): "
+                                  f"{hub.log_tail(600)}")
+            await start_again(hub, tally)
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -444,6 +482,9 @@ async def chaos(args: argparse.Namespace, result: dict[str, Any], tally: Tally) 
                 finally:
                     result["daemon_exit"] = await hub.stop()
                     log = hub.log_tail(50_000_000)
+                    kept = Path(tempfile.gettempdir()) / f"awgw-chaos-{args.seed}.log"
+                    kept.write_text(log)
+                    result["daemon_log"] = str(kept)
                     result["daemon_tracebacks"] = log.count("Traceback")
                     result["outbox_quarantined"] = log.count("outbox_quarantined")
 
@@ -493,7 +534,8 @@ def summarise(result: dict[str, Any], tally: Tally) -> None:
         "valve_p99_ms": None if p99 is None else round(p99),
         "valve_commands_during_restarts": tally.during_restart,
         "valve_commands_during_restarts_ok": tally.during_restart_ok,
-        "stale_commands_executed": tally.stale_seen,
+        "stale_commands_executed": tally.stale_seen, "problems": tally.problems[:5],
+        "slow_commands": tally.slow[:10],
     })
     result["goal_met"] = bool(
         tally.valve_commands and tally.valve_ok == tally.valve_commands and p99 is not None

@@ -95,7 +95,7 @@ class ControlServer:
         self._clients: set[asyncio.Task[Any]] = set()
         # Connections still waiting for their request line, oldest first: the first to go
         # when the cap is reached.
-        self._reading: dict[asyncio.Task[Any], None] = {}
+        self._reading: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         self.listening = asyncio.Event()
         self.evicted = 0  # idle connections closed to make room
 
@@ -154,13 +154,14 @@ class ControlServer:
                 writer.close()
                 return
             oldest = next(iter(self._reading))
-            del self._reading[oldest]
+            # Its connection is cut, not its task cancelled: the read ends and the task
+            # finishes on its own (asyncio reports a cancelled client task as an error).
+            self._reading.pop(oldest).transport.abort()
             self._clients.discard(oldest)
             self.evicted += 1
-            oldest.cancel()
         if task is not None:
             self._clients.add(task)
-            self._reading[task] = None
+            self._reading[task] = writer
             task.add_done_callback(self._clients.discard)
         try:
             try:

@@ -177,13 +177,22 @@ class Outbox:
             # Damage behind a good header shows only when the pages are read: look once now
             # (bounded by the outbox's 64 MiB), rather than fail at the first lease.
             _check_pages(self._db)
-            with self._tx_raw():
-                self.boot = self._bump("boot", 0 if self._reader else 1)
-                # Sequences are per controller and never go back, across restarts too: the
-                # cloud ignores a snapshot whose seq is not above the last one it stored.
-                self._seq = {str(k)[len("seq:"):]: int(v) for k, v in self._db.execute(
-                    "SELECT k, v FROM meta WHERE k LIKE 'seq:%'")}
-                self._run_base = self._meta("runtime_ms") / 1000.0
+            try:
+                with self._tx_raw():
+                    self.boot = self._bump("boot", 0 if self._reader else 1)
+            except sqlite3.OperationalError as exc:
+                if _damaged(exc):
+                    raise
+                # A full card (or a locked file) must not stop the start: the count of opens
+                # is only reported, and commits wait in memory until there is room.
+                log.warning("outbox_opened_without_writing", path=str(self.path),
+                            error=str(exc))
+                self.boot = self._meta("boot")
+            # Sequences are per controller and never go back, across restarts too: the
+            # cloud ignores a snapshot whose seq is not above the last one it stored.
+            self._seq = {str(k)[len("seq:"):]: int(v) for k, v in self._db.execute(
+                "SELECT k, v FROM meta WHERE k LIKE 'seq:%'")}
+            self._run_base = self._meta("runtime_ms") / 1000.0
         except BaseException:
             self._db.close()
             raise
