@@ -75,6 +75,9 @@ def show_status(status: HubStatus, screen: Screen) -> None:
         screen.line(f"{label:<10}", *_relay(relay))
         if relay.enabled and relay.last_error and not relay.up:
             screen.line(f"          last error: {relay.last_error}")
+        if relay.outbox_in_memory:
+            screen.line("          ", Styled("outbox in memory only", "red"),
+                        f": {relay.outbox_in_memory}")
         if relay.outbox_quarantined:
             screen.line("          ", Styled("outbox was damaged", "yellow"),
                         f": moved aside to {relay.outbox_quarantined}, a fresh one started")

@@ -41,7 +41,7 @@ from gateway.relay.mqtt.relay import MqttRelay
 from gateway.relay.mqtt.tls import open_broker, tls_context
 from gateway.relay.mqtt.topics import SERIAL
 from gateway.store.credentials import gateway_id
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import open_outbox
 from gateway.store.registry import Registry
 from gateway.supervise import DEFAULT_POLICY, RestartPolicy, Supervision
 
@@ -66,7 +66,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
             return [r.serial for r in registry.all() if r.serial and SERIAL.match(r.serial)]
 
         cloud = CloudRelay(config.cloud, account.gateway_id,
-                           Outbox(config.cloud_outbox_path, account.gateway_id),
+                           open_outbox(config.cloud_outbox_path, account.gateway_id),
                            account.client, account.auth, serials=serials,
                            token_stamp=account.store.stamp,
                            status_path=config.cloud_status_path, clock=clock)
@@ -74,7 +74,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
         sinks.append(cloud)
     if config.mqtt.enabled:
         gid = gateway_id(config.cloud_dir)
-        outbox = Outbox(config.mqtt_outbox_path, gid)
+        outbox = open_outbox(config.mqtt_outbox_path, gid)
 
         def gateway_state() -> dict[str, object]:
             return {"cloud_outbox_depth": cloud.outbox.stats().depth if cloud else None,

@@ -67,7 +67,8 @@ def _relay(state: RelayState, outbox: Outbox, delivered: int,
     return RelayHealth(enabled=True, state=state, outbox_depth=stats.depth,
                        outbox_dropped=sum(stats.dropped.values()), delivered=delivered,
                        lag_s=None if stats.oldest_age_s is None else round(stats.oldest_age_s, 1),
-                       last_error=last_error, outbox_quarantined=stats.quarantined)
+                       last_error=last_error, outbox_quarantined=stats.quarantined,
+                       outbox_in_memory=stats.in_memory)
 
 
 def _aside(outbox: Outbox) -> str | None:

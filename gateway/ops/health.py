@@ -106,6 +106,8 @@ class RelayHealth(_Model):
     last_error: str | None = None
     # A damaged outbox file moved aside since the start (its items were not relayed).
     outbox_quarantined: str | None = None
+    # Why the outbox keeps items in memory only (its file would not open at all).
+    outbox_in_memory: str | None = None
 
     @property
     def up(self) -> bool:

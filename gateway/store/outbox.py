@@ -125,6 +125,8 @@ class OutboxStats:
     boot: int
     # The damaged file this outbox moved aside since the daemon started, if any.
     quarantined: str | None = None
+    # Why it keeps items in memory only (its file could not be opened at all), if it does.
+    in_memory: str | None = None
 
 
 class Outbox:
@@ -145,6 +147,7 @@ class Outbox:
         self._reader = reader
         self.commits = 0
         self.quarantined: Path | None = None
+        self.in_memory: str | None = None
         self._leased: set[int] = set()
         self._lock = threading.RLock()
         try:
@@ -398,7 +401,23 @@ class Outbox:
                 depth=sum(by_kind.values()), bytes=int(size),
                 oldest_age_s=None if oldest is None else max(0.0, self.runtime() - float(oldest)),
                 by_kind=by_kind, dropped=dropped, commits=self.commits, boot=self.boot,
-                quarantined=None if self.quarantined is None else str(self.quarantined))
+                quarantined=None if self.quarantined is None else str(self.quarantined),
+                in_memory=self.in_memory)
+
+
+def open_outbox(path: Path, gateway_id: str) -> Outbox:
+    """The outbox at ``path``, or, when that file cannot be opened at all (a read-only card,
+    a directory in its place, no permission), one in memory: the relay keeps working and
+    says why nothing it holds would survive a restart. An outbox never stops the daemon."""
+    try:
+        return Outbox(path, gateway_id)
+    except OutboxError as exc:
+        problem = str(exc)
+    log.error("outbox_in_memory", path=str(path), error=problem,
+              remedy=f"check {path.parent} (space, permissions), then restart the daemon")
+    memory = Outbox(Path(":memory:"), gateway_id)
+    memory.in_memory = problem
+    return memory
 
 
 def _check_pages(db: sqlite3.Connection) -> None:

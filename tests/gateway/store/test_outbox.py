@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import OutboxError
-from gateway.store.outbox import NewItem, Outbox, OutboxLimits, OutboxWriter
+from gateway.store.outbox import NewItem, Outbox, OutboxLimits, OutboxWriter, open_outbox
 
 
 def event(controller: str, n: int, kind: str = "event") -> NewItem:
@@ -284,3 +284,14 @@ async def test_a_failed_commit_keeps_the_items_and_is_retried(tmp_path: Path) ->
     await asyncio.gather(task, return_exceptions=True)
     assert writer.commit_failures == 2
     assert [json.loads(i.body)["n"] for i in outbox.lease(100, 10**6)] == list(range(10))
+
+
+def test_an_outbox_that_cannot_be_opened_at_all_keeps_items_in_memory(tmp_path: Path) -> None:
+    # Issue 18 item 2: the outbox cannot stop the hub (a read-only card, no permission, a
+    # directory where the file should be: the daemon did not start).
+    blocked = tmp_path / "outbox.sqlite3"
+    blocked.mkdir()
+    outbox = open_outbox(blocked, "gw")
+    assert outbox.in_memory and "cannot open outbox" in outbox.in_memory
+    assert outbox.put_many([event("A", 1)]) and outbox.stats().depth == 1
+    assert outbox.stats().in_memory == outbox.in_memory
