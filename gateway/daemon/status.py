@@ -12,7 +12,7 @@ from gateway import __version__
 from gateway.errors import OutboxError
 from gateway.ops.health import HubStatus, RelayHealth, RelayState, UpdateInProgress
 from gateway.ops.models import LinkState
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import Outbox, OutboxWriter
 
 if TYPE_CHECKING:
     from gateway.daemon.hub import Hub
@@ -46,26 +46,30 @@ def hub_status(hub: Hub) -> HubStatus:
 def _cloud(relay: CloudRelay | None) -> RelayHealth:
     if relay is None:
         return DISABLED
-    return _relay(relay.state(), relay.outbox, relay.counters.delivered,
+    return _relay(relay.state(), relay.writer, relay.counters.delivered,
                   relay.counters.last_error)
 
 
 def _mqtt(relay: MqttRelay | None) -> RelayHealth:
     if relay is None:
         return DISABLED
-    return _relay(relay.state(), relay.outbox, relay.published_states, None)
+    return _relay(relay.state(), relay.writer, relay.published_states, None)
 
 
-def _relay(state: RelayState, outbox: Outbox, delivered: int,
+def _relay(state: RelayState, writer: OutboxWriter, delivered: int,
            last_error: str | None) -> RelayHealth:
+    outbox = writer.outbox
+    # Items waiting in memory for a commit that fails (a full card) count as waiting, and
+    # those the memory bound dropped as dropped.
+    pending, lost = writer.backlog, writer.dropped_in_memory
     try:
         stats = outbox.stats()
     except OutboxError as exc:  # `awgw status` answers whatever the disk does
         return RelayHealth(enabled=True, state=state, delivered=delivered,
-                           last_error=str(exc),
-                           outbox_quarantined=_aside(outbox))
-    return RelayHealth(enabled=True, state=state, outbox_depth=stats.depth,
-                       outbox_dropped=sum(stats.dropped.values()), delivered=delivered,
+                           outbox_depth=pending or None, outbox_dropped=lost,
+                           last_error=str(exc), outbox_quarantined=_aside(outbox))
+    return RelayHealth(enabled=True, state=state, outbox_depth=stats.depth + pending,
+                       outbox_dropped=sum(stats.dropped.values()) + lost, delivered=delivered,
                        lag_s=None if stats.oldest_age_s is None else round(stats.oldest_age_s, 1),
                        last_error=last_error, outbox_quarantined=stats.quarantined,
                        outbox_in_memory=stats.in_memory)
