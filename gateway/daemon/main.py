@@ -128,9 +128,7 @@ def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
     mqtt_tls = tls_context(config.mqtt) if config.mqtt.enabled else None
     read_public_key(config.ota)  # a bad [ota] public_key stops the start here, exit 7
     if (exposure := open_broker(config.mqtt)) is not None:
-        log.warning("mqtt_open_to_anyone", problem=exposure,
-                    remedy="give the broker a username and password (and TLS), or remove "
-                           "valve_open and valve_close from [mqtt] allowed_ops")
+        log.warning("mqtt_exposed", problem=exposure.problem, remedy=exposure.remedy)
     # The one clock every part waits on (tests pass a virtual one).
     clock = clock or LoopClock()
     supervision = Supervision(clock, restart)

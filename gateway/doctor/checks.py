@@ -331,9 +331,7 @@ async def check_ways_out(ctx: Context) -> list[Finding]:
                                    "check [mqtt] host, port and username, the password "
                                    "credential, and that the broker runs"))
         if (exposure := open_broker(mqtt)) is not None:
-            found.append(warn("broker_access", exposure,
-                              "give the broker a username and password (and TLS), or remove "
-                              "valve_open and valve_close from [mqtt] allowed_ops"))
+            found.append(warn("broker_access", exposure.problem, exposure.remedy))
     cloud = ctx.config.cloud
     if not cloud.enabled:
         return found

@@ -5,6 +5,7 @@ a crash of the MQTT relay after READY."""
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 
 from gateway.config import MqttConfig
 from gateway.errors import ConfigError
@@ -25,12 +26,27 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
         raise ConfigError(f"mqtt.ca_file: cannot read {cafile}: {exc.strerror}") from exc
 
 
-def open_broker(config: MqttConfig) -> str | None:
-    """Why anyone on the network may open this hub's valves through the broker, or None: a
-    broker without TLS and without credentials, with a valve op allowed."""
-    valves = [op for op in config.allowed_ops if op in ("valve_open", "valve_close")]
-    if not config.enabled or not valves or config.tls or config.username:
+@dataclass(frozen=True)
+class Exposure:
+    problem: str
+    remedy: str
+
+
+def open_broker(config: MqttConfig) -> Exposure | None:
+    """Why anyone on the network may open this hub's valves through the broker, or read its
+    broker password, or None: a password sent without TLS (hostile-edges L7), or a broker
+    without TLS and without credentials with a valve op allowed (M5)."""
+    if not config.enabled or config.tls:
         return None
-    return (f"the broker {config.host}:{config.port} has neither TLS nor a username, and "
-            f"[mqtt] allowed_ops has {', '.join(valves)}: anyone who can reach the broker can "
-            "water")
+    if config.username:
+        return Exposure(f"the broker {config.host}:{config.port} is reached without TLS: the "
+                        f"password of {config.username} crosses the network in clear",
+                        "turn TLS on ([mqtt] tls = true, the broker's CA in ca_file)")
+    valves = [op for op in config.allowed_ops if op in ("valve_open", "valve_close")]
+    if not valves:
+        return None
+    return Exposure(f"the broker {config.host}:{config.port} has neither TLS nor a username, "
+                    f"and [mqtt] allowed_ops has {', '.join(valves)}: anyone who can reach the "
+                    "broker can water",
+                    "give the broker a username and password (and TLS), or remove valve_open "
+                    "and valve_close from [mqtt] allowed_ops")

@@ -124,7 +124,7 @@ def public_key(tmp_path: Path) -> Path:
 def config(tmp_path: Path) -> GatewayConfig:
     return GatewayConfig(state_dir=tmp_path / "state", control_socket=tmp_path / "c.sock",
                          cloud=CloudConfig(enabled=True, base_url="https://api.example.com"),
-                         mqtt=MqttConfig(enabled=True, username="awgw"),
+                         mqtt=MqttConfig(enabled=True, username="awgw", tls=True),
                          ota=OtaConfig(public_key=public_key(tmp_path)))
 
 
@@ -266,6 +266,11 @@ async def test_a_broker_open_to_anyone_with_valves_allowed_is_a_warning(tmp_path
         enabled=True, allowed_ops=("refresh", "state"))})
     assert "broker_access" not in by_check(await diagnose(FakeHost(), reading, None,
                                                           tmp_path / "x.toml"))
+    # L7: a username without TLS sends its password in clear.
+    clear = anonymous.model_copy(update={"mqtt": MqttConfig(enabled=True, username="awgw")})
+    (plain,) = by_check(await diagnose(FakeHost(), clear, None,
+                                       tmp_path / "x.toml"))["broker_access"]
+    assert plain.status is Status.WARNING and "in clear" in plain.summary
 
 
 async def test_outbox_drops_and_old_items_are_found(tmp_path: Path) -> None:
