@@ -56,7 +56,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.demo.hub import HubConfig, HubProcess
 from gateway.errors import GatewayError
-from gateway.ops.models import Claim, Pair, ValveOpen
+from gateway.ops.models import ValveOpen
 from gateway.sim.broker import MosquittoBroker, free_port
 from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.sim.cloud.publish import publish_release
@@ -468,9 +468,7 @@ async def chaos(args: argparse.Namespace, result: dict[str, Any], tally: Tally) 
                 await hub.link_cloud(USER, PASSWORD)
                 await hub.start()
                 try:
-                    for handle in rig.controllers:
-                        await hub.ops.pair(Pair(address=handle.address))
-                        await hub.ops.claim(Claim(serial=handle.config.serial_number))
+                    await hub.adopt(rig)
                     await run_for(args.minutes * 60, hub, rig, world, cloud.url, broker,
                                   metrics_port, serials, rng, tally, mounted, state_dir)
                     result["drain_s"] = await drain(world, rig)

@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.demo.hub import HubConfig, HubProcess
 from gateway.errors import GatewayError
-from gateway.ops.models import Claim, Pair
 from gateway.sim.broker import MosquittoBroker, free_port
 from gateway.sim.cloud import EmulatorServer, Fault, World
 from gateway.sim.controller.config import ControllerConfig
@@ -146,9 +145,7 @@ async def soak(args: argparse.Namespace, result: dict[str, Any]) -> None:
             await hub.link_cloud(USER, PASSWORD)
             await hub.start()
             try:
-                for handle in rig.controllers:
-                    await hub.ops.pair(Pair(address=handle.address))
-                    await hub.ops.claim(Claim(serial=handle.config.serial_number))
+                await hub.adopt(rig)
                 started = time.monotonic()
                 quiet = asyncio.Lock()
                 async with asyncio.TaskGroup() as group:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from gateway.config import load_config
 from gateway.control.client import SocketOperations
+from gateway.ops.models import Claim, Pair
 from gateway.relay.account import CloudAccount
 from gateway.sim.processes import terminate
+from gateway.sim.rig import Rig
 
 # The daemon's imports, its first BlueZ probe and scanner start; a loaded Pi-class machine
 # takes several times this machine's ~2 s.
@@ -134,6 +136,13 @@ class HubProcess:
         if proc is None or proc.returncode is not None:
             return None if proc is None else proc.returncode
         return proc.returncode if await terminate(proc, STOP_WITHIN_S) else None
+
+    async def adopt(self, rig: Rig) -> None:
+        """Pair every controller of ``rig`` through the daemon and claim it for the linked
+        account, as a person setting up the garden would."""
+        for handle in rig.controllers:
+            await self.ops.pair(Pair(address=handle.address))
+            await self.ops.claim(Claim(serial=handle.config.serial_number))
 
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
