@@ -72,7 +72,10 @@ CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at);
 """
 # Files written before items had created_run: added in place.
 MIGRATIONS = ("ALTER TABLE items ADD COLUMN created_run REAL NOT NULL DEFAULT 0",)
-INDEXES = "CREATE INDEX IF NOT EXISTS items_by_age ON items (created_run);"
+INDEXES = """
+CREATE INDEX IF NOT EXISTS items_by_age ON items (created_run);
+CREATE INDEX IF NOT EXISTS items_by_kind ON items (kind, controller, id);
+"""
 # What SQLite says of a file that is not (or no longer) a database: moved aside, never retried.
 DAMAGED = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 # Random bits of an epoch: a collision needs ~16 million opens (birthday bound at 48 bits).
@@ -196,6 +199,13 @@ class Outbox:
             self._seq = {str(k)[len("seq:"):]: int(v) for k, v in self._db.execute(
                 "SELECT k, v FROM meta WHERE k LIKE 'seq:%'")}
             self._run_base = self._meta("runtime_ms") / 1000.0
+            # What the file holds, counted once here and then kept as items come and go: the
+            # bounds are checked at every commit, and a count of the table costs O(items)
+            # (26 ms a commit at 200k items, bench/outbox_commit.py).
+            self._by_kind = {str(k): int(n) for k, n in self._db.execute(
+                "SELECT kind, COUNT(*) FROM items GROUP BY kind")}
+            self._bytes = int(self._db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM items").fetchone()[0])
         except BaseException:
             self._db.close()
             raise
@@ -241,9 +251,24 @@ class Outbox:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
-        with self._guard(), self._tx_raw():
-            yield
+        with self._guard():
+            # The running totals follow the transaction: a rollback puts them back too.
+            saved = dict(self._by_kind), self._bytes
+            try:
+                with self._tx_raw():
+                    yield
+            except BaseException:
+                self._by_kind, self._bytes = saved
+                raise
         self.commits += 1
+
+    def _gone(self, rows: Iterable[tuple[str, int]]) -> None:
+        """Account for deleted items, given as (kind, size)."""
+        for kind, size in rows:
+            self._by_kind[kind] -= 1
+            if not self._by_kind[kind]:
+                del self._by_kind[kind]
+            self._bytes -= int(size)
 
     @contextlib.contextmanager
     def _tx_raw(self) -> Iterator[None]:
@@ -298,9 +323,9 @@ class Outbox:
         if item.kind == "snapshot":
             leased = ",".join(str(i) for i in self._leased) or "-1"
             # Formatted in: our own integer ids only.
-            self._db.execute(
+            self._gone(self._db.execute(
                 f"DELETE FROM items WHERE controller = ? AND kind = 'snapshot' "  # noqa: S608
-                f"AND id NOT IN ({leased})", (item.controller,))
+                f"AND id NOT IN ({leased}) RETURNING kind, size", (item.controller,)).fetchall())
         seq = max(self._seq.get(item.controller, 0) + 1, int(now * 1000))
         self._seq[item.controller] = seq
         key = f"{self.gateway_id}:{item.controller}:{self.epoch}:{seq}"
@@ -309,36 +334,59 @@ class Outbox:
             "INSERT INTO items (controller, kind, key, seq, observed_at, created_at, size, body,"
             " created_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (item.controller, item.kind, key, seq, item.observed_at, now, size, item.body, run))
+        self._by_kind[item.kind] = self._by_kind.get(item.kind, 0) + 1
+        self._bytes += size
         return key
 
     def _enforce_bounds(self, run: float) -> None:
-        # A controller's latest snapshot is what the cloud shows of it: never dropped.
-        latest = "SELECT MAX(id) FROM items WHERE kind = 'snapshot' GROUP BY controller"
+        """Age, then count and bytes; each step costs what it drops, not what the file holds
+        (the totals are kept, the oldest item is found through an index)."""
+        # A controller's latest snapshot is what the cloud shows of it: never dropped. Unsent
+        # snapshots are compacted, so there are few of them however full the outbox is.
+        latest = {int(r[0]) for r in self._db.execute(
+            "SELECT MAX(id) FROM items WHERE kind = 'snapshot' GROUP BY controller")}
         cutoff = run - self.limits.max_age_s
-        old = self._db.execute(
-            f"SELECT kind, COUNT(*) FROM items WHERE created_run < ? AND id NOT IN ({latest}) "  # noqa: S608
-            "GROUP BY kind", (cutoff,)).fetchall()
-        if old:
-            self._db.execute(f"DELETE FROM items WHERE created_run < ? AND id NOT IN ({latest})",  # noqa: S608
-                             (cutoff,))
-            for kind, count in old:
-                self._bump(f"dropped_{kind}", int(count))
-        count, size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM items").fetchone()
-        while count > self.limits.max_items or size > self.limits.max_bytes:
-            victim = self._db.execute(
-                f"SELECT id, kind, size FROM items WHERE id NOT IN ({latest}) "  # noqa: S608
-                "ORDER BY kind != 'snapshot', id LIMIT 1").fetchone()
-            if victim is None:
-                break
-            self._db.execute("DELETE FROM items WHERE id = ?", (victim[0],))
-            self._leased.discard(int(victim[0]))
-            self._bump(f"dropped_{victim[1]}")
-            count -= 1
-            size -= int(victim[2])
+        oldest = self._db.execute("SELECT MIN(created_run) FROM items").fetchone()[0]
+        if oldest is not None and oldest < cutoff:
+            aged = [(int(i), str(k), int(n)) for i, k, n in self._db.execute(
+                "SELECT id, kind, size FROM items WHERE created_run < ?", (cutoff,))
+                if int(i) not in latest]
+            self._drop(aged)
+        if self.depth() > self.limits.max_items or self._bytes > self.limits.max_bytes:
+            # Older snapshots go first (a newer one says more), then the oldest of the rest.
+            victims: list[tuple[int, str, int]] = []
+            count, size = self.depth(), self._bytes
+            for query in ("SELECT id, kind, size FROM items WHERE kind = 'snapshot' ORDER BY id",
+                          "SELECT id, kind, size FROM items WHERE kind != 'snapshot' "
+                          "ORDER BY id"):
+                for row in self._db.execute(query):
+                    if count <= self.limits.max_items and size <= self.limits.max_bytes:
+                        break
+                    if int(row[0]) in latest:
+                        continue
+                    victims.append((int(row[0]), str(row[1]), int(row[2])))
+                    count -= 1
+                    size -= int(row[2])
+            self._drop(victims)
         # Dedupe keys age by the wall clock (they answer the controller's own timestamps); a
         # jump only forgets some early, and a record read again is then enqueued once more.
         self._db.execute("DELETE FROM seen WHERE at < ?", (self._clock() - SEEN_KEEP_S,))
+
+    def _drop(self, victims: Sequence[tuple[int, str, int]]) -> None:
+        """Delete items the bounds dropped, counting them per kind as dropped."""
+        if not victims:
+            return
+        self._db.executemany("DELETE FROM items WHERE id = ?", [(v[0],) for v in victims])
+        self._leased.difference_update(v[0] for v in victims)
+        self._gone((kind, size) for _, kind, size in victims)
+        dropped: dict[str, int] = {}
+        for _, kind, _ in victims:
+            dropped[kind] = dropped.get(kind, 0) + 1
+        for kind, count in dropped.items():
+            self._bump(f"dropped_{kind}", count)
+
+    def depth(self) -> int:
+        return sum(self._by_kind.values())
 
     # ---- out ------------------------------------------------------------------------------------
 
@@ -371,7 +419,9 @@ class Outbox:
         if not done:
             return
         with self._tx():
-            self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in done])
+            for i in done:
+                self._gone(self._db.execute("DELETE FROM items WHERE id = ? RETURNING kind, size",
+                                            (i,)).fetchall())
         self._leased.difference_update(done)
 
     def release(self, ids: Iterable[int]) -> None:
@@ -391,10 +441,9 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         with self._guard():
-            by_kind = {str(k): int(n) for k, n in self._db.execute(
-                "SELECT kind, COUNT(*) FROM items GROUP BY kind")}
-            size, oldest = self._db.execute(
-                "SELECT COALESCE(SUM(size), 0), MIN(created_run) FROM items").fetchone()
+            by_kind = dict(self._by_kind)
+            size = self._bytes
+            oldest = self._db.execute("SELECT MIN(created_run) FROM items").fetchone()[0]
             dropped = {str(k)[len("dropped_"):]: int(v) for k, v in self._db.execute(
                 "SELECT k, v FROM meta WHERE k LIKE 'dropped_%'")}
             return OutboxStats(
