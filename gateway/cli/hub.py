@@ -81,6 +81,9 @@ def show_status(status: HubStatus, screen: Screen) -> None:
         if relay.outbox_quarantined:
             screen.line("          ", Styled("outbox was damaged", "yellow"),
                         f": moved aside to {relay.outbox_quarantined}, a fresh one started")
+        if relay.identity_clash:
+            screen.line("          ", Styled("gateway id shared", "red"),
+                        f": {relay.identity_clash}")
     for update in status.updates:
         pct = 100 * update.offset // update.total if update.total else 0
         screen.line(f"update    {update.address} {update.phase} {pct}% "

@@ -53,7 +53,8 @@ def _cloud(relay: CloudRelay | None) -> RelayHealth:
 def _mqtt(relay: MqttRelay | None) -> RelayHealth:
     if relay is None:
         return DISABLED
-    return _relay(relay.state(), relay.writer, relay.published_states, None)
+    health = _relay(relay.state(), relay.writer, relay.published_states, None)
+    return health.model_copy(update={"identity_clash": relay.identity_clash()})
 
 
 def _relay(state: RelayState, writer: OutboxWriter, delivered: int,

@@ -17,8 +17,11 @@ from gateway.doctor.host import Host
 from gateway.errors import GatewayError
 from gateway.ops.health import CloudStatus, PartState
 from gateway.ota.service import read_public_key
+from gateway.relay.mqtt import identity
+from gateway.relay.mqtt.identity import CLASH_REMEDY
 from gateway.relay.mqtt.password import read_password
 from gateway.relay.mqtt.tls import open_broker
+from gateway.relay.mqtt.topics import ONLINE, Topics
 from gateway.store.outbox import Outbox
 
 SERVICE_USER = "awgw"
@@ -284,6 +287,8 @@ async def check_daemon(ctx: Context) -> list[Finding]:
         found.append(error("radio", f"the daemon's radio: {status.radio.reason}",
                            "sudo systemctl restart bluetooth; `rfkill list`; if it keeps "
                            "happening on a Pi, see the coexistence finding"))
+    if status.mqtt.identity_clash:
+        found.append(error("gateway_identity", status.mqtt.identity_clash, CLASH_REMEDY))
     for part in status.parts:
         if part.state is PartState.FAILED:
             found.append(error("daemon_part", f"{part.name} crashed {part.restarts + 1} times "
@@ -296,6 +301,26 @@ async def check_daemon(ctx: Context) -> list[Finding]:
                               "it restarts by itself; if it keeps crashing, report the traceback "
                               "in `journalctl -u awgw` (event part_crashed)"))
     return found
+
+
+async def _another_hub(ctx: Context, password: str | None) -> list[Finding]:
+    """A hub on another machine online on the broker with this gateway id: this state
+    directory was copied from it (the daemon also says so once it runs, see identity.py)."""
+    try:
+        gid = (ctx.config.cloud_dir / "gateway_id").read_text().strip()
+    except OSError:
+        return []  # no id yet: made at the first start, so it is no copy
+    topics = Topics(ctx.config.mqtt.topic_prefix, gid)
+    held = await ctx.host.mqtt_retained(ctx.config.mqtt, password, [
+        topics.gateway_instance, topics.gateway_availability])
+    if isinstance(held, str):
+        return []  # the broker finding says what is wrong with the broker
+    other = identity.parse(held.get(topics.gateway_instance, b""))
+    online = held.get(topics.gateway_availability) == ONLINE.encode()
+    if other is None or not online or other.machine == identity.machine_digest():
+        return []
+    return [error("gateway_identity", f"another hub, {other.describe()}, is online on the "
+                  f"broker with this gateway id ({gid})", CLASH_REMEDY)]
 
 
 def check_firmware_key(ctx: Context) -> list[Finding]:
@@ -330,6 +355,8 @@ async def check_ways_out(ctx: Context) -> list[Finding]:
                 found.append(error("broker", f"the MQTT broker at {where}: {problem}",
                                    "check [mqtt] host, port and username, the password "
                                    "credential, and that the broker runs"))
+            if problem is None:
+                found.extend(await _another_hub(ctx, password))
         if (exposure := open_broker(mqtt)) is not None:
             found.append(warn("broker_access", exposure.problem, exposure.remedy))
     cloud = ctx.config.cloud

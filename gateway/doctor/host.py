@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import re
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from gateway.ops.models import HUB_STATUS, HubStatusQuery
 # Each question to the host is a local round trip (D-Bus, a tool, a loopback socket) or one
 # HTTP request; a host that takes longer than this to answer has answered.
 ASK_TIMEOUT_S = 10.0
+# A broker sends a retained message within a round trip of the subscription; over a home LAN
+# to a Pi-hosted broker that is milliseconds, and a topic without one sends nothing at all.
+RETAINED_WAIT_S = 1.0
 DBUS_POLICY_FILES = (Path("/etc/dbus-1/system.d/bluetooth.conf"),
                      Path("/usr/share/dbus-1/system.d/bluetooth.conf"))
 
@@ -71,6 +75,8 @@ class Host(Protocol):
     async def daemon(self, socket: Path) -> HubStatus | str: ...  # or why it is unreachable
     async def http_get(self, url: str) -> int | str: ...  # status code, or the failure
     async def mqtt_connect(self, config: MqttConfig, password: str | None) -> str | None: ...
+    async def mqtt_retained(self, config: MqttConfig, password: str | None,
+                            topics: list[str]) -> dict[str, bytes] | str: ...
 
 
 async def _run(*args: str) -> str | None:
@@ -211,3 +217,29 @@ class SystemHost:
                 return None
         except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
             return str(exc) or type(exc).__name__
+
+    async def mqtt_retained(self, config: MqttConfig, password: str | None,
+                            topics: list[str]) -> dict[str, bytes] | str:
+        """The retained messages of ``topics`` (those that have one), or why not."""
+        found: dict[str, bytes] = {}
+        try:
+            async with aiomqtt.Client(
+                    config.host, config.port, username=config.username, password=password,
+                    identifier=f"awgw-doctor-{secrets.token_hex(4)}",
+                    tls_params=aiomqtt.TLSParameters(
+                        ca_certs=str(config.ca_file) if config.ca_file else None)
+                    if config.tls else None, timeout=ASK_TIMEOUT_S) as client:
+                for topic in topics:
+                    await client.subscribe(topic)
+                # Retained messages come right after the subscription; a topic without one
+                # sends nothing, so the wait is bounded.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RETAINED_WAIT_S):
+                        async for message in client.messages:
+                            if message.retain and isinstance(message.payload, bytes):
+                                found[message.topic.value] = message.payload
+                            if len(found) == len(topics):
+                                break
+        except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+            return str(exc) or type(exc).__name__
+        return found

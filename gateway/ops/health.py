@@ -108,6 +108,9 @@ class RelayHealth(_Model):
     outbox_quarantined: str | None = None
     # Why the outbox keeps items in memory only (its file would not open at all).
     outbox_in_memory: str | None = None
+    # Another live process heard using this gateway's id on the broker (a copied state
+    # directory): the two take the broker session from each other.
+    identity_clash: str | None = None
 
     @property
     def up(self) -> bool:
@@ -148,6 +151,8 @@ class HubStatus(_Model):
             f" (outbox {self.cloud.outbox_depth})" if self.cloud.outbox_depth else ""))
         bits.append(f"mqtt {self.mqtt.state}" + (
             f" (outbox {self.mqtt.outbox_depth})" if self.mqtt.outbox_depth else ""))
+        if self.mqtt.identity_clash:
+            bits.append(self.mqtt.identity_clash)
         for part in self.parts:
             if not part.up:
                 bits.append(f"{part.name} {part.state.value}: {part.reason}")

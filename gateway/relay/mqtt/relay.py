@@ -60,6 +60,7 @@ from gateway.relay.mqtt.commands import (
     parse_command,
     parse_minutes,
 )
+from gateway.relay.mqtt.identity import CLASH_REMEDY, IdentityWatch, Instance, this_process
 from gateway.relay.mqtt.tls import tls_context
 from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics, node_id
 from gateway.relay.mqtt.update_entity import CloudInstall, Offer
@@ -121,7 +122,8 @@ class MqttRelay:
                  cloud_install: CloudInstall | None = None,
                  rng: Callable[[], float] = random.random,
                  clock: Clock | None = None,
-                 supervision: Supervision | None = None) -> None:
+                 supervision: Supervision | None = None,
+                 instance: Instance | None = None) -> None:
         self.config = config
         self.topics = Topics(config.topic_prefix, gateway_id)
         self.outbox = outbox
@@ -153,6 +155,7 @@ class MqttRelay:
         self.connects = 0
         self.failures = 0  # connection attempts failed since the last success
         self.published_states = 0
+        self.identity = IdentityWatch(instance or this_process())
 
     # ---- in: the state feed (never blocks) -----------------------------------------------------
 
@@ -277,7 +280,16 @@ class MqttRelay:
             tls_context=self._tls, protocol=self._protocol, **session,
             will=aiomqtt.Will(self.topics.gateway_availability, OFFLINE, qos=1, retain=True))
 
+    def identity_clash(self) -> str | None:
+        """Another live process using this gateway id on the broker, if one was heard."""
+        return self.identity.clash()
+
     async def _on_connect(self, client: aiomqtt.Client) -> None:
+        # Subscribed before the announcement: the broker hands back who announced last, which
+        # after this process's first connect is itself unless another shares its id.
+        await client.subscribe(self.topics.gateway_instance, qos=1)
+        await client.publish(self.topics.gateway_instance, self.identity.payload(), qos=1,
+                             retain=True)
         for topic in self.topics.subscriptions:
             await client.subscribe(topic, qos=1)
         await client.subscribe(f"{self.config.discovery_prefix}/status", qos=1)
@@ -443,6 +455,15 @@ class MqttRelay:
         counted (``replies_lost``); a flood past MAX_PENDING_COMMANDS is answered busy."""
         async for message in client.messages:
             topic = message.topic.value
+            if topic == self.topics.gateway_instance:
+                other = self.identity.heard(
+                    bytes(message.payload) if isinstance(message.payload, bytes | bytearray)
+                    else str(message.payload).encode(), first_connect=self.connects == 1)
+                if other is not None:
+                    log.error("gateway_id_shared", gateway_id=self.topics.gateway_id,
+                              other_host=other.host, other_machine=other.machine,
+                              other_pid=other.pid, remedy=CLASH_REMEDY)
+                continue
             if topic == f"{self.config.discovery_prefix}/status":
                 if message.payload in (b"online", "online"):
                     log.info("home_assistant_online")

@@ -3,6 +3,8 @@
     gateway/<gateway_id>/availability    online | offline   retained; offline is the last will
     gateway/<gateway_id>/radio           online | offline   retained: adapter up, scanner alive
     gateway/<gateway_id>/state           JSON               retained: outbox depth, versions
+    gateway/<gateway_id>/instance        JSON               retained: the process speaking for
+                                                            the id (host, pid, a token)
     <node>/availability                  online | offline   retained: reachable and fresh
     <node>/state                         JSON               retained: the typed ControllerState
     <node>/event/<type>                  JSON               QoS 1, never retained
@@ -56,6 +58,10 @@ class Topics:
     @property
     def gateway_state(self) -> str:
         return f"{self.gateway}/state"
+
+    @property
+    def gateway_instance(self) -> str:
+        return f"{self.gateway}/instance"
 
     def node(self, node: str) -> str:
         return f"{self.prefix}/{node}"

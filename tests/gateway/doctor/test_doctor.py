@@ -30,6 +30,8 @@ from gateway.ops.health import (
     RelayHealth,
     RelayState,
 )
+from gateway.relay.mqtt.identity import Instance, machine_digest
+from gateway.relay.mqtt.topics import Topics
 from gateway.store.outbox import NewItem, Outbox, OutboxLimits
 
 MIB = 1024 * 1024
@@ -65,6 +67,7 @@ class FakeHost:
     daemon_answer: HubStatus | str = HEALTHY_STATUS
     health: int | str = 200
     broker: str | None = None
+    retained: dict[str, bytes] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
 
     async def bluez_version(self) -> str | None:
@@ -109,6 +112,10 @@ class FakeHost:
 
     async def mqtt_connect(self, config: MqttConfig, password: str | None) -> str | None:
         return self.broker
+
+    async def mqtt_retained(self, config: MqttConfig, password: str | None,
+                            topics: list[str]) -> dict[str, bytes] | str:
+        return {t: v for t, v in self.retained.items() if t in topics}
 
 
 def public_key(tmp_path: Path) -> Path:
@@ -331,3 +338,33 @@ async def test_images_without_a_signature_check_are_a_finding(tmp_path: Path, ke
     (finding,) = by_check(await diagnose(FakeHost(), unkeyed, None,
                                          tmp_path / "x.toml"))["firmware_key"]
     assert finding.status is status and "public_key" in finding.summary + (finding.remedy or "")
+
+
+async def test_a_hub_sharing_this_gateway_id_is_an_error(tmp_path: Path) -> None:
+    # hostile-edges M4: a state directory copied from another hub (a restored backup, a cloned
+    # card) shares its gateway id, and the two take the broker session from each other.
+    other = Instance(token="ab" * 16, host="shed-pi", machine="0123456789abcdef", pid=812)
+    host = FakeHost(daemon_answer=HEALTHY_STATUS.model_copy(update={"mqtt": RELAY.model_copy(
+        update={"identity_clash": f"another gateway process uses this gateway id on the "
+                                  f"broker: {other.describe()}"})}))
+    cfg = config(tmp_path).model_copy(update={"mqtt": MqttConfig(enabled=True)})
+    (found,) = by_check(await diagnose(host, cfg, None, tmp_path / "x.toml"))["gateway_identity"]
+    assert found.status is Status.ERROR and "shed-pi" in found.summary
+    assert found.remedy is not None and "gateway_id" in found.remedy
+    # With the daemon stopped (a copy about to start): the broker's retained announcement of a
+    # hub on another machine that is online says the same, before the two fight.
+    cfg.cloud_dir.mkdir(parents=True)
+    (cfg.cloud_dir / "gateway_id").write_text("7d2c1c9e-5a43-4a4e-9b53-0d1b1b6f0c11")
+    topics = Topics(cfg.mqtt.topic_prefix, "7d2c1c9e-5a43-4a4e-9b53-0d1b1b6f0c11")
+    host = FakeHost(daemon_answer="connection refused", retained={
+        topics.gateway_instance: other.model_dump_json().encode(),
+        topics.gateway_availability: b"online"})
+    (found,) = by_check(await diagnose(host, cfg, None, tmp_path / "x.toml"))["gateway_identity"]
+    assert found.status is Status.ERROR and "shed-pi" in found.summary
+    # The same hub's own announcement (this machine), or an offline one, is no finding.
+    mine = other.model_copy(update={"machine": machine_digest()})
+    host.retained[topics.gateway_instance] = mine.model_dump_json().encode()
+    assert "gateway_identity" not in by_check(await diagnose(host, cfg, None, tmp_path / "x"))
+    host.retained[topics.gateway_instance] = other.model_dump_json().encode()
+    host.retained[topics.gateway_availability] = b"offline"
+    assert "gateway_identity" not in by_check(await diagnose(host, cfg, None, tmp_path / "x"))

@@ -8,6 +8,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -527,3 +528,51 @@ def test_a_commands_time_to_live_is_its_expiry_within_thirty_seconds() -> None:
     assert command_ttl_s(message(None)) == COMMAND_TTL_S == 30.0
     assert command_ttl_s(message(5)) == 5.0
     assert command_ttl_s(message(3600)) == COMMAND_TTL_S
+
+
+async def test_two_hubs_with_one_gateway_id_are_told_apart_and_reported(tmp_path: Path) -> None:
+    # hostile-edges M4: a state directory copied to a second hub shares the gateway id, so both
+    # use the client id awgw-<id> and end each other's broker session at every reconnect,
+    # with nothing in the log but "disconnected". Each must now say that another process
+    # speaks for its id, and where it runs.
+    async with MosquittoBroker() as broker:
+        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, keepalive_s=5)
+        first = MqttRelay(config, "gw1", Outbox(tmp_path / "a.db", "gw1"), FakeOps(),
+                          rng=lambda: 0.5)
+        second = MqttRelay(config, "gw1", Outbox(tmp_path / "b.db", "gw1"), FakeOps(),
+                           rng=lambda: 0.5)
+        async with asyncio.TaskGroup() as tasks:
+            runs = [tasks.create_task(first.run())]
+            await until(lambda: first.connected, ARRIVES_WITHIN_S)
+            runs.append(tasks.create_task(second.run()))
+            await until(lambda: first.identity_clash() is not None
+                        and second.identity_clash() is not None, ARRIVES_WITHIN_S)
+            for run in runs:
+                run.cancel()
+        for relay, other in ((first, second), (second, first)):
+            clash = relay.identity_clash()
+            assert clash is not None and f"pid {other.identity.me.pid}" in clash
+
+
+async def test_a_restarted_hub_is_not_taken_for_another(tmp_path: Path) -> None:
+    # Its own announcement from the run before is still retained on the broker.
+    async with MosquittoBroker() as broker:
+        config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, keepalive_s=5)
+        for _ in range(2):
+            relay = MqttRelay(config, "gw1", Outbox(tmp_path / "a.db", "gw1"), FakeOps(),
+                              rng=lambda: 0.5)
+            async with asyncio.TaskGroup() as tasks:
+                run = tasks.create_task(relay.run())
+                await until(partial(getattr, relay, "connected"), ARRIVES_WITHIN_S)
+                listener_saw: list[bytes] = []
+                async with aiomqtt.Client("127.0.0.1", broker.port) as probe:
+                    await probe.subscribe(relay.topics.gateway_instance)
+                    async with asyncio.timeout(ARRIVES_WITHIN_S):
+                        async for message in probe.messages:
+                            assert isinstance(message.payload, bytes)
+                            listener_saw.append(message.payload)
+                            break
+                await asyncio.sleep(0.5)
+                run.cancel()
+            assert relay.identity_clash() is None
+            assert json.loads(listener_saw[0])["token"] == relay.identity.me.token
