@@ -32,6 +32,7 @@ from gateway.ops.health import HubStatus
 from gateway.ops.models import Request, Result
 from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
+from gateway.ota.offers import OfferBoard
 from gateway.ota.service import read_public_key
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
@@ -58,6 +59,8 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
     sinks: list[CloudRelay | MqttRelay] = []
     cloud: CloudRelay | None = None
     account: CloudAccount | None = None
+    # The cloud's firmware offers, between the release check and the update entity.
+    offers = OfferBoard()
     mqtt: MqttRelay | None = None
     if config.cloud.enabled:
         account = CloudAccount(config)
@@ -88,20 +91,15 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
                          gateway_state=gateway_state, password=mqtt_password, tls=mqtt_tls,
                          staged_dir=config.staged_firmware_dir,
-                         supervision=supervision, clock=clock)
+                         supervision=supervision, clock=clock, offers=offers)
         runs["mqtt relay"] = mqtt.run
         sinks.append(mqtt)
     if cloud is not None and account is not None:
         relay = cloud
         updates = CloudUpdates(config, registry, account.client, account.gateway_id,
                                operations, FanOut(sinks), lambda: relay.mode,
-                               supervision=supervision, clock=clock)
+                               supervision=supervision, clock=clock, offers=offers)
         runs["cloud updates"] = updates.run
-        if mqtt is not None:
-            # The update entity and the cloud's offers need each other: the one wiring that
-            # is still done after construction.
-            mqtt.cloud_install = updates.install_offer
-            updates.offer_listeners.append(mqtt.offer)
     if sinks:
         history_s = config.cloud.history_period_s
         runs["state feed"] = StateFeed(manager.store, registry, sinks,

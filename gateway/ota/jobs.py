@@ -53,6 +53,7 @@ from gateway.config import CloudMode, GatewayConfig, OtaPolicy
 from gateway.errors import ControllerBusy, GatewayError
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
+from gateway.ota.offers import OfferBoard
 from gateway.ota.service import read_public_key
 from gateway.relay.events import DerivedEvent, ota_event
 from gateway.store.images import read_image
@@ -117,7 +118,8 @@ class CloudUpdates:
                  mode: Callable[[], CloudMode | None], *,
                  gate_poll_s: float = GATE_POLL_S, rng: Callable[[], float] = random.random,
                  clock: Clock | None = None,
-                 supervision: Supervision | None = None) -> None:
+                 supervision: Supervision | None = None,
+                 offers: OfferBoard | None = None) -> None:
         self.config = config
         self.registry = registry
         self.client = client
@@ -135,10 +137,11 @@ class CloudUpdates:
         self._announced: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()  # one cloud-driven update at a time
         self.supervision = supervision or Supervision(self.clock)
-        # The newest release offered per controller by the last check, and who wants to know
-        # (the MQTT relay's update entity).
+        # The newest release offered per controller by the last check; the board tells who
+        # wants to know (the MQTT relay's update entity) and brings their installs here.
         self._offers: dict[str, Release] = {}
-        self.offer_listeners: list[Callable[[str, str | None, str], None]] = []
+        self.board = offers or OfferBoard()
+        self.board.serve(self.install_offer)
 
     # ---- the loops ------------------------------------------------------------------------------
 
@@ -276,8 +279,7 @@ class CloudUpdates:
                 self._offers.pop(record.address, None)
                 continue
             self._offers[record.address] = release
-            for listener in self.offer_listeners:
-                listener(record.address, record.serial, release.version)
+            self.board.offered(record.address, record.serial, release.version)
             policy = record.ota_policy or cloud.ota_policy
             wanted = policy is OtaPolicy.AUTO or (policy is OtaPolicy.MANDATORY
                                                   and release.mandatory)

@@ -50,6 +50,7 @@ from gateway.ops.models import (
     OtaReport,
 )
 from gateway.ops.protocol import ControllerOps, dispatch_to_controllers
+from gateway.ota.offers import OfferBoard
 from gateway.relay.events import DerivedEvent, history_data, history_dedupe
 from gateway.relay.mqtt import discovery as ha_discovery
 from gateway.relay.mqtt.commands import (
@@ -63,7 +64,7 @@ from gateway.relay.mqtt.commands import (
 from gateway.relay.mqtt.identity import CLASH_REMEDY, IdentityWatch, Instance, this_process
 from gateway.relay.mqtt.tls import tls_context
 from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics, node_id
-from gateway.relay.mqtt.update_entity import CloudInstall, Offer
+from gateway.relay.mqtt.update_entity import Offer
 from gateway.store.images import read_image
 from gateway.store.outbox import NewItem, Outbox, OutboxWriter, StoredItem
 from gateway.supervise import Supervision
@@ -119,7 +120,7 @@ class MqttRelay:
                  gateway_state: Callable[[], dict[str, Any]] = dict,
                  password: str | None = None, staged_dir: Path | None = None,
                  tls: ssl.SSLContext | None = None,
-                 cloud_install: CloudInstall | None = None,
+                 offers: OfferBoard | None = None,
                  rng: Callable[[], float] = random.random,
                  clock: Clock | None = None,
                  supervision: Supervision | None = None,
@@ -136,7 +137,9 @@ class MqttRelay:
         # Built by the composition root before any store opens (a bad ca_file is exit 7).
         self._tls = tls or tls_context(config)
         self._staged_dir = staged_dir
-        self.cloud_install = cloud_install
+        # The cloud's offers: they arrive through offer(), installs go back through it.
+        self._offers = offers or OfferBoard()
+        self._offers.listen(self.offer)
         self._rng = rng
         self.clock = clock or LoopClock()
         self._nodes: dict[str, _Node] = {}
@@ -602,9 +605,8 @@ class MqttRelay:
                 detail = report.detail if isinstance(report, OtaReport) else ""
                 result: Any = report.model_dump(mode="json") if isinstance(report, BaseModel) \
                     else None
-            elif self.cloud_install is not None:
-                outcome = await self.cloud_install(entry.address,
-                                                    lambda pct, _stage: progress(pct))
+            elif (install := self._offers.installer) is not None:
+                outcome = await install(entry.address, lambda pct, _stage: progress(pct))
                 ok = outcome.status == "succeeded"
                 detail = outcome.reason or outcome.status
                 result = {"status": outcome.status, "reason": outcome.reason,

@@ -43,6 +43,7 @@ from gateway.ops.models import (
     ValveOpen,
 )
 from gateway.ops.protocol import ProgressFn
+from gateway.ota.offers import OfferBoard
 from gateway.relay.events import DerivedEvent
 from gateway.relay.mqtt.password import read_password
 from gateway.relay.mqtt.relay import (
@@ -422,14 +423,16 @@ async def test_the_update_entity_installs_a_cloud_release(tmp_path: Path) -> Non
     async with MosquittoBroker() as broker:
         config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port,
                             allowed_ops=(*DEFAULT_MQTT_OPS, "update_install"))
+        board = OfferBoard()
+        board.serve(cloud_install)
         relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), FakeOps(),
-                          cloud_install=cloud_install)
+                          offers=board)
         task = asyncio.create_task(relay.run(), name="relay")
         update = f"{PREFIX}/{SERIAL}/update"
         try:
             async with Listener(broker.port, update, f"{PREFIX}/{SERIAL}/result") as mqtt:
                 relay.observe(ADDRESS, SERIAL, state())
-                relay.offer(ADDRESS, SERIAL, "9.3.0")  # what the cloud's release check found
+                board.offered(ADDRESS, SERIAL, "9.3.0")  # what the cloud's release check found
                 await mqtt.until(lambda: any(json.loads(p)["latest_version"] == "9.3.0"
                                              for p in mqtt.on(update)))
                 await publish(broker.port, f"{update}/install", "install")
