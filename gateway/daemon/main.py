@@ -32,7 +32,6 @@ from gateway.ops.health import HubStatus
 from gateway.ops.models import Request, Result
 from gateway.ops.protocol import ProgressFn, dispatch
 from gateway.ota.jobs import CloudUpdates
-from gateway.ota.offers import OfferBoard
 from gateway.ota.service import read_public_key
 from gateway.relay.account import CloudAccount
 from gateway.relay.cloud import CloudRelay
@@ -41,6 +40,7 @@ from gateway.relay.mqtt.password import read_password
 from gateway.relay.mqtt.relay import MqttRelay
 from gateway.relay.mqtt.tls import open_broker, tls_context
 from gateway.relay.mqtt.topics import SERIAL
+from gateway.relay.offers import OfferBoard
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import open_outbox
 from gateway.store.registry import Registry

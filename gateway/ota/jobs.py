@@ -53,9 +53,9 @@ from gateway.config import CloudMode, GatewayConfig, OtaPolicy
 from gateway.errors import ControllerBusy, GatewayError
 from gateway.ops.models import ControllerState, GetState, Ota, OtaReport
 from gateway.ops.protocol import ProgressFn
-from gateway.ota.offers import OfferBoard
 from gateway.ota.service import read_public_key
 from gateway.relay.events import DerivedEvent, ota_event
+from gateway.relay.offers import OfferBoard
 from gateway.store.images import read_image
 from gateway.store.registry import ControllerRecord, Registry
 from gateway.supervise import Supervision

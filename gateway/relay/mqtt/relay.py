@@ -50,7 +50,6 @@ from gateway.ops.models import (
     OtaReport,
 )
 from gateway.ops.protocol import ControllerOps, dispatch_to_controllers
-from gateway.ota.offers import OfferBoard
 from gateway.relay.events import DerivedEvent, history_data, history_dedupe
 from gateway.relay.mqtt import discovery as ha_discovery
 from gateway.relay.mqtt.commands import (
@@ -65,6 +64,7 @@ from gateway.relay.mqtt.identity import CLASH_REMEDY, IdentityWatch, Instance, t
 from gateway.relay.mqtt.tls import tls_context
 from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics, node_id
 from gateway.relay.mqtt.update_entity import Offer
+from gateway.relay.offers import OfferBoard
 from gateway.store.images import read_image
 from gateway.store.outbox import NewItem, Outbox, OutboxWriter, StoredItem
 from gateway.supervise import Supervision

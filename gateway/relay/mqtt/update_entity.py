@@ -1,5 +1,5 @@
 """Home Assistant's update entity, as the relay offers it: firmware offered by the cloud's
-release check (through gateway.ota.offers) or staged on the hub."""
+release check (through gateway.relay.offers) or staged on the hub."""
 
 from __future__ import annotations
 

@@ -43,7 +43,6 @@ from gateway.ops.models import (
     ValveOpen,
 )
 from gateway.ops.protocol import ProgressFn
-from gateway.ota.offers import OfferBoard
 from gateway.relay.events import DerivedEvent
 from gateway.relay.mqtt.password import read_password
 from gateway.relay.mqtt.relay import (
@@ -55,6 +54,7 @@ from gateway.relay.mqtt.relay import (
     event_message,
 )
 from gateway.relay.mqtt.topics import Topics
+from gateway.relay.offers import OfferBoard
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.outbox import Outbox, StoredItem
