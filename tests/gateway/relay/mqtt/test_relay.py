@@ -172,7 +172,9 @@ async def test_state_availability_and_discovery_are_retained(tmp_path: Path) -> 
         node = f"{PREFIX}/{SERIAL}"
         await asyncio.sleep(0.5)
         async with Listener(s.broker.port, f"{PREFIX}/#", "homeassistant/#") as late:
-            await late.until(lambda: bool(late.on(f"{node}/state")))
+            # Each of the listener's two subscriptions brings its own retained messages.
+            await late.until(lambda: bool(late.on(f"{node}/state")) and bool(
+                late.on("homeassistant/device/autowatering_100001/config")))
             shown = json.loads(late.on(f"{node}/state")[-1])
             assert shown["address"] == ADDRESS and shown["current_task"]["channel"] == 2
             assert late.on(f"{node}/availability") == [b"online"]
