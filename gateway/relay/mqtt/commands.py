@@ -17,6 +17,12 @@ from gateway.ops.models import REQUEST, Refresh, Request, ValveClose, ValveOpen
 MAX_COMMAND_BYTES = 4096
 # A command's id (echoed in its reply) is at most this long.
 MAX_ID = 64
+# A command not started within this of its arrival (or within the MQTT 5 message expiry its
+# publisher set, when shorter) is answered expired, never run late: a valve asked open behind
+# a queue of others must not open minutes later. Longer than a share-policy controller's
+# slot + connect under load; far shorter than a person's patience with a switch. Home
+# Assistant's command entities are asked for the same expiry (discovery.py).
+COMMAND_TTL_S = 30
 
 
 class CommandStatus(StrEnum):

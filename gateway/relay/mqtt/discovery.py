@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.relay.mqtt.commands import COMMAND_TTL_S
 from gateway.relay.mqtt.topics import OFFLINE, ONLINE, Topics
 
 MANUFACTURER = "AutoWatering"
@@ -33,6 +34,12 @@ class ControllerInfo:
     channel_names: dict[int, str]
     has_environment: bool = False
     has_rain: bool = False
+
+
+# Home Assistant (2026.x on MQTT 5) sets this message expiry on the commands of an entity that
+# asks for it, so the broker drops an OPEN it could not deliver in time; older releases drop
+# the unknown key. Per entity only: the device root's schema is closed in those releases.
+EXPIRES = {"message_expiry_interval": COMMAND_TTL_S}
 
 
 def _device_id(node: str) -> str:
@@ -64,7 +71,7 @@ def controller_components(info: ControllerInfo, topics: Topics) -> dict[str, dic
             "payload_open": "OPEN", "payload_close": "CLOSE", "state_topic": state,
             "value_template": (f"{{{{ 'open' if value_json.valves[{ch}].open "
                                "else 'closed' }}"),
-            "reports_position": False, "optimistic": False, "qos": 1}
+            "reports_position": False, "optimistic": False, "qos": 1, **EXPIRES}
         components[f"minutes_{ch}"] = {
             "platform": "number", "unique_id": f"{uid}_minutes_{ch}",
             "name": f"{label} run time", "command_topic": topics.minutes_set(node, ch),
@@ -152,11 +159,11 @@ def controller_components(info: ControllerInfo, topics: Topics) -> dict[str, dic
         "platform": "update", "unique_id": f"{uid}_firmware", "name": "Firmware",
         "device_class": "firmware", "state_topic": topics.update(node),
         "command_topic": topics.update_install(node), "payload_install": "install",
-        "entity_category": "config", "qos": 1}
+        "entity_category": "config", "qos": 1, **EXPIRES}
     components["resync"] = {
         "platform": "button", "unique_id": f"{uid}_resync", "name": "Re-sync",
         "command_topic": topics.resync(node), "payload_press": "PRESS",
-        "entity_category": "config", "icon": "mdi:sync", "qos": 1}
+        "entity_category": "config", "icon": "mdi:sync", "qos": 1, **EXPIRES}
     return components
 
 

@@ -53,6 +53,7 @@ from gateway.ops.protocol import ControllerOps, dispatch_to_controllers
 from gateway.relay.events import DerivedEvent, history_data, history_dedupe
 from gateway.relay.mqtt import discovery as ha_discovery
 from gateway.relay.mqtt.commands import (
+    COMMAND_TTL_S,
     MAX_COMMAND_BYTES,
     CommandReply,
     CommandStatus,
@@ -85,11 +86,6 @@ MAX_CONCURRENT_COMMANDS = 8
 # Commands accepted and not yet answered (running or queued behind the ones in flight): past
 # this a command is answered busy at once, so a flood costs neither memory nor tasks.
 MAX_PENDING_COMMANDS = 32
-# A command not started within this of its arrival (or within the MQTT 5 message expiry its
-# publisher set, when shorter) is answered expired, never run late: a valve asked open behind
-# a queue of others must not open minutes later. Longer than a share-policy controller's
-# slot + connect under load; far shorter than a person's patience with a switch.
-COMMAND_TTL_S = 30.0
 # The guarded part this relay runs as (gateway/daemon/hub.py); its commands are its children.
 PART = "mqtt relay"
 

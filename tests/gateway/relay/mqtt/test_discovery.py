@@ -13,6 +13,7 @@ import jinja2.sandbox
 import pytest
 
 from gateway.ops.models import EnvironmentView
+from gateway.relay.mqtt.commands import COMMAND_TTL_S
 from gateway.relay.mqtt.discovery import (
     ControllerInfo,
     controller_messages,
@@ -131,3 +132,17 @@ def test_sensors_the_controller_lacks_are_not_offered() -> None:
     components = controller_messages(bare, TOPICS, "homeassistant", "device")[0][1][
         "components"]
     assert not {"temperature", "humidity", "pressure", "rain_today"} & set(components)
+
+
+def test_home_assistant_is_asked_to_let_its_commands_expire() -> None:
+    # Issue 18 item 3: Home Assistant (2026.x, MQTT 5) sets an MQTT 5 message expiry on the
+    # commands of entities that ask for one, so the broker never hands an hour-old OPEN to a
+    # gateway. Asked per entity, where HA releases before it drop the unknown key; never on the
+    # run time, which HA publishes retained as the setting itself.
+    payload = controller_messages(INFO, TOPICS, "homeassistant", "device")[0][1]
+    for key, component in payload["components"].items():
+        if "command_topic" in component and component["platform"] != "number":
+            assert component["message_expiry_interval"] == COMMAND_TTL_S, key
+        else:
+            assert "message_expiry_interval" not in component, key
+    assert "message_expiry_interval" not in payload  # the device root is a closed schema
