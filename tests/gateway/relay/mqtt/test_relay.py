@@ -44,10 +44,10 @@ from gateway.ops.models import (
 )
 from gateway.ops.protocol import ProgressFn
 from gateway.relay.events import DerivedEvent
+from gateway.relay.mqtt.commands import COMMAND_TTL_S
 from gateway.relay.mqtt.password import read_password
 from gateway.relay.mqtt.relay import (
     BACKOFF_MAX_S,
-    COMMAND_TTL_S,
     MAX_CONCURRENT_COMMANDS,
     MqttRelay,
     command_ttl_s,
