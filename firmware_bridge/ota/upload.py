@@ -1,8 +1,10 @@
 """The pipelined image upload (ota.md section 4): a window of chunk requests in flight, every
 next offset taken from the device, resends on timeout, and a first chunk with the erase budget.
 
-A dropped request frame shows up as the following reply carrying the device's (older) offset:
-the window is resynchronised there, so a drop costs at most one window of resent data.
+A dropped request frame shows up as the following reply carrying the device's (older) offset,
+and a dropped reply as the next reply arriving first: the window is resynchronised (or moved
+on) at once, so a drop costs one round trip and at most one window of resent data; the
+resend timeout is only for silence.
 """
 
 from __future__ import annotations
@@ -233,8 +235,14 @@ class Uploader:
 
     async def _slide(self, start: int) -> int:
         """A sliding window from ``start``: keep ``window.size`` chunks in flight, advance on
-        each in-order reply; return when done or when the device reports another offset (a
-        lost frame, a rewind), which becomes the caller's new start."""
+        each reply; return when done or when the device reports another offset (a lost
+        request, a rewind), which becomes the caller's new start.
+
+        Replies come back in order, so the first reply to arrive while earlier ones are still
+        awaited says those were lost, and its offset says what the device holds: its own end
+        (the earlier chunks arrived, only their replies did not) acknowledges everything up to
+        it; an older offset is a gap (a request was lost) and the window restarts there at
+        once. Either way a loss costs a round trip; the resend timeout is left for silence."""
         in_flight: deque[tuple[int, float, asyncio.Task[dict[str, Any]]]] = deque()
         next_off = acked = start
         try:
@@ -249,16 +257,31 @@ class Uploader:
                                              f"upload chunk at {next_off}"))))
                     next_off += len(data)
                     await asyncio.sleep(0)  # the frame goes out before the next is queued
-                end, sent_at, task = in_flight.popleft()
-                reply_off = self._offset(await task)
+                if not in_flight[0][2].done():
+                    await asyncio.wait([t for _e, _s, t in in_flight],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                # The earliest answered request; those before it lost their replies.
+                first = next(i for i, (_e, _s, t) in enumerate(in_flight) if t.done())
+                end, sent_at, task = in_flight[first]
+                reply_off = self._offset(task.result())
+                for _ in range(first + 1):
+                    _end, _sent, passed = in_flight.popleft()
+                    if passed is not task:
+                        passed.cancel()
                 if reply_off != end:
                     log.debug("upload_resync", expected=end, device=reply_off)
                     self.cost.frames_lost += 1
                     self.cost.windows_resent += 1
                     self.window.lost()
                     return reply_off  # the rest of the window is discarded by the device
-                self.timer.sample(time.monotonic() - sent_at)
-                self.window.acked()
+                if first:
+                    log.debug("upload_replies_lost", count=first, acked=end)
+                    self.cost.frames_lost += first
+                    self.window.lost()
+                else:
+                    # Karn: only a reply that answers the oldest request times the round trip.
+                    self.timer.sample(time.monotonic() - sent_at)
+                    self.window.acked()
                 acked = end
                 if self.on_ack:
                     self.on_ack(acked)
