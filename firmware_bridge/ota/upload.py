@@ -97,18 +97,23 @@ class ResendTimer:
 class Window:
     """How many chunk requests go out before the first is answered: starts below the device's
     buffer count (Nordic's Device Manager keeps buf_count - 1 in flight: with every netbuf
-    taken, replies go missing), grows by one per clean window up to a ceiling, and shrinks
-    on a loss, with the ceiling set just below the window that lost. Probes above the ceiling
-    again after a long clean run."""
+    taken, replies go missing), grows by one per clean window up to a ceiling, and shrinks by
+    one on a loss. A loss alone is taken for chance (a UART overrun, a radio fade) and the
+    window grows back; a second loss within PROBE_AFTER_ACKS acknowledgements of the last one
+    says the device cannot take that many, and the ceiling goes just below the window that
+    lost. Probes above the ceiling again after a long clean run."""
 
     def __init__(self, start: int, maximum: int | None) -> None:
         self.size = max(1, start)
         self.maximum = self.size if maximum is None else max(1, maximum)
         self.ceiling = self.maximum
         self._clean = 0
+        self._since_loss: int | None = None  # acknowledgements since the last loss
 
     def acked(self) -> None:
         self._clean += 1
+        if self._since_loss is not None:
+            self._since_loss += 1
         if self.size < self.ceiling and self._clean >= self.size:
             self.size += 1
             self._clean = 0
@@ -118,10 +123,12 @@ class Window:
             self._clean = 0
 
     def lost(self) -> None:
-        if self.maximum > 1 and self.size > 1:
+        repeated = self._since_loss is not None and self._since_loss < PROBE_AFTER_ACKS
+        if repeated and self.maximum > 1 and self.size > 1:
             self.ceiling = self.size - 1
         self.size = max(1, min(self.size - 1, self.ceiling))
         self._clean = 0
+        self._since_loss = 0
 
 
 def _frame_size(payload: dict[str, Any]) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from firmware_bridge.errors import TransportTimeout
-from firmware_bridge.ota.upload import ResendTimer, Uploader, UploadPlan, Window
+from firmware_bridge.ota.upload import PROBE_AFTER_ACKS, ResendTimer, Uploader, UploadPlan, Window
 from firmware_bridge.smp.channel import SmpChannel
 from firmware_bridge.smp.wire import (
     HEADER_SIZE,
@@ -113,3 +113,42 @@ async def test_silence_still_times_out() -> None:
         uploader = Uploader(channel, IMAGE, hashlib.sha256(IMAGE).digest(), plan)
         with pytest.raises(TransportTimeout):
             await uploader.run()
+
+
+def test_a_lone_loss_shrinks_the_window_for_a_while_only() -> None:
+    # Issue 19 item 7: one lost frame at window 4 kept the QEMU upload at window 3 for the
+    # rest of the image (0.92 of the best fixed window, 3.43x smpclient).
+    window = Window(3, 4)
+    for _ in range(10):
+        window.acked()
+    assert window.size == 4
+    window.lost()
+    assert window.size == 3 and window.ceiling == 4
+    for _ in range(3):
+        window.acked()
+    assert window.size == 4
+
+
+def test_losses_that_repeat_lower_the_ceiling_until_a_long_clean_run() -> None:
+    window = Window(4, 4)
+    window.lost()
+    for _ in range(5):
+        window.acked()
+    assert window.size == 4
+    window.lost()  # again, soon: the device cannot take four
+    assert window.size == 3 and window.ceiling == 3
+    for _ in range(PROBE_AFTER_ACKS - 1):
+        window.acked()
+    assert window.size == 3
+    window.acked()
+    assert window.ceiling == 4
+    for _ in range(4):
+        window.acked()
+    assert window.size == 4
+
+
+def test_a_window_of_one_stays_one() -> None:
+    window = Window(1, None)
+    window.lost()
+    window.lost()
+    assert window.size == 1 and window.ceiling == 1
