@@ -1,0 +1,89 @@
+"""A garden's faults on the simulated proxy, seen through the real aioesphomeapi client: power
+loss, a Wi-Fi drop, every slot taken, and a client that sends garbage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aioesphomeapi.client import APIClient
+from aioesphomeapi.core import APIConnectionError
+
+from gateway.sim.esphome.radio import NO_RESOURCES
+from gateway.sim.esphome.server import ProxyServer, ProxySettings, mac_int
+from gateway.sim.rig import Rig
+from tests.gateway.sim.esphome.test_conformance import WITHIN_S, client, proxy
+
+pytestmark = pytest.mark.rig
+FEATURES = 0b110111
+
+
+async def connect(api: APIClient, address: str) -> tuple[bool, int, int]:
+    states: asyncio.Queue[tuple[bool, int, int]] = asyncio.Queue()
+    await api.bluetooth_device_connect(mac_int(address), lambda *s: states.put_nowait(s),
+                                       timeout=WITHIN_S, feature_flags=FEATURES,
+                                       address_type=0)
+    return await states.get()
+
+
+async def test_every_slot_taken_is_answered_at_once_not_connected(rig: Rig) -> None:
+    async with proxy(ProxySettings(slots=3)) as server, client(server, None) as api:
+        server.occupy_slots(3)
+        connected, _mtu, error = await asyncio.wait_for(
+            connect(api, rig.controllers[0].address), 2.0)
+        assert not connected and error == NO_RESOURCES
+        server.occupy_slots(2)
+        connected, _mtu, error = await connect(api, rig.controllers[0].address)
+        assert connected and error == 0 and server.free == 0
+
+
+async def test_a_wifi_drop_cuts_the_api_and_frees_the_controller(rig: Rig) -> None:
+    async with proxy(ProxySettings()) as server:
+        lost = asyncio.Event()
+        api = await watched(server, lost)
+        assert (await connect(api, rig.controllers[0].address))[0]
+        await server.wifi_drop()
+        async with asyncio.timeout(WITHIN_S):
+            await lost.wait()
+        assert server.free == server.settings.slots
+        # The controller took its link back: the proxy (or anyone) can connect again.
+        async with client(server, None) as again:
+            assert (await connect(again, rig.controllers[0].address))[0]
+
+
+async def test_power_loss_closes_the_port_until_power_returns(rig: Rig) -> None:
+    async with proxy(ProxySettings()) as server:
+        lost = asyncio.Event()
+        api = await watched(server, lost)
+        assert (await connect(api, rig.controllers[0].address))[0]
+        await server.power_loss()
+        async with asyncio.timeout(WITHIN_S):
+            await lost.wait()
+        await api.disconnect(force=True)
+        with pytest.raises(APIConnectionError):
+            async with client(server, None):
+                pass
+        await server.power_restore()
+        async with client(server, None) as api:
+            assert (await connect(api, rig.controllers[0].address))[0]
+
+
+async def test_a_client_sending_garbage_costs_only_its_own_connection(rig: Rig) -> None:
+    async with proxy(ProxySettings()) as server, client(server, None) as api:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\x07garbage that is no frame")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), WITHIN_S) == b""  # closed on it
+        writer.close()
+        assert (await connect(api, rig.controllers[0].address))[0]
+
+
+async def watched(server: ProxyServer, lost: asyncio.Event) -> APIClient:
+    """A client that sets ``lost`` when its connection ends."""
+
+    async def stopped(_expected: bool) -> None:
+        lost.set()
+
+    api = APIClient("127.0.0.1", server.port, None, client_info="awgw-test")
+    await api.connect(on_stop=stopped, login=True)
+    return api
