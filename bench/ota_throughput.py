@@ -13,7 +13,12 @@ is retried on a fresh peer (up to ``--baseline-attempts``) and the attempts are 
 measurement that still fails is reported as null with its error. Every run ends with its JSON
 line: ``ratio_vs_smpclient`` (goal >= 1.0, >= 3.5 where pipelining pays),
 ``adaptive_vs_best_fixed`` (goal >= 0.9), ``fixed_window_bytes_per_s`` and
-``ble_fraction_of_ceiling`` (goal >= 0.85). With ``--runs N`` a summary line comes last.
+``ble_fraction_of_ceiling`` (goal >= 0.85), with ``ble_attainable_fraction`` beside it: the
+most any upload can reach through the device's buffer (each frame spends 25 bytes of SMP
+header and CBOR keys, and a 384-byte buffer holds one 244-byte ATT write, so at most 0.898 of
+the ceiling is image data). ``ble_fraction_of_ceiling_large_buffer`` is the same upload to a
+controller with the 2475-byte buffer of the firmware's old configuration. With ``--runs N`` a
+summary line comes last.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,7 @@ from smpclient import SMPClient
 from smpclient.transport.ble import SMPBLETransport
 
 from firmware_bridge.mcuboot import parse_image
-from firmware_bridge.ota.upload import UploadCost, Uploader, UploadPlan
+from firmware_bridge.ota.upload import UploadCost, Uploader, UploadPlan, max_data
 from firmware_bridge.smp import commands
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.channel import SmpChannel
@@ -48,6 +54,8 @@ from gateway.sim.rig import Rig, RigOptions
 
 FIXTURES = Path(os.environ.get("AWGW_FIXTURES", Path.home() / ".cache" / "autowatering-gateway"
                                / "fixtures"))
+# The device buffer of the firmware's old configuration (ota.md 1, prj_old.conf).
+LARGE_BUFFER = 2475
 # One upload of the ~50 kB QEMU image takes 2-10 s; a stalled one is cut off here.
 UPLOAD_LIMIT_S = 120.0
 
@@ -167,8 +175,21 @@ async def buffer_count(artifacts: PeerArtifacts, workdir: Path) -> int:
     return int(await on_fresh_peer(artifacts, workdir, measure))
 
 
-async def ble_side_by_side(size: int) -> dict[str, Any]:
+def attainable_fraction(buf_size: int, mtu: int, total: int) -> float:
+    """The most of the link's ATT payload an upload can fill with image bytes: each frame
+    spends its SMP header and CBOR keys, and fills whole ATT writes only up to the device's
+    buffer (a 384-byte buffer takes one 244-byte write: 219 bytes of data in it)."""
+    piece = mtu - 3
+    budget = buf_size if buf_size <= piece else (buf_size // piece) * piece
+    writes = -(-budget // piece)
+    return max_data(budget, total, None) / (writes * piece)
+
+
+async def ble_side_by_side(size: int, buf_size: int | None = None,
+                           baseline: bool = True) -> dict[str, Any]:
     template = ControllerConfig(0, 0, "")
+    if buf_size is not None:
+        template = replace(template, buf_size=buf_size)
     params = LinkParams(template.interval_ms / 1000, template.packets_per_event, template.mtu)
     image = make_image((9, 0, 0, 0), firmware_body("bench", size))
     async with Rig(RigOptions(controllers=2, template=template)) as rig:
@@ -189,13 +210,17 @@ async def ble_side_by_side(size: int) -> dict[str, Any]:
                 await client.disconnect()
 
         mine = await attempt("ours over BLE", 1, our_run)
-        theirs = await attempt("smpclient over BLE", 1, their_run)
+        theirs = await attempt("smpclient over BLE", 1, their_run) if baseline else \
+            {"seconds": None, "errors": []}
     ours_rate = None if mine["seconds"] is None else len(image) / mine["seconds"]
     theirs_rate = None if theirs["seconds"] is None else len(image) / theirs["seconds"]
     return {"image_bytes": len(image), "ceiling_bytes_per_s": round(params.ceiling_bytes_per_s),
             "ours_bytes_per_s": _round(ours_rate), "smpclient_bytes_per_s": _round(theirs_rate),
             "errors": mine["errors"] + theirs["errors"],
             "ble_fraction_of_ceiling": _ratio(ours_rate, params.ceiling_bytes_per_s, 3),
+            "buf_size": template.buf_size,
+            "attainable_fraction": round(attainable_fraction(template.buf_size, template.mtu,
+                                                             len(image)), 3),
             "ble_ratio_vs_smpclient": _ratio(ours_rate, theirs_rate)}
 
 
@@ -228,10 +253,20 @@ async def one_run(ble_size: int, baseline_attempts: int) -> dict[str, Any]:
         result["qemu_error"] = traceback.format_exc(limit=3)
     try:
         ble = await ble_side_by_side(ble_size)
-        result.update(ble=ble, ble_fraction_of_ceiling=ble["ble_fraction_of_ceiling"])
+        result.update(ble=ble, ble_fraction_of_ceiling=ble["ble_fraction_of_ceiling"],
+                      ble_attainable_fraction=ble["attainable_fraction"])
         print(f"BLE (virtual): ours {_kb(ble['ours_bytes_per_s'])} = "
               f"{ble['ble_fraction_of_ceiling']} of the {_kb(ble['ceiling_bytes_per_s'])} "
-              f"ceiling; smpclient {_kb(ble['smpclient_bytes_per_s'])}", flush=True)
+              f"ceiling (at most {ble['attainable_fraction']} with a {ble['buf_size']}-byte "
+              f"device buffer); smpclient {_kb(ble['smpclient_bytes_per_s'])}", flush=True)
+        # The same with the buffer the firmware once had (ota.md: 2475 in prj_old.conf): what
+        # the engine does when frames may fill several ATT writes.
+        large = await ble_side_by_side(ble_size, buf_size=LARGE_BUFFER, baseline=False)
+        result.update(ble_large_buffer=large,
+                      ble_fraction_of_ceiling_large_buffer=large["ble_fraction_of_ceiling"])
+        print(f"BLE (virtual, {LARGE_BUFFER}-byte buffer): ours "
+              f"{_kb(large['ours_bytes_per_s'])} = {large['ble_fraction_of_ceiling']} of the "
+              f"ceiling (at most {large['attainable_fraction']})", flush=True)
     except Exception:
         result["ble_error"] = traceback.format_exc(limit=3)
     print(json.dumps(result), flush=True)
@@ -249,7 +284,8 @@ async def main(runs: int, ble_size: int, baseline_attempts: int) -> None:
             return [r[key] for r in results if r.get(key) is not None]
         summary: dict[str, Any] = {"runs": runs,
                                    "complete": sum(1 for r in results if "qemu" in r)}
-        for key in ("ratio_vs_smpclient", "adaptive_vs_best_fixed", "ble_fraction_of_ceiling"):
+        for key in ("ratio_vs_smpclient", "adaptive_vs_best_fixed", "ble_fraction_of_ceiling",
+                    "ble_fraction_of_ceiling_large_buffer"):
             found = values(key)
             summary[key] = {"min": min(found), "median": statistics.median(found)} \
                 if found else None

@@ -26,6 +26,10 @@ Fixes:
    still says Connected) and the client resolves services that are disappearing: connects and
    disconnects of one link now run one after the other, as BlueZ runs them.
 
+And one addition, the garden (``--position ADDR=X,Y``): where both ends of a link have a
+position, RSSI follows a log-distance path loss and a peer below the receiver's sensitivity is
+neither seen nor connectable, so each radio hears the controllers near it.
+
 tests/gateway/sim/test_rig_ble.py shows each fix from the client side.
 """
 
@@ -35,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import re
 import signal
@@ -82,6 +87,30 @@ def _jittered_rssi() -> int:
     return random.randint(-75, -45)
 
 
+# The garden: adapter address -> position in metres. Where both ends of a link have one, the
+# RSSI follows a log-distance path loss, and a peer beyond the receiver's sensitivity is
+# neither seen nor connectable (a garden radio reaches a few tens of metres).
+_positions: dict[str, tuple[float, float]] = {}
+RSSI_AT_1M = -45.0
+# Exponent 3: a garden with hedges, sheds and people, between free space (2) and indoors (4).
+PATH_LOSS_EXPONENT = 3.0
+# Below this a receiver hears nothing: an nRF52840 or an ESP32 decodes LE 1M down to ~-95 dBm.
+SENSITIVITY_DBM = -95.0
+RSSI_JITTER_DB = 3.0
+
+
+def rssi_between(receiver: str, sender: str) -> int | None:
+    """What ``receiver`` hears of ``sender``, or None when it does not hear it at all."""
+    a, b = _positions.get(receiver.upper()), _positions.get(sender.upper())
+    if a is None or b is None:
+        return _jittered_rssi()
+    distance = max(1.0, math.hypot(a[0] - b[0], a[1] - b[1]))
+    level = RSSI_AT_1M - 10 * PATH_LOSS_EXPONENT * math.log10(distance)
+    if level < SENSITIVITY_DBM:
+        return None
+    return round(max(SENSITIVITY_DBM, level + random.uniform(-RSSI_JITTER_DB, RSSI_JITTER_DB)))
+
+
 def _fix_rescan_rssi() -> None:
     rssi = bz_device.Device.__dict__["RSSI"]
 
@@ -95,13 +124,16 @@ def _fix_rescan_rssi() -> None:
     async def add_device(self: Any, device: Any) -> None:
         path = "/".join((self.get_object_path(), f"dev_{device.address.replace(':', '_')}"))
         known = self.devices.get(path)
+        rssi = rssi_between(self.address, device.address)
+        if rssi is None:
+            return  # out of this receiver's range
         if known is None:
-            device.rssi = _jittered_rssi()
+            device.rssi = rssi
             await original_add(self, device)
             return
         await original_add(self, device)
         if device.is_le and not known.connected:
-            await known.RSSI.set_async(_jittered_rssi())
+            await known.RSSI.set_async(rssi)
 
     bz_adapter.Adapter.add_device = add_device
 
@@ -148,14 +180,17 @@ def _fix_connect_disconnect() -> None:
     async def locked_connect(self: Any, uuid: str | None) -> None:
         if self.connected:
             return
-        if self.is_le and not self.peer_adapter.advertisements:
+        in_range = rssi_between(self.adapter.address, self.address) is not None
+        if self.is_le and (not self.peer_adapter.advertisements or not in_range):
             # Like BlueZ's LE create-connection: wait for the peer to advertise again (it
             # does ~0.8 s after its previous link ended) and give up after the delay.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + _connect_fail_delay
             while not self.peer_adapter.advertisements and loop.time() < deadline:  # noqa: ASYNC110 - bluezoo has no event for it
                 await asyncio.sleep(0.05)
-        if self.is_le and not self.peer_adapter.advertisements:
+            if not in_range:
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+        if self.is_le and (not self.peer_adapter.advertisements or not in_range):
             # BlueZ reports Connected=True then False around this error (bleak waits for
             # that before it retries the Connect).
             await self.Connected.set_async(True)
@@ -309,8 +344,14 @@ def main() -> None:
     parser.add_argument("--connect-fail-delay", type=float, default=CONNECT_FAIL_DELAY_S)
     parser.add_argument("--passkey", action="append", default=[],
                         help="ADDR=NNNNNN: that controller pairs only with this passkey")
+    parser.add_argument("--position", action="append", default=[],
+                        help="ADDR=X,Y: where that adapter stands in the garden, in metres")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
+    for item in args.position:
+        address, _, where = item.partition("=")
+        x, _, y = where.partition(",")
+        _positions[address.upper()] = (float(x), float(y))
     for item in args.passkey:
         address, _, key = item.partition("=")
         _passkeys[address.upper()] = int(key)

@@ -43,6 +43,10 @@ def controller_address(index: int) -> str:
     return f"C0:FF:EE:00:{index >> 8 & 0xFF:02X}:{index & 0xFF:02X}"
 
 
+def radio_address(index: int) -> str:
+    return f"00:AA:00:00:01:{index & 0xFF:02X}"
+
+
 MCUMGR_UDP_PORT = 1337
 
 
@@ -67,6 +71,14 @@ class RigOptions:
     connect_fail_delay_s: float = 2.0
     # Controller index -> the passkey its (non-shipping) firmware demands when pairing.
     passkeys: dict[int, int] = field(default_factory=dict)
+    # More central radios beside the gateway's hci0: extra hub adapters, or the radios of
+    # simulated ESPHome proxies (gateway.sim.esphome). They come after the controllers'
+    # adapters: ``Rig.radio_adapters`` names them.
+    radios: int = 0
+    # The garden, in metres: where the gateway's adapter ("gateway"), each controller
+    # ("controller<i>") and each extra radio ("radio<j>") stands. With positions, each radio
+    # hears only what is within its range (bluezoo_patched); without, every radio hears all.
+    positions: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not 1 <= self.controllers <= 64:
@@ -84,6 +96,12 @@ class RigOptions:
             raise SimConfigError(f"UDP port {self.udp_base_port} is out of range")
         if self.udp_base_port is not None and self.udp_own_address:
             raise SimConfigError("choose a UDP base port or an address per controller, not both")
+        if not 0 <= self.radios <= 16:
+            raise SimConfigError(f"radios must be 0..16, got {self.radios}")
+        known = {"gateway"} | {f"controller{i}" for i in range(self.controllers)} | {
+            f"radio{j}" for j in range(self.radios)}
+        if unknown := set(self.positions) - known:
+            raise SimConfigError(f"positions for what the rig does not have: {sorted(unknown)}")
 
 
 @dataclass
@@ -119,6 +137,12 @@ class Rig:
     def bus_address(self) -> str:
         return self._bus.address
 
+    @property
+    def radio_adapters(self) -> list[str]:
+        """The extra central radios (RigOptions.radios), by BlueZ adapter name."""
+        first = self.options.controllers + 1
+        return [f"hci{first + j}" for j in range(self.options.radios)]
+
     def env(self) -> dict[str, str]:
         return {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus_address}
 
@@ -138,13 +162,21 @@ class Rig:
 
     async def _start(self) -> None:
         await self._bus.start()
-        n = self.options.controllers
-        adapters = [GATEWAY_ADDRESS] + [controller_address(i) for i in range(n)]
+        n, radios = self.options.controllers, self.options.radios
+        adapters = [GATEWAY_ADDRESS] + [controller_address(i) for i in range(n)] + [
+            radio_address(j) for j in range(radios)]
         args = [sys.executable, "-m", "gateway.sim.bluezoo_patched", "--central", "0",
                 "--scan-interval", str(self.options.scan_interval_s),
                 "--connect-fail-delay", str(self.options.connect_fail_delay_s)]
+        for j in range(radios):
+            args += ["--central", str(n + 1 + j)]
         for address in adapters:
             args += ["-a", address]
+        where = {"gateway": GATEWAY_ADDRESS, **{f"controller{i}": controller_address(i)
+                                                for i in range(n)},
+                 **{f"radio{j}": radio_address(j) for j in range(radios)}}
+        for name, (x, y) in self.options.positions.items():
+            args += ["--position", f"{where[name]}={x},{y}"]
         for index, passkey in self.options.passkeys.items():
             args += ["--passkey", f"{controller_address(index)}={passkey:06d}"]
         self._bluezoo = await self._spawn_ready(args, "bluezoo")
