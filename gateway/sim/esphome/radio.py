@@ -21,6 +21,8 @@ from gateway.sim.errors import SimError
 
 # Bluetooth base UUID: a 16-bit UUID is 0000xxxx-0000-1000-8000-00805f9b34fb.
 BASE_UUID_TAIL = "-0000-1000-8000-00805f9b34fb"
+CCCD_PREFIX = "00002902"
+CCCD_UUID = "00002902-0000-1000-8000-00805f9b34fb"
 # A proxy forwards legacy advertising and scan response data: 31 bytes each.
 MAX_AD_BYTES = 62
 # The connect an ESP32 gives up on (ESPHome's own bound is 20 s; the rig answers in ms).
@@ -125,15 +127,36 @@ class BleakLink:
     def __init__(self, client: BleakClient) -> None:
         self.client = client
         self.mtu = client.mtu_size
+        # Client configuration descriptors the rig's BlueZ does not list but a device has:
+        # handle -> its characteristic's handle.
+        self._cccds: dict[int, int] = {}
+        self._notifying: set[int] = set()
 
     async def services(self) -> list[Service]:
+        """The device's table as an ESP32 reads it over the air, so with a CCCD under every
+        notifying characteristic (real BlueZ lists them; BlueZoo does not, and bleak-esphome
+        writes it after asking the proxy to notify)."""
+        used: set[int] = set()
+        for service in self.client.services:
+            used.add(service.handle)
+            for char in service.characteristics:
+                used.add(char.handle)
+                used.update(d.handle for d in char.descriptors)
+        spare = max(used, default=0) + 1
         found = []
         for service in self.client.services:
-            found.append(Service(service.uuid, service.handle, tuple(
-                Characteristic(char.uuid, char.handle,
-                               sum(PROPERTY_BITS.get(p, 0) for p in char.properties),
-                               tuple(Descriptor(d.uuid, d.handle) for d in char.descriptors))
-                for char in service.characteristics)))
+            chars = []
+            for char in service.characteristics:
+                descriptors = [Descriptor(d.uuid, d.handle) for d in char.descriptors]
+                notifies = {"notify", "indicate"} & set(char.properties)
+                if notifies and not any(d.uuid.startswith(CCCD_PREFIX) for d in descriptors):
+                    self._cccds[spare] = char.handle
+                    descriptors.append(Descriptor(CCCD_UUID, spare))
+                    spare += 1
+                chars.append(Characteristic(char.uuid, char.handle,
+                                            sum(PROPERTY_BITS.get(p, 0) for p in char.properties),
+                                            tuple(descriptors)))
+            found.append(Service(service.uuid, service.handle, tuple(chars)))
         return found
 
     async def read(self, handle: int) -> bytes:
@@ -149,6 +172,8 @@ class BleakLink:
             raise RadioError(f"write {handle}: {exc}", GATT_ERROR) from exc
 
     async def read_descriptor(self, handle: int) -> bytes:
+        if handle in self._cccds:
+            return b"\x01\x00" if self._cccds[handle] in self._notifying else b"\x00\x00"
         try:
             return bytes(await self.client.read_gatt_descriptor(handle))
         except (BleakError, EOFError) as exc:
@@ -156,7 +181,8 @@ class BleakLink:
 
     async def write_descriptor(self, handle: int, data: bytes) -> None:
         descriptor = self.client.services.get_descriptor(handle)
-        if descriptor is not None and descriptor.uuid.startswith("00002902"):
+        if handle in self._cccds or (descriptor is not None
+                                     and descriptor.uuid.startswith(CCCD_PREFIX)):
             return  # the CCCD: BlueZ writes it itself when notifications start or stop
         try:
             await self.client.write_gatt_descriptor(handle, data)
@@ -167,8 +193,10 @@ class BleakLink:
         try:
             if on_data is None:
                 await self.client.stop_notify(handle)
+                self._notifying.discard(handle)
             else:
                 await self.client.start_notify(handle, lambda _c, data: on_data(bytes(data)))
+                self._notifying.add(handle)
         except (BleakError, EOFError) as exc:
             raise RadioError(f"notify {handle}: {exc}", GATT_ERROR) from exc
 
@@ -200,7 +228,14 @@ class BleakRadio:
                 await scanner.stop()
 
     async def connect(self, address: str, on_lost: Callable[[], None]) -> RadioLink:
-        client = BleakClient(address, bluez={"adapter": self.adapter},
+        # Found with this module's own scanner class: given only an address, bleak looks it up
+        # through ``bleak.BleakScanner``, which habluetooth replaces in a process that runs
+        # it (the conformance test), and the lookup would come back through the proxy itself.
+        device = await BleakScanner.find_device_by_address(
+            address, timeout=CONNECT_TIMEOUT_S, bluez={"adapter": self.adapter})
+        if device is None:
+            raise RadioError(f"connect {address}: not heard", CONN_FAILED)
+        client = BleakClient(device, bluez={"adapter": self.adapter},
                              disconnected_callback=lambda _c: on_lost(),
                              timeout=CONNECT_TIMEOUT_S)
         try:

@@ -87,3 +87,4 @@ async def watched(server: ProxyServer, lost: asyncio.Event) -> APIClient:
     api = APIClient("127.0.0.1", server.port, None, client_info="awgw-test")
     await api.connect(on_stop=stopped, login=True)
     return api
+

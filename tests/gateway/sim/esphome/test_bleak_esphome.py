@@ -1,0 +1,89 @@
+"""The simulated proxy under Home Assistant's own Bluetooth stack: habluetooth's manager with
+bleak-esphome's scanner and client, and a plain bleak program on top (the wrappers choose the
+proxy as the path), as Home Assistant and the gateway's radio layer use it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import bleak_esphome
+import pytest
+from aioesphomeapi.client import APIClient
+from habluetooth import BluetoothManager, HaBleakClientWrapper, set_manager
+from habluetooth.central_manager import CentralBluetoothManager
+
+from firmware_bridge.gatt import uuids
+from firmware_bridge.gatt.codec import ValveControl
+from gateway.sim.esphome.radio import BleakRadio
+from gateway.sim.esphome.server import ProxyServer, ProxySettings
+from gateway.sim.rig import Rig
+from tests.gateway.sim.esphome.test_conformance import WITHIN_S
+from tests.helpers import until
+
+pytestmark = pytest.mark.rig
+
+
+class Manager(BluetoothManager):
+    """A standalone program's manager: it has no discovery flows to feed."""
+
+    def _discover_service_info(self, service_info: Any) -> None:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def home_assistant_stack(server: ProxyServer) -> AsyncIterator[Manager]:
+    manager = Manager()
+    set_manager(manager)
+    await manager.async_setup()  # swaps bleak's classes for habluetooth's wrappers
+    api = APIClient("127.0.0.1", server.port, None, client_info="awgw-test")
+    try:
+        await api.connect(login=True)
+        info = await api.device_info()
+        data = bleak_esphome.connect_scanner(api, info, True)
+        assert data.scanner is not None
+        unsetup = data.scanner.async_setup()
+        unregister = manager.async_register_scanner(data.scanner)
+        try:
+            yield manager
+        finally:
+            unregister()
+            unsetup()
+    finally:
+        await api.disconnect(force=True)
+        manager.async_stop()  # puts bleak's own classes back
+        CentralBluetoothManager.manager = None
+
+
+async def test_bleak_esphome_connects_reads_and_gets_notifications_through_the_proxy(
+        rig: Rig) -> None:
+    address = rig.controllers[0].address
+    server = ProxyServer(ProxySettings(), BleakRadio("hci0"))
+    await server.start()
+    try:
+        async with home_assistant_stack(server) as manager:
+            await until(lambda: manager.async_ble_device_from_address(address, True)
+                        is not None, WITHIN_S)
+            device = manager.async_ble_device_from_address(address, True)
+            assert device is not None
+            client = HaBleakClientWrapper(device)
+            await client.connect()
+            try:
+                assert client.is_connected and client.mtu_size == 247
+                assert server.free == server.settings.slots - 1
+                assert await client.read_gatt_char(uuids.DIS_FIRMWARE_REVISION) == b"3.1.0"
+                got: asyncio.Queue[bytes] = asyncio.Queue()
+                await client.start_notify(uuids.VALVE_CONTROL,
+                                          lambda _c, data: got.put_nowait(bytes(data)))
+                await client.write_gatt_char(uuids.VALVE_CONTROL,
+                                             ValveControl.duration_task(2, 15).encode(),
+                                             response=True)
+                async with asyncio.timeout(WITHIN_S):
+                    assert await got.get() == bytes.fromhex("02010000")  # channel 2 opened
+            finally:
+                await client.disconnect()
+            await until(lambda: server.free == server.settings.slots, WITHIN_S)
+    finally:
+        await server.stop()
