@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -129,13 +129,18 @@ class PollPlan:
 class ControllerSession:
     def __init__(self, link: GattLink, *, plan: PollPlan | None = None,
                  clock: Clock | None = None, op_timeout_s: float = GATT_OP_TIMEOUT_S,
-                 confirm_timeout_s: float = CONFIRM_TIMEOUT_S) -> None:
+                 confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
+                 sink: Callable[[StateEvent | DecodeProblem], None] | None = None) -> None:
+        """``sink`` takes every event as it is decoded, in order, on the notification's own
+        callback (no queue and no task between a notification and the state it updates:
+        bench/relay_latency.py); it must not block. Without one, events wait in ``events``."""
         self.link = link
         self.plan = plan or PollPlan()
         self.clock = clock or SystemClock()
         self.op_timeout_s = op_timeout_s
         self.confirm_timeout_s = confirm_timeout_s
         self.events: asyncio.Queue[StateEvent | DecodeProblem] = asyncio.Queue()
+        self._sink = sink or self.events.put_nowait
         self.latest: dict[Field, StateEvent] = {}
         self.channels: dict[int, ChannelConfig] = {}
         self.num_channels = 8
@@ -440,14 +445,13 @@ class ControllerSession:
                            self.clock.monotonic())
         if field != Field.HISTORY_EVENT:
             self.latest[field] = event
-        self.events.put_nowait(event)
+        self._sink(event)
         for predicate, future in self._waiters:
             if not future.done() and predicate(event):
                 future.set_result(event)
 
     def _problem(self, uuid: str, raw: bytes, reason: str) -> None:
-        self.events.put_nowait(DecodeProblem(self.link.address, uuid, raw, reason,
-                                             self.clock.time()))
+        self._sink(DecodeProblem(self.link.address, uuid, raw, reason, self.clock.time()))
 
     def _on_notify(self, uuid: str, data: bytes) -> None:
         """Called from the transport for every notification; never raises."""

@@ -32,7 +32,7 @@ from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome
 from firmware_bridge.link.session import Clock as SessionClock
 from firmware_bridge.link.session import ControllerSession, PollPlan
-from firmware_bridge.link.state import DecodeProblem, Field
+from firmware_bridge.link.state import DecodeProblem, Field, StateEvent
 from gateway.clock import Clock, LoopClock
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError
@@ -299,14 +299,14 @@ class Supervisor:
                      or self.clock.now() - self._names_at > NAMES_EVERY_S)
         plan = PollPlan(read_channel_names=names_due, time_zone=self.settings.time_zone).scaled(
             self.settings.refresh_period_s)
-        session = ControllerSession(link, plan=plan, clock=self.session_clock)
+        session = ControllerSession(link, plan=plan, clock=self.session_clock,
+                                    sink=self._deliver)
         self._set(LinkState.SYNCING)
         end = asyncio.Event()  # the visit is over by design (released, pre-empted)
         synced = asyncio.Event()  # the full snapshot is in
         try:
             async with asyncio.TaskGroup() as tasks:
                 children = [
-                    tasks.create_task(self._pump(session), name=f"pump {self.address}"),
                     tasks.create_task(self._watch_link(lease, end),
                                       name=f"watch {self.address}"),
                     tasks.create_task(self._sync(session, synced, names_due),
@@ -388,13 +388,11 @@ class Supervisor:
                        updating=self.state is LinkState.UPDATING)
         end.set()
 
-    async def _pump(self, session: ControllerSession) -> None:
-        while True:
-            item = await session.events.get()
-            self.store.apply(item)
-            if isinstance(item, DecodeProblem):
-                self._log.warning("decode_problem", uuid=item.uuid, reason=item.reason,
-                                  raw=item.raw.hex())
+    def _deliver(self, item: StateEvent | DecodeProblem) -> None:
+        self.store.apply(item)
+        if isinstance(item, DecodeProblem):
+            self._log.warning("decode_problem", uuid=item.uuid, reason=item.reason,
+                              raw=item.raw.hex())
 
     def _record_seen(self, session: ControllerSession) -> None:
         version = session.latest.get(Field.FIRMWARE_VERSION)

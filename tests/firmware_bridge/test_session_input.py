@@ -49,3 +49,16 @@ async def test_session_keeps_working_after_garbage() -> None:
     session._on_notify(uuids.HISTORY, b"\x00" * 7)
     assert (await session.open_valve(0, 1)).ok
     await asyncio.sleep(0)
+
+
+def test_a_sink_takes_each_event_as_it_is_decoded_in_order() -> None:
+    # Issue 19 item 7: a queue and a task between a notification and the state it updates
+    # cost the hot path a loop iteration each (bench/relay_latency.py).
+    got: list[StateEvent | DecodeProblem] = []
+    session = ControllerSession(ModelLink("C0:FF:EE:00:00:00"), plan=PollPlan(),
+                                sink=got.append)
+    session._on_notify(uuids.SYSTEM_STATUS, b"\x00")
+    session._on_notify(uuids.CURRENT_TASK, b"\x01\x02")  # too short: a problem, in its place
+    session._on_notify(uuids.SYSTEM_STATUS, b"\x01")
+    assert [type(i).__name__ for i in got] == ["StateEvent", "DecodeProblem", "StateEvent"]
+    assert session.events.empty()
