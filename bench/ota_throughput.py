@@ -17,7 +17,9 @@ line: ``ratio_vs_smpclient`` (goal >= 1.0, >= 3.5 where pipelining pays),
 most any upload can reach through the device's buffer (each frame spends 25 bytes of SMP
 header and CBOR keys, and a 384-byte buffer holds one 244-byte ATT write, so at most 0.898 of
 the ceiling is image data). ``ble_fraction_of_ceiling_large_buffer`` is the same upload to a
-controller with the 2475-byte buffer of the firmware's old configuration. With ``--runs N`` a
+controller with the 2475-byte buffer of the firmware's old configuration.
+``proxy_bytes_per_s`` and ``proxy_vs_local``: the same upload through a simulated ESPHome
+Bluetooth proxy (5 ms of Wi-Fi each way), the path chosen by habluetooth. With ``--runs N`` a
 summary line comes last.
 """
 
@@ -36,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from habluetooth import HaBleakClientWrapper
 from smpclient import SMPClient
 from smpclient.transport.ble import SMPBLETransport
 
@@ -48,12 +51,19 @@ from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.controller.link_model import LinkParams
+from gateway.sim.esphome.hastack import bluetooth_stack
+from gateway.sim.esphome.radio import BleakRadio
+from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.images import firmware_body, make_image, rewrap_as_version
 from gateway.sim.qemu_peer import PeerArtifacts, QemuPeer, fetch_artifacts
 from gateway.sim.rig import Rig, RigOptions
 
 FIXTURES = Path(os.environ.get("AWGW_FIXTURES", Path.home() / ".cache" / "autowatering-gateway"
                                / "fixtures"))
+# A home Wi-Fi hop between the hub and an ESP32 proxy, one way.
+PROXY_WIFI_LATENCY_S = 0.005
+# The proxy's scanner reports the controller within a second or two on the rig.
+PROXY_HEARD_WITHIN_S = 15.0
 # The device buffer of the firmware's old configuration (ota.md 1, prj_old.conf).
 LARGE_BUFFER = 2475
 # One upload of the ~50 kB QEMU image takes 2-10 s; a stalled one is cut off here.
@@ -192,7 +202,7 @@ async def ble_side_by_side(size: int, buf_size: int | None = None,
         template = replace(template, buf_size=buf_size)
     params = LinkParams(template.interval_ms / 1000, template.packets_per_event, template.mtu)
     image = make_image((9, 0, 0, 0), firmware_body("bench", size))
-    async with Rig(RigOptions(controllers=2, template=template)) as rig:
+    async with Rig(RigOptions(controllers=3, template=template)) as rig:
         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = rig.bus_address
 
         async def our_run(_n: int) -> float:
@@ -209,19 +219,48 @@ async def ble_side_by_side(size: int, buf_size: int | None = None,
             finally:
                 await client.disconnect()
 
+        async def proxy_run(_n: int) -> float:
+            return await through_proxy(rig.controllers[2].address, image)
+
         mine = await attempt("ours over BLE", 1, our_run)
         theirs = await attempt("smpclient over BLE", 1, their_run) if baseline else \
             {"seconds": None, "errors": []}
+        proxied = await attempt("ours through a proxy", 1, proxy_run) if baseline else \
+            {"seconds": None, "errors": []}
     ours_rate = None if mine["seconds"] is None else len(image) / mine["seconds"]
+    proxy_rate = None if proxied["seconds"] is None else len(image) / proxied["seconds"]
     theirs_rate = None if theirs["seconds"] is None else len(image) / theirs["seconds"]
     return {"image_bytes": len(image), "ceiling_bytes_per_s": round(params.ceiling_bytes_per_s),
             "ours_bytes_per_s": _round(ours_rate), "smpclient_bytes_per_s": _round(theirs_rate),
-            "errors": mine["errors"] + theirs["errors"],
+            "errors": mine["errors"] + theirs["errors"] + proxied["errors"],
+            "proxy_bytes_per_s": _round(proxy_rate),
+            "proxy_vs_local": _ratio(proxy_rate, ours_rate),
             "ble_fraction_of_ceiling": _ratio(ours_rate, params.ceiling_bytes_per_s, 3),
             "buf_size": template.buf_size,
             "attainable_fraction": round(attainable_fraction(template.buf_size, template.mtu,
                                                              len(image)), 3),
             "ble_ratio_vs_smpclient": _ratio(ours_rate, theirs_rate)}
+
+
+async def through_proxy(address: str, image: bytes) -> float:
+    """Seconds for our engine to upload ``image`` through a simulated ESPHome proxy (its radio
+    on the rig, PROXY_WIFI_LATENCY_S each way over the API), the path chosen by habluetooth as
+    Home Assistant and the daemon's radio layer choose it."""
+    server = ProxyServer(ProxySettings(wifi_latency_s=PROXY_WIFI_LATENCY_S), BleakRadio("hci0"))
+    await server.start()
+    try:
+        async with bluetooth_stack(server.port) as manager:
+            async with asyncio.timeout(PROXY_HEARD_WITHIN_S):
+                while (device := manager.async_ble_device_from_address(address, True)) is None:  # noqa: ASYNC110 - the manager has no event for it
+                    await asyncio.sleep(0.1)
+            transport = BleSmpTransport(device, adapter="hci0", client_factory=lambda lost, t:
+                                        HaBleakClientWrapper(device, disconnected_callback=lost,
+                                                             timeout=t))
+            await transport.connect(PROXY_HEARD_WITHIN_S)
+            seconds, _cost = await ours(transport, image, window=None, pre_erase=True)
+            return seconds
+    finally:
+        await server.stop()
 
 
 def _round(value: float | None) -> int | None:
@@ -258,7 +297,9 @@ async def one_run(ble_size: int, baseline_attempts: int) -> dict[str, Any]:
         print(f"BLE (virtual): ours {_kb(ble['ours_bytes_per_s'])} = "
               f"{ble['ble_fraction_of_ceiling']} of the {_kb(ble['ceiling_bytes_per_s'])} "
               f"ceiling (at most {ble['attainable_fraction']} with a {ble['buf_size']}-byte "
-              f"device buffer); smpclient {_kb(ble['smpclient_bytes_per_s'])}", flush=True)
+              f"device buffer); smpclient {_kb(ble['smpclient_bytes_per_s'])}; through an "
+              f"ESPHome proxy {_kb(ble['proxy_bytes_per_s'])} ({ble['proxy_vs_local']} of the "
+              f"local adapter's)", flush=True)
         # The same with the buffer the firmware once had (ota.md: 2475 in prj_old.conf): what
         # the engine does when frames may fill several ATT writes.
         large = await ble_side_by_side(ble_size, buf_size=LARGE_BUFFER, baseline=False)

@@ -9,6 +9,7 @@ own scan when handed a BLEDevice.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from bleak import BleakClient
 from bleak.backends.device import BLEDevice
@@ -30,10 +31,17 @@ MAX_WRITES_IN_FLIGHT = 16
 MAX_REPLY = 8192
 
 
+# Makes the client for a path other than a local adapter (an ESPHome proxy through
+# habluetooth's wrapper): (disconnected callback, connect timeout) -> an unconnected client.
+ClientFactory = Callable[[Callable[[BleakClient], None], float], BleakClient]
+
+
 class BleSmpTransport:
-    def __init__(self, target: str | BLEDevice, *, adapter: str) -> None:
+    def __init__(self, target: str | BLEDevice, *, adapter: str,
+                 client_factory: ClientFactory | None = None) -> None:
         self._target = target
         self._adapter = adapter
+        self._factory = client_factory
         self._client: BleakClient | None = None
         self._buffer = bytearray()
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -45,8 +53,9 @@ class BleSmpTransport:
         def lost(_client: BleakClient) -> None:
             self._frames.put_nowait(None)
 
-        client = BleakClient(self._target, bluez={"adapter": self._adapter}, timeout=timeout_s,
-                             disconnected_callback=lost)
+        client = (self._factory(lost, timeout_s) if self._factory is not None else
+                  BleakClient(self._target, bluez={"adapter": self._adapter}, timeout=timeout_s,
+                              disconnected_callback=lost))
         with translated("SMP connect"):
             await client.connect()
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,9 @@ class ProxySettings:
     # Base64 of 32 bytes; None: plaintext (an ESPHome node without ``api: encryption:``).
     noise_psk: str | None = None
     slots: int = 3
+    # The Wi-Fi hop between the gateway and the ESP32, one way: every message the proxy sends
+    # arrives this much later, in order (a home Wi-Fi adds a few ms; 0: loopback only).
+    wifi_latency_s: float = 0.0
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port, kept across power_restore
 
@@ -233,6 +236,12 @@ class _Session:
         self.free_subscribed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
+        # GATT operations run one after another, in the order they came, as the ESP32's
+        # Bluetooth task runs them: a Write Without Response stream (SMP) must keep its order.
+        self._gatt: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        # What waits out the Wi-Fi latency, in order: (due, bytes).
+        self._air: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._airborne = 0  # messages sent but not yet arrived
 
     def abort(self) -> None:
         self.closing = True
@@ -240,8 +249,23 @@ class _Session:
 
     def _flush(self) -> None:
         if self.framer.outgoing and not self.writer.is_closing():
-            self.writer.write(b"".join(self.framer.outgoing))
+            data = b"".join(self.framer.outgoing)
+            latency = self.server.settings.wifi_latency_s
+            if latency > 0:
+                self._airborne += 1
+                self._air.put_nowait((asyncio.get_running_loop().time() + latency, data))
+            else:
+                self.writer.write(data)
         self.framer.outgoing.clear()
+
+    async def _wifi(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due, data = await self._air.get()
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if not self.writer.is_closing():
+                self.writer.write(data)
+            self._airborne -= 1
 
     def send(self, message: Message) -> None:
         if self.closing:
@@ -255,7 +279,14 @@ class _Session:
                 free=self.server.free, limit=self.server.settings.slots,
                 allocated=self.server.allocated()))
 
+    async def _gatt_worker(self) -> None:
+        while True:
+            work = await self._gatt.get()
+            await work()
+
     async def run(self) -> None:
+        self._spawn(self._gatt_worker, "proxy gatt")
+        self._spawn(self._wifi, "proxy wifi")
         try:
             while not self.closing:
                 data = await self.reader.read(4096)
@@ -274,6 +305,11 @@ class _Session:
         except (FrameError, ConnectionError) as exc:
             log.info("proxy_client_dropped", error=str(exc))
         finally:
+            # What is still crossing the Wi-Fi (a refusal, a goodbye) arrives before the close.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0 + 2 * self.server.settings.wifi_latency_s):
+                    while self._airborne and not self.closing:  # noqa: ASYNC110
+                        await asyncio.sleep(self.server.settings.wifi_latency_s)
             for task in list(self._tasks):
                 task.cancel()
             if self._tasks:
@@ -334,13 +370,13 @@ class _Session:
             case pb.BluetoothDeviceRequest():
                 self._device_request(msg)
             case pb.BluetoothGATTGetServicesRequest():
-                self._spawn(lambda: self._services(msg.address), "proxy services")
+                self._gatt.put_nowait(lambda: self._services(msg.address))
             case pb.BluetoothGATTReadRequest() | pb.BluetoothGATTReadDescriptorRequest():
-                self._spawn(lambda: self._read(msg), "proxy read")
+                self._gatt.put_nowait(lambda: self._read(msg))
             case pb.BluetoothGATTWriteRequest() | pb.BluetoothGATTWriteDescriptorRequest():
-                self._spawn(lambda: self._write(msg), "proxy write")
+                self._gatt.put_nowait(lambda: self._write(msg))
             case pb.BluetoothGATTNotifyRequest():
-                self._spawn(lambda: self._notify(msg), "proxy notify")
+                self._gatt.put_nowait(lambda: self._notify(msg))
             case _:
                 log.info("proxy_ignored_message", type=type(msg).__name__)
         return True

@@ -5,18 +5,13 @@ proxy as the path), as Home Assistant and the gateway's radio layer use it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
 
-import bleak_esphome
 import pytest
-from aioesphomeapi.client import APIClient
-from habluetooth import BluetoothManager, HaBleakClientWrapper, set_manager
-from habluetooth.central_manager import CentralBluetoothManager
+from habluetooth import HaBleakClientWrapper
 
 from firmware_bridge.gatt import uuids
 from firmware_bridge.gatt.codec import ValveControl
+from gateway.sim.esphome.hastack import bluetooth_stack
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.rig import Rig
@@ -26,44 +21,13 @@ from tests.helpers import until
 pytestmark = pytest.mark.rig
 
 
-class Manager(BluetoothManager):
-    """A standalone program's manager: it has no discovery flows to feed."""
-
-    def _discover_service_info(self, service_info: Any) -> None:
-        return None
-
-
-@contextlib.asynccontextmanager
-async def home_assistant_stack(server: ProxyServer) -> AsyncIterator[Manager]:
-    manager = Manager()
-    set_manager(manager)
-    await manager.async_setup()  # swaps bleak's classes for habluetooth's wrappers
-    api = APIClient("127.0.0.1", server.port, None, client_info="awgw-test")
-    try:
-        await api.connect(login=True)
-        info = await api.device_info()
-        data = bleak_esphome.connect_scanner(api, info, True)
-        assert data.scanner is not None
-        unsetup = data.scanner.async_setup()
-        unregister = manager.async_register_scanner(data.scanner)
-        try:
-            yield manager
-        finally:
-            unregister()
-            unsetup()
-    finally:
-        await api.disconnect(force=True)
-        manager.async_stop()  # puts bleak's own classes back
-        CentralBluetoothManager.manager = None
-
-
 async def test_bleak_esphome_connects_reads_and_gets_notifications_through_the_proxy(
         rig: Rig) -> None:
     address = rig.controllers[0].address
     server = ProxyServer(ProxySettings(), BleakRadio("hci0"))
     await server.start()
     try:
-        async with home_assistant_stack(server) as manager:
+        async with bluetooth_stack(server.port) as manager:
             await until(lambda: manager.async_ble_device_from_address(address, True)
                         is not None, WITHIN_S)
             device = manager.async_ble_device_from_address(address, True)

@@ -12,7 +12,7 @@ from aioesphomeapi.core import APIConnectionError
 from gateway.sim.esphome.radio import NO_RESOURCES
 from gateway.sim.esphome.server import ProxyServer, ProxySettings, mac_int
 from gateway.sim.rig import Rig
-from tests.gateway.sim.esphome.test_conformance import WITHIN_S, client, proxy
+from tests.gateway.sim.esphome.test_conformance import KEY, WITHIN_S, client, proxy
 
 pytestmark = pytest.mark.rig
 FEATURES = 0b110111
@@ -88,3 +88,13 @@ async def watched(server: ProxyServer, lost: asyncio.Event) -> APIClient:
     await api.connect(on_stop=stopped, login=True)
     return api
 
+
+
+async def test_the_wifi_hop_delays_every_answer_in_order(rig: Rig) -> None:
+    async with proxy(ProxySettings(wifi_latency_s=0.05, noise_psk=KEY)) as server, \
+            client(server, KEY) as api:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await api.device_info()
+        assert loop.time() - started >= 0.05
+        assert (await connect(api, rig.controllers[0].address))[0]
