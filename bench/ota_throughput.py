@@ -51,7 +51,7 @@ from firmware_bridge.smp.tcp_serial import TcpSerialTransport
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.controller.link_model import LinkParams
-from gateway.sim.esphome.hastack import bluetooth_stack
+from gateway.sim.esphome.hastack import bluetooth_stack, heard
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.images import firmware_body, make_image, rewrap_as_version
@@ -250,9 +250,7 @@ async def through_proxy(address: str, image: bytes) -> float:
     await server.start()
     try:
         async with bluetooth_stack(server.port) as manager:
-            async with asyncio.timeout(PROXY_HEARD_WITHIN_S):
-                while (device := manager.async_ble_device_from_address(address, True)) is None:  # noqa: ASYNC110 - the manager has no event for it
-                    await asyncio.sleep(0.1)
+            device = await heard(manager, address, PROXY_HEARD_WITHIN_S)
             transport = BleSmpTransport(device, adapter="hci0", client_factory=lambda lost, t:
                                         HaBleakClientWrapper(device, disconnected_callback=lost,
                                                              timeout=t))

@@ -4,16 +4,21 @@ layer builds the same from its configuration)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import bleak_esphome
 from aioesphomeapi.client import APIClient
+from bleak.backends.device import BLEDevice
 from habluetooth import BluetoothManager, set_manager
 from habluetooth.central_manager import CentralBluetoothManager
 
 from gateway.sim.errors import SimError
+
+# How often to look for a device the proxies should hear: adverts come every ~100 ms batch.
+HEARD_POLL_S = 0.1
 
 
 class StandaloneManager(BluetoothManager):
@@ -51,3 +56,14 @@ async def bluetooth_stack(*ports: int, host: str = "127.0.0.1",
             await api.disconnect(force=True)
         manager.async_stop()
         CentralBluetoothManager.manager = None
+
+
+async def heard(manager: BluetoothManager, address: str, within_s: float) -> BLEDevice:
+    """The connectable device once some scanner of ``manager`` has heard it."""
+    try:
+        async with asyncio.timeout(within_s):
+            while (device := manager.async_ble_device_from_address(address, True)) is None:  # noqa: ASYNC110 - the manager has no event for it
+                await asyncio.sleep(HEARD_POLL_S)
+    except TimeoutError:
+        raise SimError(f"no radio heard {address} within {within_s} s") from None
+    return device

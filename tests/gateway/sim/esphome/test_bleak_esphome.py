@@ -11,7 +11,7 @@ from habluetooth import HaBleakClientWrapper
 
 from firmware_bridge.gatt import uuids
 from firmware_bridge.gatt.codec import ValveControl
-from gateway.sim.esphome.hastack import bluetooth_stack
+from gateway.sim.esphome.hastack import bluetooth_stack, heard
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.rig import Rig
@@ -28,10 +28,7 @@ async def test_bleak_esphome_connects_reads_and_gets_notifications_through_the_p
     await server.start()
     try:
         async with bluetooth_stack(server.port) as manager:
-            await until(lambda: manager.async_ble_device_from_address(address, True)
-                        is not None, WITHIN_S)
-            device = manager.async_ble_device_from_address(address, True)
-            assert device is not None
+            device = await heard(manager, address, WITHIN_S)
             client = HaBleakClientWrapper(device)
             await client.connect()
             try:

@@ -11,13 +11,12 @@ from firmware_bridge.ota.upload import Uploader, UploadPlan
 from firmware_bridge.smp import commands
 from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.channel import SmpChannel
-from gateway.sim.esphome.hastack import bluetooth_stack
+from gateway.sim.esphome.hastack import bluetooth_stack, heard
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig
 from tests.gateway.sim.esphome.test_conformance import WITHIN_S
-from tests.helpers import until
 
 pytestmark = pytest.mark.rig
 
@@ -30,10 +29,7 @@ async def test_an_update_through_a_proxy_lands_in_slot_1(rig: Rig) -> None:
     await server.start()
     try:
         async with bluetooth_stack(server.port) as manager:
-            await until(lambda: manager.async_ble_device_from_address(address, True)
-                        is not None, WITHIN_S)
-            device = manager.async_ble_device_from_address(address, True)
-            assert device is not None
+            device = await heard(manager, address, WITHIN_S)
             transport = BleSmpTransport(
                 device, adapter="hci0", client_factory=lambda lost, timeout:
                 HaBleakClientWrapper(device, disconnected_callback=lost, timeout=timeout))
