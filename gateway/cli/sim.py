@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -86,6 +88,17 @@ def add_commands(sub: Any) -> None:
                       help="the MQTT broker: mosquitto where installed (auto), or amqtt")
     sim.add_argument("--passkey", action="append", default=[], metavar="INDEX=NNNNNN",
                      help="that controller's firmware demands this pairing passkey")
+    sim.add_argument("--radios", type=int, default=0, metavar="N",
+                     help="extra hub adapters beside hci0 (listed under org.bluez)")
+    sim.add_argument("--proxies", type=int, default=0, metavar="N",
+                     help="ESPHome Bluetooth proxies, each with a radio of its own, serving "
+                          "the native API on 127.0.0.1 from --proxy-port up")
+    sim.add_argument("--proxy-port", type=positive_int, default=6053)
+    sim.add_argument("--proxy-encryption", action="store_true",
+                     help="the proxies speak Noise; their keys are printed at start")
+    sim.add_argument("--place", action="append", default=[], metavar="NAME=X,Y",
+                     help="put gateway, controller<i>, radio<j> or proxy<k> at X,Y metres in "
+                          "the garden; placed radios hear only what is in their range")
 
 
 
@@ -94,7 +107,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.command != "sim":
         return
     from gateway.sim.errors import SimConfigError
-    from gateway.sim.rig import FAULT_KINDS, RigOptions
+    from gateway.sim.rig import FAULT_KINDS
 
     for item in args.passkey:
         index, sep, key = item.partition("=")
@@ -108,12 +121,47 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if spec.index >= args.controllers:
             parser.error(f"fault names controller {spec.index}, "
                          f"but there are {args.controllers}")
+    if not 0 <= args.proxies <= 8:
+        parser.error(f"--proxies must be 0..8, got {args.proxies}")
+    if args.radios < 0:
+        parser.error(f"--radios must be 0 or more, got {args.radios}")
     try:
-        RigOptions(controllers=args.controllers, template=_controller_template(args),
-                   udp_base_port=args.udp_base_port,
-                   udp_own_address=args.udp_addresses).validate()
+        _rig_options(args).validate()
     except SimConfigError as exc:
         parser.error(str(exc))
+
+
+def _positions(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """``--place`` as RigOptions.positions; a proxy's radio comes after the extra adapters."""
+    from gateway.sim.errors import SimConfigError
+
+    placed: dict[str, tuple[float, float]] = {}
+    for item in args.place:
+        name, sep, where = item.partition("=")
+        x, comma, y = where.partition(",")
+        try:
+            point = (float(x), float(y))
+        except ValueError:
+            point = None
+        if not sep or not comma or point is None:
+            raise SimConfigError(f"--place {item!r} is not NAME=X,Y")
+        if name.startswith("proxy") and name[5:].isdigit():
+            if int(name[5:]) >= args.proxies:
+                raise SimConfigError(f"--place names {name}, but there are {args.proxies} "
+                                     "proxies")
+            name = f"radio{args.radios + int(name[5:])}"
+        placed[name] = point
+    return placed
+
+
+def _rig_options(args: argparse.Namespace) -> Any:
+    from gateway.sim.rig import RigOptions
+
+    passkeys = {int(i): int(k) for i, _, k in (p.partition("=") for p in args.passkey)}
+    return RigOptions(controllers=args.controllers, udp_base_port=args.udp_base_port,
+                      udp_own_address=args.udp_addresses, template=_controller_template(args),
+                      passkeys=passkeys, radios=args.radios + args.proxies,
+                      positions=_positions(args))
 
 
 def _controller_template(args: argparse.Namespace) -> Any:
@@ -129,13 +177,9 @@ def _controller_template(args: argparse.Namespace) -> Any:
 
 
 async def run_sim(args: argparse.Namespace) -> int:
-    from gateway.sim.rig import Rig, RigOptions
+    from gateway.sim.rig import Rig
 
-    template = _controller_template(args)
-    passkeys = {int(i): int(k) for i, _, k in (p.partition("=") for p in args.passkey)}
-    options = RigOptions(controllers=args.controllers, udp_base_port=args.udp_base_port,
-                         udp_own_address=args.udp_addresses,
-                         template=template, passkeys=passkeys)
+    options = _rig_options(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -147,13 +191,50 @@ async def run_sim(args: argparse.Namespace) -> int:
                 f", SMP over UDP at {handle.config.udp_host}:{handle.config.udp_port}")
             print(f"# controller {handle.index}: {handle.address} on hci{handle.adapter_id}{udp}",
                   file=sys.stderr, flush=True)
-        async with asyncio.TaskGroup() as group:
+        radios = rig.radio_adapters
+        for name in radios[:args.radios]:
+            print(f"# hub adapter {name}", file=sys.stderr, flush=True)
+        # The proxies' radios are bleak in this process, on the rig's bus.
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = rig.bus_address
+        async with contextlib.AsyncExitStack() as stack:
+            await _start_proxies(args, radios[args.radios:], stack)
+            await _serve(rig, args, stop)
+    return 0
+
+
+async def _start_proxies(args: argparse.Namespace, adapters: list[str],
+                         stack: contextlib.AsyncExitStack) -> None:
+    import base64
+    import secrets
+
+    from gateway.sim.errors import SimError
+    from gateway.sim.esphome.radio import BleakRadio
+    from gateway.sim.esphome.server import ProxyServer, ProxySettings
+
+    for k, adapter in enumerate(adapters):
+        key = base64.b64encode(secrets.token_bytes(32)).decode() \
+            if args.proxy_encryption else None
+        proxy = ProxyServer(ProxySettings(name=f"garden-proxy-{k}", mac=f"A4:CF:12:00:{k:02X}:01",
+                                          bluetooth_mac=f"A4:CF:12:00:{k:02X}:03",
+                                          noise_psk=key, port=args.proxy_port + k),
+                            BleakRadio(adapter))
+        try:
+            await proxy.start()
+        except OSError as exc:
+            raise SimError(f"proxy {k} cannot listen on 127.0.0.1:{args.proxy_port + k}: "
+                           f"{exc.strerror or exc} (choose another --proxy-port)") from exc
+        stack.push_async_callback(proxy.stop)
+        print(f"# proxy {k}: ESPHome API at 127.0.0.1:{proxy.port}, radio {adapter}"
+              + (f", Noise key {key}" if key else ", plaintext"), file=sys.stderr, flush=True)
+
+
+async def _serve(rig: Any, args: argparse.Namespace, stop: asyncio.Event) -> None:
+    async with asyncio.TaskGroup() as group:
             faults = [group.create_task(_delayed_fault(rig, spec), name=f"fault-{spec.kind}")
                       for spec in args.fault]
             await stop.wait()
             for task in faults:
                 task.cancel()
-    return 0
 
 
 async def _delayed_fault(rig: Any, spec: FaultSpec) -> None:
