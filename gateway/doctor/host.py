@@ -209,11 +209,7 @@ class SystemHost:
 
     async def mqtt_connect(self, config: MqttConfig, password: str | None) -> str | None:
         try:
-            async with asyncio.timeout(ASK_TIMEOUT_S), aiomqtt.Client(
-                    config.host, config.port, username=config.username, password=password,
-                    identifier="awgw-doctor", tls_params=aiomqtt.TLSParameters(
-                        ca_certs=str(config.ca_file) if config.ca_file else None)
-                    if config.tls else None):
+            async with asyncio.timeout(ASK_TIMEOUT_S), _broker(config, password, "awgw-doctor"):
                 return None
         except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
             return str(exc) or type(exc).__name__
@@ -223,12 +219,8 @@ class SystemHost:
         """The retained messages of ``topics`` (those that have one), or why not."""
         found: dict[str, bytes] = {}
         try:
-            async with aiomqtt.Client(
-                    config.host, config.port, username=config.username, password=password,
-                    identifier=f"awgw-doctor-{secrets.token_hex(4)}",
-                    tls_params=aiomqtt.TLSParameters(
-                        ca_certs=str(config.ca_file) if config.ca_file else None)
-                    if config.tls else None, timeout=ASK_TIMEOUT_S) as client:
+            async with _broker(config, password,
+                               f"awgw-doctor-{secrets.token_hex(4)}") as client:
                 for topic in topics:
                     await client.subscribe(topic)
                 # Retained messages come right after the subscription; a topic without one
@@ -243,3 +235,12 @@ class SystemHost:
         except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
             return str(exc) or type(exc).__name__
         return found
+
+
+def _broker(config: MqttConfig, password: str | None, identifier: str) -> aiomqtt.Client:
+    """The doctor's own client of the configured broker, with the daemon's credentials."""
+    tls = aiomqtt.TLSParameters(ca_certs=str(config.ca_file) if config.ca_file else None) \
+        if config.tls else None
+    return aiomqtt.Client(config.host, config.port, username=config.username,
+                          password=password, identifier=identifier, tls_params=tls,
+                          timeout=ASK_TIMEOUT_S)

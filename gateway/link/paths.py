@@ -137,7 +137,11 @@ def choose(radios: Sequence[RadioView], heard: Mapping[str, Sighting], memory: P
     free = [r for r in candidates if r.free > 0]
     if not free:
         return PathChoice(None, PathReason.WAIT_FOR_SLOT, scores)
-    best = max(free, key=lambda r: (scores[r.name], r.kind is RadioKind.ADAPTER, r.name))
+    def best_of(radios: Sequence[RadioView]) -> RadioView:
+        # Ties go to the hub's own adapter (no Wi-Fi hop), then by name, so choices repeat.
+        return max(radios, key=lambda r: (scores[r.name], r.kind is RadioKind.ADAPTER, r.name))
+
+    best = best_of(free)
     current = next((r for r in candidates if r.name == memory.current), None)
     failing = memory.current is not None and (
         current is None or memory.failure_weight(memory.current, now) >= FAILOVER_AFTER)
@@ -145,8 +149,7 @@ def choose(radios: Sequence[RadioView], heard: Mapping[str, Sighting], memory: P
         # Another radio first, however close the scores: the one that failed it is tried
         # again only when no other can serve it.
         others = [r for r in free if r.name != memory.current]
-        moved = max(others, key=lambda r: (scores[r.name], r.kind is RadioKind.ADAPTER,
-                                           r.name)) if others else best
+        moved = best_of(others) if others else best
         return PathChoice(moved.name, PathReason.FAILOVER, scores)
     if current is None:
         return PathChoice(best.name, PathReason.BEST, scores)

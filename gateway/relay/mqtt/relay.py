@@ -455,9 +455,7 @@ class MqttRelay:
         async for message in client.messages:
             topic = message.topic.value
             if topic == self.topics.gateway_instance:
-                other = self.identity.heard(
-                    bytes(message.payload) if isinstance(message.payload, bytes | bytearray)
-                    else str(message.payload).encode(), first_connect=self.connects == 1)
+                other = self.identity.heard(_raw(message), first_connect=self.connects == 1)
                 if other is not None:
                     log.error("gateway_id_shared", gateway_id=self.topics.gateway_id,
                               other_host=other.host, other_machine=other.machine,
@@ -471,8 +469,7 @@ class MqttRelay:
             parsed = self.topics.parse_command_topic(topic)
             if parsed is None:
                 continue
-            payload = message.payload
-            raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            raw = _raw(message)
             if self._pending >= MAX_PENDING_COMMANDS:
                 self.commands_refused_busy += 1
                 await self._reply(client, parsed[0], CommandReply(
@@ -481,7 +478,7 @@ class MqttRelay:
                 continue
             self._pending += 1
             deadline = self.clock.now() + command_ttl_s(message)
-            tasks.create_task(self._command(client, topic, parsed, bytes(raw), message.retain,
+            tasks.create_task(self._command(client, topic, parsed, raw, message.retain,
                                             deadline),
                               name=f"mqtt command {topic}")
 
@@ -642,6 +639,11 @@ class MqttRelay:
 # An event's type as the relays name it (gateway/relay/events.py): one topic level, no wildcard.
 _EVENT_TYPE = re.compile(r"\A[a-z][a-z_]{0,63}\Z")
 _NODE = re.compile(r"\A(?:[0-9]{6}|[0-9a-f]{12})\Z")
+
+
+def _raw(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
 
 
 def command_ttl_s(message: aiomqtt.Message) -> float:
