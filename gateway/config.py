@@ -28,13 +28,34 @@ class LinkPolicy(StrEnum):
     SHARE = "share"
 
 
+# BlueZ names its adapters hci0, hci1, ...
+AdapterName = Annotated[str, Field(pattern=r"^hci[0-9]{1,2}$")]
+# A radio's name as `awgw pair --radio` and `awgw status` show it.
+RadioName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+# A Pi's onboard controller manages ~4-7 LE links in practice; 3 leaves room for the phone
+# and for a connect in progress. An ESP32 proxy offers 3 by default (ESPHome's
+# bluetooth_proxy), at most 9 with a larger build.
+DEFAULT_SLOTS = 3
+Slots = Annotated[int, Field(ge=1, le=10)]
+
+
+class AdapterSettings(BaseModel):
+    """One of the hub's own Bluetooth adapters and how many links the gateway may hold on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    name: AdapterName
+    slots: Slots = DEFAULT_SLOTS
+
+
 class LinkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
-    adapter: str = "hci0"
-    # A Pi's onboard controller manages ~4-7 LE links in practice; 3 leaves room for the
-    # phone and for a connect in progress.
-    max_links: Annotated[int, Field(ge=1, le=10)] = 3
+    # The first adapter: pairing, bonds and the one-adapter shorthand (`adapter`, `max_links`).
+    adapter: AdapterName = "hci0"
+    max_links: Slots = DEFAULT_SLOTS
+    # Every adapter the gateway uses; when empty, the shorthand's one adapter.
+    adapters: tuple[AdapterSettings, ...] = ()
     default_policy: LinkPolicy = LinkPolicy.SHARE
     # How old a controller's state may get: share visits are spaced by it, keep-links poll
     # the Bulk Snapshot at least this often.
@@ -46,6 +67,31 @@ class LinkSettings(BaseModel):
     # the scanner is presumed stuck and the recovery ladder starts.
     scan_watchdog_s: Annotated[float, Field(gt=0)] = 120.0
     time_zone: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_way_to_name_adapters(cls, data: object) -> object:
+        if not isinstance(data, dict) or not data.get("adapters"):
+            return data
+        if "adapter" in data or "max_links" in data:
+            raise ValueError("give either adapters = [...] or adapter/max_links, not both")
+        first = data["adapters"][0]
+        if isinstance(first, dict) and "name" in first:
+            # The shorthand's fields follow the list's first adapter (pairing happens there).
+            data = {**data, "adapter": first["name"],
+                    "max_links": first.get("slots", DEFAULT_SLOTS)}
+        return data
+
+    @model_validator(mode="after")
+    def _adapters_named_once(self) -> Self:
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"an adapter is listed twice in adapters: {names}")
+        return self
+
+    @property
+    def local_adapters(self) -> tuple[AdapterSettings, ...]:
+        return self.adapters or (AdapterSettings(name=self.adapter, slots=self.max_links),)
 
 
 class OtaConfig(BaseModel):
@@ -191,6 +237,39 @@ class MqttConfig(BaseModel):
     default_valve_minutes: Annotated[int, Field(ge=1, le=255)] = 10
 
 
+class EsphomeProxySettings(BaseModel):
+    """An ESPHome Bluetooth proxy on the LAN. Its Noise key (the `api: encryption: key:` of
+    its YAML) is read from the systemd credential awgw-esphome-<name>, else from ``key_file``;
+    never from this file. With neither, the API is spoken in plaintext (`awgw doctor` warns)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    name: RadioName
+    host: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:_-]+$")]
+    port: Annotated[int, Field(ge=1, le=65535)] = 6053
+    key_file: AbsolutePath | None = None
+    # At most this many of the proxy's slots for the gateway (it may serve others too);
+    # None: whatever the proxy reports free.
+    slots: Slots | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_here(cls, data: object) -> object:
+        if isinstance(data, dict) and (keys := {"key", "noise_key", "noise_psk",
+                                                "encryption_key"} & data.keys()):
+            name = data.get("name", "<name>")
+            raise ValueError(f"{sorted(keys)[0]}: the proxy's key never goes in the config; "
+                             f"put it in the systemd credential awgw-esphome-{name} or in a "
+                             f"file named by key_file")
+        return data
+
+
+class RadiosConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    esphome: tuple[EsphomeProxySettings, ...] = ()
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
@@ -205,6 +284,14 @@ class GatewayConfig(BaseModel):
     ota: OtaConfig = Field(default_factory=OtaConfig)
     cloud: CloudConfig = Field(default_factory=CloudConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    radios: RadiosConfig = Field(default_factory=RadiosConfig)
+
+    @model_validator(mode="after")
+    def _radios_named_once(self) -> Self:
+        names = [a.name for a in self.link.local_adapters] + [p.name for p in self.radios.esphome]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two radios share a name: {sorted(names)}")
+        return self
 
     @property
     def cloud_dir(self) -> Path:

@@ -8,7 +8,7 @@ once (``bleak_compat.translated``), keeping the original as ``__cause__``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from bleak import BleakClient
@@ -39,6 +39,10 @@ class GattLink(Protocol):
     async def disconnect(self) -> None: ...
 
 
+# Makes and connects a client; given the callback bleak calls when the link drops.
+Opener = Callable[[Callable[[BleakClient], None]], Awaitable[BleakClient]]
+
+
 class BleakGattLink:
     """A connected controller over bleak/BlueZ."""
 
@@ -49,18 +53,24 @@ class BleakGattLink:
 
     @classmethod
     async def connect(cls, target: str | BLEDevice, *, adapter: str, timeout_s: float,
-                      on_disconnect: Callable[[], None] | None = None) -> BleakGattLink:
+                      on_disconnect: Callable[[], None] | None = None,
+                      opener: Opener | None = None) -> BleakGattLink:
         """Connect to ``target``; a ``BLEDevice`` from a scan spares bleak its own scan (which
-        would run while the gateway keeps the radio quiet for connects)."""
+        would run while the gateway keeps the radio quiet for connects). ``opener`` makes and
+        connects the client another way (through an ESPHome proxy); ``adapter`` is then
+        unused."""
         def disconnected(_client: BleakClient) -> None:
             if on_disconnect is not None:
                 on_disconnect()
 
         address = target if isinstance(target, str) else target.address
-        client = BleakClient(target, bluez={"adapter": adapter}, timeout=timeout_s,
-                             disconnected_callback=disconnected)
         with translated(f"connect {address}"):
-            await client.connect()
+            if opener is not None:
+                client = await opener(disconnected)
+            else:
+                client = BleakClient(target, bluez={"adapter": adapter}, timeout=timeout_s,
+                                     disconnected_callback=disconnected)
+                await client.connect()
         link = cls(client, address, {c.uuid for s in client.services for c in s.characteristics})
         try:
             with translated(f"acquire MTU {address}"):

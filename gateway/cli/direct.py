@@ -16,18 +16,19 @@ from firmware_bridge.smp.transport import FrameTransport
 from gateway import bluez
 from gateway.clock import LoopClock
 from gateway.config import GatewayConfig
-from gateway.errors import CommandFailed, ControlError
+from gateway.errors import CommandFailed, ControlError, PairingError
 from gateway.link.failures import classify
 from gateway.link.radio import (
     list_devices,
     pair_on_radio,
+    pin_kind,
     repair_on_radio,
     result_of,
     unpair_on_radio,
     valve_command,
 )
 from gateway.link.scanner import SCAN_TIMEOUT_S, discover
-from gateway.ops.health import CloudStatus, HubStatus
+from gateway.ops.health import CloudStatus, HubStatus, RadioKind
 from gateway.ops.models import (
     Claim,
     ClaimResult,
@@ -80,8 +81,12 @@ class DirectOperations:
                           paired=s.address in paired) for s in found]
 
     async def pair(self, request: Pair) -> DeviceEntry:
+        if pin_kind(self.config, request.radio, request.passkey) is RadioKind.PROXY:
+            raise PairingError(f"pairing through proxy {request.radio} needs the daemon (it "
+                               f"holds the proxy's connection): sudo systemctl start awgw")
         return await pair_on_radio(self.config, self.registry, request.address, request.passkey,
-                                   board=request.board, ota_policy=request.ota_policy)
+                                   board=request.board, ota_policy=request.ota_policy,
+                                   adapter=request.radio, pin=request.radio)
 
     async def unpair(self, request: Unpair) -> DeviceEntry:
         return await unpair_on_radio(self.config, self.registry, request.address)

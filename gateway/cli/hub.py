@@ -68,6 +68,13 @@ def show_status(status: HubStatus, screen: Screen) -> None:
     health: list[Cell] = ([Styled("ok", "green"), f", {scanning}"] if radio.ok
                           else [Styled(radio.reason or "not ok", "red")])
     screen.line(f"radio     {radio.adapter} ", *health)
+    if len(status.radios) > 1:
+        for item in status.radios:
+            up: Cell = (Styled("up", "green") if item.up
+                        else Styled(f"down: {item.reason or '?'}", "red"))
+            screen.line(f"  {item.name:<14} {item.kind.value:<7} ", up,
+                        f", slots {item.slots_used}/{item.slots_limit}, heard {item.heard}, "
+                        f"serves {item.served}")
     states = ", ".join(f"{n} {s}" for s, n in status.link_states.items()) or "none paired"
     screen.line(f"links     {status.links}/{status.max_links} held; {status.controllers} "
                 f"controllers: {status.fresh} fresh, {status.stale} stale ({states})")

@@ -51,6 +51,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                       help="the board releases are built for (default arduino_nano_33_ble)")
     pair.add_argument("--ota-policy", choices=[p.value for p in OtaPolicy], default=None,
                       help="cloud releases: manual, mandatory or auto (default: the config's)")
+    pair.add_argument("--radio", default=None, metavar="NAME",
+                      help="serve it only through this radio (an adapter such as hci1, or an "
+                           "[[radios.esphome]] name); kept across restarts")
     pair.add_argument("--json", action="store_true")
     unpair = sub.add_parser("unpair", parents=[common], help="forget a controller and its bond")
     unpair.add_argument("address")
@@ -89,7 +92,8 @@ def request_of(args: argparse.Namespace) -> Request:
             return Scan()
         case "pair":
             return Pair(address=args.address, passkey=args.passkey, board=args.board,
-                        ota_policy=OtaPolicy(args.ota_policy) if args.ota_policy else None)
+                        ota_policy=OtaPolicy(args.ota_policy) if args.ota_policy else None,
+                        radio=args.radio)
         case "unpair":
             return Unpair(address=args.address)
         case "devices":

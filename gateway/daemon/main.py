@@ -83,9 +83,8 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
             return {"cloud_outbox_depth": cloud.outbox.stats().depth if cloud else None,
                     "controllers": len(manager.supervisors), "sw_version": __version__}
 
-        def rssi_of(address: str) -> int | None:
-            sighting = manager.scanner.seen.get(address)
-            return sighting.rssi if sighting is not None else None
+        def rssi_of(address: str) -> int | None:  # the best any radio hears
+            return max(manager.radios.rssi_by_radio(address).values(), default=None)
 
         mqtt = MqttRelay(config.mqtt, gid, outbox, operations,
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,

@@ -129,4 +129,21 @@ class HubMetrics(Collector):
             part_up.add_metric([part.name], float(part.up))
             restarts.add_metric([part.name], part.restarts)
         out += [part_up, restarts]
+        labels = ["radio", "kind"]
+        radio_families = {
+            "up": GaugeMetricFamily("awgw_radio_up", "1 while the radio can serve", labels=labels),
+            "slots_used": GaugeMetricFamily("awgw_radio_slots_used", "links held through it",
+                                            labels=labels),
+            "slots_limit": GaugeMetricFamily("awgw_radio_slots_limit",
+                                             "links the gateway may hold through it",
+                                             labels=labels),
+            "heard": GaugeMetricFamily("awgw_radio_heard",
+                                       "paired controllers it heard in the last minute",
+                                       labels=labels),
+            "served": GaugeMetricFamily("awgw_radio_served",
+                                        "paired controllers it served last", labels=labels)}
+        for radio in status.radios:
+            for field, family in radio_families.items():
+                family.add_metric([radio.name, radio.kind.value], float(getattr(radio, field)))
+        out += list(radio_families.values())
         return out

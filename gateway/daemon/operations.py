@@ -15,21 +15,22 @@ from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
 from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.ota.outcome import Progress
-from firmware_bridge.smp.ble import BleSmpTransport
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
 from gateway.link.manager import ConnectionManager
 from gateway.link.radio import (
     list_devices,
     pair_on_radio,
+    pair_through_proxy,
+    pin_kind,
     repair_on_radio,
     result_of,
     unpair_on_radio,
     valve_command,
 )
 from gateway.link.scanner import SCAN_TIMEOUT_S
-from gateway.link.scheduler import Priority
-from gateway.ops.health import CloudStatus, HubStatus
+from gateway.link.scheduler import Lease, Priority
+from gateway.ops.health import CloudStatus, HubStatus, RadioKind
 from gateway.ops.models import (
     Claim,
     ClaimResult,
@@ -89,12 +90,22 @@ class ControllerOperations:
 
     async def pair(self, request: Pair) -> DeviceEntry:
         address = normalise_address(request.address)
-        scheduler = self.manager.scheduler
-        async with scheduler.slot(address, Priority.URGENT, kept=False), \
-                scheduler.connect_turn():
-            entry = await pair_on_radio(self.config, self.registry, address, request.passkey,
-                                        board=request.board, ota_policy=request.ota_policy)
-        supervisor = self.manager.add(self.registry.get(address))
+        kind = pin_kind(self.config, request.radio, request.passkey)
+        radios = self.manager.radios
+        radio = radios.radios[request.radio] if request.radio else radios.local
+        async with radio.scheduler.slot(address, Priority.URGENT, kept=False), \
+                radio.scheduler.connect_turn():
+            if kind is RadioKind.PROXY:
+                entry = await pair_through_proxy(self.config, self.registry, radio, address,
+                                                 board=request.board,
+                                                 ota_policy=request.ota_policy)
+            else:
+                entry = await pair_on_radio(self.config, self.registry, address,
+                                            request.passkey, board=request.board,
+                                            ota_policy=request.ota_policy, adapter=radio.name,
+                                            pin=request.radio)
+        record = self.registry.get(address)
+        supervisor = self.manager.add(record)
         supervisor.bond_reset()
         return entry
 
@@ -102,7 +113,7 @@ class ControllerOperations:
         """The supervisor's one automatic attempt after an authentication failure, and the GATT
         cache reset: forget our half of the bond and pair again (Just Works)."""
         self.manager.scanner.forget(address)  # the sighting names the removed device
-        async with self.manager.scheduler.connect_turn():
+        async with self.manager.radios.local.scheduler.connect_turn():
             await repair_on_radio(self.config, self.registry, address)
 
     async def unpair(self, request: Unpair) -> DeviceEntry:
@@ -127,7 +138,10 @@ class ControllerOperations:
         if force or not self.manager.store.fresh(address):
             # Nothing fresh to show: ask for an urgent visit rather than print old values.
             await supervisor.submit("refresh", _refresh)
-        state = self.manager.store.snapshot(address, record.firmware_version)
+        radios = self.manager.radios
+        state = self.manager.store.snapshot(address, record.firmware_version).model_copy(
+            update={"radio": radios.serving(address),
+                    "rssi": dict(radios.rssi_by_radio(address))})
         return state.model_copy(update={"policy": supervisor.policy})
 
     async def valve_open(self, request: ValveOpen) -> CommandResult:
@@ -234,6 +248,7 @@ class SupervisedAccess:
     def __init__(self, ops: ControllerOperations) -> None:
         self.ops = ops
         self.manager = ops.manager
+        self._leases: dict[str, Lease] = {}  # the slot each update holds, by controller
 
     async def current_state(self, address: str) -> ControllerState:
         return await self.ops.current_state(address, force=False)
@@ -241,21 +256,29 @@ class SupervisedAccess:
     @contextlib.asynccontextmanager
     async def hold(self, address: str) -> AsyncIterator[None]:
         supervisor = self.manager.supervisor(address)
-        async with supervisor.firmware_update(), self.manager.scheduler.slot(
-                address, Priority.URGENT, kept=False):
-            yield
+        radios = self.manager.radios
+        # One update per radio at a time: an upload fills its radio's air time.
+        async with supervisor.firmware_update(), radios.slot(
+                address, Priority.URGENT, kept=False) as lease, radios.update_turn(
+                lease.radio or radios.local.name):
+            self._leases[address] = lease
+            try:
+                yield
+            finally:
+                self._leases.pop(address, None)
 
     async def connect_smp(self, address: str) -> FrameTransport:
-        transport = BleSmpTransport(self.manager.scanner.device(address) or address,
-                                    adapter=self.ops.config.link.adapter)
-        async with self.manager.scheduler.connect_turn():
+        radios = self.manager.radios
+        lease = self._leases.get(address)
+        radio = radios.radio_of(address)
+        transport = radio.smp_transport(address)
+        async with radios.connect_turn(lease):
             await transport.connect(self.ops.config.link.connect_timeout_s)
         return transport
 
     async def connect_gatt(self, address: str) -> GattLink:
-        # The manager's own connector: the scanner's sighting first, the address if BlueZ
-        # dropped that object across the reboot.
-        async with self.manager.scheduler.connect_turn():
+        # The manager's own connector, through the radio of the update's lease.
+        async with self.manager.radios.connect_turn(self._leases.get(address)):
             return await self.manager.connector(address, self.ops.config.link.connect_timeout_s,
                                                 lambda: None)
 

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.errors import OutboxError
-from gateway.ops.health import HubStatus, RelayHealth, RelayState, UpdateInProgress
+from gateway.ops.health import (
+    HubStatus,
+    RadioStatus,
+    RelayHealth,
+    RelayState,
+    UpdateInProgress,
+)
 from gateway.ops.models import LinkState
 from gateway.store.outbox import Outbox, OutboxWriter
 
@@ -33,7 +39,7 @@ def hub_status(hub: Hub) -> HubStatus:
                for a, p in sorted(controllers.updates.items())]
     return HubStatus(
         version=__version__, uptime_s=round(health.uptime_s(), 1),
-        ready=hub.ready.is_set(), radio=health.radio(),
+        ready=hub.ready.is_set(), radio=health.radio(), radios=radio_statuses(hub),
         links=states.get(LinkState.CONNECTED.value, 0) + states.get(LinkState.SYNCING.value, 0),
         max_links=hub.config.link.max_links, controllers=len(supervisors), fresh=fresh,
         stale=len(supervisors) - fresh, link_states=dict(sorted(states.items())),
@@ -41,6 +47,16 @@ def hub_status(hub: Hub) -> HubStatus:
         loop_lag_ms=round(1000 * health.loop_lag_s, 1), metrics_url=hub.metrics_url,
         parts=hub.supervision.parts(), tasks=len(asyncio.all_tasks()),
         threads=threading.active_count())
+
+
+def radio_statuses(hub: Hub) -> list[RadioStatus]:
+    radios = hub.manager.radios
+    addresses = list(hub.manager.supervisors)
+    served = collections.Counter(radios.serving(a) for a in addresses)
+    return [RadioStatus(name=r.name, kind=r.kind, up=r.up, reason=r.reason,
+                        slots_used=r.slots_used, slots_limit=r.slots_limit, heard=r.heard,
+                        served=served.get(r.name, 0), detail=dict(r.detail))
+            for r in radios.reports(addresses)]
 
 
 def _cloud(relay: CloudRelay | None) -> RelayHealth:

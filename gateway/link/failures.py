@@ -22,6 +22,7 @@ from firmware_bridge.errors import (
     TransportTimeout,
 )
 from gateway.errors import StoreError
+from gateway.link.radios.base import NoPath
 
 # ATT codes meaning "this link is not (or no longer) encrypted with a bond the peer knows".
 ATT_AUTHENTICATION = {0x05, 0x08, 0x0F}
@@ -135,7 +136,7 @@ def _kind(exc: BaseException) -> FailureClass:
             if needle in text:
                 return kind
         return FailureClass.DBUS
-    if isinstance(exc, PeerNotFound):
+    if isinstance(exc, PeerNotFound | NoPath):
         return FailureClass.NOT_FOUND
     if isinstance(exc, TransportTimeout | TimeoutError):
         return FailureClass.TIMEOUT

@@ -4,19 +4,24 @@ controller, run as one structured task group."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import structlog
+from habluetooth import BluetoothManager
 
-from firmware_bridge.errors import PeerNotFound
-from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
+from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome
-from gateway import bluez
 from gateway.clock import Clock, LoopClock
 from gateway.config import GatewayConfig
 from gateway.errors import UnknownController
+from gateway.link.radios.adapter import AdapterRadio
+from gateway.link.radios.base import Radio
+from gateway.link.radios.esphome import EsphomeRadio
+from gateway.link.radios.fleet import RadioSet
+from gateway.link.radios.stack import ProxyStack
 from gateway.link.scanner import Scanner
-from gateway.link.scheduler import ScanGate, SlotScheduler
+from gateway.link.scheduler import ScanGate
 from gateway.link.supervisor import CommandFn, Connector, Repairer, Supervisor
 from gateway.ops.models import LinkState
 from gateway.store.registry import ControllerRecord, Registry, normalise_address
@@ -31,42 +36,53 @@ class ConnectionManager:
                  connector: Connector | None = None, repairer: Repairer | None = None,
                  scanner: Scanner | None = None, supervision: Supervision | None = None,
                  clock: Clock | None = None) -> None:
+        """``scanner`` and ``connector`` replace the first adapter's BlueZ scanner and every
+        radio's connect (tests); the path choice still runs over them."""
         self.config = config
         self.settings = config.link
         self.registry = registry
-        self.gate = ScanGate()
-        self.scheduler = SlotScheduler(self.settings.max_links, self.gate)
         self.store = StateStore(stale_after_s=2 * self.settings.refresh_period_s)
-        self.scanner = scanner or Scanner(self.settings.adapter, self.gate,
-                                          watchdog_s=self.settings.scan_watchdog_s,
-                                          expecting=self._expecting, on_seen=self._sighted)
-        self.connector = connector or self._bleak_connect
-        self.repairer = repairer
-        self.supervisors: dict[str, Supervisor] = {}
         # Each supervisor is a guarded part of its own: a bug in one costs that controller a
         # restart with backoff, never the other controllers or the daemon.
         self.clock = clock or LoopClock()
         self.supervision = supervision or Supervision(self.clock)
+        adapters = self.settings.local_adapters
+        self.gate = ScanGate()
+        self.scanner = scanner or self._scanner(adapters[0].name, self.gate)
+        radios: list[Radio] = [AdapterRadio(adapters[0], self.scanner, self.gate, self.clock)]
+        for adapter in adapters[1:]:
+            gate = ScanGate()
+            radios.append(AdapterRadio(adapter, self._scanner(adapter.name, gate), gate,
+                                       self.clock))
+        self.stack = ProxyStack(self._sighted) if config.radios.esphome else None
+        for proxy in config.radios.esphome:
+            radios.append(EsphomeRadio(proxy, self._proxy_manager, self.clock))
+        self.radios = RadioSet(radios, registry, self.clock)
+        # What supervisors wait on and connect through: each radio's slots, the chosen path.
+        self.scheduler = self.radios
+        self.connector: Connector = self.radios.connect
+        if connector is not None:
+            radio_set, fake = self.radios, connector
+
+            async def through(address: str, timeout_s: float,
+                              on_disconnect: Callable[[], None]) -> GattLink:
+                return await radio_set.through(radio_set.radio_of(address), address,
+                                               lambda: fake(address, timeout_s, on_disconnect))
+
+            self.connector = through
+        self.repairer = repairer
+        self.supervisors: dict[str, Supervisor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self.ready = asyncio.Event()
 
-    async def _bleak_connect(self, address: str, timeout_s: float,
-                             on_disconnect: Callable[[], None]) -> GattLink:
-        device = self.scanner.device(address)
-        if device is None:
-            # Not advertising: perhaps because BlueZ still holds a link an earlier run of the
-            # daemon made (the supervisor asking holds none). Released, it advertises again.
-            await bluez.release_orphan(self.settings.adapter, address, self.clock)
-        if device is not None:
-            try:
-                return await BleakGattLink.connect(device, adapter=self.settings.adapter,
-                                                   timeout_s=timeout_s,
-                                                   on_disconnect=on_disconnect)
-            except PeerNotFound:
-                self.scanner.forget(address)  # BlueZ removed the object since the sighting
-        return await BleakGattLink.connect(address, adapter=self.settings.adapter,
-                                           timeout_s=timeout_s, on_disconnect=on_disconnect)
+    def _scanner(self, adapter: str, gate: ScanGate) -> Scanner:
+        return Scanner(adapter, gate, watchdog_s=self.settings.scan_watchdog_s,
+                       expecting=self._expecting, on_seen=self._sighted)
+
+    def _proxy_manager(self) -> BluetoothManager:
+        assert self.stack is not None  # proxies exist only with their stack
+        return self.stack.manager
 
     def _sighted(self, address: str) -> None:
         supervisor = self.supervisors.get(address)
@@ -78,12 +94,19 @@ class ConnectionManager:
         return any(s.state is not LinkState.CONNECTED for s in self.supervisors.values())
 
     async def run(self) -> None:
-        """The scanner and every supervisor; restartable: a restart after a crash starts the
+        """Every radio and every supervisor; restartable: a restart after a crash starts the
         supervisors it already had again, with the state they kept."""
         try:
-            async with asyncio.TaskGroup() as group:
+            async with contextlib.AsyncExitStack() as stack:
+                if self.stack is not None:
+                    await stack.enter_async_context(self.stack.running())
+                group = await stack.enter_async_context(asyncio.TaskGroup())
                 self._group = group
-                group.create_task(self.scanner.run(), name="scanner")
+                for radio in self.radios.radios.values():
+                    # A radio's loop ending in a bug costs that radio a restart, never the
+                    # others (issue 19: every other radio keeps serving).
+                    group.create_task(self.supervision.guard(f"radio {radio.name}", radio.run),
+                                      name=f"radio {radio.name}")
                 for record in self.registry.all():
                     self.add(record)
                 for supervisor in self.supervisors.values():

@@ -16,10 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-
-class RadioKind(StrEnum):
-    ADAPTER = "adapter"  # one of the hub's own adapters
-    PROXY = "proxy"  # an ESPHome Bluetooth proxy
+from gateway.ops.health import RadioKind
 
 
 class PathReason(StrEnum):
@@ -49,8 +46,10 @@ LAST_SLOT_PENALTY_DB = 5.0
 # Each recent failure through a radio to this controller; halves every FAILURE_HALF_LIFE_S.
 FAILURE_PENALTY_DB = 20.0
 FAILURE_HALF_LIFE_S = 600.0
-# Failures (decayed) through its own radio at which a controller is moved off it at once.
-FAILOVER_AFTER = 1.0
+# Failures (decayed) through its own radio at which a controller is moved off it at once:
+# one failure within the last half-life (a weight of 1 decays from the moment it is recorded,
+# so a threshold of 1 would never be reached by a single failure read a moment later).
+FAILOVER_AFTER = 0.5
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,15 @@ from bleak.backends.device import BLEDevice
 
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.gatt import uuids
-from firmware_bridge.link.gatt_link import BleakGattLink
+from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
 from firmware_bridge.link.outcome import CommandOutcome
 from firmware_bridge.link.session import ControllerSession
 from gateway import bluez
 from gateway.config import GatewayConfig, OtaPolicy
 from gateway.errors import GatewayError, PairingError
 from gateway.link.failures import classify
+from gateway.link.radios.base import Radio
+from gateway.ops.health import RadioKind
 from gateway.ops.models import CommandResult, DeviceEntry, LinkState, ValveClose, ValveOpen
 from gateway.store.registry import Registry, normalise_address
 
@@ -53,12 +55,13 @@ def device_entry(registry: Registry, config: GatewayConfig, address: str,
 
 async def pair_on_radio(config: GatewayConfig, registry: Registry, address: str,
                         passkey: int | None, device: BLEDevice | None = None, *,
-                        board: str | None = None,
-                        ota_policy: OtaPolicy | None = None) -> DeviceEntry:
+                        board: str | None = None, ota_policy: OtaPolicy | None = None,
+                        adapter: str | None = None, pin: str | None = None) -> DeviceEntry:
     """Bond with the controller inside a bounded pairing window, prove encrypted access by
-    reading System Status (device-ble.md 3.1), record it."""
+    reading System Status (device-ble.md 3.1), record it. ``adapter``: one of the hub's own
+    (default the first); ``pin``: the radio a person chose to serve it (awgw pair --radio)."""
     address = normalise_address(address)
-    adapter = config.link.adapter
+    adapter = adapter or config.link.adapter
     try:
         async with asyncio.timeout(config.pairing_window_s), bluez.pairing_window(
                 adapter, address, passkey, config.pairing_window_s):
@@ -66,11 +69,7 @@ async def pair_on_radio(config: GatewayConfig, registry: Registry, address: str,
                                                timeout_s=config.link.connect_timeout_s)
             try:
                 await link.pair()
-                await link.read(uuids.SYSTEM_STATUS)
-                firmware = (await link.read(uuids.DIS_FIRMWARE_REVISION)).decode(
-                    "utf-8", "replace")
-                serial = ((await link.read(uuids.DIS_SERIAL_NUMBER)).decode("utf-8", "replace")
-                          if link.has(uuids.DIS_SERIAL_NUMBER) else None)
+                firmware, serial = await identify(link)
             finally:
                 await link.disconnect()
     except TimeoutError:
@@ -80,9 +79,65 @@ async def pair_on_radio(config: GatewayConfig, registry: Registry, address: str,
         failure = classify(exc)
         raise PairingError(f"pairing {address} failed ({failure.kind.value}): {exc}") from exc
     registry.add(address, name=uuids.ADVERTISED_NAME, bonded=True, serial=serial,
-                 firmware_version=firmware, board=board, ota_policy=ota_policy)
-    log.info("controller_paired", address=address, firmware_version=firmware)
+                 firmware_version=firmware, board=board, ota_policy=ota_policy, radio=pin,
+                 passkey=passkey is not None)
+    log.info("controller_paired", address=address, firmware_version=firmware, radio=pin)
     return device_entry(registry, config, address)
+
+
+async def pair_through_proxy(config: GatewayConfig, registry: Registry, radio: Radio,
+                             address: str, *, board: str | None = None,
+                             ota_policy: OtaPolicy | None = None) -> DeviceEntry:
+    """Through a proxy the ESP32 holds the bond: it answers the controller's security request
+    itself (Just Works) on the first connect. Pairing proves access by reading through it, and
+    pins the controller to it."""
+    address = normalise_address(address)
+    if radio.heard(address) is None:
+        why = radio.reason or "out of its range, or connected to another central"
+        raise PairingError(f"proxy {radio.name} does not hear {address} ({why}): move the "
+                           f"proxy closer, or pin another radio")
+    try:
+        link = await radio.connect(address, config.link.connect_timeout_s, lambda: None)
+        try:
+            firmware, serial = await identify(link)
+        finally:
+            await link.disconnect()
+    except BridgeError as exc:
+        raise PairingError(f"pairing {address} through proxy {radio.name} failed "
+                           f"({classify(exc).kind.value}): {exc}") from exc
+    registry.add(address, name=uuids.ADVERTISED_NAME, bonded=False, serial=serial,
+                 firmware_version=firmware, board=board, ota_policy=ota_policy, radio=radio.name)
+    log.info("controller_paired", address=address, firmware_version=firmware, radio=radio.name)
+    return device_entry(registry, config, address)
+
+
+def pin_kind(config: GatewayConfig, radio: str | None, passkey: int | None) -> RadioKind | None:
+    """What kind of radio a pair request pins to (None: no pin), or a typed refusal."""
+    if radio is None:
+        return None
+    adapters = [a.name for a in config.link.local_adapters]
+    proxies = [p.name for p in config.radios.esphome]
+    if radio in adapters:
+        return RadioKind.ADAPTER
+    if radio not in proxies:
+        raise PairingError(f"no radio is named {radio!r} (radios: "
+                           f"{', '.join(adapters + proxies)}); add it to [link] adapters or "
+                           f"[[radios.esphome]] in the config, or pick one of those")
+    if passkey is not None:
+        raise PairingError(f"a passkey controller can only be served by the hub's own "
+                           f"adapters (the proxy API has no passkey entry): pin it to one of "
+                           f"{', '.join(adapters)}")
+    return RadioKind.PROXY
+
+
+async def identify(link: GattLink) -> tuple[str, str | None]:
+    """Read System Status (encrypted: proves the bond works on this link), then the firmware
+    revision and serial number."""
+    await link.read(uuids.SYSTEM_STATUS)
+    firmware = (await link.read(uuids.DIS_FIRMWARE_REVISION)).decode("utf-8", "replace")
+    serial = ((await link.read(uuids.DIS_SERIAL_NUMBER)).decode("utf-8", "replace")
+              if link.has(uuids.DIS_SERIAL_NUMBER) else None)
+    return firmware, serial
 
 
 async def repair_on_radio(config: GatewayConfig, registry: Registry, address: str) -> None:

@@ -18,6 +18,8 @@ from enum import IntEnum
 
 import structlog
 
+from gateway.errors import GatewayError
+
 log = structlog.get_logger(__name__)
 
 
@@ -33,6 +35,11 @@ class Lease:
     kept: bool
     granted_at: float
     preempted: asyncio.Event = field(default_factory=asyncio.Event)
+    radio: str | None = None  # which radio's slot (gateway/link/radios/)
+
+
+class SlotsClosed(GatewayError):
+    """The radio went away while a lease waited for one of its slots: choose another."""
 
 
 class ScanGate:
@@ -78,19 +85,44 @@ class SlotScheduler:
         self._waiters: list[tuple[int, int, asyncio.Future[None], Lease]] = []
         self._order = itertools.count()
         self._connect_lock = asyncio.Lock()
+        self._closed: str | None = None
 
     @asynccontextmanager
     async def slot(self, address: str, priority: Priority, *, kept: bool) -> AsyncIterator[Lease]:
-        lease = await self._acquire(Lease(address, priority, kept, 0.0))
+        lease = await self.acquire(Lease(address, priority, kept, 0.0))
         try:
             yield lease
         finally:
-            if lease in self.leases:
-                self.leases.remove(lease)
-            self._grant_next()
+            self.release(lease)
+
+    def release(self, lease: Lease) -> None:
+        if lease in self.leases:
+            self.leases.remove(lease)
+        self._grant_next()
+
+    def resize(self, max_links: int) -> None:
+        """The radio's capacity changed (a proxy's free count, others' links on it); a shrink
+        takes no lease back, it only grants none until enough end."""
+        self._closed = None
+        self.max_links = max(0, max_links)
+        self._grant_next()
+
+    def close(self, reason: str) -> None:
+        """The radio is gone: nothing more is granted, and every waiter is told to look
+        elsewhere. Leases held stay until their links end (which the radio's loss causes)."""
+        self._closed = reason
+        self.max_links = 0
+        for _, _, future, _ in self._waiters:
+            if not future.done():
+                future.set_exception(SlotsClosed(reason))
+        self._waiters.clear()
+
+    @property
+    def free(self) -> int:
+        return max(0, self.max_links - len(self.leases))
 
     @asynccontextmanager
-    async def connect_turn(self) -> AsyncIterator[None]:
+    async def connect_turn(self, lease: Lease | None = None) -> AsyncIterator[None]:
         """Connects are serialised and scanning pauses for each: BlueZ handles one LE connect
         at a time and many controllers drop connects while the radio scans."""
         async with self._connect_lock, self.scan_gate.paused():
@@ -105,7 +137,9 @@ class SlotScheduler:
     def waiting(self) -> int:
         return sum(1 for _, _, f, _ in self._waiters if not f.done())
 
-    async def _acquire(self, lease: Lease) -> Lease:
+    async def acquire(self, lease: Lease) -> Lease:
+        if self._closed is not None:
+            raise SlotsClosed(self._closed)
         loop = asyncio.get_running_loop()
         if len(self.leases) < self.max_links and not self.waiting:
             lease.granted_at = loop.time()

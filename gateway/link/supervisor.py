@@ -23,6 +23,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -39,7 +40,7 @@ from gateway.errors import CommandFailed, ControllerBusy, PairingError
 from gateway.link.decision import URGENT_RETRY_S, Action, Memory, decide
 from gateway.link.events import first_of
 from gateway.link.failures import Failure, FailureClass, classify
-from gateway.link.scheduler import Lease, Priority, SlotScheduler
+from gateway.link.scheduler import Lease, Priority
 from gateway.ops.models import LinkState
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
@@ -49,6 +50,19 @@ log = structlog.get_logger(__name__)
 Connector = Callable[[str, float, Callable[[], None]], Awaitable[GattLink]]
 Repairer = Callable[[str], Awaitable[None]]
 CommandFn = Callable[[ControllerSession], Awaitable[CommandOutcome]]
+
+
+class Slots(Protocol):
+    """Where a visit waits for radio time: one radio's ``SlotScheduler``, or the ``RadioSet``
+    that picks the radio per visit."""
+
+    def slot(self, address: str, priority: Priority, *,
+             kept: bool) -> contextlib.AbstractAsyncContextManager[Lease]: ...
+
+    def connect_turn(self, lease: Lease | None = None
+                     ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+    def demote(self, lease: Lease) -> None: ...
 
 # A command waits for a slot, a connect and the controller's confirmation: connect timeout
 # (15 s) + bring-up (~2 s) + confirmation (10 s) + a queue of one other visit.
@@ -79,7 +93,7 @@ class _Command:
 
 class Supervisor:
     def __init__(self, address: str, *, settings: LinkSettings, policy: LinkPolicy,
-                 scheduler: SlotScheduler, store: StateStore, registry: Registry,
+                 scheduler: Slots, store: StateStore, registry: Registry,
                  connector: Connector, repairer: Repairer | None = None,
                  clock: Clock | None = None, session_clock: SessionClock | None = None,
                  rng: random.Random | None = None) -> None:
@@ -282,7 +296,7 @@ class Supervisor:
             self._link_lost = asyncio.Event()
             self._link_free.clear()
             try:
-                async with self.scheduler.connect_turn():
+                async with self.scheduler.connect_turn(lease):
                     link = await self.connector(self.address, self.settings.connect_timeout_s,
                                                 self._link_lost.set)
                 self.connects += 1

@@ -86,6 +86,27 @@ class RadioHealth(_Model):
     reason: str | None  # why it is not ok: "adapter hci0 is missing", "supervisor stuck", ...
 
 
+class RadioKind(StrEnum):
+    ADAPTER = "adapter"  # one of the hub's own adapters
+    PROXY = "proxy"  # an ESPHome Bluetooth proxy
+
+
+class RadioStatus(_Model):
+    """One radio of the gateway (an adapter or a proxy) as `awgw status` and the metrics
+    show it."""
+
+    name: str
+    kind: RadioKind
+    up: bool
+    reason: str | None = None  # why it is down, with the remedy
+    slots_used: int
+    slots_limit: int
+    heard: int  # paired controllers it heard in the last minute
+    served: int  # paired controllers whose last connect went through it
+    # A proxy's host, ESPHome version, API version and encryption.
+    detail: dict[str, str] = {}
+
+
 class UpdateInProgress(_Model):
     address: str
     phase: str
@@ -124,6 +145,8 @@ class HubStatus(_Model):
     uptime_s: float
     ready: bool
     radio: RadioHealth
+    # Every radio: the hub's adapters, then the ESPHome proxies.
+    radios: list[RadioStatus] = []
     links: int
     max_links: int
     controllers: int
@@ -147,6 +170,9 @@ class HubStatus(_Model):
                  f"{self.fresh} fresh, {self.stale} stale of {self.controllers}"]
         if not self.radio.ok:
             bits.append(f"radio: {self.radio.reason}")
+        for radio in self.radios[1:]:  # the first is the adapter of `radio` above
+            if not radio.up:
+                bits.append(f"radio {radio.name} down")
         bits.append(f"cloud {self.cloud.state}" + (
             f" (outbox {self.cloud.outbox_depth})" if self.cloud.outbox_depth else ""))
         bits.append(f"mqtt {self.mqtt.state}" + (

@@ -84,6 +84,9 @@ class Pair(_Model):
     # The controller's board, as releases name it (cloud-api.md 1); default arduino_nano_33_ble.
     board: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")] | None = None
     ota_policy: OtaPolicy | None = None
+    # Pin it to this radio (an adapter or an ESPHome proxy named in the config); kept across
+    # restarts. None: the gateway chooses per connect.
+    radio: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")] | None = None
 
 
 class Unpair(_Model):
@@ -311,6 +314,10 @@ class ControllerState(_Model):
     task_queue: QueueView | None
     environment: EnvironmentView | None = None
     rain: RainView | None = None
+    # The radio that serves it (its link's, or its last connect's), and the RSSI each radio
+    # heard in the last minute, by radio name.
+    radio: str | None = None
+    rssi: dict[str, int] = {}
 
     def watering(self) -> str | None:
         """Why this controller must not be disturbed by an update, or None when it is idle."""

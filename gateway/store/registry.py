@@ -24,11 +24,14 @@ CREATE TABLE IF NOT EXISTS controllers (
     paired_at REAL NOT NULL,
     last_seen REAL,
     board TEXT,
-    ota_policy TEXT
+    ota_policy TEXT,
+    radio TEXT,
+    passkey INTEGER NOT NULL DEFAULT 0
 );
 """
 # Columns added after the first release: (name, declaration) for ALTER TABLE on older files.
-MIGRATIONS = (("board", "TEXT"), ("ota_policy", "TEXT"))
+MIGRATIONS = (("board", "TEXT"), ("ota_policy", "TEXT"), ("radio", "TEXT"),
+              ("passkey", "INTEGER NOT NULL DEFAULT 0"))
 # cloud-api.md 1: the board every release and controller has unless told otherwise.
 DEFAULT_BOARD = "arduino_nano_33_ble"
 
@@ -45,6 +48,9 @@ class ControllerRecord:
     last_seen: float | None
     board: str = DEFAULT_BOARD
     ota_policy: OtaPolicy | None = None  # None: the configured [cloud] ota_policy
+    radio: str | None = None  # pinned by a person (awgw pair --radio); None: chosen per connect
+    # Bonded with a passkey: only the hub's own adapters can serve it (gateway/link/paths.py).
+    passkey: bool = False
 
 
 def normalise_address(address: str) -> str:
@@ -85,19 +91,25 @@ class Registry:
 
     def add(self, address: str, *, name: str, bonded: bool, serial: str | None = None,
             firmware_version: str | None = None, policy: LinkPolicy | None = None,
-            board: str | None = None, ota_policy: OtaPolicy | None = None) -> None:
+            board: str | None = None, ota_policy: OtaPolicy | None = None,
+            radio: str | None = None, passkey: bool = False) -> None:
+        """Add or re-pair; a re-pair sets the pin and the passkey flag afresh (a pair without
+        --radio unpins)."""
         with self._db() as db:
             db.execute(
                 "INSERT INTO controllers (address, name, serial, bonded, firmware_version, "
-                "policy, paired_at, last_seen, board, ota_policy) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?) ON CONFLICT(address) DO UPDATE SET name=excluded.name, "
+                "policy, paired_at, last_seen, board, ota_policy, radio, passkey) VALUES (?, ?, "
+                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(address) DO UPDATE SET "
+                "name=excluded.name, "
                 "bonded=excluded.bonded, serial=COALESCE(excluded.serial, serial), "
                 "firmware_version=COALESCE(excluded.firmware_version, firmware_version), "
                 "policy=COALESCE(excluded.policy, policy), board=COALESCE(excluded.board, "
-                "board), ota_policy=COALESCE(excluded.ota_policy, ota_policy)",
+                "board), ota_policy=COALESCE(excluded.ota_policy, ota_policy), "
+                "radio=excluded.radio, passkey=excluded.passkey",
                 (normalise_address(address), name, serial, int(bonded), firmware_version,
                  policy.value if policy else None, time.time(), time.time(),
-                 board.lower() if board else None, ota_policy.value if ota_policy else None))
+                 board.lower() if board else None, ota_policy.value if ota_policy else None,
+                 radio, int(passkey)))
 
     def remove(self, address: str) -> None:
         with self._db() as db:
@@ -114,6 +126,12 @@ class Registry:
             raise UnknownController(f"{address} is not a paired controller "
                                     f"(pair it first: awgw pair {address})")
         return _record(row)
+
+    def find(self, address: str) -> ControllerRecord | None:
+        try:
+            return self.get(address)
+        except UnknownController:
+            return None
 
     def all(self) -> list[ControllerRecord]:
         with self._db() as db:
@@ -138,15 +156,17 @@ class Registry:
 
 
 COLUMNS = ("address, name, serial, bonded, firmware_version, policy, paired_at, last_seen, "
-           "board, ota_policy")
+           "board, ota_policy, radio, passkey")
 
 
 def _record(row: tuple[object, ...]) -> ControllerRecord:
-    address, name, serial, bonded, firmware, policy, paired_at, last_seen, board, ota = row
+    (address, name, serial, bonded, firmware, policy, paired_at, last_seen, board, ota, radio,
+     passkey) = row
     return ControllerRecord(
         str(address), str(name), None if serial is None else str(serial), bool(bonded),
         None if firmware is None else str(firmware),
         None if policy is None else LinkPolicy(str(policy)), float(paired_at),  # type: ignore[arg-type]
         None if last_seen is None else float(last_seen),  # type: ignore[arg-type]
         str(board) if board else DEFAULT_BOARD,
-        None if ota is None else OtaPolicy(str(ota)))
+        None if ota is None else OtaPolicy(str(ota)), None if radio is None else str(radio),
+        bool(passkey))

@@ -131,6 +131,14 @@ class BleakLink:
         # handle -> its characteristic's handle.
         self._cccds: dict[int, int] = {}
         self._notifying: set[int] = set()
+        self._mapped = False
+
+    async def _map(self) -> None:
+        """A client that cached the table from an earlier link (bleak-esphome does, per
+        device) writes CCCDs without asking for services on this one: the table a real
+        device has is there all the same."""
+        if not self._mapped:
+            await self.services()
 
     async def services(self) -> list[Service]:
         """The device's table as an ESP32 reads it over the air, so with a CCCD under every
@@ -157,6 +165,7 @@ class BleakLink:
                                             sum(PROPERTY_BITS.get(p, 0) for p in char.properties),
                                             tuple(descriptors)))
             found.append(Service(service.uuid, service.handle, tuple(chars)))
+        self._mapped = True
         return found
 
     async def read(self, handle: int) -> bytes:
@@ -172,6 +181,7 @@ class BleakLink:
             raise RadioError(f"write {handle}: {exc}", GATT_ERROR) from exc
 
     async def read_descriptor(self, handle: int) -> bytes:
+        await self._map()
         if handle in self._cccds:
             return b"\x01\x00" if self._cccds[handle] in self._notifying else b"\x00\x00"
         try:
@@ -180,6 +190,7 @@ class BleakLink:
             raise RadioError(f"read descriptor {handle}: {exc}", GATT_ERROR) from exc
 
     async def write_descriptor(self, handle: int, data: bytes) -> None:
+        await self._map()
         descriptor = self.client.services.get_descriptor(handle)
         if handle in self._cccds or (descriptor is not None
                                      and descriptor.uuid.startswith(CCCD_PREFIX)):

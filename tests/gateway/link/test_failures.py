@@ -18,6 +18,7 @@ from firmware_bridge.errors import (
 )
 from gateway.errors import OutboxError, RegistryError
 from gateway.link.failures import POLICIES, FailureClass, RetryPolicy, classify
+from gateway.link.radios.base import NoPath
 
 
 @pytest.mark.parametrize(("exc", "kind"), [
@@ -77,3 +78,8 @@ def test_backoff_grows_to_its_cap_with_bounded_jitter() -> None:
     assert 0.8 <= delays[0] <= 1.2
     assert all(d <= 30.0 * 1.2 for d in delays)
     assert delays[-1] >= 30.0 * 0.8
+
+
+def test_no_radio_hearing_a_controller_is_not_found_never_a_bug() -> None:
+    failure = classify(NoPath("C0:FF:EE:00:00:01: not_heard"))
+    assert failure.kind is FailureClass.NOT_FOUND and failure.policy.retry

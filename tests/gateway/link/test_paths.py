@@ -13,11 +13,11 @@ from gateway.link.paths import (
     Constraints,
     PathMemory,
     PathReason,
-    RadioKind,
     RadioView,
     Sighting,
     choose,
 )
+from gateway.ops.health import RadioKind
 
 NOW = 1_000_000.0
 HUB = RadioView("hci0", RadioKind.ADAPTER, up=True, free=2, limit=3)

@@ -1,0 +1,311 @@
+"""An ESPHome Bluetooth proxy as a radio: its native-API connection (kept, and made again with
+backoff), bleak-esphome's scanner registered with habluetooth's manager, its slots as the proxy
+reports them, and connects through bleak-esphome's client on the device that proxy heard.
+
+The path is the gateway's choice (``paths.choose``), not habluetooth's: its client wrapper
+picks the best-scoring scanner itself, so the client is built here for this proxy's
+connector."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import bleak_esphome
+import structlog
+from aioesphomeapi.client import APIClient
+from aioesphomeapi.core import (
+    APIConnectionError,
+    EncryptionPlaintextAPIError,
+    InvalidAuthAPIError,
+    InvalidEncryptionKeyAPIError,
+    RequiresEncryptionAPIError,
+)
+from aioesphomeapi.model import BluetoothProxyFeature
+from bleak import BleakClient
+from bleak.backends.device import BLEDevice
+from bleak.exc import BleakDeviceNotFoundError, BleakError
+from bleak_esphome.backend.client import ESPHomeClientData
+from bleak_retry_connector import (
+    BleakNotFoundError,
+    BleakOutOfConnectionSlotsError,
+    establish_connection,
+)
+from bleak_retry_connector.bluez import Allocations
+from bluetooth_data_tools import monotonic_time_coarse
+from habluetooth import BaseHaRemoteScanner, BluetoothManager
+
+from firmware_bridge.errors import PeerNotFound
+from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
+from firmware_bridge.smp.ble import BleSmpTransport
+from gateway.backoff import full_jitter
+from gateway.clock import Clock
+from gateway.config import EsphomeProxySettings
+from gateway.link.paths import Sighting
+from gateway.link.radios.base import RadioRefused
+from gateway.link.radios.keys import credential_name, read_key
+from gateway.link.scheduler import ScanGate, SlotScheduler
+from gateway.ops.health import RadioKind
+
+log = structlog.get_logger(__name__)
+
+# The API's own ping interval: aioesphomeapi calls a proxy dead after 4.5 of these without an
+# answer. At 2 s a proxy that loses power is known dead within 9 s, which leaves the failover
+# goal (15 s) room for the link-lost backoff (1 s) and a connect through another radio.
+KEEPALIVE_S = 2.0
+# Connect, Noise handshake, hello and device info over a home LAN: well under a second; 10 s
+# covers a proxy busy with a BLE connect and a congested Wi-Fi.
+API_CONNECT_TIMEOUT_S = 10.0
+# Reconnects to a proxy that is away: soon after a blip, then no more than every 2 minutes.
+RECONNECT_FIRST_S = 2.0
+RECONNECT_CAP_S = 120.0
+# ESP-IDF's Bluedroid holds at most 9 LE links (CONFIG_BT_ACL_CONNECTIONS); a report beyond
+# that, or more free than the limit, is not a real proxy's.
+MAX_PROXY_SLOTS = 9
+
+
+class EsphomeRadio:
+    kind = RadioKind.PROXY
+
+    def __init__(self, settings: EsphomeProxySettings, manager: Callable[[], BluetoothManager],
+                 clock: Clock, on_seen: Callable[[str], None] | None = None) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.clock = clock
+        self._manager = manager
+        self.on_seen = on_seen
+        # A proxy scans while it connects (the ESP32 arbitrates its own radio): no gate.
+        self.scheduler = SlotScheduler(0, ScanGate())
+        self.scheduler.close(f"proxy {self.name} is not connected yet")
+        self._reason: str | None = f"proxy {self.name} is not connected yet"
+        self._refused: RadioRefused | None = None
+        self._scanner: BaseHaRemoteScanner | None = None
+        self._client_class: type[BleakClient] | None = None
+        self._connected = False
+        self._info: dict[str, str] = {"host": f"{settings.host}:{settings.port}"}
+        self.limit = 0
+        self._failures = 0
+        self._lists_links = False
+
+    # ---- what the set reads ------------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self._connected and self._refused is None
+
+    @property
+    def reason(self) -> str | None:
+        if self._refused is not None:
+            return f"{self._refused} (remedy: {self._refused.remedy})"
+        return None if self._connected else self._reason
+
+    def heard(self, address: str) -> Sighting | None:
+        scanner = self._scanner
+        if scanner is None or not self._connected:
+            return None
+        found = scanner.get_discovered_device_advertisement_data(address)
+        if found is None:
+            return None
+        at = scanner.discovered_device_timestamps.get(address)
+        age = monotonic_time_coarse() - at if at is not None else 0.0
+        return Sighting(found[1].rssi, age)
+
+    def detail(self) -> Mapping[str, str]:
+        return dict(self._info)
+
+    # ---- connects ----------------------------------------------------------------------------
+
+    def _device(self, address: str) -> tuple[BLEDevice, type[BleakClient]]:
+        scanner, client_class = self._scanner, self._client_class
+        if not self.up or scanner is None or client_class is None:
+            raise PeerNotFound(f"proxy {self.name} is down ({self.reason})")
+        found = scanner.get_discovered_device_advertisement_data(address)
+        if found is None:
+            raise PeerNotFound(f"proxy {self.name} has not heard {address}")
+        return found[0], client_class
+
+    async def release_orphan(self, address: str) -> bool:
+        return False  # the proxy drops its links when its API connection ends
+
+    def smp_transport(self, address: str) -> BleSmpTransport:
+        device, client_class = self._device(address)
+
+        def client(lost: Callable[[BleakClient], None], timeout_s: float) -> BleakClient:
+            return client_class(device, lost, timeout=timeout_s)
+
+        return BleSmpTransport(device, adapter=self.name, client_factory=client)
+
+    async def connect(self, address: str, timeout_s: float,
+                      on_disconnect: Callable[[], None]) -> GattLink:
+        device, client_class = self._device(address)
+
+        async def opener(disconnected: Callable[[BleakClient], None]) -> BleakClient:
+            try:
+                # One attempt: retries are the supervisor's (its failure table and the path
+                # choice, which may send the next attempt through another radio).
+                return await establish_connection(
+                    client_class, device, address, disconnected_callback=disconnected,
+                    max_attempts=1, timeout=timeout_s)
+            except BleakOutOfConnectionSlotsError as exc:
+                raise BleakError(f"no resources: proxy {self.name} has no free slot") from exc
+            except BleakNotFoundError as exc:
+                raise BleakDeviceNotFoundError(address, f"proxy {self.name}: {exc}") from exc
+
+        return await BleakGattLink.connect(device, adapter=self.name, timeout_s=timeout_s,
+                                           on_disconnect=on_disconnect, opener=opener)
+
+    # ---- the API connection ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._session(read_key(self.settings))
+                self._failures = 0  # it was up and went away: soon again (blips are short)
+            except RadioRefused as exc:
+                self._refuse(exc)
+            except (APIConnectionError, OSError, TimeoutError) as exc:
+                self._refuse(self._translate(exc))
+            await self.clock.sleep(max(0.5, full_jitter(random.random, self._failures,
+                                                        RECONNECT_FIRST_S, RECONNECT_CAP_S)))
+            self._failures += 1
+
+    def _refuse(self, exc: RadioRefused) -> None:
+        text = str(exc)
+        if text != self._reason:  # once per distinct reason, not once per retry
+            log.error("radio_refused", radio=self.name, error=text, remedy=exc.remedy)
+        self._reason = text
+        self._connected = False
+
+    def _translate(self, exc: BaseException) -> RadioRefused:
+        where = f"{self.settings.host}:{self.settings.port}"
+        credential = credential_name(self.settings)
+        if isinstance(exc, InvalidEncryptionKeyAPIError):
+            return RadioRefused(f"proxy {self.name} at {where} refused the key",
+                                f"put the proxy's `api: encryption: key:` in the credential "
+                                f"{credential} (or key_file)")
+        if isinstance(exc, RequiresEncryptionAPIError):
+            return RadioRefused(f"proxy {self.name} at {where} requires encryption and no key "
+                                f"is configured", f"put its key in the credential {credential} "
+                                "(or key_file)")
+        if isinstance(exc, EncryptionPlaintextAPIError):
+            return RadioRefused(f"proxy {self.name} at {where} has no encryption but a key is "
+                                "configured", "remove the key, or add `api: encryption:` to "
+                                "the proxy's YAML")
+        if isinstance(exc, InvalidAuthAPIError):
+            return RadioRefused(f"proxy {self.name} at {where} asks for an API password",
+                                "use an encryption key instead of the deprecated password")
+        return RadioRefused(f"proxy {self.name} at {where} is unreachable: "
+                            f"{type(exc).__name__}: {exc}",
+                            "check the proxy is powered and on the network, and its host and "
+                            "port in [[radios.esphome]]")
+
+    async def _session(self, key: str | None) -> None:
+        api = APIClient(self.settings.host, self.settings.port, None, noise_psk=key,
+                        client_info="awgw", keepalive=KEEPALIVE_S)
+        stopped = asyncio.Event()
+
+        async def on_stop(expected_disconnect: bool) -> None:
+            stopped.set()
+
+        data: ESPHomeClientData | None = None
+        undo: list[Callable[[], None]] = []
+        try:
+            async with asyncio.timeout(API_CONNECT_TIMEOUT_S):
+                await api.connect(on_stop=on_stop, login=True)
+                info = await api.device_info()
+            version = api.api_version
+            flags = info.bluetooth_proxy_feature_flags_compat(version) if version else 0
+            if not flags & BluetoothProxyFeature.ACTIVE_CONNECTIONS:
+                raise RadioRefused(f"proxy {self.name} ({info.name}) cannot connect to devices",
+                                   "set `bluetooth_proxy: active: true` in its ESPHome YAML")
+            data = bleak_esphome.connect_scanner(api, info, True)
+            scanner = data.scanner
+            if scanner is None:
+                raise RadioRefused(f"proxy {self.name}: bleak-esphome made no scanner for it",
+                                   "report this: the proxy's device info is unusual")
+            forward = self._manager().async_on_allocation_changed
+
+            def slots(allocations: Allocations) -> None:
+                self._slots(allocations)
+                forward(allocations)
+
+            data.bluetooth_device.async_subscribe_connection_slots(slots)
+            undo.append(scanner.async_setup())
+            undo.append(self._manager().async_register_scanner(scanner))
+            self._scanner = scanner
+            self._client_class = _client_class(scanner)
+            self._info.update(name=info.name, esphome=info.esphome_version,
+                              api=f"{version.major}.{version.minor}" if version else "?",
+                              encryption="noise" if key else "none")
+            self._connected = True
+            self._refused = None
+            self._reason = None
+            log.info("radio_up", radio=self.name, kind=self.kind.value, **self._info)
+            await stopped.wait()
+            log.warning("radio_down", radio=self.name, kind=self.kind.value,
+                        reason="the proxy's API connection ended")
+        finally:
+            self._connected = False
+            self._scanner = None
+            self._client_class = None
+            self._reason = self._reason or f"proxy {self.name} disconnected"
+            self.scheduler.close(f"proxy {self.name} disconnected")
+            if data is not None:
+                # Its links are gone with it: fail them now (bleak-esphome's clients listen
+                # here), and let slot waiters look elsewhere.
+                data.bluetooth_device.async_set_unavailable()
+                for callback in list(data.disconnect_callbacks):
+                    callback()
+            for step in reversed(undo):
+                step()
+            await api.disconnect(force=True)
+
+    def _slots(self, allocations: Allocations) -> None:
+        limit, free, allocated = allocations.slots, allocations.free, allocations.allocated
+        if not (0 <= free <= limit <= MAX_PROXY_SLOTS) or len(allocated) + free > limit:
+            refused = RadioRefused(
+                f"proxy {self.name} reports impossible slot counts (free {free} of {limit}, "
+                f"{len(allocated)} allocated)", "update ESPHome on the proxy, or restart it")
+            if self._refused is None or str(self._refused) != str(refused):
+                log.error("radio_refused", radio=self.name, error=str(refused),
+                          remedy=refused.remedy)
+            self._refused = refused
+            self.scheduler.close(str(refused))
+            return
+        self._refused = None
+        self.limit = limit
+        # Slots in use that are not ours: the phone, another Home Assistant. Ours are those
+        # of our leases the proxy lists (a lease still connecting holds no slot there yet).
+        # A proxy that never lists its links (ESPHome before the allocated list) is taken to
+        # hold all of ours.
+        self._lists_links = self._lists_links or bool(allocated)
+        leased = {lease.address.upper() for lease in self.scheduler.leases}
+        ours = (sum(1 for a in allocated if a.upper() in leased) if self._lists_links
+                else len(leased))
+        foreign = max(0, limit - free - ours)
+        cap = min(limit, self.settings.slots or limit)
+        self.scheduler.resize(min(cap, limit - foreign))
+
+
+def _client_class(scanner: BaseHaRemoteScanner) -> type[BleakClient]:
+    """A BleakClient whose backend is this proxy's bleak-esphome client (bleak names a backend
+    by its ``__name__``, which the connector's partial lacks)."""
+    connector = scanner.connector
+    if connector is None:
+        raise RadioRefused(f"scanner {scanner.name} has no connector",
+                           "report this: the proxy's device info is unusual")
+    make = connector.client
+
+    def esphome_backend(*args: Any, **kwargs: Any) -> Any:
+        return make(*args, **kwargs)
+
+    backend = cast(Any, esphome_backend)
+
+    class ProxyClient(BleakClient):
+        def __init__(self, device: BLEDevice, disconnected_callback: Any = None,
+                     services: Any = None, **kwargs: Any) -> None:
+            super().__init__(device, disconnected_callback, services, backend=backend, **kwargs)
+
+    return ProxyClient

@@ -1,0 +1,231 @@
+"""The gateway's radios as one: each connect goes through the radio ``paths.choose`` picks, on
+that radio's slots and connect turn; what happens through each radio is remembered per
+controller (``PathMemory``) so the next choice can move it, keep it, or fail it over.
+
+The share policy, priorities and pre-emption are each radio's ``SlotScheduler``'s: a visit
+waits for a slot of the radio chosen for it, and an urgent one pre-empts background links on
+that radio only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+
+import structlog
+
+from firmware_bridge.link.gatt_link import GattLink
+from gateway.clock import Clock
+from gateway.link.paths import (
+    Constraints,
+    PathChoice,
+    PathMemory,
+    PathReason,
+    RadioView,
+    Sighting,
+    choose,
+)
+from gateway.link.radios.base import NoPath, Radio, RadioReport
+from gateway.link.scheduler import Lease, Priority, SlotsClosed
+from gateway.ops.health import RadioKind
+from gateway.store.registry import Registry
+
+log = structlog.get_logger(__name__)
+
+# At start, first choices wait for every radio to be up and to have heard a round of adverts
+# (a controller advertises about once a second; an ESP32 proxy batches adverts every 100 ms):
+# a first choice made before the proxies connected would put their controllers on a worse
+# radio, and there they would stay (paths.STAY_S). Bounded, as a proxy may be away.
+START_LISTEN_S = 3.0
+START_GRACE_S = 10.0
+# A radio that closed its slots as a visit was about to wait on them (it went down between
+# the choice and the wait): look again after this, so a flapping radio cannot make us spin.
+RECHOOSE_S = 0.5
+
+
+class RadioSet:
+    def __init__(self, radios: Sequence[Radio], registry: Registry, clock: Clock, *,
+                 listen_s: float = START_LISTEN_S, grace_s: float = START_GRACE_S) -> None:
+        if not radios or radios[0].kind is not RadioKind.ADAPTER:
+            raise ValueError("the first radio is the hub's own adapter (pairing happens there)")
+        self.radios: dict[str, Radio] = {r.name: r for r in radios}
+        self.local = radios[0]
+        self.registry = registry
+        self.clock = clock
+        self.memory: dict[str, PathMemory] = {}
+        self.routes: dict[str, str] = {}  # address -> the radio of its lease now
+        self.last_choice: dict[str, PathChoice] = {}
+        self.connecting: collections.Counter[str] = collections.Counter()
+        self._update_locks: dict[str, asyncio.Lock] = {}
+        self._listen_s, self._grace_s = listen_s, grace_s
+        self._started_at: float | None = None
+        self._listened = asyncio.Event()
+        if len(self.radios) == 1:
+            self._listened.set()  # one radio: nothing to compare
+
+    # ---- the choice --------------------------------------------------------------------------
+
+    def heard(self, address: str) -> dict[str, Sighting]:
+        return {name: s for name, radio in self.radios.items()
+                if (s := radio.heard(address)) is not None}
+
+    def constraints(self, address: str) -> Constraints:
+        record = self.registry.find(address)
+        if record is None:
+            return Constraints()
+        return Constraints(pinned=record.radio, local_only=record.passkey)
+
+    def choose(self, address: str) -> PathChoice:
+        views = [RadioView(r.name, r.kind, r.up, r.scheduler.free, r.scheduler.max_links,
+                           self.connecting[r.name]) for r in self.radios.values()]
+        choice = choose(views, self.heard(address), self.memory.get(address, PathMemory()),
+                        self.constraints(address), self.clock.now())
+        self.last_choice[address] = choice
+        return choice
+
+    def _pick(self, address: str) -> Radio | NoPath:
+        """The radio to wait on, or why there is none."""
+        choice = self.choose(address)
+        constraints = self.constraints(address)
+        if choice.radio is not None:
+            return self.radios[choice.radio]
+        if choice.reason is PathReason.WAIT_FOR_SLOT:
+            # Wait in the queue of the radio it would be best served by (there an urgent
+            # visit can pre-empt a background link); a pin waits for its own radio.
+            name = constraints.pinned or max(choice.scores, key=lambda n: choice.scores[n])
+            return self.radios[name]
+        pinned = constraints.pinned
+        if pinned is not None and pinned not in self.radios:
+            return NoPath(f"{address} is pinned to radio {pinned!r}, which is not configured "
+                          f"(radios: {', '.join(self.radios)}); pin it again with awgw pair "
+                          f"{address} --radio NAME, or add that radio to the config")
+        if len(self.radios) == 1:
+            # The hub's one adapter: a controller still held by a link from an earlier run of
+            # the daemon, or busy with the phone, does not advertise, and a direct connect
+            # still reaches it (and releases an orphaned link), as it always has.
+            return self.local
+        return NoPath(f"{address}: {choice.reason.value} (no radio that may serve it hears "
+                      f"it; it is retried as soon as one does)")
+
+    async def _listen(self) -> None:
+        """Once, at start: until every radio is up and has listened START_LISTEN_S, or
+        START_GRACE_S have passed."""
+        if self._listened.is_set():
+            return
+        clock = self.clock
+        if self._started_at is None:
+            self._started_at = clock.now()
+            up_at: float | None = None
+            while clock.now() - self._started_at < self._grace_s:
+                if all(r.up for r in self.radios.values()):
+                    up_at = clock.now() if up_at is None else up_at
+                    if clock.now() - up_at >= self._listen_s:
+                        break
+                else:
+                    up_at = None
+                await clock.sleep(RECHOOSE_S / 5)
+            self._listened.set()
+        await self._listened.wait()
+
+    async def _release_orphans(self, address: str) -> None:
+        """Nothing hears it: perhaps because one of the hub's adapters still holds a link an
+        earlier run of the daemon made. Released, the controller advertises again."""
+        for radio in self.radios.values():
+            await radio.release_orphan(address)
+
+    # ---- what a supervisor holds -------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def slot(self, address: str, priority: Priority, *, kept: bool
+                   ) -> AsyncIterator[Lease]:
+        await self._listen()
+        while True:
+            radio = self._pick(address)
+            if isinstance(radio, NoPath):
+                await self._release_orphans(address)
+                raise radio
+            lease = Lease(address, priority, kept, 0.0, radio=radio.name)
+            try:
+                await radio.scheduler.acquire(lease)
+            except SlotsClosed:
+                await self.clock.sleep(RECHOOSE_S)
+                continue
+            break
+        self.routes[address] = radio.name
+        try:
+            yield lease
+        finally:
+            radio.scheduler.release(lease)
+            if self.routes.get(address) == radio.name:
+                del self.routes[address]
+
+    @contextlib.asynccontextmanager
+    async def connect_turn(self, lease: Lease | None = None) -> AsyncIterator[None]:
+        radio = self.radios[lease.radio] if lease is not None and lease.radio else self.local
+        async with radio.scheduler.connect_turn():
+            yield
+
+    def demote(self, lease: Lease) -> None:
+        self.radios[lease.radio or self.local.name].scheduler.demote(lease)
+
+    @contextlib.asynccontextmanager
+    async def update_turn(self, radio: str) -> AsyncIterator[None]:
+        """One firmware update per radio at a time: an upload fills the radio's air time."""
+        async with self._update_locks.setdefault(radio, asyncio.Lock()):
+            yield
+
+    @property
+    def leases(self) -> list[Lease]:
+        """Every slot held now, on every radio."""
+        return [lease for r in self.radios.values() for lease in r.scheduler.leases]
+
+    def radio_of(self, address: str) -> Radio:
+        """The radio of the controller's lease now (the hub's adapter when it holds none)."""
+        return self.radios[self.routes.get(address, self.local.name)]
+
+    async def connect(self, address: str, timeout_s: float,
+                      on_disconnect: Callable[[], None]) -> GattLink:
+        radio = self.radio_of(address)
+        return await self.through(radio, address, lambda: radio.connect(
+            address, timeout_s, on_disconnect))
+
+    async def through(self, radio: Radio, address: str,
+                      connect: Callable[[], Awaitable[GattLink]]) -> GattLink:
+        """Run ``connect`` through ``radio``, remembering how it went for the next choice."""
+        name = radio.name
+        before = self.memory.get(address, PathMemory())
+        self.connecting[name] += 1
+        try:
+            link = await connect()
+        except Exception:
+            self.memory[address] = before.failed(name, self.clock.now())
+            raise
+        finally:
+            self.connecting[name] -= 1
+        self.memory[address] = before.served(name, self.clock.now())
+        if before.current != name:
+            choice = self.last_choice.get(address)
+            log.info("path_chosen", address=address, radio=name, previous=before.current,
+                     reason=choice.reason.value if choice else None)
+        return link
+
+    # ---- what the hub shows ------------------------------------------------------------------
+
+    def serving(self, address: str) -> str | None:
+        """The radio that last connected it (its link's, while it has one)."""
+        return self.routes.get(address) or self.memory.get(address, PathMemory()).current
+
+    def reports(self, addresses: Sequence[str]) -> list[RadioReport]:
+        out = []
+        for radio in self.radios.values():
+            heard = sum(1 for a in addresses if (s := radio.heard(a)) is not None
+                        and s.age_s <= 60.0)
+            out.append(RadioReport(radio.name, radio.kind, radio.up, radio.reason,
+                                   len(radio.scheduler.leases), radio.scheduler.max_links,
+                                   heard, dict(radio.detail())))
+        return out
+
+    def rssi_by_radio(self, address: str) -> Mapping[str, int]:
+        return {name: s.rssi for name, s in self.heard(address).items()}

@@ -1,0 +1,208 @@
+"""The radio set over fake radios: which radio each connect goes through, waits that move when
+a radio dies, failures that send the next connect elsewhere, pins and passkeys kept, and typed
+refusals for a controller no radio may serve."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from firmware_bridge.errors import TransportError
+from firmware_bridge.link.gatt_link import GattLink
+from firmware_bridge.smp.ble import BleSmpTransport
+from gateway.clock import LoopClock
+from gateway.link.paths import Sighting
+from gateway.link.radios.base import NoPath
+from gateway.link.radios.fleet import RadioSet
+from gateway.link.scheduler import Priority, SlotScheduler
+from gateway.ops.health import RadioKind
+from gateway.store.registry import Registry
+
+ADDRESS = "C0:FF:EE:00:00:01"
+OTHER = "C0:FF:EE:00:00:02"
+WITHIN_S = 5.0
+
+
+class FakeRadio:
+    def __init__(self, name: str, kind: RadioKind, slots: int = 1) -> None:
+        self.name = name
+        self.kind = kind
+        self.scheduler = SlotScheduler(slots)
+        self.is_up = True
+        self.hears: dict[str, int] = {}
+        self.fail_next: int = 0
+        self.connects: list[str] = []
+        self.released: list[str] = []
+
+    @property
+    def up(self) -> bool:
+        return self.is_up
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.is_up else f"{self.name} is down"
+
+    def heard(self, address: str) -> Sighting | None:
+        rssi = self.hears.get(address)
+        return None if rssi is None or not self.is_up else Sighting(rssi, 1.0)
+
+    async def connect(self, address: str, timeout_s: float,
+                      on_disconnect: Callable[[], None]) -> GattLink:
+        await asyncio.sleep(0)
+        self.connects.append(address)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise TransportError(f"connect {address} through {self.name} failed")
+        return object()  # type: ignore[return-value]  # the set never touches the link
+
+    async def release_orphan(self, address: str) -> bool:
+        self.released.append(address)
+        return False
+
+    def smp_transport(self, address: str) -> BleSmpTransport:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def detail(self) -> Mapping[str, str]:
+        return {}
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    registry = Registry(tmp_path / "registry.sqlite3")
+    registry.add(ADDRESS, name="AutoWatering", bonded=True)
+    registry.add(OTHER, name="AutoWatering", bonded=True)
+    return registry
+
+
+def radios() -> tuple[FakeRadio, FakeRadio, FakeRadio]:
+    return (FakeRadio("hci0", RadioKind.ADAPTER), FakeRadio("garden", RadioKind.PROXY),
+            FakeRadio("shed", RadioKind.PROXY))
+
+
+async def visit(radio_set: RadioSet, address: str) -> str:
+    async with radio_set.slot(address, Priority.BACKGROUND, kept=False) as lease:
+        async with radio_set.connect_turn(lease):
+            await radio_set.connect(address, 1.0, lambda: None)
+        assert lease.radio is not None
+        return lease.radio
+
+
+async def test_a_connect_goes_through_the_radio_that_hears_it_best(registry: Registry) -> None:
+    hub, garden, shed = radios()
+    hub.hears[ADDRESS], garden.hears[ADDRESS], shed.hears[ADDRESS] = -90, -55, -70
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    assert await visit(radio_set, ADDRESS) == "garden"
+    assert garden.connects == [ADDRESS] and not hub.connects
+    assert radio_set.serving(ADDRESS) == "garden"
+
+
+async def test_a_wait_for_a_full_radio_moves_when_that_radio_dies(registry: Registry) -> None:
+    hub, garden, shed = radios()
+    garden.hears = {ADDRESS: -50, OTHER: -50}
+    shed.hears = {ADDRESS: -80}
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    shed.scheduler.resize(0)  # full with others' links: ADDRESS must queue on the garden
+    async with radio_set.slot(OTHER, Priority.BACKGROUND, kept=True):  # the garden's one slot
+        waiter = asyncio.create_task(visit(radio_set, ADDRESS))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        garden.is_up = False
+        garden.scheduler.close("garden lost power")
+        shed.scheduler.resize(1)
+        async with asyncio.timeout(WITHIN_S):
+            assert await waiter == "shed"  # never an error: it waited, then moved
+
+
+async def test_one_failed_connect_sends_the_next_through_another_radio(
+        registry: Registry) -> None:
+    """bleak-esphome#438: one failure through the far proxy must not strand the controller."""
+    hub, garden, shed = radios()
+    garden.hears[ADDRESS], shed.hears[ADDRESS] = -60, -64
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    assert await visit(radio_set, ADDRESS) == "garden"
+    garden.fail_next = 1
+    with pytest.raises(TransportError):
+        await visit(radio_set, ADDRESS)
+    assert await visit(radio_set, ADDRESS) == "shed"
+
+
+async def test_a_pin_to_a_radio_not_configured_is_refused_with_its_remedy(
+        registry: Registry) -> None:
+    hub, garden, shed = radios()
+    hub.hears = {ADDRESS: -60, OTHER: -60}
+    registry.add(ADDRESS, name="AutoWatering", bonded=True, radio="barn")
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    with pytest.raises(NoPath, match=r"pinned to radio 'barn', which is not configured.*"
+                                     r"awgw pair"):
+        await visit(radio_set, ADDRESS)
+    assert await visit(radio_set, OTHER) == "hci0"  # the others keep being served
+
+
+async def test_pinned_and_passkey_controllers_stay_where_they_must(registry: Registry) -> None:
+    hub, garden, shed = radios()
+    hub.hears[ADDRESS], garden.hears[ADDRESS], shed.hears[ADDRESS] = -85, -50, -70
+    hub.hears[OTHER], garden.hears[OTHER] = -88, -45
+    registry.add(ADDRESS, name="AutoWatering", bonded=True, radio="shed")
+    registry.add(OTHER, name="AutoWatering", bonded=True, passkey=True)
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    assert await visit(radio_set, ADDRESS) == "shed"
+    assert await visit(radio_set, OTHER) == "hci0"
+    shed.is_up = False  # a pin is never routed elsewhere
+    with pytest.raises(NoPath, match="pin_unusable"):
+        await visit(radio_set, ADDRESS)
+
+
+async def test_an_unheard_controller_waits_for_a_sighting_after_orphans_are_released(
+        registry: Registry) -> None:
+    """A controller still held by an earlier run's link does not advertise: its orphaned link
+    is released so it advertises again; no radio is tried blind (a direct connect holds the
+    adapter's connect turn for its whole timeout)."""
+    hub, garden, shed = radios()
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    with pytest.raises(NoPath, match="not_heard"):
+        await visit(radio_set, ADDRESS)
+    assert hub.released == [ADDRESS] and not hub.connects and not garden.connects
+    garden.hears[ADDRESS] = -60
+    assert await visit(radio_set, ADDRESS) == "garden"
+
+
+async def test_with_one_adapter_an_unheard_controller_is_connected_directly(
+        registry: Registry) -> None:
+    """The classic hub: its one adapter reaches a silent controller by address, as before."""
+    hub = FakeRadio("hci0", RadioKind.ADAPTER)
+    radio_set = RadioSet([hub], registry, LoopClock())
+    assert await visit(radio_set, ADDRESS) == "hci0"
+
+
+async def test_first_choices_wait_for_a_proxy_still_connecting_at_start(
+        registry: Registry) -> None:
+    """A first visit made before the proxies are up would settle the controller on a worse
+    radio for a day (paths.STAY_S)."""
+    hub, garden, shed = radios()
+    hub.hears[ADDRESS], garden.hears[ADDRESS] = -85, -50
+    garden.is_up = False
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0.2, grace_s=5.0)
+
+    async def proxy_connects() -> None:
+        await asyncio.sleep(0.5)
+        garden.is_up = True
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(proxy_connects())
+        assert await visit(radio_set, ADDRESS) == "garden"
+
+
+async def test_a_proxy_that_never_comes_up_delays_the_start_only_by_the_grace(
+        registry: Registry) -> None:
+    hub, garden, shed = radios()
+    hub.hears[ADDRESS] = -70
+    garden.is_up = False
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0.1, grace_s=0.5)
+    async with asyncio.timeout(2.0):
+        assert await visit(radio_set, ADDRESS) == "hci0"

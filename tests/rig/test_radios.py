@@ -1,0 +1,159 @@
+"""One gateway, four radios: the hub's two adapters and two ESPHome proxies (simulated, on rig
+adapters, spoken to through aioesphomeapi, bleak-esphome and habluetooth) serving twelve
+controllers in a garden where each controller is heard by two radios.
+
+What must hold (issue 19): every controller served; a proxy's power loss moves its controllers
+to another radio within 15 s; a radio with no free slot makes visits wait, never fail; a pinned
+controller and a passkey controller stay where they must."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.link.failures import FailureClass
+from gateway.link.manager import ConnectionManager
+from gateway.ops.health import RadioKind
+from gateway.sim.esphome.radio import BleakRadio
+from gateway.sim.esphome.server import ProxyServer, ProxySettings
+from gateway.sim.rig import Rig, RigOptions
+from gateway.store.registry import Registry
+from tests.helpers import until
+
+# Radios at the corners of a 60 m square; three controllers along each side, so each is heard
+# by the two radios at its side's ends (24-36 m away) and not by the other two (over 60 m).
+# Along the two sides that run to a proxy they stand nearer the proxy (about 5 dB better).
+CORNERS = {"gateway": (0.0, 0.0), "radio0": (60.0, 0.0), "radio1": (0.0, 60.0),
+           "radio2": (60.0, 60.0)}
+SIDES = [(30.0, 0.0), (0.0, 36.0), (30.0, 60.0), (60.0, 36.0)]
+POSITIONS = {**CORNERS, **{f"controller{3 * side + k}": (x + 2.0 * (k - 1), y + 2.0 * (k - 1))
+                           for side, (x, y) in enumerate(SIDES) for k in range(3)}}
+GARDEN = RigOptions(controllers=12, radios=3, connect_fail_delay_s=0.5, positions=POSITIONS)
+pytestmark = [pytest.mark.rig, pytest.mark.rig_options(**GARDEN.__dict__)]
+
+# Fresh within one refresh period after the start (and after every move).
+REFRESH_S = 12.0
+# The issue's failover bound.
+FAILOVER_S = 15.0
+# Twelve controllers over four radios of three slots, visited one connect per radio at a time.
+ALL_SERVED_S = 60.0
+
+
+def proxy_settings(index: int, name: str) -> ProxySettings:
+    return ProxySettings(name=name, mac=f"A4:CF:12:00:01:{index:02X}",
+                         bluetooth_mac=f"A4:CF:12:00:02:{index:02X}")
+
+
+@contextlib.asynccontextmanager
+async def gateway(rig: Rig, tmp_path: Path, *, pins: dict[int, str] | None = None,
+                  passkeys: tuple[int, ...] = ()
+                  ) -> AsyncIterator[tuple[ConnectionManager, dict[str, ProxyServer]]]:
+    adapter, garden_radio, shed_radio = rig.radio_adapters
+    proxies = {"garden": ProxyServer(proxy_settings(1, "garden"), BleakRadio(garden_radio)),
+               "shed": ProxyServer(proxy_settings(2, "shed"), BleakRadio(shed_radio))}
+    for server in proxies.values():
+        await server.start()
+    config = GatewayConfig.model_validate({
+        "state_dir": tmp_path,
+        "link": {"adapters": [{"name": "hci0"}, {"name": adapter}],
+                 "refresh_period_s": REFRESH_S, "connect_timeout_s": 8.0},
+        "radios": {"esphome": [{"name": n, "host": "127.0.0.1", "port": s.port}
+                               for n, s in proxies.items()]}})
+    registry = Registry(config.registry_path)
+    for handle in rig.controllers:
+        registry.add(handle.address, name="AutoWatering", bonded=True,
+                     radio=(pins or {}).get(handle.index),
+                     passkey=handle.index in passkeys)
+    manager = ConnectionManager(config, registry)
+    task = asyncio.create_task(manager.run(), name="manager under test")
+    try:
+        await asyncio.wait_for(manager.ready.wait(), 10)
+        yield manager, proxies
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for server in proxies.values():
+            await server.stop()
+
+
+def served_by(manager: ConnectionManager, radio: str) -> list[str]:
+    return [a for a in manager.supervisors if manager.radios.serving(a) == radio]
+
+
+async def test_four_radios_serve_twelve_controllers_and_a_dead_proxy_hands_them_on(
+        rig: Rig, tmp_path: Path) -> None:
+    async with gateway(rig, tmp_path) as (manager, proxies):
+        store, radios = manager.store, manager.radios
+        addresses = [h.address for h in rig.controllers]
+        await until(lambda: all(store.fresh(a) for a in addresses), ALL_SERVED_S)
+        used = {radios.serving(a) for a in addresses}
+        assert {"garden", "shed"} <= used and used & {"hci0", rig.radio_adapters[0]}, used
+        # Each serving radio is one that hears the controller.
+        for address in addresses:
+            assert radios.serving(address) in radios.heard(address), address
+        assert all(radios.radios[r].kind is RadioKind.PROXY for r in ("garden", "shed"))
+
+        moved = served_by(manager, "garden")
+        assert moved
+        lost_at = time.monotonic()
+        await proxies["garden"].power_loss()
+        # Each of its controllers is connected again through another radio within 15 s.
+        before = {a: manager.supervisors[a].connects for a in moved}
+        await until(lambda: all(radios.serving(a) not in (None, "garden")
+                                and manager.supervisors[a].connects > before[a]
+                                for a in moved), FAILOVER_S)
+        took = time.monotonic() - lost_at
+        assert took <= FAILOVER_S, took
+        assert not radios.radios["garden"].up
+        assert radios.radios["garden"].scheduler.leases == []  # no slot left behind
+        # And nothing else stopped being served meanwhile.
+        await until(lambda: all(store.fresh(a) for a in addresses), REFRESH_S * 2)
+
+
+async def test_pinned_and_passkey_controllers_stay_where_they_must(
+        rig: Rig, tmp_path: Path) -> None:
+    # Controller 3 (between the hub and the garden proxy) pinned to the garden; controller 4
+    # (same side) bonded with a passkey: only the hub's own adapters may serve it.
+    async with gateway(rig, tmp_path, pins={3: "garden"}, passkeys=(4,)) as (manager, proxies):
+        radios, store = manager.radios, manager.store
+        pinned, passkey = rig.controllers[3].address, rig.controllers[4].address
+        await until(lambda: store.fresh(pinned) and store.fresh(passkey), ALL_SERVED_S)
+        assert radios.serving(pinned) == "garden"
+        assert radios.radios[radios.serving(passkey) or "?"].kind is RadioKind.ADAPTER
+        await proxies["garden"].power_loss()
+        await asyncio.sleep(FAILOVER_S)
+        assert radios.serving(pinned) == "garden"  # waits for its radio, never elsewhere
+        assert radios.radios[radios.serving(passkey) or "?"].kind is RadioKind.ADAPTER
+        await proxies["garden"].power_restore()
+        connects = manager.supervisors[pinned].connects
+        await until(lambda: manager.supervisors[pinned].connects > connects, 30.0)
+        assert radios.serving(pinned) == "garden"
+
+
+async def test_no_free_slot_anywhere_waits_and_never_errors(rig: Rig, tmp_path: Path) -> None:
+    async with gateway(rig, tmp_path) as (manager, proxies):
+        radios, store = manager.radios, manager.store
+        # The side between the two proxies: heard by nothing else.
+        far = [h.address for h in rig.controllers[6:9]]
+        await until(lambda: all(store.fresh(a) for a in far), ALL_SERVED_S)
+        for server in proxies.values():
+            server.occupy_slots(3)  # the phone and another Home Assistant take every slot
+        await until(lambda: all(radios.radios[n].scheduler.max_links == 0
+                                for n in ("garden", "shed")), 10.0)
+        target = far[0]
+        command = asyncio.create_task(manager.command(
+            target, "open", lambda s: s.open_valve(1, 1)))
+        await asyncio.sleep(5.0)
+        assert not command.done()  # waiting, not failed
+        failure = manager.supervisors[target].failure
+        assert failure is None or failure.kind is not FailureClass.PROGRAMMING, failure
+        for server in proxies.values():
+            server.occupy_slots(1)
+        outcome = await asyncio.wait_for(command, 30.0)
+        assert outcome.ok, outcome
