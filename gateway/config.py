@@ -239,7 +239,7 @@ class MqttConfig(BaseModel):
 
 class EsphomeProxySettings(BaseModel):
     """An ESPHome Bluetooth proxy on the LAN. Its Noise key (the `api: encryption: key:` of
-    its YAML) is read from the systemd credential awgw-esphome-<name>, else from ``key_file``;
+    its YAML) is read from the systemd credential awgw-esphome_<name>, else from ``key_file``;
     never from this file. With neither, the API is spoken in plaintext (`awgw doctor` warns)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
@@ -259,7 +259,7 @@ class EsphomeProxySettings(BaseModel):
                                                 "encryption_key"} & data.keys()):
             name = data.get("name", "<name>")
             raise ValueError(f"{sorted(keys)[0]}: the proxy's key never goes in the config; "
-                             f"put it in the systemd credential awgw-esphome-{name} or in a "
+                             f"put it in the systemd credential awgw-esphome_{name} or in a "
                              f"file named by key_file")
         return data
 

@@ -105,6 +105,8 @@ ensure_files() {
     [[ -e "$CREDENTIALS/$name" ]] || install -m 0600 /dev/null "$CREDENTIALS/$name"
     chmod 0600 "$CREDENTIALS/$name"
   done
+  # ESPHome proxies' keys, one file per proxy name (the directory exists, empty until given).
+  install -d -m 0700 "$CREDENTIALS/esphome"
   owner -R root:root "$CREDENTIALS"
   chmod 0700 "$STATE"
   owner -R "$USER_NAME:$GROUP_NAME" "$STATE"

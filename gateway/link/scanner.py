@@ -109,6 +109,7 @@ class Scanner:
         self._last_advert = time.monotonic()
         self._restart = asyncio.Event()
         self.scanning = False
+        self.start_error: str | None = None  # why discovery would not start, while it won't
 
     def present(self) -> list[Sighting]:
         now = time.monotonic()
@@ -155,13 +156,19 @@ class Scanner:
                 try:
                     await scanner.start()
                 except (BleakError, EOFError, OSError) as exc:
-                    log.warning("scan_start_failed", adapter=self.adapter, error=str(exc))
+                    if str(exc) != self.start_error:  # once per distinct error, not per retry
+                        log.warning("scan_start_failed", adapter=self.adapter, error=str(exc),
+                                    remedy=f"check that {self.adapter} exists and is powered "
+                                           f"(bluetoothctl list; sudo systemctl status "
+                                           f"bluetooth), or remove it from [link] adapters")
+                    self.start_error = str(exc)
                     self.scanning = False
                     self.gate.quiet.set()
                     await asyncio.sleep(RESTART_EVERY_S / 6)
                     continue
                 self._restart.clear()
                 self.scanning = True
+                self.start_error = None
                 try:
                     await first_of(self.gate.stop_requested, self._restart)
                 finally:

@@ -51,6 +51,7 @@ class QuietScanner:
     def __init__(self) -> None:
         self.seen: dict[str, Sighting] = {}
         self.scanning = True
+        self.start_error: str | None = None
 
     async def run(self) -> None:
         await asyncio.Event().wait()

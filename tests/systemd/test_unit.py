@@ -15,6 +15,7 @@ import pytest
 from gateway.control import wire as control
 from gateway.daemon import hub as daemon
 from gateway.demo import hub
+from gateway.link.radios import keys
 from gateway.relay.mqtt import password as mqtt
 from gateway.store import credentials
 
@@ -85,8 +86,11 @@ def test_the_unit_keeps_its_promises() -> None:
         "awgw"]
     assert s["MemoryMax"]
     # The credentials the code reads are the ones the unit loads.
-    loaded = {v.split(":", 1)[0] for v in s["LoadCredential"]}
-    assert loaded == {credentials.CREDENTIAL_NAME, mqtt.CREDENTIAL_NAME}
+    loaded = {v.split(":", 1)[0]: v.split(":", 1)[1] for v in s["LoadCredential"]}
+    assert set(loaded) == {credentials.CREDENTIAL_NAME, mqtt.CREDENTIAL_NAME,
+                           keys.CREDENTIAL_DIRECTORY}
+    # systemd names a directory's files <ID>_<file>: the proxies' keys, by proxy name.
+    assert keys.CREDENTIAL_PREFIX == keys.CREDENTIAL_DIRECTORY + "_"
     # The daemon's own wind-down fits the stop budget; its wait for BlueZ the start budget.
     stop_s = seconds(s["TimeoutStopSec"][0])
     assert stop_s > control.CLOSE_CLIENTS_S and stop_s >= hub.STOP_WITHIN_S

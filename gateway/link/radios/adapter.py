@@ -38,8 +38,9 @@ class AdapterRadio:
     def reason(self) -> str | None:
         if self.scanner.scanning:
             return None
-        return (f"adapter {self.name} is not scanning (missing, powered off or bluetoothd "
-                f"down): check `bluetoothctl list` and `sudo systemctl status bluetooth`")
+        why = self.scanner.start_error or "missing, powered off or bluetoothd down"
+        return (f"adapter {self.name} is not scanning ({why}): check `bluetoothctl list` and "
+                f"`sudo systemctl status bluetooth`")
 
     def heard(self, address: str) -> Sighting | None:
         sighting = self.scanner.seen.get(address)

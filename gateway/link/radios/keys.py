@@ -1,4 +1,4 @@
-"""A proxy's Noise key: from the systemd credential awgw-esphome-<name>, else the file the
+"""A proxy's Noise key: from the systemd credential awgw-esphome_<name>, else the file the
 config names; never from the config. Checked here so a bad key is refused with its remedy
 before a connection is tried."""
 
@@ -11,7 +11,10 @@ import os
 from gateway.config import EsphomeProxySettings
 from gateway.link.radios.base import RadioRefused
 
-CREDENTIAL_PREFIX = "awgw-esphome-"
+# The unit loads a directory of keys under this ID; systemd names each file's credential
+# <ID>_<file name> (systemd.exec, LoadCredential=).
+CREDENTIAL_DIRECTORY = "awgw-esphome"
+CREDENTIAL_PREFIX = CREDENTIAL_DIRECTORY + "_"
 KEY_BYTES = 32  # ESPHome's api encryption key: 32 bytes, base64 (its YAML's `key:`)
 
 

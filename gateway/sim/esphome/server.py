@@ -104,6 +104,7 @@ class ProxyServer:
         self._sessions: set[_Session] = set()
         self._slots: dict[int, _Slot] = {}
         self.occupied = 0  # slots held by clients outside the rig (a fault)
+        self.forced_slots: tuple[int, int] | None = None  # (free, limit) reported (a fault)
         self.port = settings.port
         self._advert_subscribers: set[_Session] = set()
         self._pending_adverts: list[Advert] = []
@@ -142,6 +143,20 @@ class ProxyServer:
     def occupy_slots(self, count: int) -> None:
         """Slots held by someone else (another Home Assistant, a phone through the proxy)."""
         self.occupied = max(0, min(count, self.settings.slots))
+        for session in list(self._sessions):
+            session.send_free()
+
+    def garbage_adverts(self, count: int = 32) -> None:
+        """Adverts no radio could have heard: AD structures whose lengths run past the end,
+        zero and oversized lengths, an all-ones address, an impossible RSSI."""
+        junk = [b"\xff", b"\x1f\x09AW", b"\x00\x00\x00", bytes(range(62)), b"\x02\x01"]
+        for i in range(count):
+            self._on_advert(Advert("FF:FF:FF:FF:FF:FF" if i % 2 else f"00:00:00:00:00:{i:02X}",
+                                   i % 3, 127 if i % 4 == 0 else -200, junk[i % len(junk)]))
+
+    def report_slots(self, free: int, limit: int) -> None:
+        """A slot report no real proxy sends (more free than its limit, say)."""
+        self.forced_slots = (free, limit)
         for session in list(self._sessions):
             session.send_free()
 
@@ -275,9 +290,10 @@ class _Session:
 
     def send_free(self) -> None:
         if self.free_subscribed:
+            free, limit = self.server.forced_slots or (self.server.free,
+                                                       self.server.settings.slots)
             self.send(pb.BluetoothConnectionsFreeResponse(
-                free=self.server.free, limit=self.server.settings.slots,
-                allocated=self.server.allocated()))
+                free=free, limit=limit, allocated=self.server.allocated()))
 
     async def _gatt_worker(self) -> None:
         while True:
