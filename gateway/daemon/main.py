@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import structlog
 
 from gateway import __version__
+from gateway.bluez.probe import AdapterProbe
 from gateway.clock import Clock, LoopClock
 from gateway.config import GatewayConfig
 from gateway.control.server import ControlServer
 from gateway.daemon import systemd
-from gateway.daemon.health import AdapterProbe, HubHealth
+from gateway.daemon.health import HubHealth
 from gateway.daemon.hub import Hub, Run
 from gateway.daemon.metrics import HubMetrics
 from gateway.daemon.operations import (

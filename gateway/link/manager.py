@@ -12,6 +12,7 @@ from habluetooth import BluetoothManager
 
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome
+from gateway.bluez.probe import AdapterProbe
 from gateway.clock import Clock, LoopClock
 from gateway.config import GatewayConfig
 from gateway.errors import UnknownController
@@ -49,11 +50,19 @@ class ConnectionManager:
         adapters = self.settings.local_adapters
         self.gate = ScanGate()
         self.scanner = scanner or self._scanner(adapters[0].name, self.gate)
-        radios: list[Radio] = [AdapterRadio(adapters[0], self.scanner, self.gate, self.clock)]
+        # With other radios to fail over to, each adapter watches that BlueZ still has it;
+        # a hub with one adapter has the daemon's radio watchdog (gateway/daemon/health.py).
+        several = len(adapters) + len(config.radios.esphome) > 1
+
+        def probe(adapter: str) -> AdapterProbe | None:
+            return AdapterProbe(adapter) if several else None
+
+        radios: list[Radio] = [AdapterRadio(adapters[0], self.scanner, self.gate, self.clock,
+                                            probe(adapters[0].name))]
         for adapter in adapters[1:]:
             gate = ScanGate()
             radios.append(AdapterRadio(adapter, self._scanner(adapter.name, gate), gate,
-                                       self.clock))
+                                       self.clock, probe(adapter.name)))
         self.stack = ProxyStack(self._sighted) if config.radios.esphome else None
         for proxy in config.radios.esphome:
             radios.append(EsphomeRadio(proxy, self._proxy_manager, self.clock))

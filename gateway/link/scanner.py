@@ -126,6 +126,10 @@ class Scanner:
         sighting = self.seen.get(address)
         return sighting.device if sighting is not None else None
 
+    def restart(self) -> None:
+        """Start discovery afresh (the adapter came back)."""
+        self._restart.set()
+
     def forget(self, address: str) -> None:
         """BlueZ dropped its object (bond removed): the cached BLEDevice is now dangling."""
         self.seen.pop(address, None)

@@ -157,3 +157,28 @@ async def test_no_free_slot_anywhere_waits_and_never_errors(rig: Rig, tmp_path: 
             server.occupy_slots(1)
         outcome = await asyncio.wait_for(command, 30.0)
         assert outcome.ok, outcome
+
+
+async def test_an_adapter_that_disappears_hands_its_controllers_on(
+        rig: Rig, tmp_path: Path) -> None:
+    # Controller 1 (between the hub's two adapters) bonded with a passkey: when hci0 goes, it
+    # moves to the other adapter, never to a proxy.
+    async with gateway(rig, tmp_path, passkeys=(1,)) as (manager, _proxies):
+        radios, store = manager.radios, manager.store
+        addresses = [h.address for h in rig.controllers]
+        await until(lambda: all(store.fresh(a) for a in addresses), ALL_SERVED_S)
+        moved = served_by(manager, "hci0")
+        assert moved
+        before = {a: manager.supervisors[a].connects for a in moved}
+        await rig.hub_fault("adapter_lost")
+        try:
+            await until(lambda: not radios.radios["hci0"].up, 5.0)
+            await until(lambda: all(radios.serving(a) not in (None, "hci0")
+                                    and manager.supervisors[a].connects > before[a]
+                                    for a in moved), FAILOVER_S)
+            passkey = rig.controllers[1].address
+            assert radios.serving(passkey) == rig.radio_adapters[0]
+            assert "check `bluetoothctl list`" in (radios.radios["hci0"].reason or "")
+        finally:
+            await rig.hub_fault("adapter_restore")
+        await until(lambda: radios.radios["hci0"].up, 20.0)

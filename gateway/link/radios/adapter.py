@@ -3,13 +3,17 @@ slots and its connect turn (BlueZ connects one at a time per adapter, with disco
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
+
+import structlog
 
 from firmware_bridge.errors import PeerNotFound
 from firmware_bridge.link.gatt_link import BleakGattLink, GattLink
 from firmware_bridge.smp.ble import BleSmpTransport
 from gateway import bluez
+from gateway.bluez.probe import AdapterProbe
 from gateway.clock import Clock
 from gateway.config import AdapterSettings
 from gateway.link.paths import Sighting
@@ -17,25 +21,37 @@ from gateway.link.scanner import Scanner
 from gateway.link.scheduler import ScanGate, SlotScheduler
 from gateway.ops.health import RadioKind
 
+log = structlog.get_logger(__name__)
+
+# How often a radio asks BlueZ whether its adapter is still there: one D-Bus property read.
+# Within the failover goal (15 s) with room for the link-lost backoff and a connect elsewhere.
+PRESENCE_POLL_S = 2.0
+
 
 class AdapterRadio:
     kind = RadioKind.ADAPTER
 
     def __init__(self, settings: AdapterSettings, scanner: Scanner, gate: ScanGate,
-                 clock: Clock) -> None:
-        """``gate``: the one ``scanner`` pauses on while this adapter connects."""
+                 clock: Clock, probe: AdapterProbe | None = None) -> None:
+        """``gate``: the one ``scanner`` pauses on while this adapter connects; ``probe``:
+        watch that BlueZ still has the adapter (with other radios to fail over to)."""
         self.name = settings.name
         self.settings = settings
         self.scanner = scanner
         self.clock = clock
+        self.probe = probe
         self.scheduler = SlotScheduler(settings.slots, gate)
+        self._gone: str | None = None  # why BlueZ has no usable adapter by this name
 
     @property
     def up(self) -> bool:
-        return self.scanner.scanning
+        return self.scanner.scanning and self._gone is None
 
     @property
     def reason(self) -> str | None:
+        if self._gone is not None:
+            return (f"{self._gone}: check `bluetoothctl list` (a USB adapter unplugged, or the "
+                    f"Pi's Bluetooth firmware crashed)")
         if self.scanner.scanning:
             return None
         why = self.scanner.start_error or "missing, powered off or bluetoothd down"
@@ -58,7 +74,29 @@ class AdapterRadio:
         return BleSmpTransport(self.scanner.device(address) or address, adapter=self.name)
 
     async def run(self) -> None:
-        await self.scanner.run()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.scanner.run(), name=f"scanner {self.name}")
+            if self.probe is not None:
+                tasks.create_task(self._watch(self.probe), name=f"presence {self.name}")
+
+    async def _watch(self, probe: AdapterProbe) -> None:
+        """An adapter that goes away takes its links with it; its slots close at once so
+        every visit waiting on them chooses another radio (failover), and open again when
+        BlueZ has it back."""
+        try:
+            while True:
+                gone = await probe.check()
+                if gone is not None and self._gone is None:
+                    log.warning("radio_down", radio=self.name, kind=self.kind.value, reason=gone)
+                    self.scheduler.close(gone)
+                elif gone is None and self._gone is not None:
+                    log.info("radio_up", radio=self.name, kind=self.kind.value)
+                    self.scheduler.resize(self.settings.slots)
+                    self.scanner.restart()  # its discovery ended with the adapter
+                self._gone = gone
+                await self.clock.sleep(PRESENCE_POLL_S)
+        finally:
+            probe.close()
 
     async def connect(self, address: str, timeout_s: float,
                       on_disconnect: Callable[[], None]) -> GattLink:

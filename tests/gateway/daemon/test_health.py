@@ -7,7 +7,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, cast
 
-from gateway.daemon.health import RADIO_GRACE_S, STUCK_MARGIN_S, AdapterProbe, HubHealth
+from gateway.bluez.probe import AdapterProbe
+from gateway.daemon.health import RADIO_GRACE_S, STUCK_MARGIN_S, HubHealth
 from gateway.link.manager import ConnectionManager
 from gateway.ops.models import LinkState
 
