@@ -45,6 +45,7 @@ async def diagnose(host: Host, config: GatewayConfig, problem: str | None, path:
     ctx = Context(host=host, config=config, config_problem=problem, config_path=path,
                   cloud_status=cloud_status)
     return [*checks.check_config(ctx), *await checks.check_bluez(ctx),
+            *await checks.check_radios(ctx),
             *checks.check_permissions(ctx), *await checks.check_clock(ctx),
             *checks.check_storage(ctx), *checks.check_firmware_key(ctx),
             *await checks.check_daemon(ctx), *await checks.check_ways_out(ctx)]

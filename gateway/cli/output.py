@@ -39,8 +39,9 @@ def print_state(state: ControllerState, screen: Screen | None = None) -> None:
              if state.age_s is None else Styled(f"STALE ({state.age_s} s old)", "red"))
     screen.line(Styled(state.address, "bold"), f" firmware {state.firmware_version} "
                 f"link {state.link.value} - ", fresh)
-    if state.radio is not None or state.rssi:
-        heard = ", ".join(f"{name} {rssi} dBm" for name, rssi in sorted(state.rssi.items()))
+    if state.radio is not None or state.rssi_by_radio:
+        heard = ", ".join(f"{name} {rssi} dBm"
+                          for name, rssi in sorted(state.rssi_by_radio.items()))
         screen.line(f"radio {state.radio or '-'}; heard by: {heard or 'none'}")
     screen.table(["channel", "name", "open"], [
         [str(v.channel), v.name or "-", Styled("open", "green") if v.open else "closed"]

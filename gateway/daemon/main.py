@@ -89,6 +89,7 @@ def _relays(config: GatewayConfig, registry: Registry, manager: ConnectionManage
 
         mqtt = MqttRelay(config.mqtt, gid, outbox, operations,
                          radio_ok=manager.scanner.healthy, rssi_of=rssi_of,
+                         radio_of=manager.radios.serving,
                          gateway_state=gateway_state, password=mqtt_password, tls=mqtt_tls,
                          staged_dir=config.staged_firmware_dir,
                          supervision=supervision, clock=clock, offers=offers)

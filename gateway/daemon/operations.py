@@ -141,7 +141,7 @@ class ControllerOperations:
         radios = self.manager.radios
         state = self.manager.store.snapshot(address, record.firmware_version).model_copy(
             update={"radio": radios.serving(address),
-                    "rssi": dict(radios.rssi_by_radio(address))})
+                    "rssi_by_radio": dict(radios.rssi_by_radio(address))})
         return state.model_copy(update={"policy": supervisor.policy})
 
     async def valve_open(self, request: ValveOpen) -> CommandResult:

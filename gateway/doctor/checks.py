@@ -12,9 +12,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.config import GatewayConfig
+from gateway.config import EsphomeProxySettings, GatewayConfig
 from gateway.doctor.host import Host
 from gateway.errors import GatewayError
+from gateway.link.radios.base import MAX_PROXY_SLOTS, RadioRefused
+from gateway.link.radios.keys import credential_name, read_key
 from gateway.ops.health import CloudStatus, PartState
 from gateway.ota.service import read_public_key
 from gateway.relay.mqtt import identity
@@ -336,6 +338,67 @@ def check_firmware_key(ctx: Context) -> list[Finding]:
                      "any image", "set [ota] public_key to the project's MCUboot public key "
                      "(PEM, from imgtool getpub -e pem)")]
     return [ok("firmware_key", f"images must be signed by {ctx.config.ota.public_key}")]
+
+
+async def check_radios(ctx: Context) -> list[Finding]:
+    """The radios beyond the first adapter (which check_bluez looks at): each further adapter
+    is there, and each proxy answers, takes the key, can connect and reports its slots."""
+    found: list[Finding] = []
+    more = ctx.config.link.local_adapters[1:]
+    if more:
+        adapters = await ctx.host.adapters()
+        present = {a.name: a for a in adapters} if not isinstance(adapters, str) else {}
+        for adapter in more:
+            got = present.get(adapter.name)
+            if got is None:
+                found.append(error(f"radio {adapter.name}", f"adapter {adapter.name} is not "
+                                   f"there (BlueZ has: {', '.join(present) or 'none'})",
+                                   "plug it in (dmesg | grep -i bluetooth), or remove it from "
+                                   "[link] adapters; the other radios serve meanwhile"))
+            elif not got.powered:
+                found.append(error(f"radio {adapter.name}", f"{adapter.name} is powered off",
+                                   f"bluetoothctl select {got.address} && bluetoothctl power "
+                                   "on"))
+            else:
+                found.append(ok(f"radio {adapter.name}", f"{adapter.name} {got.address}, "
+                                f"{adapter.slots} slots"))
+    for proxy in ctx.config.radios.esphome:
+        found += await _proxy(ctx, proxy)
+    return found
+
+
+async def _proxy(ctx: Context, proxy: EsphomeProxySettings) -> list[Finding]:
+    check = f"radio {proxy.name}"
+    try:
+        key = read_key(proxy)
+    except RadioRefused as exc:
+        return [error(check, str(exc), exc.remedy)]
+    found = [await _proxy_answer(ctx, proxy, key)]
+    if key is None:
+        found.append(warn(f"{check} key", f"proxy {proxy.name}'s API is not encrypted: anyone "
+                          "on the LAN can use its radio", f"add `api: encryption: key:` to its "
+                          f"YAML and put the key in {credential_name(proxy)} (or key_file)"))
+    return found
+
+
+async def _proxy_answer(ctx: Context, proxy: EsphomeProxySettings, key: str | None
+                        ) -> Finding:
+    check = f"radio {proxy.name}"
+    answer = await ctx.host.esphome_proxy(proxy, key)
+    if isinstance(answer, RadioRefused):
+        return error(check, str(answer), answer.remedy)
+    what = (f"proxy {proxy.name} at {proxy.host}:{proxy.port}: {answer.name}, ESPHome "
+            f"{answer.esphome}, API {answer.api}")
+    if not answer.can_connect:
+        return error(check, f"{what} only listens (no active connections)",
+                     "set `bluetooth_proxy: active: true` in its ESPHome YAML")
+    if answer.limit is None or answer.free is None:
+        return warn(check, f"{what}: no slot report within a few seconds",
+                    "update ESPHome on the proxy")
+    if not 0 <= answer.free <= answer.limit <= MAX_PROXY_SLOTS:
+        return error(check, f"{what}: impossible slot counts (free {answer.free} of "
+                            f"{answer.limit})", "update ESPHome on the proxy, or restart it")
+    return ok(check, f"{what}; slots {answer.free} free of {answer.limit}")
 
 
 async def check_ways_out(ctx: Context) -> list[Finding]:

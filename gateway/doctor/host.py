@@ -14,17 +14,21 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiomqtt
 import httpx
 
 from gateway.bluez import bus
-from gateway.config import GatewayConfig, MqttConfig
+from gateway.config import EsphomeProxySettings, GatewayConfig, MqttConfig
 from gateway.control import client as control
 from gateway.errors import GatewayError
 from gateway.ops.health import HubStatus
 from gateway.ops.models import HUB_STATUS, HubStatusQuery
+
+if TYPE_CHECKING:
+    from gateway.link.radios.base import RadioRefused
+    from gateway.link.radios.esphome import ProxyReport
 
 # Each question to the host is a local round trip (D-Bus, a tool, a loopback socket) or one
 # HTTP request; a host that takes longer than this to answer has answered.
@@ -75,6 +79,8 @@ class Host(Protocol):
     async def daemon(self, socket: Path) -> HubStatus | str: ...  # or why it is unreachable
     async def http_get(self, url: str) -> int | str: ...  # status code, or the failure
     async def mqtt_connect(self, config: MqttConfig, password: str | None) -> str | None: ...
+    async def esphome_proxy(self, proxy: EsphomeProxySettings, key: str | None
+                            ) -> ProxyReport | RadioRefused: ...
     async def mqtt_retained(self, config: MqttConfig, password: str | None,
                             topics: list[str]) -> dict[str, bytes] | str: ...
 
@@ -206,6 +212,17 @@ class SystemHost:
                 return (await http.get(url)).status_code
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
+
+    async def esphome_proxy(self, proxy: EsphomeProxySettings, key: str | None
+                            ) -> ProxyReport | RadioRefused:
+        # The proxy stack only when a proxy is configured.
+        from gateway.link.radios.base import RadioRefused
+        from gateway.link.radios.esphome import probe
+
+        try:
+            return await probe(proxy, key)
+        except RadioRefused as exc:
+            return exc
 
     async def mqtt_connect(self, config: MqttConfig, password: str | None) -> str | None:
         try:

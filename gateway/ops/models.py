@@ -317,7 +317,7 @@ class ControllerState(_Model):
     # The radio that serves it (its link's, or its last connect's), and the RSSI each radio
     # heard in the last minute, by radio name.
     radio: str | None = None
-    rssi: dict[str, int] = {}
+    rssi_by_radio: dict[str, int] = {}
 
     def watering(self) -> str | None:
         """Why this controller must not be disturbed by an update, or None when it is idle."""

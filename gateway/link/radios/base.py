@@ -14,6 +14,10 @@ from gateway.link.paths import Sighting
 from gateway.link.scheduler import SlotScheduler
 from gateway.ops.health import RadioKind
 
+# ESP-IDF's Bluedroid holds at most 9 LE links (CONFIG_BT_ACL_CONNECTIONS): a proxy reporting
+# more, or more free than its limit, is not a real proxy's.
+MAX_PROXY_SLOTS = 9
+
 
 class RadioRefused(GatewayError):
     """A radio that cannot be used as configured (wrong key, unreachable, impossible slot

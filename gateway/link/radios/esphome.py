@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import bleak_esphome
@@ -44,7 +45,7 @@ from gateway.backoff import full_jitter
 from gateway.clock import Clock
 from gateway.config import EsphomeProxySettings
 from gateway.link.paths import Sighting
-from gateway.link.radios.base import RadioRefused
+from gateway.link.radios.base import MAX_PROXY_SLOTS, RadioRefused
 from gateway.link.radios.keys import credential_name, read_key
 from gateway.link.scheduler import ScanGate, SlotScheduler
 from gateway.ops.health import RadioKind
@@ -58,12 +59,11 @@ KEEPALIVE_S = 2.0
 # Connect, Noise handshake, hello and device info over a home LAN: well under a second; 10 s
 # covers a proxy busy with a BLE connect and a congested Wi-Fi.
 API_CONNECT_TIMEOUT_S = 10.0
+# A proxy answers the slot subscription at once; the doctor waits this long for it.
+SLOT_REPORT_WITHIN_S = 3.0
 # Reconnects to a proxy that is away: soon after a blip, then no more than every 2 minutes.
 RECONNECT_FIRST_S = 2.0
 RECONNECT_CAP_S = 120.0
-# ESP-IDF's Bluedroid holds at most 9 LE links (CONFIG_BT_ACL_CONNECTIONS); a report beyond
-# that, or more free than the limit, is not a real proxy's.
-MAX_PROXY_SLOTS = 9
 
 
 class EsphomeRadio:
@@ -166,7 +166,7 @@ class EsphomeRadio:
             except RadioRefused as exc:
                 self._refuse(exc)
             except (APIConnectionError, OSError, TimeoutError) as exc:
-                self._refuse(self._translate(exc))
+                self._refuse(refusal(self.settings, exc))
             await self.clock.sleep(max(0.5, full_jitter(random.random, self._failures,
                                                         RECONNECT_FIRST_S, RECONNECT_CAP_S)))
             self._failures += 1
@@ -177,29 +177,6 @@ class EsphomeRadio:
             log.error("radio_refused", radio=self.name, error=text, remedy=exc.remedy)
         self._reason = text
         self._connected = False
-
-    def _translate(self, exc: BaseException) -> RadioRefused:
-        where = f"{self.settings.host}:{self.settings.port}"
-        credential = credential_name(self.settings)
-        if isinstance(exc, InvalidEncryptionKeyAPIError):
-            return RadioRefused(f"proxy {self.name} at {where} refused the key",
-                                f"put the proxy's `api: encryption: key:` in the credential "
-                                f"{credential} (or key_file)")
-        if isinstance(exc, RequiresEncryptionAPIError):
-            return RadioRefused(f"proxy {self.name} at {where} requires encryption and no key "
-                                f"is configured", f"put its key in the credential {credential} "
-                                "(or key_file)")
-        if isinstance(exc, EncryptionPlaintextAPIError):
-            return RadioRefused(f"proxy {self.name} at {where} has no encryption but a key is "
-                                "configured", "remove the key, or add `api: encryption:` to "
-                                "the proxy's YAML")
-        if isinstance(exc, InvalidAuthAPIError):
-            return RadioRefused(f"proxy {self.name} at {where} asks for an API password",
-                                "use an encryption key instead of the deprecated password")
-        return RadioRefused(f"proxy {self.name} at {where} is unreachable: "
-                            f"{type(exc).__name__}: {exc}",
-                            "check the proxy is powered and on the network, and its host and "
-                            "port in [[radios.esphome]]")
 
     async def _session(self, key: str | None) -> None:
         api = APIClient(self.settings.host, self.settings.port, None, noise_psk=key,
@@ -287,6 +264,75 @@ class EsphomeRadio:
         foreign = max(0, limit - free - ours)
         cap = min(limit, self.settings.slots or limit)
         self.scheduler.resize(min(cap, limit - foreign))
+
+
+def refusal(settings: EsphomeProxySettings, exc: BaseException) -> RadioRefused:
+    """Why the proxy's API would not have us, with what to do about it."""
+    name, where = settings.name, f"{settings.host}:{settings.port}"
+    credential = credential_name(settings)
+    if isinstance(exc, InvalidEncryptionKeyAPIError):
+        return RadioRefused(f"proxy {name} at {where} refused the key",
+                            f"put the proxy's `api: encryption: key:` in the credential "
+                            f"{credential} (or key_file)")
+    if isinstance(exc, RequiresEncryptionAPIError):
+        return RadioRefused(f"proxy {name} at {where} requires encryption and no key is "
+                            f"configured", f"put its key in the credential {credential} (or "
+                            "key_file)")
+    if isinstance(exc, EncryptionPlaintextAPIError):
+        return RadioRefused(f"proxy {name} at {where} has no encryption but a key is "
+                            "configured", "remove the key, or add `api: encryption:` to the "
+                            "proxy's YAML")
+    if isinstance(exc, InvalidAuthAPIError):
+        return RadioRefused(f"proxy {name} at {where} asks for an API password",
+                            "use an encryption key instead of the deprecated password")
+    return RadioRefused(f"proxy {name} at {where} is unreachable: {type(exc).__name__}: {exc}",
+                        "check the proxy is powered and on the network, and its host and port "
+                        "in [[radios.esphome]]")
+
+
+@dataclass(frozen=True)
+class ProxyReport:
+    """What `awgw doctor` learns by asking a proxy once."""
+
+    name: str
+    esphome: str
+    api: str
+    can_connect: bool  # bluetooth_proxy: active: true
+    free: int | None  # None: it sent no slot report in time
+    limit: int | None
+
+
+async def probe(settings: EsphomeProxySettings, key: str | None) -> ProxyReport:
+    """Connect, read its device info and first slot report, disconnect. Raises RadioRefused."""
+    api = APIClient(settings.host, settings.port, None, noise_psk=key, client_info="awgw-doctor")
+    slots: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+
+    def report(free: int, limit: int, _allocated: list[int]) -> None:
+        if not slots.done():
+            slots.set_result((free, limit))
+
+    try:
+        async with asyncio.timeout(API_CONNECT_TIMEOUT_S):
+            await api.connect(login=True)
+            info = await api.device_info()
+        version = api.api_version
+        flags = info.bluetooth_proxy_feature_flags_compat(version) if version else 0
+        active = bool(flags & BluetoothProxyFeature.ACTIVE_CONNECTIONS)
+        free = limit = None
+        if active:
+            api.subscribe_bluetooth_connections_free(report)
+            try:
+                async with asyncio.timeout(SLOT_REPORT_WITHIN_S):
+                    free, limit = await slots
+            except TimeoutError:
+                pass
+        return ProxyReport(info.name, info.esphome_version,
+                           f"{version.major}.{version.minor}" if version else "?", active,
+                           free, limit)
+    except (APIConnectionError, OSError, TimeoutError) as exc:
+        raise refusal(settings, exc) from exc
+    finally:
+        await api.disconnect(force=True)
 
 
 def _client_class(scanner: BaseHaRemoteScanner) -> type[BleakClient]:

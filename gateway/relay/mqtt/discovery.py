@@ -131,6 +131,10 @@ def controller_components(info: ControllerInfo, topics: Topics) -> dict[str, dic
         "enabled_by_default": False,
         "value_template": f"{{{{ value_json.rssi if value_json.rssi is not none else "
                           f"'{NONE}' }}}}"}
+    components["radio"] = {
+        "platform": "sensor", "unique_id": f"{uid}_radio", "name": "Radio",
+        "icon": "mdi:access-point", "state_topic": state, "entity_category": "diagnostic",
+        "value_template": f"{{{{ value_json.radio or '{NONE}' }}}}"}
     if info.has_environment:
         for key, name, device_class, unit, field in (
                 ("temperature", "Temperature", "temperature", "°C", "temperature_c"),

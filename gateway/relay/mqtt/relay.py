@@ -113,6 +113,7 @@ class MqttRelay:
     def __init__(self, config: MqttConfig, gateway_id: str, outbox: Outbox, ops: ControllerOps,
                  *, radio_ok: Callable[[], bool] = lambda: True,
                  rssi_of: Callable[[str], int | None] = lambda _a: None,
+                 radio_of: Callable[[str], str | None] = lambda _a: None,
                  gateway_state: Callable[[], dict[str, Any]] = dict,
                  password: str | None = None, staged_dir: Path | None = None,
                  tls: ssl.SSLContext | None = None,
@@ -128,6 +129,7 @@ class MqttRelay:
         self.ops = ops
         self._radio_ok = radio_ok
         self._rssi_of = rssi_of
+        self._radio_of = radio_of
         self._gateway_state = gateway_state
         self._password = password
         # Built by the composition root before any store opens (a bad ca_file is exit 7).
@@ -370,6 +372,7 @@ class MqttRelay:
         payload = state.model_dump(mode="json")
         payload["updated_at_iso"] = _iso(state.updated_at) if state.updated_at else None
         payload["rssi"] = self._rssi_of(entry.address)
+        payload["radio"] = self._radio_of(entry.address)
         await client.publish(self.topics.state(node), json.dumps(payload), qos=1, retain=True)
         # A controller is available only while its state is fresh (reachable and read
         # within the stale limit): stale values are never shown as current.

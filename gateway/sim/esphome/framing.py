@@ -77,11 +77,22 @@ class PlainFramer:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self.outgoing: list[bytes] = []
+        self._started = False
+        # Why the connection is refused, once it is: the server then closes.
+        self.refused: str | None = None
 
     def feed(self, data: bytes) -> list[Message]:
         self._buffer += data
         messages: list[Message] = []
         while self._buffer:
+            if self._buffer[0] != 0x00 and not self._started:
+                # A client speaking Noise: answered in plaintext framing before the close (an
+                # empty DisconnectRequest), whose 0x00 tells it the node has no encryption.
+                self.refused = "Bad indicator byte"
+                self.outgoing.append(b"\x00\x00\x05")
+                self._buffer.clear()
+                return messages
+            self._started = True
             if self._buffer[0] != 0x00:
                 raise FrameError(f"plaintext frame starts with {self._buffer[0]:#04x}, not 0x00"
                                  " (an encrypted client talking to a plaintext proxy?)")
@@ -126,6 +137,14 @@ class NoiseFramer:
         self._buffer += data
         messages: list[Message] = []
         while len(self._buffer) >= 3:
+            if self._buffer[0] != 0x01 and self._state == "hello":
+                # A plaintext client: ESPHome answers in its own framing before it closes, and
+                # that first 0x01 is how a client learns the node requires encryption.
+                self.refused = "Bad indicator byte"
+                self.outgoing.append(self._frame(b"\x01" + self.refused.encode()))
+                self._buffer.clear()
+                self._state = "refused"
+                return messages
             if self._buffer[0] != 0x01:
                 raise FrameError(f"encrypted frame starts with {self._buffer[0]:#04x}, not 0x01"
                                  " (a plaintext client talking to an encrypted proxy?)")

@@ -310,7 +310,7 @@ class _Session:
                     return
                 messages = self.framer.feed(data)
                 self._flush()
-                if isinstance(self.framer, NoiseFramer) and self.framer.refused is not None:
+                if self.framer.refused is not None:
                     log.info("proxy_refused_client", reason=self.framer.refused)
                     await self.writer.drain()
                     return

@@ -27,6 +27,8 @@ from gateway.ops.models import (
     COMMAND,
     HUB_STATUS,
     PONG,
+    STATE,
+    GetState,
     HubStatusQuery,
     Ping,
     Pong,
@@ -199,3 +201,19 @@ async def test_a_hub_configured_for_the_cloud_but_never_linked_waits_quietly(
             cloud = (await status(daemon)).cloud
     assert cloud.state is RelayState.UNLINKED and not cloud.up
     assert [e["event"] for e in logs].count("cloud_relink_needed") == 1
+
+
+async def test_status_state_and_metrics_name_the_radios(tmp_path: Path) -> None:
+    async with InProcessDaemon(tmp_path, controllers=1, cloud=False, mqtt=False) as daemon:
+        await serves(daemon)
+        hub = await status(daemon)
+        (radio,) = hub.radios
+        assert (radio.name, radio.kind.value, radio.up) == ("hci0", "adapter", True)
+        assert radio.slots_limit == 3 and radio.served == 1
+        state = await daemon.call(GetState(address=VALVE), STATE)
+        assert state.radio == "hci0"
+        scrape = daemon.hub.metrics.families(daemon.hub.status())
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in scrape for s in family.samples}
+        assert samples[("awgw_radio_up", (("kind", "adapter"), ("radio", "hci0")))] == 1.0
+        assert samples[("awgw_radio_served", (("kind", "adapter"), ("radio", "hci0")))] == 1.0

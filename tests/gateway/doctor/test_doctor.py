@@ -18,9 +18,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.cli import exits
 from gateway.cli.doctor_report import diagnose, load
-from gateway.config import CloudConfig, GatewayConfig, MqttConfig, OtaConfig
+from gateway.config import (
+    CloudConfig,
+    EsphomeProxySettings,
+    GatewayConfig,
+    LinkSettings,
+    MqttConfig,
+    OtaConfig,
+    RadiosConfig,
+)
 from gateway.doctor.checks import Finding, Status
 from gateway.doctor.host import Adapter, Disk, Rfkill
+from gateway.link.radios.base import RadioRefused
+from gateway.link.radios.esphome import ProxyReport
 from gateway.ops.health import (
     CloudStatus,
     HubStatus,
@@ -69,6 +79,7 @@ class FakeHost:
     broker: str | None = None
     retained: dict[str, bytes] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
+    proxies: dict[str, ProxyReport | RadioRefused] = field(default_factory=dict)
 
     async def bluez_version(self) -> str | None:
         return self.version
@@ -116,6 +127,10 @@ class FakeHost:
     async def mqtt_retained(self, config: MqttConfig, password: str | None,
                             topics: list[str]) -> dict[str, bytes] | str:
         return {t: v for t, v in self.retained.items() if t in topics}
+
+    async def esphome_proxy(self, proxy: EsphomeProxySettings, key: str | None
+                            ) -> ProxyReport | RadioRefused:
+        return self.proxies[proxy.name]
 
 
 def public_key(tmp_path: Path) -> Path:
@@ -368,3 +383,38 @@ async def test_a_hub_sharing_this_gateway_id_is_an_error(tmp_path: Path) -> None
     host.retained[topics.gateway_instance] = other.model_dump_json().encode()
     host.retained[topics.gateway_availability] = b"offline"
     assert "gateway_identity" not in by_check(await diagnose(host, cfg, None, tmp_path / "x"))
+
+
+GOOD_PROXY = ProxyReport("garden-proxy", "2026.11.0", "1.12", True, 3, 3)
+
+
+@pytest.mark.parametrize(("answer", "status", "says"), [
+    (GOOD_PROXY, Status.OK, "slots 3 free of 3"),
+    (RadioRefused("proxy garden at h:6053 refused the key", "put the key in X"), Status.ERROR,
+     "refused the key"),
+    (RadioRefused("proxy garden at h:6053 is unreachable: refused", "check power"),
+     Status.ERROR, "unreachable"),
+    (ProxyReport("p", "2026.11.0", "1.12", False, None, None), Status.ERROR, "only listens"),
+    (ProxyReport("p", "2026.11.0", "1.12", True, 5, 3), Status.ERROR, "impossible slot"),
+    (ProxyReport("p", "2026.11.0", "1.12", True, None, None), Status.WARNING, "no slot report"),
+])
+async def test_each_proxy_is_checked(tmp_path: Path, answer: ProxyReport | RadioRefused,
+                                     status: Status, says: str) -> None:
+    host = FakeHost(proxies={"garden": answer})
+    base = config(tmp_path)
+    cfg = base.model_copy(update={"radios": RadiosConfig(esphome=(
+        EsphomeProxySettings(name="garden", host="h"),))})
+    findings = by_check(await diagnose(host, cfg, None, tmp_path / "config.toml"))
+    found = findings["radio garden"][0]
+    assert found.status is status and says in found.summary, found
+    assert found.status is Status.OK or found.remedy
+    # No key: the API is open to the LAN, whatever else is true.
+    assert findings["radio garden key"][0].status is Status.WARNING
+
+
+async def test_an_extra_adapter_that_is_not_there_is_an_error(tmp_path: Path) -> None:
+    cfg = config(tmp_path).model_copy(update={"link": LinkSettings.model_validate(
+        {"adapters": [{"name": "hci0"}, {"name": "hci1"}]})})
+    findings = by_check(await diagnose(FakeHost(), cfg, None, tmp_path / "config.toml"))
+    assert findings["radio hci1"][0].status is Status.ERROR
+    assert "remove it from [link] adapters" in (findings["radio hci1"][0].remedy or "")

@@ -153,7 +153,8 @@ async def running(tmp_path: Path, clock: Clock | None = None) -> AsyncIterator[S
         ops = FakeOps()
         config = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, keepalive_s=5)
         relay = MqttRelay(config, "gw1", Outbox(tmp_path / "mqtt.db", "gw1"), ops,
-                          rng=lambda: 0.5, clock=clock)
+                          rng=lambda: 0.5, clock=clock, rssi_of=lambda _a: -71,
+                          radio_of=lambda _a: "garden")
         task = asyncio.create_task(relay.run(), name="mqtt relay under test")
         try:
             async with asyncio.timeout(ARRIVES_WITHIN_S):
@@ -177,6 +178,8 @@ async def test_state_availability_and_discovery_are_retained(tmp_path: Path) -> 
                 late.on("homeassistant/device/autowatering_100001/config")))
             shown = json.loads(late.on(f"{node}/state")[-1])
             assert shown["address"] == ADDRESS and shown["current_task"]["channel"] == 2
+            # Home Assistant's diagnostics: the radio serving it and the best signal heard.
+            assert (shown["radio"], shown["rssi"]) == ("garden", -71)
             assert late.on(f"{node}/availability") == [b"online"]
             assert late.on(f"{PREFIX}/gateway/gw1/availability") == [b"online"]
             assert late.on(f"{PREFIX}/gateway/gw1/radio") == [b"online"]

@@ -78,11 +78,18 @@ def test_a_wrong_key_is_answered_with_the_firmwares_words() -> None:
     assert framer.outgoing[-1] == frame(b"\x01" + MAC_FAILURE.encode())
 
 
-def test_a_plaintext_client_on_an_encrypted_proxy_is_told_so() -> None:
+def test_a_client_in_the_other_framing_is_told_so_in_ours() -> None:
+    """What lets aioesphomeapi say "requires encryption" or "uses plaintext" rather than
+    report a closed connection: the first byte of the node's answer."""
+    noise = NoiseFramer(PSK, "p", "m")
+    assert noise.feed(b"\x00\x00\x01") == [] and noise.refused
+    assert noise.outgoing[0][0] == 0x01
+    plain = PlainFramer()
+    assert plain.feed(b"\x01\x00\x00") == [] and plain.refused
+    assert plain.outgoing[0][0] == 0x00
+    # Past the first frame, a wrong indicator is a broken client: dropped.
     with pytest.raises(FrameError, match="plaintext client"):
-        NoiseFramer(PSK, "p", "m").feed(b"\x00\x00\x01")
-    with pytest.raises(FrameError, match="encrypted client"):
-        PlainFramer().feed(b"\x01\x00\x00")
+        noise.feed(b"\x00\x00\x01")
 
 
 @pytest.mark.parametrize("key", ["not base64!", base64.b64encode(b"short").decode()])
