@@ -8,7 +8,9 @@ then, trial after trial, the radio serving the most controllers loses its power.
 Measured (issue 19's goals beside them in the JSON):
 - ``fresh_fraction``: of every (controller, second) sample after the warm-up, the share whose
   state was younger than ``refresh_period_s``;
-- ``command_p95_s``: a valve opened or closed on a random controller every few seconds;
+- ``command_p95_s``: a valve opened or closed on a random controller every few seconds, in the
+  steady phase before the trials (``command_p95_during_trials_s`` beside it: those commands
+  queue behind the moved controllers' own reconnects);
 - ``failover_max_s``: per trial, from the power loss until every controller that radio served
   was connected again through another radio; a person asks each of them for its state right
   after the loss (share-policy controllers are otherwise visited only when due), and
@@ -28,7 +30,6 @@ import logging
 import math
 import os
 import random
-import statistics
 import tempfile
 import time
 import traceback
@@ -87,6 +88,13 @@ async def refresh(session: ControllerSession) -> CommandOutcome:
     return CommandOutcome(OutcomeStatus.CONFIRMED, "refreshed")
 
 
+def p(values: list[float], percentile: int) -> float | None:
+    if not values:
+        return None
+    ranked = sorted(values)
+    return round(ranked[min(len(ranked) - 1, len(ranked) * percentile // 100)], 2)
+
+
 class Watch:
     """Samples freshness and unavailability every SAMPLE_S while it runs."""
 
@@ -115,15 +123,17 @@ class Watch:
                     self.worst[address] += 1
 
 
-async def commands(manager: ConnectionManager, addresses: list[str], latencies: list[float],
-                   failures: list[str], rng: random.Random) -> None:
+async def commands(manager: ConnectionManager, addresses: list[str],
+                   latencies: dict[str, list[float]], phase: list[str], failures: list[str],
+                   rng: random.Random) -> None:
     opened: dict[str, bool] = {}
     while True:
         await asyncio.sleep(COMMAND_EVERY_S)
         address = rng.choice(addresses)
         want = not opened.get(address, False)
         try:
-            latencies.append(await valve(address, manager, 1, want))
+            started_in = phase[0]
+            latencies[started_in].append(await valve(address, manager, 1, want))
             opened[address] = want
         except Exception as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
@@ -253,15 +263,18 @@ async def measure(args: argparse.Namespace, result: dict[str, Any], rng: random.
         await asyncio.sleep(0.2)
     result["all_fresh_after_s"] = round(time.monotonic() - started, 1)
     watch = Watch(manager, addresses)
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = {"steady": [], "trials": []}
+    phase = ["steady"]
     failures: list[str] = []
     trials: list[dict[str, Any]] = []
     result["trials"] = trials
     async with asyncio.TaskGroup() as tasks:
         watcher = tasks.create_task(watch.run())
-        person = tasks.create_task(commands(manager, addresses, latencies, failures, rng))
+        person = tasks.create_task(commands(manager, addresses, latencies, phase, failures,
+                                            rng))
         try:
             await asyncio.sleep(args.steady_s)
+            phase[0] = "trials"
             for _ in range(args.trials):
                 trials.append(await trial(manager, killer, addresses))
                 print(f"trial {len(trials)}: {trials[-1]}", flush=True)
@@ -272,11 +285,12 @@ async def measure(args: argparse.Namespace, result: dict[str, Any], rng: random.
     counts = collections.Counter(manager.radios.serving(a) for a in addresses)
     result.update(
         fresh_fraction=round(watch.fresh / max(watch.samples, 1), 4),
-        commands=len(latencies), command_failures=len(failures),
+        commands=len(latencies["steady"]), command_failures=len(failures),
         command_failure_examples=failures[:3],
-        command_p50_s=round(statistics.median(latencies), 2) if latencies else None,
-        command_p95_s=round(statistics.quantiles(latencies, n=20)[18], 2)
-        if len(latencies) >= 20 else (round(max(latencies), 2) if latencies else None),
+        command_p50_s=p(latencies["steady"], 50), command_p95_s=p(latencies["steady"], 95),
+        # Commands to any controller while trials ran, the moved ones among them.
+        commands_during_trials=len(latencies["trials"]),
+        command_p95_during_trials_s=p(latencies["trials"], 95),
         failover_max_s=max((t["failover_s"] or math.inf for t in trials), default=None),
         unavailable_while_heard_s=watch.unavailable_s,
         unavailable_worst=dict(watch.worst.most_common(3)),
@@ -292,7 +306,7 @@ if __name__ == "__main__":
     parser.add_argument("--proxies", type=int, default=2)
     parser.add_argument("--slots", type=int, default=3)
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--steady-s", type=float, default=60.0,
+    parser.add_argument("--steady-s", type=float, default=120.0,
                         help="commands and freshness before the first trial")
     parser.add_argument("--between-s", type=float, default=5.0,
                         help="after a proxy is back, before the next trial")

@@ -283,7 +283,9 @@ class SupervisedAccess:
                                                 lambda: None)
 
     async def refresh_gatt_cache(self, address: str) -> None:
-        await self.ops.repair(address)
+        # Through a proxy the cache is bleak-esphome's (and the ESP32's), not BlueZ's.
+        if not await self.manager.radios.radio_of(address).refresh_services(address):
+            await self.ops.repair(address)
 
 
 async def _refresh(session: ControllerSession) -> CommandOutcome:

@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig
+from gateway.daemon.operations import ControllerOperations
 from gateway.link.failures import FailureClass
 from gateway.link.manager import ConnectionManager
 from gateway.ops.health import RadioKind
+from gateway.ops.models import Ota
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
+from gateway.sim.images import firmware_body, make_image
 from gateway.sim.rig import Rig, RigOptions
 from gateway.store.registry import Registry
 from tests.helpers import until
@@ -77,7 +80,13 @@ async def gateway(rig: Rig, tmp_path: Path, *, pins: dict[int, str] | None = Non
         yield manager, proxies
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        try:
+            async with asyncio.timeout(20):
+                await asyncio.gather(task, return_exceptions=True)
+        except TimeoutError:
+            for t in asyncio.all_tasks():
+                t.print_stack(limit=6)
+            raise
         for server in proxies.values():
             await server.stop()
 
@@ -182,3 +191,16 @@ async def test_an_adapter_that_disappears_hands_its_controllers_on(
         finally:
             await rig.hub_fault("adapter_restore")
         await until(lambda: radios.radios["hci0"].up, 20.0)
+
+
+async def test_a_firmware_update_through_a_proxy_in_the_daemon(rig: Rig, tmp_path: Path) -> None:
+    """The daemon's own update path (ControllerOperations.ota) for a controller served by a
+    proxy: its upload, its reboot and its verification all go through that proxy."""
+    target = rig.controllers[7]  # between the two proxies, pinned to the shed
+    async with gateway(rig, tmp_path, pins={7: "shed"}) as (manager, _proxies):
+        await until(lambda: manager.store.fresh(target.address), ALL_SERVED_S)
+        operations = ControllerOperations(manager.config, manager.registry, manager)
+        image = make_image((9, 1, 0, 0), firmware_body("proxy", 24_000))
+        report = await operations.ota(Ota(address=target.address, image=image))
+        assert report.result == "succeeded", report
+        assert manager.radios.serving(target.address) == "shed"

@@ -67,6 +67,9 @@ class AdapterRadio:
     def detail(self) -> Mapping[str, str]:
         return {}
 
+    async def refresh_services(self, address: str) -> bool:
+        return False  # BlueZ forgets a device's services only with its bond: a re-pair
+
     async def release_orphan(self, address: str) -> bool:
         return await bluez.release_orphan(self.name, address, self.clock)
 

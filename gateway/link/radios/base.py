@@ -67,6 +67,11 @@ class Radio(Protocol):
         """An unconnected SMP transport to ``address`` through this radio (firmware updates)."""
         ...
 
+    async def refresh_services(self, address: str) -> bool:
+        """Forget the services cached for ``address``; False if this radio cannot (BlueZ:
+        its caller re-pairs instead)."""
+        ...
+
     async def release_orphan(self, address: str) -> bool:
         """Release a link to ``address`` held by nobody (an earlier run's); True if one was."""
         ...

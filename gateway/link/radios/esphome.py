@@ -35,7 +35,7 @@ from bleak_retry_connector import (
     establish_connection,
 )
 from bleak_retry_connector.bluez import Allocations
-from bluetooth_data_tools import monotonic_time_coarse
+from bluetooth_data_tools import mac_to_int, monotonic_time_coarse
 from habluetooth import BaseHaRemoteScanner, BluetoothManager
 
 from firmware_bridge.errors import PeerNotFound
@@ -88,6 +88,11 @@ class EsphomeRadio:
         self.limit = 0
         self._failures = 0
         self._lists_links = False
+        self._api: APIClient | None = None
+        # Done when the current API connection ends (a new one per connection).
+        self._lost: asyncio.Future[None] | None = None
+        self._data: ESPHomeClientData | None = None
+        self._flags = 0
 
     # ---- what the set reads ------------------------------------------------------------------
 
@@ -129,8 +134,33 @@ class EsphomeRadio:
     async def release_orphan(self, address: str) -> bool:
         return False  # the proxy drops its links when its API connection ends
 
+    async def refresh_services(self, address: str) -> bool:
+        """Forget the services bleak-esphome cached for ``address`` (in this process, and on
+        the proxy when its ESPHome can), so the next connect discovers them afresh: after a
+        firmware update the handles move, and a stale table fails every bring-up."""
+        self._forget(address)
+        api, data = self._api, self._data
+        if api is None or data is None or not (
+                self._flags & BluetoothProxyFeature.CACHE_CLEARING):
+            return True
+        try:
+            async with asyncio.timeout(API_CONNECT_TIMEOUT_S):
+                await api.bluetooth_device_clear_cache(mac_to_int(address))
+        except (APIConnectionError, TimeoutError) as exc:
+            log.info("proxy_cache_clear_failed", radio=self.name, address=address,
+                     error=str(exc))
+        return True
+
+    def _forget(self, address: str) -> None:
+        if self._data is not None:
+            cache = self._data.bluetooth_device.cache
+            cache.clear_gatt_services_cache(mac_to_int(address))
+            cache.clear_gatt_mtu_cache(mac_to_int(address))
+
     def smp_transport(self, address: str) -> BleSmpTransport:
         device, client_class = self._device(address)
+        # SMP links are an update's, before and after its reset: the table may have moved.
+        self._forget(address)
 
         def client(lost: Callable[[BleakClient], None], timeout_s: float) -> BleakClient:
             return client_class(device, lost, timeout=timeout_s)
@@ -141,17 +171,44 @@ class EsphomeRadio:
                       on_disconnect: Callable[[], None]) -> GattLink:
         device, client_class = self._device(address)
 
+        lost = self._lost
+        if lost is None:
+            raise PeerNotFound(f"proxy {self.name} is not connected")
+
+        async def attempt(disconnected: Callable[[BleakClient], None]) -> BleakClient:
+            # One attempt: retries are the supervisor's (its failure table and the path
+            # choice, which may send the next attempt through another radio).
+            return await establish_connection(
+                client_class, device, address, disconnected_callback=disconnected,
+                max_attempts=1, timeout=timeout_s)
+
         async def opener(disconnected: Callable[[BleakClient], None]) -> BleakClient:
+            # A connect in flight when the proxy goes away would wait out its timeout (the
+            # proxy never answers it): it ends with the API connection instead, the way
+            # asyncio.timeout ends a wait (cancel this task, then take the cancel back).
+            task = asyncio.current_task()
+            assert task is not None
+            cut = False
+
+            def cut_short(_lost: asyncio.Future[None]) -> None:
+                nonlocal cut
+                cut = True
+                task.cancel()
+
+            lost.add_done_callback(cut_short)
             try:
-                # One attempt: retries are the supervisor's (its failure table and the path
-                # choice, which may send the next attempt through another radio).
-                return await establish_connection(
-                    client_class, device, address, disconnected_callback=disconnected,
-                    max_attempts=1, timeout=timeout_s)
+                return await attempt(disconnected)
+            except asyncio.CancelledError:
+                if cut and task.uncancel() == 0:
+                    raise BleakError(f"not connected: proxy {self.name} went away during "
+                                     f"the connect") from None
+                raise
             except BleakOutOfConnectionSlotsError as exc:
                 raise BleakError(f"no resources: proxy {self.name} has no free slot") from exc
             except BleakNotFoundError as exc:
                 raise BleakDeviceNotFoundError(address, f"proxy {self.name}: {exc}") from exc
+            finally:
+                lost.remove_done_callback(cut_short)
 
         return await BleakGattLink.connect(device, adapter=self.name, timeout_s=timeout_s,
                                            on_disconnect=on_disconnect, opener=opener)
@@ -188,6 +245,7 @@ class EsphomeRadio:
 
         data: ESPHomeClientData | None = None
         undo: list[Callable[[], None]] = []
+        self._lost = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(API_CONNECT_TIMEOUT_S):
                 await api.connect(on_stop=on_stop, login=True)
@@ -213,6 +271,7 @@ class EsphomeRadio:
             undo.append(self._manager().async_register_scanner(scanner))
             self._scanner = scanner
             self._client_class = _client_class(scanner)
+            self._api, self._data, self._flags = api, data, flags
             self._info.update(name=info.name, esphome=info.esphome_version,
                               api=f"{version.major}.{version.minor}" if version else "?",
                               encryption="noise" if key else "none")
@@ -225,8 +284,11 @@ class EsphomeRadio:
                         reason="the proxy's API connection ended")
         finally:
             self._connected = False
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(None)
             self._scanner = None
             self._client_class = None
+            self._api = self._data = None
             self._reason = self._reason or f"proxy {self.name} disconnected"
             self.scheduler.close(f"proxy {self.name} disconnected")
             if data is not None:

@@ -58,6 +58,9 @@ class FakeRadio:
             raise TransportError(f"connect {address} through {self.name} failed")
         return object()  # type: ignore[return-value]  # the set never touches the link
 
+    async def refresh_services(self, address: str) -> bool:
+        return False
+
     async def release_orphan(self, address: str) -> bool:
         self.released.append(address)
         return False
