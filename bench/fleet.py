@@ -300,7 +300,8 @@ async def measure(args: argparse.Namespace, result: dict[str, Any], rng: random.
 
 
 if __name__ == "__main__":
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(
+        logging.INFO if os.environ.get("AWGW_BENCH_LOG") else logging.WARNING))
     parser = argparse.ArgumentParser()
     parser.add_argument("--controllers", type=int, default=24)
     parser.add_argument("--proxies", type=int, default=2)

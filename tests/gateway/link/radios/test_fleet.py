@@ -5,10 +5,12 @@ refusals for a controller no radio may serve."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_bridge.errors import TransportError
 from firmware_bridge.link.gatt_link import GattLink
@@ -209,3 +211,57 @@ async def test_a_proxy_that_never_comes_up_delays_the_start_only_by_the_grace(
     radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0.1, grace_s=0.5)
     async with asyncio.timeout(2.0):
         assert await visit(radio_set, ADDRESS) == "hci0"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["visit", "fail", "cancel",
+                                                              "down", "up"])),
+                min_size=1, max_size=30))
+async def test_no_path_leaks_a_slot(tmp_path_factory: pytest.TempPathFactory,
+                                    steps: list[tuple[int, str]]) -> None:
+    """Visits that succeed, fail, are cancelled mid-wait, and radios that die and come back:
+    afterwards every radio's slots are free again (issue 19: no leak across radios)."""
+    registry = Registry(tmp_path_factory.mktemp("reg") / "registry.sqlite3")
+    addresses = [f"C0:FF:EE:00:01:{i:02X}" for i in range(6)]
+    for address in addresses:
+        registry.add(address, name="AutoWatering", bonded=True)
+    hub, garden, shed = radios()
+    for radio in (hub, garden, shed):
+        radio.hears = {a: -60 - i for i, a in enumerate(addresses)}
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    proxies = {"garden": garden, "shed": shed}
+    async with asyncio.TaskGroup() as tasks:
+        pending: list[asyncio.Task[str | None]] = []
+        for index, action in steps:
+            address = addresses[index]
+            if action in ("visit", "fail", "cancel"):
+                radio = garden if index % 2 else shed
+                radio.fail_next += action == "fail"
+                task = tasks.create_task(_quietly(visit(radio_set, address)))
+                pending.append(task)
+                if action == "cancel":
+                    await asyncio.sleep(0)
+                    task.cancel()
+            elif action == "down":
+                proxy = proxies["garden" if index % 2 else "shed"]
+                proxy.is_up = False
+                proxy.scheduler.close(f"{proxy.name} lost power")
+            else:
+                proxy = proxies["garden" if index % 2 else "shed"]
+                proxy.is_up = True
+                proxy.scheduler.resize(1)
+            await asyncio.sleep(0)
+        for proxy in proxies.values():  # every radio back, so every waiter can finish
+            proxy.is_up = True
+            proxy.scheduler.resize(1)
+    for radio in (hub, garden, shed):
+        assert radio.scheduler.leases == [], radio.name
+    assert radio_set.routes == {}
+
+
+async def _quietly(visiting: Awaitable[str]) -> str | None:
+    try:
+        async with asyncio.timeout(WITHIN_S):
+            return await visiting
+    except (TransportError, NoPath):
+        return None
