@@ -114,6 +114,9 @@ class RadioSet:
         START_GRACE_S have passed."""
         if self._listened.is_set():
             return
+        if self._listen_s <= 0 and self._grace_s <= 0:
+            self._listened.set()
+            return
         clock = self.clock
         if self._started_at is None:
             self._started_at = clock.now()

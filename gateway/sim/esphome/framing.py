@@ -85,7 +85,7 @@ class PlainFramer:
         self._buffer += data
         messages: list[Message] = []
         while self._buffer:
-            if self._buffer[0] != 0x00 and not self._started:
+            if self._buffer[0] == 0x01 and not self._started:
                 # A client speaking Noise: answered in plaintext framing before the close (an
                 # empty DisconnectRequest), whose 0x00 tells it the node has no encryption.
                 self.refused = "Bad indicator byte"
@@ -137,7 +137,7 @@ class NoiseFramer:
         self._buffer += data
         messages: list[Message] = []
         while len(self._buffer) >= 3:
-            if self._buffer[0] != 0x01 and self._state == "hello":
+            if self._buffer[0] == 0x00 and self._state == "hello":
                 # A plaintext client: ESPHome answers in its own framing before it closes, and
                 # that first 0x01 is how a client learns the node requires encryption.
                 self.refused = "Bad indicator byte"

@@ -101,7 +101,7 @@ async def visit(radio_set: RadioSet, address: str) -> str:
 async def test_a_connect_goes_through_the_radio_that_hears_it_best(registry: Registry) -> None:
     hub, garden, shed = radios()
     hub.hears[ADDRESS], garden.hears[ADDRESS], shed.hears[ADDRESS] = -90, -55, -70
-    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     assert await visit(radio_set, ADDRESS) == "garden"
     assert garden.connects == [ADDRESS] and not hub.connects
     assert radio_set.serving(ADDRESS) == "garden"
@@ -111,7 +111,7 @@ async def test_a_wait_for_a_full_radio_moves_when_that_radio_dies(registry: Regi
     hub, garden, shed = radios()
     garden.hears = {ADDRESS: -50, OTHER: -50}
     shed.hears = {ADDRESS: -80}
-    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     shed.scheduler.resize(0)  # full with others' links: ADDRESS must queue on the garden
     async with radio_set.slot(OTHER, Priority.BACKGROUND, kept=True):  # the garden's one slot
         waiter = asyncio.create_task(visit(radio_set, ADDRESS))
@@ -129,7 +129,7 @@ async def test_one_failed_connect_sends_the_next_through_another_radio(
     """bleak-esphome#438: one failure through the far proxy must not strand the controller."""
     hub, garden, shed = radios()
     garden.hears[ADDRESS], shed.hears[ADDRESS] = -60, -64
-    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     assert await visit(radio_set, ADDRESS) == "garden"
     garden.fail_next = 1
     with pytest.raises(TransportError):
@@ -142,7 +142,7 @@ async def test_a_pin_to_a_radio_not_configured_is_refused_with_its_remedy(
     hub, garden, shed = radios()
     hub.hears = {ADDRESS: -60, OTHER: -60}
     registry.add(ADDRESS, name="AutoWatering", bonded=True, radio="barn")
-    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     with pytest.raises(NoPath, match=r"pinned to radio 'barn', which is not configured.*"
                                      r"awgw pair"):
         await visit(radio_set, ADDRESS)
@@ -155,7 +155,7 @@ async def test_pinned_and_passkey_controllers_stay_where_they_must(registry: Reg
     hub.hears[OTHER], garden.hears[OTHER] = -88, -45
     registry.add(ADDRESS, name="AutoWatering", bonded=True, radio="shed")
     registry.add(OTHER, name="AutoWatering", bonded=True, passkey=True)
-    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     assert await visit(radio_set, ADDRESS) == "shed"
     assert await visit(radio_set, OTHER) == "hci0"
     shed.is_up = False  # a pin is never routed elsewhere
@@ -169,7 +169,7 @@ async def test_an_unheard_controller_waits_for_a_sighting_after_orphans_are_rele
     is released so it advertises again; no radio is tried blind (a direct connect holds the
     adapter's connect turn for its whole timeout)."""
     hub, garden, shed = radios()
-    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     with pytest.raises(NoPath, match="not_heard"):
         await visit(radio_set, ADDRESS)
     assert hub.released == [ADDRESS] and not hub.connects and not garden.connects
@@ -228,7 +228,7 @@ async def test_no_path_leaks_a_slot(tmp_path_factory: pytest.TempPathFactory,
     hub, garden, shed = radios()
     for radio in (hub, garden, shed):
         radio.hears = {a: -60 - i for i, a in enumerate(addresses)}
-    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0)
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     proxies = {"garden": garden, "shed": shed}
     async with asyncio.TaskGroup() as tasks:
         pending: list[asyncio.Task[str | None]] = []
