@@ -20,6 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.daemon.operations import ControllerOperations
 from gateway.link.failures import FailureClass
 from gateway.link.manager import ConnectionManager
+from gateway.link.radios import esphome
 from gateway.ops.health import RadioKind
 from gateway.ops.models import Ota
 from gateway.sim.esphome.radio import BleakRadio
@@ -141,7 +142,9 @@ async def test_pinned_and_passkey_controllers_stay_where_they_must(
         assert radios.radios[radios.serving(passkey) or "?"].kind is RadioKind.ADAPTER
         await proxies["garden"].power_restore()
         connects = manager.supervisors[pinned].connects
-        await until(lambda: manager.supervisors[pinned].connects > connects, 30.0)
+        # The proxy's reconnect backoff (at most 30 s) and then a visit.
+        await until(lambda: manager.supervisors[pinned].connects > connects,
+                    esphome.RECONNECT_CAP_S + REFRESH_S)
         assert radios.serving(pinned) == "garden"
 
 
