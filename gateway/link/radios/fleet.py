@@ -19,6 +19,7 @@ import structlog
 from firmware_bridge.link.gatt_link import GattLink
 from gateway.clock import Clock
 from gateway.link.paths import (
+    HEARD_WITHIN_S,
     Constraints,
     PathChoice,
     PathMemory,
@@ -224,7 +225,7 @@ class RadioSet:
         out = []
         for radio in self.radios.values():
             heard = sum(1 for a in addresses if (s := radio.heard(a)) is not None
-                        and s.age_s <= 60.0)
+                        and s.age_s <= HEARD_WITHIN_S)
             out.append(RadioReport(radio.name, radio.kind, radio.up, radio.reason,
                                    len(radio.scheduler.leases), radio.scheduler.max_links,
                                    heard, dict(radio.detail())))
