@@ -78,18 +78,18 @@ class RadioSet:
             return Constraints()
         return Constraints(pinned=record.radio, local_only=record.passkey)
 
-    def choose(self, address: str) -> PathChoice:
+    def choose(self, address: str, constraints: Constraints | None = None) -> PathChoice:
         views = [RadioView(r.name, r.kind, r.up, r.scheduler.free, r.scheduler.max_links,
                            self.connecting[r.name]) for r in self.radios.values()]
         choice = choose(views, self.heard(address), self.memory.get(address, PathMemory()),
-                        self.constraints(address), self.clock.now())
+                        constraints or self.constraints(address), self.clock.now())
         self.last_choice[address] = choice
         return choice
 
     def _pick(self, address: str) -> Radio | NoPath:
         """The radio to wait on, or why there is none."""
-        choice = self.choose(address)
-        constraints = self.constraints(address)
+        constraints = self.constraints(address)  # one registry read per choice
+        choice = self.choose(address, constraints)
         if choice.radio is not None:
             return self.radios[choice.radio]
         if choice.reason is PathReason.WAIT_FOR_SLOT:
