@@ -5,9 +5,9 @@ measured side by side in one run on the virtual rig.
 
 Each virtual controller writes the moment every notification leaves its link model (so the
 modelled air time is excluded). Phase A subscribes with bare bleak clients and timestamps the
-callbacks; phase B runs the gateway's connection manager (keep-connected links) and takes the
-timestamp of each typed StateEvent, taken from the state store as the daemon's state feed takes
-it. Latency = that timestamp minus the controller's. CPU is this process's CPU time over each
+callbacks; phase B runs the gateway's connection manager (keep-connected links) with a consumer
+taking the changed controllers burst by burst as the daemon's state feed does, and takes the
+stamp of each typed StateEvent. Latency = that stamp minus the controller's. CPU is this process's CPU time over each
 window, per notification; the two phases alternate ``--rounds`` times (a machine's background
 load drifts), and ``cpu_ratio_gateway_to_bleak`` (goal <= 1.5) sums them, with each round's
 ratio beside it. The last line is JSON.
@@ -34,11 +34,12 @@ from firmware_bridge.gatt import uuids
 from firmware_bridge.link.outcome import CommandOutcome
 from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.link.state import Field, Source, StateEvent
+from gateway.clock import LoopClock
 from gateway.config import GatewayConfig, LinkPolicy, LinkSettings
 from gateway.link.manager import ConnectionManager
 from gateway.link.radio import pair_on_radio
 from gateway.ops.models import LinkState
-from gateway.relay.feed import SETTLE_S
+from gateway.relay.feed import QUIET_S, SETTLE_S
 from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
 from gateway.store.registry import Registry
@@ -133,27 +134,28 @@ async def running_gateway(config: GatewayConfig, registry: Registry
 
 async def gateway(manager: ConnectionManager, seconds: float
                   ) -> tuple[list[tuple[TraceKey, int]], float]:
-    """The gateway's typed events for ``seconds``, taken from the state store as the daemon's
-    state feed takes them (gateway/relay/feed.py: the first of a burst, then whatever came
-    within SETTLE_S). Only the gateway's work is inside the CPU window: the bytes are
-    re-encoded for matching after it closes (bare bleak's callback only appends, too)."""
-    queue = manager.store.subscribe()
-    events: list[StateEvent] = []
-
-    def keep(event: StateEvent) -> None:
-        if isinstance(event, StateEvent) and event.source is Source.NOTIFY \
-                and event.field in MEASURED:
-            events.append(event)
-
+    """The gateway's typed events for ``seconds``. The CPU window holds what the daemon does
+    with a notification: the session decodes it into the state store, and a consumer takes
+    the changed controllers burst by burst, as the daemon's state feed takes them
+    (gateway/relay/feed.py). The events themselves are
+    recorded by a tap on the store, a bare ``list.append`` (bare bleak's callback records its
+    own) and
+    re-encoded for matching after the window closes."""
+    recorded: list[StateEvent] = []
+    manager.store.tap(recorded.append)
+    changes = manager.store.watch(SETTLE_S, QUIET_S, LoopClock())
+    observed = 0
     cpu0 = time.process_time()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             while True:
-                keep(await queue.get())
-                await asyncio.sleep(SETTLE_S)
-                while not queue.empty():
-                    keep(queue.get_nowait())
+                observed += len(await changes.burst())
     cpu = time.process_time() - cpu0
+    manager.store.unwatch(changes)
+    manager.store.untap(recorded.append)
+    events = [event for event in recorded
+              if event.source is Source.NOTIFY and event.field in MEASURED]
+    assert observed, "the consumer saw no change"
     received = [((e.address, MEASURED[e.field], e.value.encode().hex()),  # type: ignore[union-attr]
                  int(e.monotonic * 1e9)) for e in events]
     return received, cpu

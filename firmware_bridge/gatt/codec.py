@@ -37,10 +37,10 @@ E = TypeVar("E", bound=IntEnum)
 
 
 def enum_or_int(enum: type[E], value: int) -> E | int:
-    try:
-        return enum(value)
-    except ValueError:
-        return value
+    # The member map, not enum(value): this runs for every notification, and the call
+    # costs several times the look-up.
+    member: E | int = enum._value2member_map_.get(value, value)  # type: ignore[assignment]
+    return member
 
 
 class SystemStatusCode(IntEnum):

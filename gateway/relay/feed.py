@@ -12,19 +12,26 @@ import structlog
 
 from firmware_bridge.gatt.codec import CHANNELS
 from firmware_bridge.gatt.history import DetailedEntry
-from firmware_bridge.link.state import StateEvent
 from gateway.clock import Clock, LoopClock
 from gateway.errors import GatewayError
 from gateway.ops.models import ControllerState
 from gateway.relay.events import DerivedEvent, EventTracker
 from gateway.relay.mqtt.topics import SERIAL
 from gateway.store.registry import Registry
-from gateway.store.state import StateStore
+from gateway.store.state import Changes, StateStore
 
 log = structlog.get_logger("gateway.relay.feed")
-# Values arrive in bursts (a Bulk Snapshot is several fields at once): wait this long for the
-# rest of the burst before taking a snapshot, so one refresh is one observation.
-SETTLE_S = 0.05
+# Values arrive in bursts, taken as one observation each (gateway/store/state.py Changes).
+# A refresh is several reads, each at least one connection event (30-50 ms, device-ble.md
+# 3.2) apart, and a watering controller notifies its task every 50 ms and its flow every
+# 200 ms (the firmware's throttle, 4.3): a burst is what arrives within SETTLE_S of its first
+# change, so one refresh is one observation and a watering controller makes at most five a
+# second, each a snapshot compared by every relay (at 50 ms it made one per notification).
+SETTLE_S = 0.2
+# A burst with nothing after it is observed this long after its first change: past SETTLE_S
+# by more than a busy controller's notification spacing, so the burst of a controller that
+# keeps notifying ends at a notification rather than on this timer.
+QUIET_S = 0.3
 # Fresh turns stale with no event at all; the tick notices it within this.
 TICK_S = 5.0
 # The firmware writes the history entry when the task ends; read it a moment later.
@@ -124,27 +131,23 @@ class StateFeed:
                                              channels | {before})
 
     async def run(self) -> None:
-        queue = self.store.subscribe()
+        changes = self.store.watch(SETTLE_S, QUIET_S, self.clock)
         try:
             now = self.clock.now()
             for record in self.registry.all():
                 self._periodic_due[record.address] = now
                 self._observe(record.address)
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._changes(queue), name="state feed")
+                tasks.create_task(self._changes(changes), name="state feed")
                 tasks.create_task(self._ticks(), name="state feed tick")
                 if self.history is not None:
                     tasks.create_task(self._history_loop(), name="history feed")
         finally:
-            self.store.unsubscribe(queue)
+            self.store.unwatch(changes)
 
-    async def _changes(self, queue: asyncio.Queue[StateEvent]) -> None:
+    async def _changes(self, changes: Changes) -> None:
         while True:
-            changed = {(await queue.get()).address}
-            await self.clock.sleep(SETTLE_S)
-            while not queue.empty():
-                changed.add(queue.get_nowait().address)
-            for address in changed:
+            for address in await changes.burst():
                 self._observe(address)
 
     async def _ticks(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from firmware_bridge.gatt.alarms import read_alarm
 from firmware_bridge.gatt.codec import (
@@ -29,6 +30,7 @@ from firmware_bridge.gatt.codec import (
 from firmware_bridge.gatt.configuration import ChannelConfig, SystemConfig
 from firmware_bridge.gatt.sensors import EnvironmentalData, RainData, RainSensorState
 from firmware_bridge.link.state import DecodeProblem, Field, StateEvent
+from gateway.clock import Clock
 from gateway.ops.models import (
     AlarmView,
     ControllerState,
@@ -58,23 +60,110 @@ class ControllerView:
     last_failure: str | None = None
 
 
+def _valves_from_bulk(view: ControllerView, item: StateEvent) -> None:
+    value = cast(BulkSync, item.value)
+    view.last_refresh = item.at
+    view.valves = {channel: (value.valve_open(channel), item.at) for channel in range(CHANNELS)}
+
+
+def _valve_from_control(view: ControllerView, item: StateEvent) -> None:
+    value = cast(ValveControl, item.value)
+    if not value.is_master and 0 <= value.channel_id < CHANNELS:
+        view.valves[value.channel_id] = (value.is_open, item.at)
+
+
+def _valves_from_task(view: ControllerView, item: StateEvent) -> None:
+    # Every task notification: a watering controller sends one every 50 ms (device-ble.md
+    # 4.3), so the eight valves are written at C speed, not in a loop of eight.
+    value = cast(CurrentTask, item.value)
+    valves = dict.fromkeys(range(CHANNELS), (False, item.at))
+    if not value.idle and value.status == TaskStatus.RUNNING and value.channel_id in valves:
+        valves[value.channel_id] = (True, item.at)
+    view.valves = valves
+
+
+def _name_from_config(view: ControllerView, item: StateEvent) -> None:
+    value = cast(ChannelConfig, item.value)
+    view.names[value.channel_id] = value.name
+
+
+# What a value tells beyond itself, by its type: one look-up per notification instead of a
+# chain of isinstance checks.
+_DERIVED: dict[type, Callable[[ControllerView, StateEvent], None]] = {
+    BulkSync: _valves_from_bulk, ValveControl: _valve_from_control,
+    CurrentTask: _valves_from_task, ChannelConfig: _name_from_config}
+
+
+class Changes:
+    """The controllers whose state changed, for a consumer that takes each burst as one
+    observation (the state feed). It holds addresses, not events, so it stays as small as the
+    fleet however far behind its consumer falls, and a notification costs it one insertion.
+
+    A burst ends at the first change that arrives ``settle_s`` after its first one: the loop
+    is awake for that notification anyway, where a timer of its own would wake an idle loop
+    (on a Pi, a wake from idle costs more CPU than decoding the notification). Only a burst
+    that goes quiet ends on the timer, ``quiet_s`` after its first change."""
+
+    def __init__(self, settle_s: float, quiet_s: float, clock: Clock) -> None:
+        self.settle_s = settle_s
+        self.quiet_s = quiet_s
+        self._clock = clock
+        self._pending: set[str] = set()
+        self._first_at = 0.0
+        self._changed = asyncio.Event()
+        self._settled = asyncio.Event()
+
+    def mark(self, address: str, monotonic: float) -> None:
+        """``address`` changed with a value learned at ``monotonic`` (the event's own stamp:
+        no clock is read for a notification)."""
+        if not self._pending:
+            self._first_at = monotonic
+            self._changed.set()
+        elif monotonic - self._first_at >= self.settle_s:
+            self._settled.set()
+        self._pending.add(address)
+
+    async def burst(self) -> set[str]:
+        """The controllers changed in the next burst (waits for its first change)."""
+        await self._changed.wait()
+        await self._clock.wait(self._settled, self.quiet_s)
+        taken, self._pending = self._pending, set()
+        self._changed.clear()
+        self._settled.clear()
+        return taken
+
+
 class StateStore:
     def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.time) -> None:
         self.stale_after_s = stale_after_s
         self.clock = clock
         self.views: dict[str, ControllerView] = {}
-        self._subscribers: list[asyncio.Queue[StateEvent]] = []
+        self._taps: list[Callable[[StateEvent], None]] = []
+        self._watchers: list[Changes] = []
 
     def view(self, address: str) -> ControllerView:
-        return self.views.setdefault(address, ControllerView(address))
+        # Called for every notification: build a view only for an address not seen before.
+        view = self.views.get(address)
+        if view is None:
+            view = self.views[address] = ControllerView(address)
+        return view
 
-    def subscribe(self) -> asyncio.Queue[StateEvent]:
-        queue: asyncio.Queue[StateEvent] = asyncio.Queue()
-        self._subscribers.append(queue)
-        return queue
+    def tap(self, take: Callable[[StateEvent], None]) -> None:
+        """Hand ``take`` every event as it is applied (``list.append`` records them); it
+        runs on the notification's callback, so it must not block."""
+        self._taps.append(take)
 
-    def unsubscribe(self, queue: asyncio.Queue[StateEvent]) -> None:
-        self._subscribers.remove(queue)
+    def untap(self, take: Callable[[StateEvent], None]) -> None:
+        self._taps.remove(take)
+
+    def watch(self, settle_s: float, quiet_s: float, clock: Clock) -> Changes:
+        """Which controllers changed, burst by burst (``tap`` gives every event)."""
+        changes = Changes(settle_s, quiet_s, clock)
+        self._watchers.append(changes)
+        return changes
+
+    def unwatch(self, changes: Changes) -> None:
+        self._watchers.remove(changes)
 
     def set_link(self, address: str, link: LinkState) -> None:
         self.view(address).link = link
@@ -86,25 +175,15 @@ class StateStore:
         if isinstance(item, DecodeProblem):
             self.view(item.address).decode_problems += 1
             return
-        view = self.view(item.address)
+        view = self.views.get(item.address) or self.view(item.address)
         view.values[item.field] = item
-        value = item.value
-        if isinstance(value, BulkSync):
-            view.last_refresh = item.at
-            for channel in range(CHANNELS):
-                view.valves[channel] = (value.valve_open(channel), item.at)
-        elif isinstance(value, ValveControl) and not value.is_master:
-            if 0 <= value.channel_id < CHANNELS:
-                view.valves[value.channel_id] = (value.is_open, item.at)
-        elif isinstance(value, CurrentTask):
-            running = (None if value.idle or value.status != TaskStatus.RUNNING
-                       else value.channel_id)
-            for channel in range(CHANNELS):
-                view.valves[channel] = (channel == running, item.at)
-        elif isinstance(value, ChannelConfig):
-            view.names[value.channel_id] = value.name
-        for queue in self._subscribers:
-            queue.put_nowait(item)
+        derive = _DERIVED.get(type(item.value))
+        if derive is not None:
+            derive(view, item)
+        for changes in self._watchers:
+            changes.mark(item.address, item.monotonic)
+        for take in self._taps:
+            take(item)
 
     def fresh(self, address: str) -> bool:
         view = self.view(address)

@@ -48,13 +48,8 @@ async def stop(task: asyncio.Task[None]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-def refreshes(queue: asyncio.Queue[StateEvent]) -> list[StateEvent]:
-    found = []
-    while not queue.empty():
-        event = queue.get_nowait()
-        if isinstance(event.value, BulkSync):
-            found.append(event)
-    return found
+def refreshes(events: list[StateEvent]) -> list[StateEvent]:
+    return [event for event in events if isinstance(event.value, BulkSync)]
 
 
 
@@ -63,7 +58,8 @@ async def test_six_controllers_three_slots_fresh_and_prompt(rig: Rig, tmp_path: 
     period = 6.0
     manager, task = await start(rig, tmp_path, LinkSettings(
         max_links=3, refresh_period_s=period, connect_timeout_s=8))
-    events = manager.store.subscribe()
+    events: list[StateEvent] = []
+    manager.store.tap(events.append)
     peak_links = 0
     latencies: list[float] = []
     try:

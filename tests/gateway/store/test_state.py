@@ -3,6 +3,7 @@ value arrived, never re-stamped."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from firmware_bridge.gatt.codec import FlowSensor
@@ -10,6 +11,7 @@ from firmware_bridge.gatt.configuration import SystemConfig
 from firmware_bridge.gatt.units import PulsesPerLitre
 from firmware_bridge.link.state import Field, Source, StateEvent
 from gateway.store.state import StateStore
+from tests.helpers.fakes import VirtualClock
 from tests.helpers.golden import V1, V19
 
 ADDRESS = "C0:FF:EE:00:00:00"
@@ -43,3 +45,53 @@ def test_freshness_ages_without_restamping() -> None:
     state = store.snapshot(ADDRESS)
     assert state.fresh is False and state.updated_at == 1000.0
     assert state.age_s == 11.0
+
+
+def test_a_task_notification_sets_every_valve() -> None:
+    from firmware_bridge.gatt.codec import CurrentTask, TaskStatus
+    store = StateStore(stale_after_s=10)
+    running = CurrentTask(3, 0, 0, 60, 5, 0, TaskStatus.RUNNING)
+    store.apply(event(Field.CURRENT_TASK, running, 1000.0))
+    valves = store.snapshot(ADDRESS).valves
+    assert [v.open for v in valves] == [ch == 3 for ch in range(8)]
+    assert {v.at for v in valves} == {1000.0}
+    for quiet in (replace(running, status=TaskStatus.PAUSED), CurrentTask.idle_frame(),
+                  replace(running, channel_id=8)):  # a channel the controller does not have
+        store.apply(event(Field.CURRENT_TASK, quiet, 1001.0))
+        assert not any(v.open for v in store.snapshot(ADDRESS).valves), quiet
+
+
+def changed_at(address: str, monotonic: float) -> StateEvent:
+    return StateEvent(address, Field.FLOW, FlowSensor(1), Source.NOTIFY, monotonic, monotonic)
+
+
+async def test_a_busy_burst_ends_at_a_change_not_on_a_timer() -> None:
+    """A change that arrives SETTLE after the burst's first ends it: the loop is awake for
+    that notification anyway, so no timer of the consumer's wakes it."""
+    clock = VirtualClock()
+    store = StateStore(stale_after_s=10)
+    changes = store.watch(0.2, 0.3, clock)
+    for monotonic in (10.0, 10.05, 10.1, 10.15):  # one controller, every 50 ms
+        store.apply(changed_at(ADDRESS, monotonic))
+    store.apply(changed_at("C0:FF:EE:00:00:01", 10.12))
+    waiting = asyncio.create_task(changes.burst())
+    for _ in range(VirtualClock.SETTLE_TURNS - 1):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # 150 ms in: still the same burst
+    store.apply(changed_at(ADDRESS, 10.21))
+    assert await waiting == {ADDRESS, "C0:FF:EE:00:00:01"}
+    assert clock.waited == []  # ended by the change, not by the quiet timer
+
+
+async def test_a_burst_that_goes_quiet_ends_on_the_timer_and_the_next_starts_afresh() -> None:
+    clock = VirtualClock()
+    store = StateStore(stale_after_s=10)
+    changes = store.watch(0.2, 0.3, clock)
+    store.apply(changed_at(ADDRESS, 10.0))
+    assert await changes.burst() == {ADDRESS}
+    assert clock.waited == [0.3]
+    # The next burst's first change starts its own settle: 10.3 is not 0.2 after 10.2.
+    store.apply(changed_at(ADDRESS, 10.2))
+    store.apply(changed_at(ADDRESS, 10.3))
+    assert await changes.burst() == {ADDRESS}
+    assert clock.waited == [0.3, 0.3]
