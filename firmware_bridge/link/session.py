@@ -145,6 +145,10 @@ class ControllerSession:
         self.channels: dict[int, ChannelConfig] = {}
         self.num_channels = 8
         self._lock = PriorityLock()
+        # Command frames handed to the link (counted before the write: one that failed may
+        # still have reached the controller). A command that fails with this unchanged sent
+        # nothing, so its caller may run it again on another link.
+        self.commands_sent = 0
         self._waiters: list[tuple[EventPredicate, asyncio.Future[StateEvent]]] = []
         self._env = EnvDataReassembler()
         self._history = UnifiedReassembler()
@@ -383,6 +387,7 @@ class ControllerSession:
                     self._waiters = [(after(self.clock.monotonic(), p), f)
                                      if f in (done, queued_future) else (p, f)
                                      for p, f in self._waiters]
+                    self.commands_sent += 1
                     await self._timed(self.link.write(uuid, frame))
             except AttRefused as exc:
                 return CommandOutcome(OutcomeStatus.REFUSED, f"{what}: refused with ATT "

@@ -87,6 +87,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 class _Command:
     name: str
     run: CommandFn
+    retried: bool = False  # run again once after a failure that sent it nowhere
     future: asyncio.Future[CommandOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -111,7 +112,7 @@ class Supervisor:
         self.state = LinkState.IDLE
         self.failure: Failure | None = None
         self.session: ControllerSession | None = None
-        self._commands: asyncio.Queue[_Command] = asyncio.Queue()
+        self._commands: collections.deque[_Command] = collections.deque()
         self._wake = asyncio.Event()
         # The scanner heard this controller while it was backing off after not_found.
         self._sighted = False
@@ -144,7 +145,7 @@ class Supervisor:
             raise CommandFailed(f"{self.address}: link supervisor stopped after an internal "
                                 f"error ({self.failure.summary if self.failure else '?'})")
         command = _Command(name, run)
-        self._commands.put_nowait(command)
+        self._commands.append(command)
         self._wake.set()
         try:
             async with asyncio.timeout(deadline_s):
@@ -214,10 +215,10 @@ class Supervisor:
             if self.state in (LinkState.BOND_LOST, LinkState.UPDATING):
                 await self._sleep_until_woken(None)
                 continue
-            if self.policy is LinkPolicy.SHARE and self._commands.empty():
+            if self.policy is LinkPolicy.SHARE and not self._commands:
                 self._set(LinkState.IDLE)
                 await self._sleep_until_woken(max(0.0, next_visit - clock.now()))
-                if self._updating() or (self._commands.empty() and clock.now() < next_visit):
+                if self._updating() or (not self._commands and clock.now() < next_visit):
                     continue
             started = clock.now()
             try:
@@ -246,7 +247,7 @@ class Supervisor:
         self.failures[failure.kind.value] += 1
         self.store.set_failure(self.address, failure.kind.value)
         decision = decide(failure.kind, self._memory, can_repair=self.repairer is not None,
-                          command_waiting=not self._commands.empty(), rng=self.rng)
+                          command_waiting=bool(self._commands), rng=self.rng)
         self._memory = decision.memory
         fields = {"failure_class": failure.kind.value, "error": failure.summary,
                   "attempt": decision.memory.attempt, "action": decision.action.value}
@@ -283,7 +284,7 @@ class Supervisor:
 
     async def _visit(self) -> bool:
         """One connection; True if the full snapshot was taken."""
-        urgent = not self._commands.empty()
+        urgent = bool(self._commands)
         self._set(LinkState.WAITING_SLOT)
         async with self.scheduler.slot(self.address, Priority.URGENT if urgent
                                        else Priority.BACKGROUND,
@@ -357,7 +358,7 @@ class Supervisor:
         await session.commands_ready.wait()
         served = False
         while True:
-            if self._commands.empty():
+            if not self._commands:
                 if self.policy is LinkPolicy.SHARE and synced.is_set():
                     self.scheduler.demote(lease)
                     if served:
@@ -374,15 +375,17 @@ class Supervisor:
                 else:
                     await first_of(self._wake, synced)
                 continue
-            command = self._commands.get_nowait()
+            command = self._commands.popleft()
             if command.future.done():
                 continue
             self._log.info("command_start", command=command.name)
+            sent_before = session.commands_sent
             try:
                 outcome = await command.run(session)
-            except Exception as exc:
-                if not command.future.done():
-                    command.future.set_exception(CommandFailed(f"{command.name}: {exc}"))
+            except BaseException as exc:
+                # Its own failure, or the visit cancelling it when the link died under
+                # another of its tasks first: either way the command has an answer or a turn.
+                self._interrupted(command, exc, sent=session.commands_sent != sent_before)
                 raise
             self._log.info("command_done", command=command.name, status=outcome.status.value,
                            detail=outcome.detail)
@@ -454,11 +457,27 @@ class Supervisor:
             if not backoff or self._sighted:
                 self._sighted = False
                 return
-            if not self._commands.empty() and deadline is not None:
+            if self._commands and deadline is not None:
                 deadline = min(deadline, clock.now() + URGENT_RETRY_S)
 
+    def _interrupted(self, command: _Command, exc: BaseException, *, sent: bool) -> None:
+        if command.future.done():
+            return
+        if not sent and not command.retried:
+            # Nothing reached the controller (its radio died during a read the command starts
+            # with): first in line again for the next visit, through whichever radio serves
+            # it then.
+            command.retried = True
+            self._commands.appendleft(command)
+            self._log.info("command_retried", command=command.name,
+                           error=str(exc) or type(exc).__name__)
+            return
+        reason = (str(exc) if not isinstance(exc, asyncio.CancelledError)
+                  else "the link ended while it ran")
+        command.future.set_exception(CommandFailed(f"{command.name}: {reason}"))
+
     def _fail_commands(self, error: Exception) -> None:
-        while not self._commands.empty():
-            command = self._commands.get_nowait()
+        while self._commands:
+            command = self._commands.popleft()
             if not command.future.done():
                 command.future.set_exception(error)

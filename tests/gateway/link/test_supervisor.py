@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from firmware_bridge.errors import AttRefused, LinkDBusError, PeerNotFound
+from firmware_bridge.errors import AttRefused, LinkDBusError, LinkLost, PeerNotFound
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import OutcomeStatus
 from gateway.clock import LoopClock
@@ -303,3 +303,35 @@ async def test_a_controller_seen_again_ends_its_not_found_backoff_at_once(
     finally:
         await cancel_and_wait(task)
 
+
+
+async def test_a_command_whose_link_dies_before_it_sends_anything_runs_on_the_next_link(
+        tmp_path: Path) -> None:
+    """Closing a valve reads the running task first; a radio that dies during that read has
+    sent the controller nothing, so the command is served on the next visit instead of
+    failing (bench/fleet.py: "close: read deff: Not connected to proxy0")."""
+    radio = Radio()
+    sup, _ = make(tmp_path, radio)
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: sup.state is LinkState.CONNECTED)
+        radio.links[-1].connected = False  # the read the close starts with fails
+        outcome = await sup.submit("close", lambda s: s.close_valve(1))
+        assert outcome.status is OutcomeStatus.CONFIRMED
+        assert len(radio.links) == 2  # served through the next link
+    finally:
+        task.cancel()
+
+
+async def test_a_command_whose_write_may_have_gone_out_is_not_run_again(
+        tmp_path: Path) -> None:
+    radio = Radio()
+    sup, _ = make(tmp_path, radio)
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: sup.state is LinkState.CONNECTED)
+        radio.links[-1].fail_next = LinkLost(f"{ADDRESS} lost during the write")
+        with pytest.raises(CommandFailed, match="^open: "):
+            await sup.submit("open", lambda s: s.open_valve(1, 2))
+    finally:
+        task.cancel()
