@@ -125,18 +125,21 @@ class Watch:
 
 async def commands(manager: ConnectionManager, addresses: list[str],
                    latencies: dict[str, list[float]], phase: list[str], failures: list[str],
-                   rng: random.Random) -> None:
+                   slowest: list[tuple[float, str]], rng: random.Random) -> None:
     opened: dict[str, bool] = {}
     while True:
         await asyncio.sleep(COMMAND_EVERY_S)
         address = rng.choice(addresses)
         want = not opened.get(address, False)
+        started_in = phase[0]
         try:
-            started_in = phase[0]
-            latencies[started_in].append(await valve(address, manager, 1, want))
+            took = await valve(address, manager, 1, want)
+            latencies[started_in].append(took)
+            if started_in == "steady":
+                slowest.append((took, address))
             opened[address] = want
         except Exception as exc:
-            failures.append(f"{type(exc).__name__}: {exc}")
+            failures.append(f"{started_in}: {type(exc).__name__}: {exc}")
 
 
 class Killer:
@@ -266,12 +269,13 @@ async def measure(args: argparse.Namespace, result: dict[str, Any], rng: random.
     latencies: dict[str, list[float]] = {"steady": [], "trials": []}
     phase = ["steady"]
     failures: list[str] = []
+    slowest: list[tuple[float, str]] = []
     trials: list[dict[str, Any]] = []
     result["trials"] = trials
     async with asyncio.TaskGroup() as tasks:
         watcher = tasks.create_task(watch.run())
         person = tasks.create_task(commands(manager, addresses, latencies, phase, failures,
-                                            rng))
+                                            slowest, rng))
         try:
             await asyncio.sleep(args.steady_s)
             phase[0] = "trials"
@@ -286,7 +290,10 @@ async def measure(args: argparse.Namespace, result: dict[str, Any], rng: random.
     result.update(
         fresh_fraction=round(watch.fresh / max(watch.samples, 1), 4),
         commands=len(latencies["steady"]), command_failures=len(failures),
+        command_failures_steady=sum(f.startswith("steady:") for f in failures),
         command_failure_examples=failures[:3],
+        # Where to look when the p95 is high: which controllers, how slow.
+        command_slowest_steady=[(round(t, 2), a) for t, a in sorted(slowest)[-3:]],
         command_p50_s=p(latencies["steady"], 50), command_p95_s=p(latencies["steady"], 95),
         # Commands to any controller while trials ran, the moved ones among them.
         commands_during_trials=len(latencies["trials"]),

@@ -7,10 +7,10 @@ Each virtual controller writes the moment every notification leaves its link mod
 modelled air time is excluded). Phase A subscribes with bare bleak clients and timestamps the
 callbacks; phase B runs the gateway's connection manager (keep-connected links) with a consumer
 taking the changed controllers burst by burst as the daemon's state feed does, and takes the
-stamp of each typed StateEvent. Latency = that stamp minus the controller's. CPU is this process's CPU time over each
-window, per notification; the two phases alternate ``--rounds`` times (a machine's background
-load drifts), and ``cpu_ratio_gateway_to_bleak`` (goal <= 1.5) sums them, with each round's
-ratio beside it. The last line is JSON.
+stamp of each typed StateEvent. Latency = that stamp minus the controller's. CPU is this
+process's CPU time over each window, per notification; the two phases alternate ``--rounds``
+times (a machine's background load drifts), and ``cpu_ratio_gateway_to_bleak`` (goal <= 1.5)
+sums them, with each round's ratio beside it. The last line is JSON.
 """
 
 from __future__ import annotations

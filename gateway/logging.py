@@ -28,6 +28,23 @@ def redact_secrets(
     return event
 
 
+class _LibraryRecords(logging.Handler):
+    """The radio libraries (bleak, aioesphomeapi, bleak-esphome, habluetooth) log through the
+    standard library: their records leave as our own JSON lines, redacted the same way, named
+    by their logger. Without this Python's last-resort handler prints them as bare text."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = structlog.get_logger(record.name)
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            method = getattr(log, record.levelname.lower(), log.error)
+            method(record.getMessage(), **fields)
+        except Exception:  # noqa: BLE001 - as logging's own handlers: reported, never raised
+            self.handleError(record)
+
+
 def configure_logging(*, json_logs: bool = True, level: str = "info",
                       stream: TextIO | None = None) -> None:
     numeric = logging.getLevelName(level.upper())
@@ -46,3 +63,9 @@ def configure_logging(*, json_logs: bool = True, level: str = "info",
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # Libraries speak at WARNING and up only: their INFO is per-packet chatter on a busy hub.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _LibraryRecords)]:
+        root.removeHandler(handler)
+    root.addHandler(_LibraryRecords())
+    root.setLevel(max(numeric, logging.WARNING))

@@ -175,7 +175,7 @@ class StateStore:
         if isinstance(item, DecodeProblem):
             self.view(item.address).decode_problems += 1
             return
-        view = self.views.get(item.address) or self.view(item.address)
+        view = self.view(item.address)
         view.values[item.field] = item
         derive = _DERIVED.get(type(item.value))
         if derive is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import structlog
 
@@ -48,3 +49,35 @@ def _raised(message: str) -> RuntimeError:
 
 def _fail(message: str) -> None:
     raise RuntimeError(message)
+
+
+def test_a_librarys_standard_logging_leaves_as_the_same_redacted_json() -> None:
+    """bleak, aioesphomeapi, bleak-esphome and habluetooth log through the standard library:
+    their warnings must be JSON lines in the journal like ours, with secrets redacted, and
+    their chatter below WARNING stays out."""
+    stream = io.StringIO()
+    configure_logging(stream=stream)
+    library = logging.getLogger("aioesphomeapi.connection")
+    try:
+        library.info("handshake details")
+        library.warning("proxy0 @ 10.0.0.5: Connection error occurred: %s", f"bad {JWT}")
+        try:
+            raise _raised("noise frame refused")
+        except RuntimeError:
+            library.exception("Unexpected error")
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        structlog.reset_defaults()
+        configure_root_reset()
+    assert [line["level"] for line in lines] == ["warning", "error"]
+    first, second = lines
+    assert first["logger"] == "aioesphomeapi.connection"
+    assert first["event"].startswith("proxy0 @ 10.0.0.5: Connection error occurred: bad ")
+    assert JWT not in stream.getvalue()
+    assert "noise frame refused" in second["exception"]
+
+
+def configure_root_reset() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)

@@ -23,9 +23,12 @@ class RadioRefused(GatewayError):
     """A radio that cannot be used as configured (wrong key, unreachable, impossible slot
     counts, missing adapter): the message says why, ``remedy`` what a person can do."""
 
-    def __init__(self, message: str, remedy: str) -> None:
+    def __init__(self, message: str, remedy: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.remedy = remedy
+        # Out of reach (power, Wi-Fi) rather than refused as configured: what a proxy that
+        # was up goes through in every power cut, not an error of the configuration.
+        self.transient = transient
 
 
 class NoPath(GatewayError):

@@ -83,6 +83,7 @@ class EsphomeRadio:
         self.scheduler.close(f"proxy {self.name} is not connected yet")
         self._reason: str | None = f"proxy {self.name} is not connected yet"
         self._refused: RadioRefused | None = None
+        self._was_up = False  # reached at least once since start
         self._scanner: BaseHaRemoteScanner | None = None
         self._client_class: type[BleakClient] | None = None
         self._connected = False
@@ -233,7 +234,10 @@ class EsphomeRadio:
     def _refuse(self, exc: RadioRefused) -> None:
         text = str(exc)
         if text != self._reason:  # once per distinct reason, not once per retry
-            log.error("radio_refused", radio=self.name, error=text, remedy=exc.remedy)
+            # A proxy that was up and is now out of reach is a power cut (radio_down said
+            # so); one never reached since start is likely misconfigured.
+            say = log.warning if exc.transient and self._was_up else log.error
+            say("radio_refused", radio=self.name, error=text, remedy=exc.remedy)
         self._reason = text
         self._connected = False
 
@@ -280,6 +284,7 @@ class EsphomeRadio:
             self._connected = True
             self._refused = None
             self._reason = None
+            self._was_up = True
             log.info("radio_up", radio=self.name, kind=self.kind.value, **self._info)
             await stopped.wait()
             log.warning("radio_down", radio=self.name, kind=self.kind.value,
@@ -351,7 +356,7 @@ def refusal(settings: EsphomeProxySettings, exc: BaseException) -> RadioRefused:
                             "use an encryption key instead of the deprecated password")
     return RadioRefused(f"proxy {name} at {where} is unreachable: {type(exc).__name__}: {exc}",
                         "check the proxy is powered and on the network, and its host and port "
-                        "in [[radios.esphome]]")
+                        "in [[radios.esphome]]", transient=True)
 
 
 @dataclass(frozen=True)

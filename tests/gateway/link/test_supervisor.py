@@ -331,7 +331,7 @@ async def test_a_command_whose_write_may_have_gone_out_is_not_run_again(
     try:
         await until(lambda: sup.state is LinkState.CONNECTED)
         radio.links[-1].fail_next = LinkLost(f"{ADDRESS} lost during the write")
-        with pytest.raises(CommandFailed, match="^open: "):
+        with pytest.raises(CommandFailed, match=r"^open: "):
             await sup.submit("open", lambda s: s.open_valve(1, 2))
     finally:
         task.cancel()
