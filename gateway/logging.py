@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 from collections.abc import MutableMapping
@@ -45,6 +48,35 @@ class _LibraryRecords(logging.Handler):
             self.handleError(record)
 
 
+class _Handover(logging.handlers.QueueHandler):
+    """Only queues the record; a thread of its own writes it. A record can be logged from a
+    finalizer (asyncio's "Task was destroyed") that the garbage collector runs in the middle of
+    one of our own lines, while structlog holds its (non-reentrant) lock on the stream: written
+    there, it would deadlock the daemon."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record  # the same process reads it: no need to flatten it for pickling
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _route_library_records(level: int) -> None:
+    global _listener  # noqa: PLW0603 - one listener per process, replaced on reconfiguring
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Handover)]:
+        root.removeHandler(handler)
+    if _listener is not None:
+        _listener.stop()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, _LibraryRecords())
+    _listener.start()
+    atexit.register(_listener.stop)
+    root.addHandler(_Handover(records))
+    # Libraries speak at WARNING and up only: their INFO is per-packet chatter on a busy hub.
+    root.setLevel(max(level, logging.WARNING))
+
+
 def configure_logging(*, json_logs: bool = True, level: str = "info",
                       stream: TextIO | None = None) -> None:
     numeric = logging.getLevelName(level.upper())
@@ -63,9 +95,4 @@ def configure_logging(*, json_logs: bool = True, level: str = "info",
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries speak at WARNING and up only: their INFO is per-packet chatter on a busy hub.
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _LibraryRecords)]:
-        root.removeHandler(handler)
-    root.addHandler(_LibraryRecords())
-    root.setLevel(max(numeric, logging.WARNING))
+    _route_library_records(numeric)

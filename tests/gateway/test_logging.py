@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
+import time
+from typing import Any
 
 import structlog
 
@@ -65,7 +68,7 @@ def test_a_librarys_standard_logging_leaves_as_the_same_redacted_json() -> None:
             raise _raised("noise frame refused")
         except RuntimeError:
             library.exception("Unexpected error")
-        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        lines = _lines_once(stream, 2)
     finally:
         structlog.reset_defaults()
         configure_root_reset()
@@ -81,3 +84,45 @@ def configure_root_reset() -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
+
+
+def _lines_once(stream: io.StringIO, count: int) -> list[dict[str, Any]]:
+    """The JSON lines, once ``count`` are written (library records go through a thread)."""
+    deadline = time.monotonic() + 5
+    while len(stream.getvalue().splitlines()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+class _FinalizerInTheWrite(io.StringIO):
+    """A stream whose first write logs through the standard library, as a finalizer the
+    garbage collector runs in the middle of one of our lines does (asyncio's "Task was
+    destroyed but it is pending!")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fired = False
+
+    def write(self, text: str) -> int:
+        if not self.fired:
+            self.fired = True
+            logging.getLogger("asyncio").error("Task was destroyed but it is pending!")
+        return super().write(text)
+
+
+def test_a_library_record_logged_inside_one_of_our_lines_does_not_deadlock() -> None:
+    stream = _FinalizerInTheWrite()
+    configure_logging(stream=stream)
+    try:
+        writer = threading.Thread(
+            target=lambda: structlog.get_logger("t").warning("radio_down", radio="garden"),
+            daemon=True)
+        writer.start()
+        writer.join(5)
+        assert not writer.is_alive(), "deadlocked on structlog's stream lock"
+        lines = _lines_once(stream, 2)
+    finally:
+        structlog.reset_defaults()
+        configure_root_reset()
+    assert {line["event"] for line in lines} == {
+        "radio_down", "Task was destroyed but it is pending!"}
