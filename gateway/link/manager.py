@@ -98,6 +98,12 @@ class ConnectionManager:
         if supervisor is not None:
             supervisor.sighted()
 
+    async def _watch_paths(self) -> None:
+        supervisors = self.supervisors
+        await self.radios.watch_paths(
+            lambda: [a for a, s in supervisors.items() if s.waiting_for_path],
+            self._sighted)
+
     def _expecting(self) -> bool:
         """The watchdog only cares while some controller is wanted but not connected."""
         return any(s.state is not LinkState.CONNECTED for s in self.supervisors.values())
@@ -116,6 +122,8 @@ class ConnectionManager:
                     # others (issue 19: every other radio keeps serving).
                     group.create_task(self.supervision.guard(f"radio {radio.name}", radio.run),
                                       name=f"radio {radio.name}")
+                group.create_task(self.supervision.guard("path watch", self._watch_paths),
+                                  name="path watch")
                 for record in self.registry.all():
                     self.add(record)
                 for supervisor in self.supervisors.values():

@@ -40,6 +40,7 @@ from gateway.errors import CommandFailed, ControllerBusy, PairingError
 from gateway.link.decision import URGENT_RETRY_S, Action, Memory, decide
 from gateway.link.events import first_of
 from gateway.link.failures import Failure, FailureClass, classify
+from gateway.link.radios.base import NoPath
 from gateway.link.scheduler import Lease, Priority
 from gateway.ops.models import LinkState
 from gateway.store.registry import Registry
@@ -116,6 +117,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         # The scanner heard this controller while it was backing off after not_found.
         self._sighted = False
+        self._no_path = False  # the last failure: no radio that may serve it could be chosen
         self._link_lost = asyncio.Event()
         self._control = asyncio.Event()  # policy changed or an update wants the controller
         self._update_lock = asyncio.Lock()
@@ -181,6 +183,12 @@ class Supervisor:
             raise ControllerBusy(f"{self.address}: the link supervisor did not let go of the "
                                  f"controller within {limit_s:.0f} s (nothing was uploaded)")
 
+    @property
+    def waiting_for_path(self) -> bool:
+        """Backing off because no radio could serve it: the radio set wakes it (``sighted``)
+        as soon as one can."""
+        return self._no_path and self.state is LinkState.BACKOFF
+
     def sighted(self) -> None:
         """The scanner hears the controller again. A backoff after ``not_found`` (a power cut,
         out of range) ends at once: waiting it out (up to 120 s) would leave the controller
@@ -244,6 +252,7 @@ class Supervisor:
         delay before the next visit, or None when this supervisor stops."""
         failure = classify(exc)
         self.failure = failure
+        self._no_path = isinstance(exc, NoPath)
         self.failures[failure.kind.value] += 1
         self.store.set_failure(self.address, failure.kind.value)
         decision = decide(failure.kind, self._memory, can_repair=self.repairer is not None,

@@ -144,7 +144,8 @@ async def test_pinned_and_passkey_controllers_stay_where_they_must(
             assert radios.radios[radios.serving(passkey) or "?"].kind is RadioKind.ADAPTER
             await proxies["garden"].power_restore()
             connects = manager.supervisors[pinned].connects
-            # The proxy's reconnect backoff (at most 30 s) and then a visit.
+            # The proxy's reconnect backoff (at most 10 s), then a visit: the radio set wakes
+            # the pinned controller's not_found backoff (up to 120 s) once the garden hears it.
             await until(lambda: manager.supervisors[pinned].connects > connects,
                         esphome.RECONNECT_CAP_S + REFRESH_S)
         assert radios.serving(pinned) == "garden"

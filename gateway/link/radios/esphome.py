@@ -61,11 +61,15 @@ KEEPALIVE_S = 2.0
 API_CONNECT_TIMEOUT_S = 10.0
 # A proxy answers the slot subscription at once; the doctor waits this long for it.
 SLOT_REPORT_WITHIN_S = 3.0
-# Reconnects to a proxy that is away: soon after a blip, then at most 30 s apart, so a proxy
-# back from a power cut serves again within half a minute (an attempt at a host that is away
-# costs one TCP SYN on the LAN).
+# Reconnects to a proxy that is away: soon after a blip, then at most 10 s apart, so a proxy
+# back from a power cut serves again within seconds of its boot. An attempt at a host that is
+# away costs one TCP SYN on the LAN; one refused while the proxy is off returns at once, so
+# the count climbs fast and a cap of 30 s cost a pinned controller its proxy for half a minute.
 RECONNECT_FIRST_S = 2.0
-RECONNECT_CAP_S = 30.0
+RECONNECT_CAP_S = 10.0
+# A proxy that answers and refuses (key, password, encryption): a person must change the
+# credential or its YAML, so the attempt (a Noise handshake on the ESP32) is spaced wider.
+REFUSED_RECONNECT_CAP_S = 60.0
 
 
 class EsphomeRadio:
@@ -220,18 +224,20 @@ class EsphomeRadio:
 
     async def run(self) -> None:
         while True:
+            cap_s = RECONNECT_CAP_S
             try:
                 await self._session(read_key(self.settings))
                 self._failures = 0  # it was up and went away: soon again (blips are short)
             except RadioRefused as exc:
-                self._refuse(exc)
+                cap_s = self._refuse(exc)
             except (APIConnectionError, OSError, TimeoutError) as exc:
-                self._refuse(refusal(self.settings, exc))
+                cap_s = self._refuse(refusal(self.settings, exc))
             await self.clock.sleep(max(0.5, full_jitter(random.random, self._failures,
-                                                        RECONNECT_FIRST_S, RECONNECT_CAP_S)))
+                                                        RECONNECT_FIRST_S, cap_s)))
             self._failures += 1
 
-    def _refuse(self, exc: RadioRefused) -> None:
+    def _refuse(self, exc: RadioRefused) -> float:
+        """Say why (once per reason); returns the cap of the wait before the next attempt."""
         text = str(exc)
         if text != self._reason:  # once per distinct reason, not once per retry
             # A proxy that was up and is now out of reach is a power cut (radio_down said
@@ -240,6 +246,7 @@ class EsphomeRadio:
             say("radio_refused", radio=self.name, error=text, remedy=exc.remedy)
         self._reason = text
         self._connected = False
+        return RECONNECT_CAP_S if exc.transient else REFUSED_RECONNECT_CAP_S
 
     async def _session(self, key: str | None) -> None:
         api = APIClient(self.settings.host, self.settings.port, None, noise_psk=key,

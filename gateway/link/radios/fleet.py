@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import structlog
 
@@ -44,6 +44,12 @@ START_GRACE_S = 10.0
 # A radio that closed its slots as a visit was about to wait on them (it went down between
 # the choice and the wait): look again after this, so a flapping radio cannot make us spin.
 RECHOOSE_S = 0.5
+# A controller no radio could serve waits in a not_found backoff (up to 120 s). A choice costs
+# no air time, so the set looks again this often and ends the wait as soon as a path opens: a
+# pinned proxy back from a power cut, a radio that starts hearing it. habluetooth reports a
+# proxy's advert only when its content changes, so a reconnected proxy repeating what it
+# heard before its cut would otherwise wake nobody.
+PATH_RECHECK_S = 1.0
 
 
 class RadioSet:
@@ -109,6 +115,20 @@ class RadioSet:
             return self.local
         return NoPath(f"{address}: {choice.reason.value} (no radio that may serve it hears "
                       f"it; it is retried as soon as one does)")
+
+    def has_path(self, address: str) -> bool:
+        """Whether a visit would now find a radio to connect through or wait on."""
+        return not isinstance(self._pick(address), NoPath)
+
+    async def watch_paths(self, waiting: Callable[[], Iterable[str]],
+                          wake: Callable[[str], None]) -> None:
+        """Forever: wake each controller ``waiting`` names (it found no path) once one
+        opens."""
+        while True:
+            await self.clock.sleep(PATH_RECHECK_S)
+            for address in waiting():
+                if self.has_path(address):
+                    wake(address)
 
     async def _listen(self) -> None:
         """Once, at start: until every radio is up and has listened START_LISTEN_S, or

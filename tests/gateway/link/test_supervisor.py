@@ -16,6 +16,7 @@ from firmware_bridge.link.outcome import OutcomeStatus
 from gateway.clock import LoopClock
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError, RegistryError
+from gateway.link.radios.base import NoPath
 from gateway.link.scheduler import SlotScheduler
 from gateway.link.supervisor import Supervisor
 from gateway.ops.models import LinkState
@@ -303,6 +304,26 @@ async def test_a_controller_seen_again_ends_its_not_found_backoff_at_once(
     finally:
         await cancel_and_wait(task)
 
+
+
+async def test_only_a_backoff_for_want_of_a_path_asks_the_radio_set_to_wake_it(
+        tmp_path: Path) -> None:
+    # No radio could serve it (its pinned proxy is down): the radio set watches for a path.
+    # A controller a radio failed to find keeps its backoff (a sighting still ends it).
+    radio = Radio()
+    radio.failures += [NoPath(f"{ADDRESS}: pin_unusable"),
+                       PeerNotFound(f"connect {ADDRESS}: device {ADDRESS} not found")]
+    sup, _ = make(tmp_path, radio)
+    sup.clock = LoopClock()
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: sup.state is LinkState.BACKOFF)
+        assert sup.waiting_for_path
+        sup.sighted()
+        await until(lambda: radio.connects == 2 and sup.state is LinkState.BACKOFF, 2.0)
+        assert not sup.waiting_for_path
+    finally:
+        await cancel_and_wait(task)
 
 
 async def test_a_command_whose_link_dies_before_it_sends_anything_runs_on_the_next_link(

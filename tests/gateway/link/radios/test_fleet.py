@@ -17,6 +17,7 @@ from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.smp.ble import BleSmpTransport
 from gateway.clock import LoopClock
 from gateway.link.paths import Sighting
+from gateway.link.radios import fleet
 from gateway.link.radios.base import NoPath
 from gateway.link.radios.fleet import RadioSet
 from gateway.link.scheduler import Priority, SlotScheduler
@@ -161,6 +162,30 @@ async def test_pinned_and_passkey_controllers_stay_where_they_must(registry: Reg
     shed.is_up = False  # a pin is never routed elsewhere
     with pytest.raises(NoPath, match="pin_unusable"):
         await visit(radio_set, ADDRESS)
+
+
+async def test_a_controller_waiting_for_a_path_is_woken_when_one_opens(
+        registry: Registry) -> None:
+    """A pinned controller whose proxy lost its power waits in a not_found backoff (up to
+    120 s): when the proxy is back and hears it again, the wait ends within a recheck, not at
+    the backoff's end (a proxy that reconnects repeats adverts habluetooth reports once)."""
+    hub, garden, shed = radios()
+    hub.hears[ADDRESS], garden.hears[ADDRESS] = -80, -50
+    registry.add(ADDRESS, name="AutoWatering", bonded=True, radio="garden")
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
+    garden.is_up = False
+    assert not radio_set.has_path(ADDRESS)
+    woken = asyncio.Event()
+    waiting = {ADDRESS}
+    async with asyncio.TaskGroup() as tasks:
+        watch = tasks.create_task(radio_set.watch_paths(lambda: waiting,
+                                                        lambda _a: woken.set()))
+        await asyncio.sleep(fleet.PATH_RECHECK_S * 2)
+        assert not woken.is_set()  # the hub hears it, but the pin holds it to the garden
+        garden.is_up = True
+        async with asyncio.timeout(fleet.PATH_RECHECK_S * 2):
+            await woken.wait()
+        watch.cancel()
 
 
 async def test_an_unheard_controller_waits_for_a_sighting_after_orphans_are_released(
