@@ -61,17 +61,24 @@ class _Handover(logging.handlers.QueueHandler):
 _listener: logging.handlers.QueueListener | None = None
 
 
+def _stop_listener() -> None:
+    """At exit: the records still queued are written before the process ends."""
+    if _listener is not None:
+        _listener.stop()
+
+
 def _route_library_records(level: int) -> None:
     global _listener  # noqa: PLW0603 - one listener per process, replaced on reconfiguring
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handover)]:
         root.removeHandler(handler)
-    if _listener is not None:
+    if _listener is None:
+        atexit.register(_stop_listener)  # once: it stops whichever listener is current
+    else:
         _listener.stop()
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     _listener = logging.handlers.QueueListener(records, _LibraryRecords())
     _listener.start()
-    atexit.register(_listener.stop)
     root.addHandler(_Handover(records))
     # Libraries speak at WARNING and up only: their INFO is per-packet chatter on a busy hub.
     root.setLevel(max(level, logging.WARNING))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -126,3 +128,13 @@ def test_a_library_record_logged_inside_one_of_our_lines_does_not_deadlock() -> 
         configure_root_reset()
     assert {line["event"] for line in lines} == {
         "radio_down", "Task was destroyed but it is pending!"}
+
+
+def test_logging_configured_twice_exits_without_a_traceback() -> None:
+    # The CLI configures logging once per command and tests many times: each old listener is
+    # stopped when replaced, and the one stop at exit must not stop it again.
+    script = ("from gateway.logging import configure_logging\n"
+              "configure_logging()\nconfigure_logging(json_logs=False)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
