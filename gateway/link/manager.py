@@ -141,7 +141,7 @@ class ConnectionManager:
             record.address, settings=self.settings,
             policy=record.policy or self.settings.default_policy, scheduler=self.scheduler,
             store=self.store, registry=self.registry, connector=self.connector,
-            repairer=self.repairer, clock=self.clock)
+            repairer=self.repairer, clock=self.clock, on_stranded=self.radios.stranded)
         self.supervisors[record.address] = supervisor
         self._start(supervisor)
         return supervisor

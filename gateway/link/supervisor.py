@@ -98,8 +98,12 @@ class Supervisor:
                  scheduler: Slots, store: StateStore, registry: Registry,
                  connector: Connector, repairer: Repairer | None = None,
                  clock: Clock | None = None, session_clock: SessionClock | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 on_stranded: Callable[[], None] | None = None) -> None:
+        """``on_stranded``: told when a visit found no radio to serve it and the supervisor
+        backs off; it ends with ``sighted`` once a path opens."""
         self.address = address
+        self.on_stranded = on_stranded
         self.settings = settings
         self.policy = policy
         self.scheduler = scheduler
@@ -244,6 +248,8 @@ class Supervisor:
                     continue  # waits at the top of the loop for a person (bond_reset)
                 if delay > 0:
                     self._set(LinkState.BACKOFF)
+                    if self._no_path and self.on_stranded is not None:
+                        self.on_stranded()  # after BACKOFF: waiting_for_path holds now
                     await self._sleep_until_woken(delay, backoff=True)
                 next_visit = 0.0
 

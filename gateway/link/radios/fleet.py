@@ -69,6 +69,7 @@ class RadioSet:
         self._listen_s, self._grace_s = listen_s, grace_s
         self._started_at: float | None = None
         self._listened = asyncio.Event()
+        self._path_wanted = asyncio.Event()  # set by ``stranded``: watch_paths looks
         if len(self.radios) == 1:
             self._listened.set()  # one radio: nothing to compare
 
@@ -120,13 +121,23 @@ class RadioSet:
         """Whether a visit would now find a radio to connect through or wait on."""
         return not isinstance(self._pick(address), NoPath)
 
+    def stranded(self) -> None:
+        """A controller found no path and now backs off: ``watch_paths`` looks for one."""
+        self._path_wanted.set()
+
     async def watch_paths(self, waiting: Callable[[], Iterable[str]],
                           wake: Callable[[str], None]) -> None:
         """Forever: wake each controller ``waiting`` names (it found no path) once one
-        opens."""
+        opens. Idle, with no timer, from the round that finds none waiting to the next
+        ``stranded``: a hub's wake from idle costs more CPU than a notification
+        (bench/relay_latency.py)."""
         while True:
+            await self._path_wanted.wait()
             await self.clock.sleep(PATH_RECHECK_S)
-            for address in waiting():
+            stranded = list(waiting())
+            if not stranded:
+                self._path_wanted.clear()
+            for address in stranded:
                 if self.has_path(address):
                     wake(address)
 

@@ -315,13 +315,15 @@ async def test_only_a_backoff_for_want_of_a_path_asks_the_radio_set_to_wake_it(
                        PeerNotFound(f"connect {ADDRESS}: device {ADDRESS} not found")]
     sup, _ = make(tmp_path, radio)
     sup.clock = LoopClock()
+    told: list[bool] = []
+    sup.on_stranded = lambda: told.append(sup.waiting_for_path)
     task = asyncio.create_task(sup.run())
     try:
         await until(lambda: sup.state is LinkState.BACKOFF)
-        assert sup.waiting_for_path
+        assert sup.waiting_for_path and told == [True]
         sup.sighted()
         await until(lambda: radio.connects == 2 and sup.state is LinkState.BACKOFF, 2.0)
-        assert not sup.waiting_for_path
+        assert not sup.waiting_for_path and told == [True]
     finally:
         await cancel_and_wait(task)
 

@@ -177,14 +177,26 @@ async def test_a_controller_waiting_for_a_path_is_woken_when_one_opens(
     assert not radio_set.has_path(ADDRESS)
     woken = asyncio.Event()
     waiting = {ADDRESS}
+    rounds: list[int] = []
+
+    def stranded() -> set[str]:
+        rounds.append(len(waiting))
+        return waiting
+
     async with asyncio.TaskGroup() as tasks:
-        watch = tasks.create_task(radio_set.watch_paths(lambda: waiting,
-                                                        lambda _a: woken.set()))
+        watch = tasks.create_task(radio_set.watch_paths(stranded, lambda _a: woken.set()))
+        radio_set.stranded()
         await asyncio.sleep(fleet.PATH_RECHECK_S * 2)
         assert not woken.is_set()  # the hub hears it, but the pin holds it to the garden
         garden.is_up = True
         async with asyncio.timeout(fleet.PATH_RECHECK_S * 2):
             await woken.wait()
+        # Served again: the next round finds nobody waiting, and from then on no timer runs.
+        waiting.clear()
+        await asyncio.sleep(fleet.PATH_RECHECK_S * 1.5)
+        idle_from = len(rounds)
+        await asyncio.sleep(fleet.PATH_RECHECK_S * 2.5)
+        assert rounds[idle_from - 1] == 0 and len(rounds) == idle_from, rounds
         watch.cancel()
 
 
