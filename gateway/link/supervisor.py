@@ -156,8 +156,14 @@ class Supervisor:
         try:
             async with asyncio.timeout(deadline_s):
                 return await asyncio.shield(command.future)
+        except asyncio.CancelledError:
+            # The asker left: a command not started yet is skipped; one running finishes and
+            # is logged, its answer dropped (a cancelled future takes no exception, so none
+            # is left unretrieved).
+            self._withdraw(command)
+            raise
         except TimeoutError:
-            command.future.cancel()
+            self._withdraw(command)
             reason = self.failure.summary if self.failure else self.state.value
             raise CommandFailed(f"{name} on {self.address} not done within {deadline_s:.0f} s "
                                 f"(link: {reason})") from None
@@ -490,6 +496,11 @@ class Supervisor:
         reason = (str(exc) if not isinstance(exc, asyncio.CancelledError)
                   else "the link ended while it ran")
         command.future.set_exception(CommandFailed(f"{command.name}: {reason}"))
+
+    def _withdraw(self, command: _Command) -> None:
+        command.future.cancel()
+        with contextlib.suppress(ValueError):  # already taken by a visit
+            self._commands.remove(command)  # no longer urgent: nobody waits for it
 
     def _fail_commands(self, error: Exception) -> None:
         while self._commands:

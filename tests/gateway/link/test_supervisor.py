@@ -358,3 +358,31 @@ async def test_a_command_whose_write_may_have_gone_out_is_not_run_again(
             await sup.submit("open", lambda s: s.open_valve(1, 2))
     finally:
         task.cancel()
+
+
+async def test_a_command_whose_asker_left_before_it_started_is_never_run(
+        tmp_path: Path) -> None:
+    # A person's CLI that disconnected, a relay shutting down: its command, still queued
+    # behind a backoff, must not water later when nobody waits for the answer.
+    radio = Radio()
+    radio.failures.append(LinkLost(f"{ADDRESS} disconnected"))
+    sup, _ = make(tmp_path, radio)
+    sup.clock = LoopClock()
+    ran: list[str] = []
+
+    async def open_valve(session: object) -> object:
+        ran.append("open")
+        raise AssertionError("a command nobody waits for was run")
+
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: sup.state is LinkState.BACKOFF)
+        asker = asyncio.create_task(sup.submit("open", open_valve))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        asker.cancel()
+        await asyncio.gather(asker, return_exceptions=True)
+        await until(lambda: sup.state is LinkState.CONNECTED, 5.0)
+        await asyncio.sleep(0.1)
+        assert ran == []
+    finally:
+        await cancel_and_wait(task)
