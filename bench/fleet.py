@@ -43,6 +43,8 @@ from firmware_bridge.link.session import ControllerSession
 from gateway.config import GatewayConfig
 from gateway.link.manager import ConnectionManager
 from gateway.link.paths import HEARD_WITHIN_S
+from gateway.link.radio import valve_command, valve_rerun
+from gateway.ops.models import ValveClose, ValveOpen
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.rig import Rig, RigOptions
@@ -71,13 +73,12 @@ def garden(controllers: int, proxies: int) -> dict[str, tuple[float, float]]:
 
 
 async def valve(address: str, manager: ConnectionManager, channel: int, opened: bool) -> float:
-    async def run(session: ControllerSession) -> CommandOutcome:
-        if opened:
-            return await session.open_valve(channel, 1)
-        return await session.close_valve(channel)
-
+    # As the daemon carries a person's request (gateway/daemon/operations.py).
+    request = (ValveOpen(address=address, channel=channel, minutes=1) if opened
+               else ValveClose(address=address, channel=channel))
     started = time.monotonic()
-    outcome = await manager.command(address, "open" if opened else "close", run)
+    outcome = await manager.command(address, "open" if opened else "close",
+                                    valve_command(request), rerun=valve_rerun(request))
     if not outcome.ok:
         raise RuntimeError(f"{address}: {outcome}")
     return time.monotonic() - started

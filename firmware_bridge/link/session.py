@@ -271,6 +271,26 @@ class ControllerSession:
         return await self._command(uuids.VALVE_CONTROL, frame, opened, queued,
                                    f"open channel {channel} for {minutes} min")
 
+    async def open_valve_again(self, channel: int, minutes: int) -> CommandOutcome:
+        """``open_valve`` on a new link after one that ended once its write was sent: that
+        write may have started the task. Current Task tells: the channel waters (it did),
+        nothing waters (it did not: open now; a task of a minute or more cannot have ended
+        already), or another channel waters, and then whether the first write queued behind
+        it is unknown (the Task Queue shows a count, not its channels): never opened twice."""
+        task = await self._poll(uuids.CURRENT_TASK)
+        if not isinstance(task, CurrentTask):
+            return CommandOutcome(OutcomeStatus.UNCONFIRMED, f"open channel {channel}: "
+                                  "Current Task unreadable after the link ended")
+        if not task.idle and task.channel_id == channel:
+            return CommandOutcome(OutcomeStatus.CONFIRMED, f"open channel {channel}: it "
+                                  "waters (the write sent before the link ended started it)")
+        if not task.idle:
+            return CommandOutcome(OutcomeStatus.UNCONFIRMED, f"open channel {channel}: the "
+                                  f"link ended after the write, while channel "
+                                  f"{task.channel_id} waters; whether it was queued behind "
+                                  f"it is unknown (see the task queue)")
+        return await self.open_valve(channel, minutes)
+
     async def close_valve(self, channel: int) -> CommandOutcome:
         """Stop the task watering ``channel`` (Current Task stop, device-ble.md 9.3)."""
         if channel == NO_CHANNEL:

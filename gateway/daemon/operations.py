@@ -27,6 +27,7 @@ from gateway.link.radio import (
     result_of,
     unpair_on_radio,
     valve_command,
+    valve_rerun,
 )
 from gateway.link.scanner import SCAN_TIMEOUT_S
 from gateway.link.scheduler import Lease, Priority
@@ -153,7 +154,8 @@ class ControllerOperations:
     async def _valve(self, request: ValveOpen | ValveClose) -> CommandResult:
         address = normalise_address(request.address)
         self.registry.get(address)
-        outcome = await self.manager.command(address, request.name, valve_command(request))
+        outcome = await self.manager.command(address, request.name, valve_command(request),
+                                             rerun=valve_rerun(request))
         return result_of(address, request.name, outcome)
 
     async def ota(self, request: Ota, on_progress: ProgressFn | None = None) -> OtaReport:

@@ -173,5 +173,8 @@ class ConnectionManager:
                                     f"(pair it first: awgw pair {address})")
         return supervisor
 
-    async def command(self, address: str, name: str, run: CommandFn) -> CommandOutcome:
-        return await self.supervisor(address).submit(name, run)
+    async def command(self, address: str, name: str, run: CommandFn, *,
+                      rerun: CommandFn | None = None) -> CommandOutcome:
+        """``rerun``: what to run on the next link if the link ends after ``run``'s write
+        was sent (see ``Supervisor.submit``)."""
+        return await self.supervisor(address).submit(name, run, rerun=rerun)

@@ -35,6 +35,15 @@ def valve_command(request: ValveOpen | ValveClose) -> CommandFn:
     return lambda session: session.close_valve(request.channel)
 
 
+def valve_rerun(request: ValveOpen | ValveClose) -> CommandFn:
+    """The same request on a new link after one that ended once its write was sent: an open
+    checks whether it took (``open_valve_again``); a close reads the running task before it
+    writes anyway, so it is simply sent again."""
+    if isinstance(request, ValveOpen):
+        return lambda session: session.open_valve_again(request.channel, request.minutes)
+    return valve_command(request)
+
+
 def result_of(address: str, name: str, outcome: CommandOutcome) -> CommandResult:
     return CommandResult(address=address, command=name, ok=outcome.ok,
                          status=outcome.status.value, detail=outcome.detail,

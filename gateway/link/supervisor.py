@@ -89,6 +89,9 @@ class _Command:
     name: str
     run: CommandFn
     retried: bool = False  # run again once after a failure that sent it nowhere
+    # Run instead on the next link when the link ended after the command's write was sent
+    # (it may have reached the controller): it reads what is true before acting again.
+    rerun: CommandFn | None = None
     future: asyncio.Future[CommandOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -142,7 +145,8 @@ class Supervisor:
     # ---- public ----------------------------------------------------------------------------
 
     async def submit(self, name: str, run: CommandFn,
-                     deadline_s: float = COMMAND_DEADLINE_S) -> CommandOutcome:
+                     deadline_s: float = COMMAND_DEADLINE_S, *,
+                     rerun: CommandFn | None = None) -> CommandOutcome:
         if self.state is LinkState.UPDATING:
             raise ControllerBusy(f"{self.address} is busy with a firmware update")
         if self.state is LinkState.BOND_LOST:
@@ -150,7 +154,7 @@ class Supervisor:
         if self.state is LinkState.FAULTED:
             raise CommandFailed(f"{self.address}: link supervisor stopped after an internal "
                                 f"error ({self.failure.summary if self.failure else '?'})")
-        command = _Command(name, run)
+        command = _Command(name, run, rerun=rerun)
         self._commands.append(command)
         self._wake.set()
         try:
@@ -484,13 +488,15 @@ class Supervisor:
     def _interrupted(self, command: _Command, exc: BaseException, *, sent: bool) -> None:
         if command.future.done():
             return
-        if not sent and not command.retried:
+        if not command.retried and (not sent or command.rerun is not None):
             # Nothing reached the controller (its radio died during a read the command starts
-            # with): first in line again for the next visit, through whichever radio serves
-            # it then.
+            # with), or its write may have and the command can tell on the next link: first in
+            # line again for the next visit, through whichever radio serves it then.
             command.retried = True
+            if sent and command.rerun is not None:
+                command.run = command.rerun
             self._commands.appendleft(command)
-            self._log.info("command_retried", command=command.name,
+            self._log.info("command_retried", command=command.name, write_sent=sent,
                            error=str(exc) or type(exc).__name__)
             return
         reason = (str(exc) if not isinstance(exc, asyncio.CancelledError)

@@ -30,6 +30,8 @@ class ModelLink:
         self.connected = True
         self.reads = 0
         self.fail_next: Exception | None = None
+        # The next write reaches the controller, then the link dies before it is answered.
+        self.dies_after_write = False
         self.on_disconnect: Callable[[], None] | None = None
         self.firmware_revision = "3.1.0"
         # Characteristics BlueZ's (stale) cache does not show: reads of them fail as missing.
@@ -81,6 +83,10 @@ class ModelLink:
             self.model.write(uuid, data)
         except AttError as exc:
             raise AttRefused(exc.code, f"write {uuid[-4:]}") from exc
+        if self.dies_after_write:
+            self.dies_after_write = False
+            self.drop()
+            raise LinkLost(f"write {uuid[-4:]}: {self._address} disconnected")
 
     async def subscribe(self, uuid: str, callback: NotifyCallback) -> None:
         self._check()

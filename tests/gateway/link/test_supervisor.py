@@ -12,7 +12,8 @@ from structlog.testing import capture_logs
 
 from firmware_bridge.errors import AttRefused, LinkDBusError, LinkLost, PeerNotFound
 from firmware_bridge.link.gatt_link import GattLink
-from firmware_bridge.link.outcome import OutcomeStatus
+from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
+from firmware_bridge.link.session import ControllerSession
 from gateway.clock import LoopClock
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError, RegistryError
@@ -20,6 +21,7 @@ from gateway.link.radios.base import NoPath
 from gateway.link.scheduler import SlotScheduler
 from gateway.link.supervisor import Supervisor
 from gateway.ops.models import LinkState
+from gateway.sim.controller.irrigation import IrrigationModel
 from gateway.store.registry import Registry
 from gateway.store.state import StateStore
 from gateway.supervise import RestartPolicy, Supervision
@@ -36,13 +38,14 @@ class Radio:
         self.failures: list[BaseException] = []
         self.links: list[ModelLink] = []
         self.connects = 0
+        self.model: IrrigationModel | None = None  # one controller behind every link if set
 
     async def __call__(self, address: str, timeout_s: float,
                        on_disconnect: Callable[[], None]) -> GattLink:
         self.connects += 1
         if self.failures:
             raise self.failures.pop(0)
-        link = ModelLink(address)
+        link = ModelLink(address, model=self.model)
         link.on_disconnect = on_disconnect
         self.links.append(link)
         return link
@@ -358,6 +361,34 @@ async def test_a_command_whose_write_may_have_gone_out_is_not_run_again(
             await sup.submit("open", lambda s: s.open_valve(1, 2))
     finally:
         task.cancel()
+
+
+async def test_a_command_whose_write_may_have_gone_out_asks_the_next_link_what_is_true(
+        tmp_path: Path) -> None:
+    """A person's open through a proxy that dies right after the write: the next link reads
+    whether the valve waters instead of failing the command or opening it twice."""
+    model = ModelLink(ADDRESS).model  # one controller behind every link
+    radio = Radio()
+    radio.model = model
+    sup, _ = make(tmp_path, radio)
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: sup.state is LinkState.CONNECTED)
+        first = radio.links[-1]
+
+        async def open_then_lose_the_link(session: ControllerSession) -> CommandOutcome:
+            first.dies_after_write = True
+            return await session.open_valve(1, 2)
+
+        with capture_logs() as logs:
+            outcome = await sup.submit("open", open_then_lose_the_link,
+                                       rerun=lambda s: s.open_valve_again(1, 2))
+        assert outcome.status is OutcomeStatus.CONFIRMED and "started it" in outcome.detail
+        assert len(radio.links) == 2 and model.running is not None
+        assert len(model.queue) == 0  # opened once
+        assert [e["write_sent"] for e in logs if e["event"] == "command_retried"] == [True]
+    finally:
+        await cancel_and_wait(task)
 
 
 async def test_a_command_whose_asker_left_before_it_started_is_never_run(
