@@ -157,8 +157,7 @@ class ProxyServer:
     def report_slots(self, free: int, limit: int) -> None:
         """A slot report no real proxy sends (more free than its limit, say)."""
         self.forced_slots = (free, limit)
-        for session in list(self._sessions):
-            session.send_free()
+        self.report_free()
 
     async def _drop_sessions(self) -> None:
         for session in list(self._sessions):
@@ -183,14 +182,19 @@ class ProxyServer:
         return list(self._slots)
 
     async def _release(self, slot: _Slot, *, notify: bool = True) -> None:
+        """Free the slot. ``notify``: report the slots at once; a release that answers a
+        connection reports them itself, after its answer, in the firmware's order."""
         if self._slots.get(slot.address) is slot:
             del self._slots[slot.address]
         link, slot.link = slot.link, None
         if link is not None:
             await link.disconnect()
         if notify:
-            for session in list(self._sessions):
-                session.send_free()
+            self.report_free()
+
+    def report_free(self) -> None:
+        for session in list(self._sessions):
+            session.send_free()
 
     # ---- advertisements ------------------------------------------------------------------------
 
@@ -432,8 +436,7 @@ class _Session:
         slot = _Slot(address, self)
         s._slots[address] = slot
         self._spawn(lambda: self._connect_slot(slot), f"proxy connect {mac_str(address)}")
-        for session in list(s._sessions):
-            session.send_free()
+        s.report_free()
 
     async def _connect_slot(self, slot: _Slot) -> None:
         s = self.server
@@ -444,16 +447,18 @@ class _Session:
                 del s._slots[slot.address]
                 self.send(pb.BluetoothDeviceConnectionResponse(
                     address=slot.address, connected=False, error=PEER_TERMINATED))
-                for session in list(s._sessions):
-                    session.send_free()
+                s.report_free()
 
         try:
             link = await s.radio.connect(mac_str(slot.address), lost)
         except RadioError as exc:
             log.info("proxy_connect_failed", address=mac_str(slot.address), error=str(exc))
-            await s._release(slot)
+            await s._release(slot, notify=False)
+            # The answer, then the slot report (bluetooth_connection.cpp reset_connection_):
+            # a report that drops the address first reads to bleak-esphome as a phantom.
             self.send(pb.BluetoothDeviceConnectionResponse(address=slot.address,
                                                            connected=False, error=exc.code))
+            s.report_free()
             return
         if s._slots.get(slot.address) is not slot:  # disconnected while connecting
             await link.disconnect()
@@ -465,8 +470,10 @@ class _Session:
     async def _disconnect(self, address: int) -> None:
         slot = self.server._slots.get(address)
         if slot is not None:
-            await self.server._release(slot)
+            await self.server._release(slot, notify=False)
         self.send(pb.BluetoothDeviceConnectionResponse(address=address, connected=False))
+        if slot is not None:
+            self.server.report_free()
 
     def _link(self, address: int, handle: int) -> RadioLink | None:
         slot = self.server._slots.get(address)
