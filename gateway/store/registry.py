@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import structlog
 
 from gateway.config import LinkPolicy, OtaPolicy
 from gateway.errors import RegistryError, UnknownController
@@ -26,12 +29,17 @@ CREATE TABLE IF NOT EXISTS controllers (
     board TEXT,
     ota_policy TEXT,
     radio TEXT,
-    passkey INTEGER NOT NULL DEFAULT 0
+    passkey INTEGER NOT NULL DEFAULT 0,
+    served_by TEXT,
+    served_since REAL
 );
 """
 # Columns added after the first release: (name, declaration) for ALTER TABLE on older files.
 MIGRATIONS = (("board", "TEXT"), ("ota_policy", "TEXT"), ("radio", "TEXT"),
-              ("passkey", "INTEGER NOT NULL DEFAULT 0"))
+              ("passkey", "INTEGER NOT NULL DEFAULT 0"), ("served_by", "TEXT"),
+              ("served_since", "REAL"))
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 # cloud-api.md 1: the board every release and controller has unless told otherwise.
 DEFAULT_BOARD = "arduino_nano_33_ble"
 
@@ -51,6 +59,10 @@ class ControllerRecord:
     radio: str | None = None  # pinned by a person (awgw pair --radio); None: chosen per connect
     # Bonded with a passkey: only the hub's own adapters can serve it (gateway/link/paths.py).
     passkey: bool = False
+    # The radio its connects go through (chosen, not pinned), and since when (wall clock):
+    # the path choice's memory, kept across restarts so a restart is not a change of radio.
+    served_by: str | None = None
+    served_since: float | None = None
 
 
 def normalise_address(address: str) -> str:
@@ -64,6 +76,7 @@ def normalise_address(address: str) -> str:
 class Registry:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._reported: set[tuple[str, str]] = set()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with self._db() as db:
@@ -125,7 +138,7 @@ class Registry:
         if row is None:
             raise UnknownController(f"{address} is not a paired controller "
                                     f"(pair it first: awgw pair {address})")
-        return _record(row)
+        return self._checked(row)
 
     def find(self, address: str) -> ControllerRecord | None:
         try:
@@ -138,7 +151,19 @@ class Registry:
             # COLUMNS (formatted in) is this module's constant, never input.
             rows = db.execute(f"SELECT {COLUMNS} FROM controllers ORDER BY address"  # noqa: S608
                               ).fetchall()
-        return [_record(r) for r in rows]
+        return [self._checked(r) for r in rows]
+
+    def _checked(self, row: tuple[object, ...]) -> ControllerRecord:
+        record, damaged = _record(row)
+        for problem in damaged:
+            key = (record.address, problem)
+            if key not in self._reported:  # once per damaged value, not on every read
+                self._reported.add(key)
+                log.warning("registry_value_ignored", address=record.address, problem=problem,
+                            path=str(self.path),
+                            remedy=f"pair it again (awgw pair {record.address}) to write "
+                                   f"the row afresh; until then the default is used")
+        return record
 
     def seen(self, address: str, *, firmware_version: str | None = None,
              serial: str | None = None) -> None:
@@ -146,6 +171,12 @@ class Registry:
             db.execute("UPDATE controllers SET last_seen = ?, firmware_version = COALESCE(?, "
                        "firmware_version), serial = COALESCE(?, serial) WHERE address = ?",
                        (time.time(), firmware_version, serial, normalise_address(address)))
+
+    def set_path(self, address: str, radio: str, since: float) -> None:
+        """The controller is served through ``radio`` from ``since`` (wall clock)."""
+        with self._db() as db:
+            db.execute("UPDATE controllers SET served_by = ?, served_since = ? WHERE address = ?",
+                       (radio, since, normalise_address(address)))
 
     def set_policy(self, address: str, policy: LinkPolicy | None) -> None:
         self.get(address)
@@ -156,17 +187,43 @@ class Registry:
 
 
 COLUMNS = ("address, name, serial, bonded, firmware_version, policy, paired_at, last_seen, "
-           "board, ota_policy, radio, passkey")
+           "board, ota_policy, radio, passkey, served_by, served_since")
 
 
-def _record(row: tuple[object, ...]) -> ControllerRecord:
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    raise ValueError(f"{value!r} is not a number")
+
+
+def _record(row: tuple[object, ...]) -> tuple[ControllerRecord, list[str]]:
+    """The record, and what in the row was damaged (an edited or half-written file) and read
+    as unset instead: a bad value in one optional column costs that setting, not the
+    controller, and never the daemon."""
     (address, name, serial, bonded, firmware, policy, paired_at, last_seen, board, ota, radio,
-     passkey) = row
-    return ControllerRecord(
-        str(address), str(name), None if serial is None else str(serial), bool(bonded),
-        None if firmware is None else str(firmware),
-        None if policy is None else LinkPolicy(str(policy)), float(paired_at),  # type: ignore[arg-type]
-        None if last_seen is None else float(last_seen),  # type: ignore[arg-type]
+     passkey, served_by, served_since) = row
+    damaged: list[str] = []
+
+    def optional(column: str, read: Callable[[], T]) -> T | None:
+        try:
+            return read()
+        except (ValueError, TypeError) as exc:
+            damaged.append(f"{column}: {exc}")
+            return None
+
+    record = ControllerRecord(
+        str(address), str(name), _text(serial), bool(bonded), _text(firmware),
+        optional("policy", lambda: None if policy is None else LinkPolicy(str(policy))),
+        optional("paired_at", lambda: _number(paired_at) or 0.0) or 0.0,
+        optional("last_seen", lambda: _number(last_seen)),
         str(board) if board else DEFAULT_BOARD,
-        None if ota is None else OtaPolicy(str(ota)), None if radio is None else str(radio),
-        bool(passkey))
+        optional("ota_policy", lambda: None if ota is None else OtaPolicy(str(ota))),
+        _text(radio), bool(passkey), _text(served_by),
+        optional("served_since", lambda: _number(served_since)))
+    return record, damaged

@@ -18,6 +18,7 @@ import structlog
 
 from firmware_bridge.link.gatt_link import GattLink
 from gateway.clock import Clock
+from gateway.errors import RegistryError
 from gateway.link.paths import (
     HEARD_WITHIN_S,
     Constraints,
@@ -88,10 +89,24 @@ class RadioSet:
     def choose(self, address: str, constraints: Constraints | None = None) -> PathChoice:
         views = [RadioView(r.name, r.kind, r.up, r.scheduler.free, r.scheduler.max_links,
                            self.connecting[r.name]) for r in self.radios.values()]
-        choice = choose(views, self.heard(address), self.memory.get(address, PathMemory()),
+        choice = choose(views, self.heard(address), self._memory(address),
                         constraints or self.constraints(address), self.clock.now())
         self.last_choice[address] = choice
         return choice
+
+    def _memory(self, address: str) -> PathMemory:
+        """Where the controller was served; read once from the registry after a restart, so
+        a restart does not move it (the stay of paths.STAY_S counts from the real move)."""
+        memory = self.memory.get(address)
+        if memory is None:
+            record = self.registry.find(address)
+            memory = PathMemory()
+            if record is not None and record.served_by is not None \
+                    and record.served_since is not None:
+                age_s = max(0.0, self.clock.time() - record.served_since)
+                memory = PathMemory(record.served_by, self.clock.now() - age_s)
+            self.memory[address] = memory
+        return memory
 
     def _pick(self, address: str) -> Radio | NoPath:
         """The radio to wait on, or why there is none."""
@@ -230,7 +245,7 @@ class RadioSet:
                       connect: Callable[[], Awaitable[GattLink]]) -> GattLink:
         """Run ``connect`` through ``radio``, remembering how it went for the next choice."""
         name = radio.name
-        before = self.memory.get(address, PathMemory())
+        before = self._memory(address)
         self.connecting[name] += 1
         try:
             link = await connect()
@@ -244,13 +259,18 @@ class RadioSet:
             choice = self.last_choice.get(address)
             log.info("path_chosen", address=address, radio=name, previous=before.current,
                      reason=choice.reason.value if choice else None)
+            try:
+                self.registry.set_path(address, name, self.clock.time())
+            except RegistryError as exc:
+                # Only the memory of a restart is lost: this run still keeps the choice.
+                log.warning("path_not_saved", address=address, radio=name, error=str(exc))
         return link
 
     # ---- what the hub shows ------------------------------------------------------------------
 
     def serving(self, address: str) -> str | None:
         """The radio that last connected it (its link's, while it has one)."""
-        return self.routes.get(address) or self.memory.get(address, PathMemory()).current
+        return self.routes.get(address) or self._memory(address).current
 
     def reports(self, addresses: Sequence[str]) -> list[RadioReport]:
         out = []

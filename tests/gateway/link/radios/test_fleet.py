@@ -16,7 +16,7 @@ from firmware_bridge.errors import TransportError
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.smp.ble import BleSmpTransport
 from gateway.clock import LoopClock
-from gateway.link.paths import Sighting
+from gateway.link.paths import PathReason, Sighting
 from gateway.link.radios import fleet
 from gateway.link.radios.base import NoPath
 from gateway.link.radios.fleet import RadioSet
@@ -162,6 +162,26 @@ async def test_pinned_and_passkey_controllers_stay_where_they_must(registry: Reg
     shed.is_up = False  # a pin is never routed elsewhere
     with pytest.raises(NoPath, match="pin_unusable"):
         await visit(radio_set, ADDRESS)
+
+
+async def test_a_restart_keeps_each_controller_on_its_radio(registry: Registry) -> None:
+    """The choice's memory is in the registry: after a restart a controller stays where it
+    was served (at most one voluntary move a day), though a radio that hears it a little
+    better would win a fresh choice."""
+    hub, garden, shed = radios()
+    registry.add(ADDRESS, name="AutoWatering", bonded=True)
+    garden.hears[ADDRESS], shed.hears[ADDRESS] = -60, -75
+    before = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
+    assert await visit(before, ADDRESS) == "garden"
+    garden.hears[ADDRESS], shed.hears[ADDRESS] = -72, -60  # shed now 12 dB better
+    after = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
+    assert after.serving(ADDRESS) == "garden"
+    assert await visit(after, ADDRESS) == "garden"
+    assert after.last_choice[ADDRESS].reason is PathReason.STAYS
+    # A restart is no failover: a radio that fails it still moves it at once.
+    garden.is_up = False
+    assert await visit(after, ADDRESS) == "shed"
+    assert registry.get(ADDRESS).served_by == "shed"
 
 
 async def test_a_controller_waiting_for_a_path_is_woken_when_one_opens(
