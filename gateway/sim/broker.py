@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from gateway.sim.errors import SimError
-from gateway.sim.processes import terminate
+from gateway.sim.processes import terminate, tied
 
 # mosquitto binds within milliseconds; a loaded machine gets several seconds.
 START_LIMIT_S = 10.0
@@ -43,7 +43,7 @@ class MosquittoBroker:
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            self.binary, "-c", str(self.config), stdout=asyncio.subprocess.DEVNULL,
+            *tied([self.binary, "-c", str(self.config)]), stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         async with asyncio.timeout(START_LIMIT_S):
             while True:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from gateway.sim.errors import SimError
+from gateway.sim.processes import tied
 
 _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -44,7 +45,7 @@ class PrivateBus:
         config = self._workdir / "bus.conf"
         config.write_text(_CONFIG.format(socket=self._workdir / "system_bus_socket"))
         self._proc = await asyncio.create_subprocess_exec(
-            daemon, f"--config-file={config}", "--nofork", "--print-address",
+            *tied([daemon, f"--config-file={config}", "--nofork", "--print-address"]),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # stopped by the rig, after the processes that use it
         )

@@ -31,6 +31,7 @@ import structlog
 
 from firmware_bridge.aio import cancelling
 from gateway.sim.errors import SimError
+from gateway.sim.processes import tied
 
 log = structlog.get_logger(__name__)
 
@@ -162,7 +163,7 @@ class QemuPeer:
             generation += 1
             qmp_path = self._workdir / f"qmp-{generation}.sock"
             self._proc = await asyncio.create_subprocess_exec(
-                *self._cmd(qmp_path),
+                *tied(self._cmd(qmp_path)),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,

@@ -25,7 +25,7 @@ from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.controller.control import CONTROL_IFACE, CONTROL_PATH
 from gateway.sim.dbus_daemon import PrivateBus
 from gateway.sim.errors import SimConfigError, SimError
-from gateway.sim.processes import terminate
+from gateway.sim.processes import terminate, tied
 
 log = structlog.get_logger(__name__)
 
@@ -195,7 +195,7 @@ class Rig:
         # Own process group: a Ctrl-C in the terminal reaches only awgw, which then stops the
         # rig in order (controllers, BlueZoo, bus) instead of everything dying at once.
         proc = await asyncio.create_subprocess_exec(
-            *args, env=self.env(), stdin=asyncio.subprocess.DEVNULL,
+            *tied(args), env=self.env(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True)
         assert proc.stdout is not None
         try:

@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError, Message
 
 from gateway.sim.esphome.framing import FrameError, NoiseFramer, PlainFramer, decode_psk
 from gateway.sim.esphome.radio import (
+    ATT_UNLIKELY_ERROR,
     NO_RESOURCES,
     PEER_TERMINATED,
     Advert,
@@ -257,7 +258,10 @@ class _Session:
         self.closing = False
         # GATT operations run one after another, in the order they came, as the ESP32's
         # Bluetooth task runs them: a Write Without Response stream (SMP) must keep its order.
-        self._gatt: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        # One GATT request at a time, as the firmware's connection handles them: (address,
+        # handle, the work answering it).
+        self._gatt: asyncio.Queue[tuple[int, int, Callable[[], Awaitable[None]]]] = \
+            asyncio.Queue()
         # What waits out the Wi-Fi latency, in order: (due, bytes).
         self._air: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         self._airborne = 0  # messages sent but not yet arrived
@@ -301,8 +305,17 @@ class _Session:
 
     async def _gatt_worker(self) -> None:
         while True:
-            work = await self._gatt.get()
-            await work()
+            address, handle, work = await self._gatt.get()
+            try:
+                await work()
+            except Exception as exc:
+                # A radio fault the sim did not foresee: the ESP32 answers that request with
+                # an error and goes on serving the next, instead of leaving every later
+                # request of this client unanswered.
+                log.exception("proxy_gatt_failed", address=mac_str(address), handle=handle,
+                              error=f"{type(exc).__name__}: {exc}")
+                self.send(pb.BluetoothGATTErrorResponse(address=address, handle=handle,
+                                                        error=ATT_UNLIKELY_ERROR))
 
     async def run(self) -> None:
         self._spawn(self._gatt_worker, "proxy gatt")
@@ -390,13 +403,13 @@ class _Session:
             case pb.BluetoothDeviceRequest():
                 self._device_request(msg)
             case pb.BluetoothGATTGetServicesRequest():
-                self._gatt.put_nowait(lambda: self._services(msg.address))
+                self._gatt.put_nowait((msg.address, 0, lambda: self._services(msg.address)))
             case pb.BluetoothGATTReadRequest() | pb.BluetoothGATTReadDescriptorRequest():
-                self._gatt.put_nowait(lambda: self._read(msg))
+                self._gatt.put_nowait((msg.address, msg.handle, lambda: self._read(msg)))
             case pb.BluetoothGATTWriteRequest() | pb.BluetoothGATTWriteDescriptorRequest():
-                self._gatt.put_nowait(lambda: self._write(msg))
+                self._gatt.put_nowait((msg.address, msg.handle, lambda: self._write(msg)))
             case pb.BluetoothGATTNotifyRequest():
-                self._gatt.put_nowait(lambda: self._notify(msg))
+                self._gatt.put_nowait((msg.address, msg.handle, lambda: self._notify(msg)))
             case _:
                 log.info("proxy_ignored_message", type=type(msg).__name__)
         return True

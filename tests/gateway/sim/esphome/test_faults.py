@@ -4,12 +4,13 @@ loss, a Wi-Fi drop, every slot taken, and a client that sends garbage."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from aioesphomeapi.client import APIClient
-from aioesphomeapi.core import APIConnectionError
+from aioesphomeapi.core import APIConnectionError, BluetoothGATTAPIError
 
-from gateway.sim.esphome.radio import NO_RESOURCES
+from gateway.sim.esphome.radio import NO_RESOURCES, Advert, RadioLink, Service
 from gateway.sim.esphome.server import ProxyServer, ProxySettings, mac_int
 from gateway.sim.rig import Rig
 from tests.gateway.sim.esphome.test_conformance import KEY, WITHIN_S, client, proxy
@@ -98,3 +99,62 @@ async def test_the_wifi_hop_delays_every_answer_in_order(rig: Rig) -> None:
         await api.device_info()
         assert loop.time() - started >= 0.05
         assert (await connect(api, rig.controllers[0].address))[0]
+
+
+class _BrokenOnceLink:
+    """A radio link whose first read fails in a way the sim never foresaw."""
+
+    mtu = 247
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def services(self) -> list[Service]:
+        return []
+
+    async def read(self, handle: int) -> bytes:
+        self.reads += 1
+        if self.reads == 1:
+            raise RuntimeError("an unforeseen radio fault")
+        return b"\x01"
+
+    async def write(self, handle: int, data: bytes, response: bool) -> None:
+        return None
+
+    async def read_descriptor(self, handle: int) -> bytes:
+        return b""
+
+    async def write_descriptor(self, handle: int, data: bytes) -> None:
+        return None
+
+    async def notify(self, handle: int, on_data: Callable[[bytes], None] | None) -> None:
+        return None
+
+    async def disconnect(self) -> None:
+        return None
+
+
+class _OneLinkRadio:
+    async def start_scan(self, on_advert: Callable[[Advert], None]) -> None:
+        return None
+
+    async def stop_scan(self) -> None:
+        return None
+
+    async def connect(self, address: str, on_lost: Callable[[], None]) -> RadioLink:
+        return _BrokenOnceLink()
+
+
+async def test_a_gatt_request_that_fails_unforeseen_is_answered_and_the_next_served() -> None:
+    server = ProxyServer(ProxySettings(), _OneLinkRadio())
+    await server.start()
+    try:
+        async with client(server, None) as api:
+            address = "C0:FF:EE:00:00:00"
+            assert (await connect(api, address))[0]
+            with pytest.raises(BluetoothGATTAPIError):
+                await api.bluetooth_gatt_read(mac_int(address), 0x10, timeout=WITHIN_S)
+            assert await api.bluetooth_gatt_read(mac_int(address), 0x10,
+                                                 timeout=WITHIN_S) == b"\x01"
+    finally:
+        await server.stop()
