@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import collections
 import json
-import logging
 import math
 import os
 import random
@@ -36,14 +35,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
 from firmware_bridge.link.session import ControllerSession
 from gateway.config import GatewayConfig
 from gateway.link.manager import ConnectionManager
 from gateway.link.paths import HEARD_WITHIN_S
 from gateway.link.radio import valve_command, valve_rerun
+from gateway.logging import configure_logging
 from gateway.ops.models import ValveClose, ValveOpen
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
@@ -308,8 +306,11 @@ async def measure(args: argparse.Namespace, result: dict[str, Any], rng: random.
 
 
 if __name__ == "__main__":
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(
-        logging.INFO if os.environ.get("AWGW_BENCH_LOG") else logging.WARNING))
+    # AWGW_BENCH_LOG=info (or debug): the gateway's JSON lines, stamped to the microsecond,
+    # to see where the slowest commands waited.
+    wanted = os.environ.get("AWGW_BENCH_LOG", "")
+    configure_logging(level=wanted if wanted in ("info", "debug") else
+                      "info" if wanted else "warning")
     parser = argparse.ArgumentParser()
     parser.add_argument("--controllers", type=int, default=24)
     parser.add_argument("--proxies", type=int, default=2)

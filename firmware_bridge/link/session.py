@@ -399,12 +399,14 @@ class ControllerSession:
         self._waiters.append((confirmed, done))
         if queued is not None:
             self._waiters.append((queued, queued_future))
+        asked = self.clock.monotonic()
         try:
             try:
                 async with self._lock.hold(PriorityLock.URGENT):
                     # Only what arrives after the write can answer it: a throttled
                     # notification of an earlier change must not confirm this command.
-                    self._waiters = [(after(self.clock.monotonic(), p), f)
+                    sent = self.clock.monotonic()
+                    self._waiters = [(after(sent, p), f)
                                      if f in (done, queued_future) else (p, f)
                                      for p, f in self._waiters]
                     self.commands_sent += 1
@@ -412,9 +414,14 @@ class ControllerSession:
             except AttRefused as exc:
                 return CommandOutcome(OutcomeStatus.REFUSED, f"{what}: refused with ATT "
                                       f"0x{exc.code:02x}", att_code=exc.code)
+            written = self.clock.monotonic()
             finished, _ = await asyncio.wait({done, queued_future},
                                              timeout=self.confirm_timeout_s,
                                              return_when=asyncio.FIRST_COMPLETED)
+            # Where a slow command spent its time (bench/fleet.py names the slowest).
+            self._log.debug("command_timing", what=what, lock_wait_s=round(sent - asked, 3),
+                            write_s=round(written - sent, 3),
+                            answer_s=round(self.clock.monotonic() - written, 3))
             if done in finished:
                 return CommandOutcome(OutcomeStatus.CONFIRMED, what)
             if queued_future in finished:
