@@ -40,8 +40,12 @@ log = structlog.get_logger(__name__)
 # The firmware restarts advertising ~0.8 s after a disconnect (device-ble.md section 2).
 READVERTISE_DELAY_S = 0.8
 # BlueZoo calls Confirm() after delivering each notification; waiting for it keeps dbus-fast's
-# writer from breaking under bursts. 1 s is far above the ~1 ms it takes when the central lives.
-CONFIRM_TIMEOUT_S = 1.0
+# writer from breaking under bursts. A live central confirms within ~1 ms (tens of ms when the
+# rig is busy); one that is gone or not yet subscribed never does, and a real controller drops
+# that notification at once (bt_gatt_notify: -ENOTCONN). At 1 s, a few such in a row held
+# every later notification back for seconds: a valve's close was confirmed 4.9 s late
+# (bench/fleet.py, seed 5).
+CONFIRM_TIMEOUT_S = 0.2
 # MCUboot plus the app's start-up before the radio is back (no serial-recovery wait modelled).
 BOOT_TIME_S = 0.5
 TICK_S = 0.2
@@ -265,9 +269,13 @@ class VirtualController:
         self._confirmed.clear()
         self._last_sent[uuid] = time.monotonic()
         char.set_value(value)
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(CONFIRM_TIMEOUT_S):
                 await self._confirmed.wait()
+        except TimeoutError:
+            log.debug("notification_unconfirmed", controller=self.config.index,
+                      uuid=uuid[4:8] if uuid.startswith("0000") else uuid[-4:],
+                      connected=self.connected_device is not None, notifying=char.notifying)
 
     # ---- SMP over GATT ---------------------------------------------------------------------
 
