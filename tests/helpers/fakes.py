@@ -14,6 +14,7 @@ from firmware_bridge.smp.wire import HEADER_SIZE, decode_payload, parse_header
 from gateway.sim.controller.irrigation import AttError, IrrigationConfig, IrrigationModel
 from gateway.sim.controller.mcuboot_flash import NRF52840_GEOMETRY, McubootFlash
 from gateway.sim.controller.smp_server import SmpServer, SmpServerConfig
+from gateway.sim.esphome.radio import Advert, RadioLink
 
 ALL_UUIDS = {v for k, v in vars(uuids).items() if k.isupper() and isinstance(v, str)
              and v.count("-") == 4}
@@ -197,3 +198,22 @@ class InProcessSmpTransport:
 
     def frame_budget(self, buf_size: int) -> int:
         return buf_size
+
+
+class ProxyRadioFake:
+    """A simulated proxy's radio that hears nothing; each connect gets ``link()``'s link, or
+    fails the test when none is given (it connects no device)."""
+
+    def __init__(self, link: Callable[[], RadioLink] | None = None) -> None:
+        self._link = link
+
+    async def start_scan(self, on_advert: Callable[[Advert], None]) -> None:
+        return None
+
+    async def stop_scan(self) -> None:
+        return None
+
+    async def connect(self, address: str, on_lost: Callable[[], None]) -> RadioLink:
+        if self._link is None:
+            raise AssertionError(f"this test connects no device (asked for {address})")
+        return self._link()

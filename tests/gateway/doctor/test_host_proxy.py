@@ -6,31 +6,17 @@ from __future__ import annotations
 
 import base64
 import socket
-from collections.abc import Callable
 
 import pytest
 
 from gateway.config import EsphomeProxySettings
 from gateway.link.radios.base import RadioRefused
 from gateway.link.radios.esphome import ProxyReport, probe
-from gateway.sim.esphome.radio import Advert, RadioLink
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
+from tests.helpers.fakes import ProxyRadioFake
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER_KEY = base64.b64encode(bytes(range(1, 33))).decode()
-
-
-class SilentRadio:
-    """A proxy's radio that hears nothing and reaches nothing: the doctor connects no device."""
-
-    async def start_scan(self, on_advert: Callable[[Advert], None]) -> None:
-        return None
-
-    async def stop_scan(self) -> None:
-        return None
-
-    async def connect(self, address: str, on_lost: Callable[[], None]) -> RadioLink:
-        raise AssertionError("the doctor connects no device")
 
 
 def settings(port: int) -> EsphomeProxySettings:
@@ -39,7 +25,7 @@ def settings(port: int) -> EsphomeProxySettings:
 
 @pytest.mark.parametrize("key", [None, KEY])
 async def test_a_working_proxy_reports_its_versions_and_slots(key: str | None) -> None:
-    server = ProxyServer(ProxySettings(noise_psk=key, slots=3), SilentRadio())
+    server = ProxyServer(ProxySettings(noise_psk=key, slots=3), ProxyRadioFake())
     await server.start()
     try:
         report = await probe(settings(server.port), key)
@@ -57,7 +43,7 @@ async def test_a_working_proxy_reports_its_versions_and_slots(key: str | None) -
 ])
 async def test_a_key_problem_is_refused_with_its_remedy(
         server_key: str | None, our_key: str | None, says: str) -> None:
-    server = ProxyServer(ProxySettings(noise_psk=server_key), SilentRadio())
+    server = ProxyServer(ProxySettings(noise_psk=server_key), ProxyRadioFake())
     await server.start()
     try:
         with pytest.raises(RadioRefused, match=says) as refused:

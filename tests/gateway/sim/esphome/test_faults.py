@@ -10,10 +10,11 @@ import pytest
 from aioesphomeapi.client import APIClient
 from aioesphomeapi.core import APIConnectionError, BluetoothGATTAPIError
 
-from gateway.sim.esphome.radio import NO_RESOURCES, Advert, RadioLink, Service
+from gateway.sim.esphome.radio import NO_RESOURCES, Service
 from gateway.sim.esphome.server import ProxyServer, ProxySettings, mac_int
 from gateway.sim.rig import Rig
 from tests.gateway.sim.esphome.test_conformance import KEY, WITHIN_S, client, proxy
+from tests.helpers.fakes import ProxyRadioFake
 
 pytestmark = pytest.mark.rig
 FEATURES = 0b110111
@@ -134,19 +135,8 @@ class _BrokenOnceLink:
         return None
 
 
-class _OneLinkRadio:
-    async def start_scan(self, on_advert: Callable[[Advert], None]) -> None:
-        return None
-
-    async def stop_scan(self) -> None:
-        return None
-
-    async def connect(self, address: str, on_lost: Callable[[], None]) -> RadioLink:
-        return _BrokenOnceLink()
-
-
 async def test_a_gatt_request_that_fails_unforeseen_is_answered_and_the_next_served() -> None:
-    server = ProxyServer(ProxySettings(), _OneLinkRadio())
+    server = ProxyServer(ProxySettings(), ProxyRadioFake(_BrokenOnceLink))
     await server.start()
     try:
         async with client(server, None) as api:
