@@ -9,6 +9,8 @@ result models.
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 from typing import Any
 
 from pydantic import BaseModel
@@ -128,6 +130,11 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "daemon":
         from gateway.daemon.main import run_daemon
 
+        # A daemon that hangs can be asked where (SIGUSR1: every thread's stack to stderr,
+        # the journal) and one that crashes in C says where: a stuck shutdown is otherwise
+        # a silent SIGKILL after systemd's stop timeout.
+        faulthandler.enable()
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         await run_daemon(config)
         return 0
     result = await dispatch(operations(config), request_of(args))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -101,4 +102,14 @@ async def daemon(rig: Rig, tmp_path: Path, port: int, policy: str,
         raise
     if proc.returncode is None:
         proc.terminate()
-    await asyncio.wait_for(proc.communicate(), 30)
+    try:
+        await asyncio.wait_for(asyncio.shield(proc.wait()), 30)
+    except TimeoutError:
+        # Stuck after SIGTERM: its stacks (faulthandler on SIGUSR1) say where, for the report.
+        proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(1.0)
+        proc.kill()
+        out, _ = await proc.communicate()
+        print(out.decode(errors="replace")[-8000:])
+        raise AssertionError("the daemon did not exit within 30 s of SIGTERM") from None
+    await proc.communicate()

@@ -37,10 +37,11 @@ def test_a_damaged_value_is_read_as_unset_and_said_once(tmp_path: Path) -> None:
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(column=st.sampled_from(OPTIONAL),
        value=st.one_of(st.none(), st.text(max_size=12), st.integers(-2**63, 2**63 - 1),
-                       st.floats(), st.binary(max_size=8)))
+                       st.floats(allow_nan=False), st.binary(max_size=8)))
 def test_any_value_in_an_optional_column_still_reads(tmp_path: Path, column: str,
                                                      value: object) -> None:
-    assume(not (column == "paired_at" and value is None))  # NOT NULL: sqlite refuses it
+    # NOT NULL: sqlite refuses it (and stores a NaN as NULL, so NaN is left out above).
+    assume(not (column == "paired_at" and value is None))
     registry = Registry(tmp_path / f"{column}.sqlite3")
     registry.add(ADDRESS, name="AutoWatering", bonded=True)
     damage(registry.path, column, value)
