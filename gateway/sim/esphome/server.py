@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError, Message
 from gateway.sim.esphome.framing import FrameError, NoiseFramer, PlainFramer, decode_psk
 from gateway.sim.esphome.radio import (
     ATT_UNLIKELY_ERROR,
+    GATT_ERROR,
     NO_RESOURCES,
     PEER_TERMINATED,
     Advert,
@@ -164,7 +165,7 @@ class ProxyServer:
         for session in list(self._sessions):
             session.abort()
         for slot in list(self._slots.values()):
-            await self._release(slot, notify=False)
+            await self.release(slot, notify=False)
         await self.radio.stop_scan()
         if self._flusher is not None:
             self._flusher.cancel()
@@ -182,7 +183,25 @@ class ProxyServer:
     def allocated(self) -> list[int]:
         return list(self._slots)
 
-    async def _release(self, slot: _Slot, *, notify: bool = True) -> None:
+    # What a client connection does with the slots: through these, never the dict itself.
+    def slot(self, address: int) -> _Slot | None:
+        return self._slots.get(address)
+
+    def claim(self, address: int, owner: _Session) -> _Slot:
+        slot = self._slots[address] = _Slot(address, owner)
+        return slot
+
+    def holds(self, slot: _Slot) -> bool:
+        """``slot`` is still the one allocated to its address (not released, not replaced)."""
+        return self._slots.get(slot.address) is slot
+
+    def lost(self, slot: _Slot) -> None:
+        """The link of ``slot`` dropped by itself: the slot is free, with nothing to close."""
+        if self.holds(slot):
+            del self._slots[slot.address]
+        slot.link = None
+
+    async def release(self, slot: _Slot, *, notify: bool = True) -> None:
         """Free the slot. ``notify``: report the slots at once; a release that answers a
         connection reports them itself, after its answer, in the firmware's order."""
         if self._slots.get(slot.address) is slot:
@@ -199,7 +218,10 @@ class ProxyServer:
 
     # ---- advertisements ------------------------------------------------------------------------
 
-    async def _subscribe_adverts(self, session: _Session) -> None:
+    def unsubscribe_adverts(self, session: _Session) -> None:
+        self._advert_subscribers.discard(session)
+
+    async def subscribe_adverts(self, session: _Session) -> None:
         self._advert_subscribers.add(session)
         await self.radio.start_scan(self._on_advert)
         if self._flusher is None:
@@ -234,7 +256,7 @@ class ProxyServer:
             self._sessions.discard(session)
             self._advert_subscribers.discard(session)
             for slot in [s for s in self._slots.values() if s.owner is session]:
-                await self._release(slot)
+                await self.release(slot)
             if not self._advert_subscribers:
                 await self.radio.stop_scan()
 
@@ -394,9 +416,9 @@ class _Session:
                 self.send(pb.DisconnectResponse())
                 return False
             case pb.SubscribeBluetoothLEAdvertisementsRequest():
-                self._spawn(lambda: s._subscribe_adverts(self), "proxy advert subscribe")
+                self._spawn(lambda: s.subscribe_adverts(self), "proxy advert subscribe")
             case pb.UnsubscribeBluetoothLEAdvertisementsRequest():
-                s._advert_subscribers.discard(self)
+                s.unsubscribe_adverts(self)
             case pb.SubscribeBluetoothConnectionsFreeRequest():
                 self.free_subscribed = True
                 self.send_free()
@@ -436,8 +458,8 @@ class _Session:
 
     def _connect(self, address: int) -> None:
         s = self.server
-        if address in s._slots:
-            slot = s._slots[address]
+        slot = s.slot(address)
+        if slot is not None:
             if slot.link is not None and slot.owner is self:
                 self.send(pb.BluetoothDeviceConnectionResponse(address=address, connected=True,
                                                                mtu=slot.link.mtu))
@@ -446,8 +468,7 @@ class _Session:
             self.send(pb.BluetoothDeviceConnectionResponse(address=address, connected=False,
                                                            error=NO_RESOURCES))
             return
-        slot = _Slot(address, self)
-        s._slots[address] = slot
+        slot = s.claim(address, self)
         self._spawn(lambda: self._connect_slot(slot), f"proxy connect {mac_str(address)}")
         s.report_free()
 
@@ -455,9 +476,8 @@ class _Session:
         s = self.server
 
         def lost() -> None:
-            if s._slots.get(slot.address) is slot and slot.link is not None:
-                slot.link = None
-                del s._slots[slot.address]
+            if s.holds(slot) and slot.link is not None:
+                s.lost(slot)
                 self.send(pb.BluetoothDeviceConnectionResponse(
                     address=slot.address, connected=False, error=PEER_TERMINATED))
                 s.report_free()
@@ -466,30 +486,40 @@ class _Session:
             link = await s.radio.connect(mac_str(slot.address), lost)
         except RadioError as exc:
             log.info("proxy_connect_failed", address=mac_str(slot.address), error=str(exc))
-            await s._release(slot, notify=False)
-            # The answer, then the slot report (bluetooth_connection.cpp reset_connection_):
-            # a report that drops the address first reads to bleak-esphome as a phantom.
-            self.send(pb.BluetoothDeviceConnectionResponse(address=slot.address,
-                                                           connected=False, error=exc.code))
-            s.report_free()
+            await self._connect_failed(slot, exc.code)
             return
-        if s._slots.get(slot.address) is not slot:  # disconnected while connecting
+        except Exception as exc:
+            # A radio fault the sim did not foresee: the ESP32 answers the connect as failed
+            # and frees the slot, where a dead task would leave the client waiting.
+            log.exception("proxy_connect_failed", address=mac_str(slot.address),
+                          error=f"{type(exc).__name__}: {exc}")
+            await self._connect_failed(slot, GATT_ERROR)
+            return
+        if not s.holds(slot):  # disconnected while connecting
             await link.disconnect()
             return
         slot.link = link
         self.send(pb.BluetoothDeviceConnectionResponse(address=slot.address, connected=True,
                                                        mtu=link.mtu))
 
+    async def _connect_failed(self, slot: _Slot, error: int) -> None:
+        await self.server.release(slot, notify=False)
+        # The answer, then the slot report (bluetooth_connection.cpp reset_connection_): a
+        # report that drops the address first reads to bleak-esphome as a phantom.
+        self.send(pb.BluetoothDeviceConnectionResponse(address=slot.address, connected=False,
+                                                       error=error))
+        self.server.report_free()
+
     async def _disconnect(self, address: int) -> None:
-        slot = self.server._slots.get(address)
+        slot = self.server.slot(address)
         if slot is not None:
-            await self.server._release(slot, notify=False)
+            await self.server.release(slot, notify=False)
         self.send(pb.BluetoothDeviceConnectionResponse(address=address, connected=False))
         if slot is not None:
             self.server.report_free()
 
     def _link(self, address: int, handle: int) -> RadioLink | None:
-        slot = self.server._slots.get(address)
+        slot = self.server.slot(address)
         if slot is None or slot.link is None:
             self.send(pb.BluetoothGATTErrorResponse(address=address, handle=handle,
                                                     error=PEER_TERMINATED))

@@ -148,3 +148,27 @@ async def test_a_gatt_request_that_fails_unforeseen_is_answered_and_the_next_ser
                                                  timeout=WITHIN_S) == b"\x01"
     finally:
         await server.stop()
+
+
+async def test_a_connect_that_fails_unforeseen_is_answered_and_frees_its_slot() -> None:
+    """Before, the connect's task died with the exception, unseen, and the client waited out
+    its own timeout with the slot still taken."""
+    attempts: list[int] = []
+
+    def link() -> _BrokenOnceLink:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("an unforeseen radio fault")
+        return _BrokenOnceLink()
+
+    server = ProxyServer(ProxySettings(slots=1), ProxyRadioFake(link))
+    await server.start()
+    try:
+        async with client(server, None) as api:
+            connected, _mtu, error = await asyncio.wait_for(
+                connect(api, "C0:FF:EE:00:00:00"), 2.0)
+            assert not connected and error != 0
+            assert server.free == 1
+            assert (await asyncio.wait_for(connect(api, "C0:FF:EE:00:00:00"), 2.0))[0]
+    finally:
+        await server.stop()
