@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from bleak import BleakClient
 from bleak.backends.device import BLEDevice
@@ -22,7 +22,10 @@ from firmware_bridge.bleak_compat import (
 )
 from firmware_bridge.errors import BridgeError
 
-NotifyCallback = Callable[[str, bytes], None]
+# Called as bleak calls a notification callback: (the transport's own handle of the
+# characteristic, which a subscriber ignores; the value). The same shape lets a link hand the
+# subscriber to bleak with no frame of its own in between: it runs for every notification.
+NotifyCallback = Callable[[object, bytes | bytearray], None]
 
 
 class GattLink(Protocol):
@@ -106,11 +109,8 @@ class BleakGattLink:
             await self._client.write_gatt_char(uuid, data, response=True)
 
     async def subscribe(self, uuid: str, callback: NotifyCallback) -> None:
-        def relay(_char: Any, data: bytearray) -> None:
-            callback(uuid, bytes(data))
-
         with translated(f"subscribe {uuid[-4:]}"):
-            await self._client.start_notify(uuid, relay)
+            await self._client.start_notify(uuid, callback)
 
     async def disconnect(self) -> None:
         await quiet_disconnect(self._client)

@@ -57,7 +57,7 @@ from firmware_bridge.gatt.history import (
 from firmware_bridge.gatt.timesync import needs_sync, time_sync
 from firmware_bridge.link.confirm import TASK_QUEUE_EFFECTS, EventPredicate, after
 from firmware_bridge.link.decoding import DECODERS
-from firmware_bridge.link.gatt_link import GattLink
+from firmware_bridge.link.gatt_link import GattLink, NotifyCallback
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus, TaskQueueError
 from firmware_bridge.link.priority_lock import PriorityLock
 from firmware_bridge.link.state import DecodeProblem, Field, Source, StateEvent, Value
@@ -129,10 +129,12 @@ class ControllerSession:
     def __init__(self, link: GattLink, *, plan: PollPlan | None = None,
                  clock: Clock | None = None, op_timeout_s: float = GATT_OP_TIMEOUT_S,
                  confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
-                 sink: Callable[[StateEvent | DecodeProblem], None] | None = None) -> None:
+                 sink: Callable[[StateEvent | DecodeProblem], None] | None = None,
+                 problems: Callable[[DecodeProblem], None] | None = None) -> None:
         """``sink`` takes every event as it is decoded, in order, on the notification's own
         callback (no queue and no task between a notification and the state it updates:
-        bench/relay_latency.py); it must not block. Without one, events wait in ``events``."""
+        bench/relay_latency.py); it must not block. Without one, events wait in ``events``.
+        ``problems`` takes the values that did not decode, if they go elsewhere."""
         self.link = link
         self._address = link.address  # read for every notification; a link keeps its peer
         self.plan = plan or PollPlan()
@@ -141,6 +143,7 @@ class ControllerSession:
         self.confirm_timeout_s = confirm_timeout_s
         self.events: asyncio.Queue[StateEvent | DecodeProblem] = asyncio.Queue()
         self._sink = sink or self.events.put_nowait
+        self._problems: Callable[[DecodeProblem], None] = problems or self._sink
         self.latest: dict[Field, StateEvent] = {}
         self.channels: dict[int, ChannelConfig] = {}
         self.num_channels = 8
@@ -207,7 +210,7 @@ class ControllerSession:
         for uuid in wanted:
             if self.link.has(uuid):
                 async with self._lock.hold(PriorityLock.BACKGROUND):
-                    await self._timed(self.link.subscribe(uuid, self._on_notify))
+                    await self._timed(self.link.subscribe(uuid, self._handler(uuid)))
                 await self.clock.sleep(SUBSCRIBE_SPACING_S)
 
     # ---- steady state ----------------------------------------------------------------------
@@ -478,23 +481,55 @@ class ControllerSession:
         if field != Field.HISTORY_EVENT:
             self.latest[field] = event
         self._sink(event)
+        if self._waiters:
+            self._confirm(event)
+
+    def _confirm(self, event: StateEvent) -> None:
         for predicate, future in self._waiters:
             if not future.done() and predicate(event):
                 future.set_result(event)
 
     def _problem(self, uuid: str, raw: bytes, reason: str) -> None:
-        self._sink(DecodeProblem(self.link.address, uuid, raw, reason, self.clock.time()))
+        self._problems(DecodeProblem(self.link.address, uuid, raw, reason, self.clock.time()))
+
+    def _handler(self, uuid: str) -> NotifyCallback:
+        """What a notification of ``uuid`` runs; it never raises. A watering controller
+        notifies ~15 times a second, each at an idle loop with cold caches, where each
+        Python frame between bleak and the store costs microseconds (bench/relay_latency.py:
+        the chain of 18 frames cost ~45 % of bare bleak's whole CPU per notification). So a
+        characteristic that decodes whole gets a function of its own with its decoder, field
+        and sink bound, and bleak calls it directly."""
+        if uuid not in DECODERS or uuid == uuids.ENVIRONMENTAL_DATA or uuid in self._raw:
+            return lambda _sender, data: self._on_notify(uuid, bytes(data))
+        field, decoder = DECODERS[uuid]
+        address, latest, clock, sink = self._address, self.latest, self.clock, self._sink
+        notify = Source.NOTIFY
+
+        def on_value(_sender: object, data: bytes | bytearray) -> None:
+            raw = bytes(data)
+            try:
+                value = decoder(raw)
+            except DecodeError as exc:
+                self._problem(uuid, raw, str(exc))
+                return
+            event = StateEvent(address, field, value, notify, clock.time(), clock.monotonic())
+            latest[field] = event
+            sink(event)
+            if self._waiters:
+                self._confirm(event)
+
+        return on_value
 
     def _on_notify(self, uuid: str, data: bytes) -> None:
-        """Called from the transport for every notification; never raises."""
+        """A notification of any characteristic, dispatched by its UUID; never raises."""
+        if uuid == uuids.HISTORY:
+            self._on_history(data)
+            return
         try:
             if uuid == uuids.ENVIRONMENTAL_DATA:
                 env = self._env.feed(data)
                 if env is not None:
                     self._emit(Field.ENVIRONMENT, env, Source.NOTIFY)
-                return
-            if uuid == uuids.HISTORY:
-                self._on_history(data)
                 return
             reassembler = self._raw.get(uuid)
             if reassembler is not None:

@@ -33,7 +33,7 @@ from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.link.outcome import CommandOutcome
 from firmware_bridge.link.session import Clock as SessionClock
 from firmware_bridge.link.session import ControllerSession, PollPlan
-from firmware_bridge.link.state import DecodeProblem, Field, StateEvent
+from firmware_bridge.link.state import DecodeProblem, Field
 from gateway.clock import Clock, LoopClock
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError
@@ -340,7 +340,8 @@ class Supervisor:
         plan = PollPlan(read_channel_names=names_due, time_zone=self.settings.time_zone).scaled(
             self.settings.refresh_period_s)
         session = ControllerSession(link, plan=plan, clock=self.session_clock,
-                                    sink=self._deliver)
+                                    sink=self.store.apply,
+                                    problems=self._problem)
         self._set(LinkState.SYNCING)
         end = asyncio.Event()  # the visit is over by design (released, pre-empted)
         synced = asyncio.Event()  # the full snapshot is in
@@ -430,11 +431,10 @@ class Supervisor:
                        updating=self.state is LinkState.UPDATING)
         end.set()
 
-    def _deliver(self, item: StateEvent | DecodeProblem) -> None:
-        self.store.apply(item)
-        if isinstance(item, DecodeProblem):
-            self._log.warning("decode_problem", uuid=item.uuid, reason=item.reason,
-                              raw=item.raw.hex())
+    def _problem(self, problem: DecodeProblem) -> None:
+        self.store.apply(problem)
+        self._log.warning("decode_problem", uuid=problem.uuid, reason=problem.reason,
+                          raw=problem.raw.hex())
 
     def _record_seen(self, session: ControllerSession) -> None:
         version = session.latest.get(Field.FIRMWARE_VERSION)

@@ -75,9 +75,10 @@ def _valve_from_control(view: ControllerView, item: StateEvent) -> None:
 def _valves_from_task(view: ControllerView, item: StateEvent) -> None:
     # Every task notification: a watering controller sends one every 50 ms (device-ble.md
     # 4.3), so the eight valves are written at C speed, not in a loop of eight.
-    value = cast(CurrentTask, item.value)
+    value: CurrentTask = item.value  # type: ignore[assignment]  # not cast(): a call
     valves = dict.fromkeys(range(CHANNELS), (False, item.at))
-    if not value.idle and value.status == TaskStatus.RUNNING and value.channel_id in valves:
+    # An idle task's channel (NO_CHANNEL) is no valve's.
+    if value.status == TaskStatus.RUNNING and value.channel_id in valves:
         valves[value.channel_id] = (True, item.at)
     view.valves = valves
 
@@ -102,7 +103,12 @@ class Changes:
     A burst ends at the first change that arrives ``settle_s`` after its first one: the loop
     is awake for that notification anyway, where a timer of its own would wake an idle loop
     (on a Pi, a wake from idle costs more CPU than decoding the notification). Only a burst
-    that goes quiet ends on the timer, ``quiet_s`` after its first change."""
+    that goes quiet ends on the timer, ``quiet_s`` after its first change.
+
+    A watering controller streams: its next burst starts a notification after the last one
+    ended. The consumer then waits for the change that ends the burst from the start, and is
+    woken once a burst, not also by its first change; the timer of that wait only notices
+    that the stream stopped."""
 
     def __init__(self, settle_s: float, quiet_s: float, clock: Clock) -> None:
         self.settle_s = settle_s
@@ -112,6 +118,7 @@ class Changes:
         self._first_at = 0.0
         self._changed = asyncio.Event()
         self._settled = asyncio.Event()
+        self._streaming = False  # the last burst ended at a change
 
     def mark(self, address: str, monotonic: float) -> None:
         """``address`` changed with a value learned at ``monotonic`` (the event's own stamp:
@@ -125,12 +132,22 @@ class Changes:
 
     async def burst(self) -> set[str]:
         """The controllers changed in the next burst (waits for its first change)."""
-        await self._changed.wait()
-        await self._clock.wait(self._settled, self.quiet_s)
-        taken, self._pending = self._pending, set()
-        self._changed.clear()
-        self._settled.clear()
-        return taken
+        while True:
+            if not self._pending and not self._streaming:
+                await self._changed.wait()
+            began_empty = not self._pending
+            settled = await self._clock.wait(self._settled, self.quiet_s)
+            if not settled and began_empty:
+                if not self._pending:  # the stream stopped: sleep until the next change
+                    self._streaming = False
+                    continue
+                # It began during the wait, less than quiet_s ago: give it its quiet_s.
+                settled = await self._clock.wait(self._settled, self.quiet_s)
+            self._streaming = settled
+            taken, self._pending = self._pending, set()
+            self._changed.clear()
+            self._settled.clear()
+            return taken
 
 
 class StateStore:
@@ -175,7 +192,9 @@ class StateStore:
         if isinstance(item, DecodeProblem):
             self.view(item.address).decode_problems += 1
             return
-        view = self.view(item.address)
+        view = self.views.get(item.address)  # view(), inline: every notification
+        if view is None:
+            view = self.view(item.address)
         view.values[item.field] = item
         derive = _DERIVED.get(type(item.value))
         if derive is not None:

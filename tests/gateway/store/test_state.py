@@ -4,13 +4,17 @@ value arrived, never re-stamped."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import replace
+from types import FrameType
 
 from firmware_bridge.gatt.codec import FlowSensor
 from firmware_bridge.gatt.configuration import SystemConfig
 from firmware_bridge.gatt.units import PulsesPerLitre
 from firmware_bridge.link.state import Field, Source, StateEvent
-from gateway.store.state import StateStore
+from gateway.clock import LoopClock
+from gateway.store.state import Changes, StateStore
+from tests.helpers import cancel_and_wait
 from tests.helpers.fakes import VirtualClock
 from tests.helpers.golden import V1, V19
 
@@ -95,3 +99,77 @@ async def test_a_burst_that_goes_quiet_ends_on_the_timer_and_the_next_starts_afr
     store.apply(changed_at(ADDRESS, 10.3))
     assert await changes.burst() == {ADDRESS}
     assert clock.waited == [0.3, 0.3]
+
+
+async def test_a_streaming_controller_wakes_the_consumer_once_a_burst() -> None:
+    """A watering controller's next burst starts one notification after the last ended; the
+    consumer waits for the change that ends it from the start, so the first change does not
+    wake it too (each wake of a task costs a Pi's loop more than a notification's decode).
+    Counted as resumptions of ``burst``; no timer runs out (the stamps are the events')."""
+    store = StateStore(stale_after_s=10)
+    changes = store.watch(0.2, 0.3, LoopClock())
+    taken: list[set[str]] = []
+
+    async def consume() -> None:
+        while True:
+            taken.append(await changes.burst())
+
+    async def turns() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        for at in (10.0, 10.05, 10.21):  # a first burst, ended at a change
+            store.apply(changed_at(ADDRESS, at))
+            await turns()
+        assert taken == [{ADDRESS}]
+        resumed: list[str] = []
+
+        def count(frame: FrameType, event: str, _arg: object) -> None:
+            if event == "call" and frame.f_code is Changes.burst.__code__:
+                resumed.append(event)
+
+        sys.setprofile(count)
+        try:
+            for at in (10.25, 10.3, 10.35, 10.46):  # the next burst of the stream
+                store.apply(changed_at(ADDRESS, at))
+                await turns()
+        finally:
+            sys.setprofile(None)
+        assert taken == [{ADDRESS}, {ADDRESS}]
+        assert len(resumed) == 2, "resumed once to take the burst, then called for the next"
+    finally:
+        await cancel_and_wait(consumer)
+
+
+async def test_a_stream_that_stops_goes_back_to_waiting_without_a_timer() -> None:
+    clock = VirtualClock()
+    store = StateStore(stale_after_s=10)
+    changes = store.watch(0.2, 0.3, clock)
+    for at in (10.0, 10.1, 10.21):
+        store.apply(changed_at(ADDRESS, at))
+    assert await changes.burst() == {ADDRESS}  # ended at a change: a stream
+    assert clock.waited == []
+    waiting = asyncio.create_task(changes.burst())
+    for _ in range(3 * VirtualClock.SETTLE_TURNS):
+        await asyncio.sleep(0)
+    assert clock.waited == [0.3]  # the stream's wait ran out: nothing came
+    assert not waiting.done()  # and it sleeps until a change, with no timer
+    store.apply(changed_at(ADDRESS, 20.0))
+    assert await waiting == {ADDRESS}
+    assert clock.waited == [0.3, 0.3]  # a lone change: its own quiet time
+
+
+async def test_a_burst_that_begins_late_in_a_streams_wait_gets_its_whole_quiet_time() -> None:
+    clock = VirtualClock()
+    store = StateStore(stale_after_s=10)
+    changes = store.watch(0.2, 0.3, clock)
+    for at in (10.0, 10.1, 10.21):
+        store.apply(changed_at(ADDRESS, at))
+    assert await changes.burst() == {ADDRESS}
+    waiting = asyncio.create_task(changes.burst())
+    await asyncio.sleep(0)
+    store.apply(changed_at(ADDRESS, 10.5))  # within the stream's wait, which then runs out
+    assert await waiting == {ADDRESS}
+    assert clock.waited == [0.3, 0.3]  # not cut short when the first wait ran out
