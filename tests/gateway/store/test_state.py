@@ -143,14 +143,20 @@ async def test_a_streaming_controller_wakes_the_consumer_once_a_burst() -> None:
         await cancel_and_wait(consumer)
 
 
-async def test_a_stream_that_stops_goes_back_to_waiting_without_a_timer() -> None:
+async def streaming() -> tuple[VirtualClock, StateStore, Changes]:
+    """A store whose consumer took one burst that ended at a change: a stream."""
     clock = VirtualClock()
     store = StateStore(stale_after_s=10)
     changes = store.watch(0.2, 0.3, clock)
     for at in (10.0, 10.1, 10.21):
         store.apply(changed_at(ADDRESS, at))
-    assert await changes.burst() == {ADDRESS}  # ended at a change: a stream
+    assert await changes.burst() == {ADDRESS}
     assert clock.waited == []
+    return clock, store, changes
+
+
+async def test_a_stream_that_stops_goes_back_to_waiting_without_a_timer() -> None:
+    clock, store, changes = await streaming()
     waiting = asyncio.create_task(changes.burst())
     for _ in range(3 * VirtualClock.SETTLE_TURNS):
         await asyncio.sleep(0)
@@ -162,12 +168,7 @@ async def test_a_stream_that_stops_goes_back_to_waiting_without_a_timer() -> Non
 
 
 async def test_a_burst_that_begins_late_in_a_streams_wait_gets_its_whole_quiet_time() -> None:
-    clock = VirtualClock()
-    store = StateStore(stale_after_s=10)
-    changes = store.watch(0.2, 0.3, clock)
-    for at in (10.0, 10.1, 10.21):
-        store.apply(changed_at(ADDRESS, at))
-    assert await changes.burst() == {ADDRESS}
+    clock, store, changes = await streaming()
     waiting = asyncio.create_task(changes.burst())
     await asyncio.sleep(0)
     store.apply(changed_at(ADDRESS, 10.5))  # within the stream's wait, which then runs out
