@@ -196,7 +196,7 @@ class ProxyServer:
         return self._slots.get(slot.address) is slot
 
     def lost(self, slot: _Slot) -> None:
-        """The link of ``slot`` dropped by itself: the slot is free, with nothing to close."""
+        """Free ``slot``, its link not closed: it dropped by itself, or ``release`` closes it."""
         if self.holds(slot):
             del self._slots[slot.address]
         slot.link = None
@@ -204,9 +204,8 @@ class ProxyServer:
     async def release(self, slot: _Slot, *, notify: bool = True) -> None:
         """Free the slot. ``notify``: report the slots at once; a release that answers a
         connection reports them itself, after its answer, in the firmware's order."""
-        if self._slots.get(slot.address) is slot:
-            del self._slots[slot.address]
-        link, slot.link = slot.link, None
+        link = slot.link
+        self.lost(slot)
         if link is not None:
             await link.disconnect()
         if notify:
