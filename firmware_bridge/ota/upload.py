@@ -143,6 +143,16 @@ class Window:
         self._recovery = self.size
 
 
+def _forget(task: asyncio.Task[Any]) -> None:
+    """Stop waiting for a request whose reply no longer matters; its outcome, whatever it is,
+    is seen here so that no failure is left unretrieved."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+        return
+    task.cancel()
+
+
 def _frame_size(payload: dict[str, Any]) -> int:
     return HEADER_SIZE + len(encode_cbor(payload))
 
@@ -186,6 +196,7 @@ class Uploader:
         self.timer = timer or ResendTimer(plan.timeout_s)
         self.cost = cost or UploadCost()
         self.sent_bytes = 0
+        self._stale: list[asyncio.Task[dict[str, Any]]] = []
         self._started = time.monotonic()
         self._start_offset = 0
 
@@ -221,6 +232,12 @@ class Uploader:
         return upload_offset(reply, self.total)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self._drop_stale()
+
+    async def _run(self) -> None:
         acked = await self.first()
         self._start_offset = acked
         self._acked(acked)
@@ -244,6 +261,7 @@ class Uploader:
             if new == 0 and acked > 0:
                 # The device reset and lost the context: start over with the first chunk,
                 # which carries the sha (ota.md 4.6, safety net).
+                await self._drop_stale()
                 new = await self.first()
             stalls = 0 if new > acked else stalls + 1
             if stalls >= MAX_STALLS:
@@ -261,12 +279,19 @@ class Uploader:
         awaited says those were lost, and its offset says what the device holds: its own end
         (the earlier chunks arrived, only their replies did not) acknowledges everything up to
         it; an older offset is a gap (a request was lost) and the window restarts there at
-        once. Either way a loss costs a round trip; the resend timeout is left for silence."""
+        once. Either way a loss costs a round trip; the resend timeout is left for silence.
+
+        Every reply that has come is read before anything more goes out: a device that answers
+        a window in one burst (the QEMU peer) would otherwise be sent a chunk beyond a gap the
+        next reply in the burst shows. The requests still out when a gap shows stay in the
+        device's buffers until it answers them (``_stale``), and count against the window: a
+        resent window on top of them is more than the buffers hold, and one is dropped."""
         in_flight: deque[tuple[int, float, asyncio.Task[dict[str, Any]]]] = deque()
         next_off = acked = start
         try:
             while acked < self.total:
-                while len(in_flight) < self.window.size and next_off < self.total:
+                while (len(in_flight) + len(self._stale) < self.window.size
+                       and next_off < self.total):
                     data = self.image[next_off:next_off + self.chunk]
                     self.sent_bytes += len(data)
                     in_flight.append((next_off + len(data), time.monotonic(), asyncio.create_task(
@@ -276,41 +301,68 @@ class Uploader:
                                              f"upload chunk at {next_off}"))))
                     next_off += len(data)
                     await asyncio.sleep(0)  # the frame goes out before the next is queued
-                if not in_flight[0][2].done():
-                    await asyncio.wait([t for _e, _s, t in in_flight],
+                if not any(t.done() for _e, _s, t in in_flight):
+                    await asyncio.wait([*(t for _e, _s, t in in_flight), *self._stale],
                                        return_when=asyncio.FIRST_COMPLETED)
-                # The earliest answered request; those before it lost their replies.
-                first = next(i for i, (_e, _s, t) in enumerate(in_flight) if t.done())
-                end, sent_at, task = in_flight[first]
-                reply_off = self._offset(task.result())
-                for _ in range(first + 1):
-                    _end, _sent, passed = in_flight.popleft()
-                    if passed is not task:
-                        passed.cancel()
-                if reply_off != end:
-                    log.debug("upload_resync", expected=end, device=reply_off)
-                    self.cost.frames_lost += 1
-                    self.cost.windows_resent += 1
-                    self.window.lost()
-                    return reply_off  # the rest of the window is discarded by the device
-                if first:
-                    log.debug("upload_replies_lost", count=first, acked=end)
-                    self.cost.frames_lost += first
-                    self.window.lost()
-                else:
-                    # Karn: only a reply that answers the oldest request times the round trip.
-                    self.timer.sample(time.monotonic() - sent_at)
-                    self.window.acked()
-                acked = end
-                if self.on_ack:
-                    self.on_ack(acked)
-                self._progress(acked)
+                self._pass_stale(answered=any(t.done() for _e, _s, t in in_flight))
+                while in_flight:
+                    # The earliest answered request; those before it lost their replies.
+                    first = next((i for i, (_e, _s, t) in enumerate(in_flight) if t.done()),
+                                 None)
+                    if first is None:
+                        break
+                    end, sent_at, task = in_flight[first]
+                    reply_off = self._offset(task.result())
+                    for _ in range(first + 1):
+                        _end, _sent, passed = in_flight.popleft()
+                        if passed is not task:
+                            passed.cancel()
+                    if reply_off != end:
+                        log.debug("upload_resync", expected=end, device=reply_off,
+                                  still_held=len(in_flight))
+                        self.cost.frames_lost += 1
+                        self.cost.windows_resent += 1
+                        self.window.lost()
+                        # The rest of the window is discarded by the device, once it gets to it.
+                        self._stale.extend(t for _e, _s, t in in_flight)
+                        in_flight.clear()
+                        return reply_off
+                    if first:
+                        log.debug("upload_replies_lost", count=first, acked=end)
+                        self.cost.frames_lost += first
+                        self.window.lost()
+                    else:
+                        # Karn: only a reply that answers the oldest request times the round
+                        # trip.
+                        self.timer.sample(time.monotonic() - sent_at)
+                        self.window.acked()
+                    acked = end
+                    if self.on_ack:
+                        self.on_ack(acked)
+                    self._progress(acked)
             return acked
         finally:
             for _end, _sent, task in in_flight:
                 task.cancel()
             if in_flight:
                 await asyncio.gather(*(t for _e, _s, t in in_flight), return_exceptions=True)
+
+    def _pass_stale(self, *, answered: bool) -> None:
+        """Forget the stale requests the device is done with: replies come in order, so an
+        answer to a later request (``answered``), or to a later stale one, means it has
+        answered or lost each before it."""
+        done = [i for i, t in enumerate(self._stale) if t.done()]
+        passed = len(self._stale) if answered else (done[-1] + 1 if done else 0)
+        for task in self._stale[:passed]:
+            _forget(task)
+        del self._stale[:passed]
+
+    async def _drop_stale(self) -> None:
+        stale, self._stale = self._stale, []
+        for task in stale:
+            task.cancel()
+        if stale:
+            await asyncio.gather(*stale, return_exceptions=True)
 
     def _acked(self, offset: int) -> None:
         if self.on_ack:
