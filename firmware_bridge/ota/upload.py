@@ -45,12 +45,10 @@ FALLBACK_CHUNK = 128
 MIN_FIRST_DATA = 32
 # Clean acknowledgements at the window's ceiling before probing one request more.
 PROBE_AFTER_ACKS = 64
-# A loss this few acknowledgements after the last loss says the window is more than the device
-# takes. Break-even on the QEMU peer: a loss at window 4 costs about eight chunk times (a
-# round trip and the window resent), and window 3 is 23 % slower, so 4 pays while losses come
-# less often than one per ~25 chunks; the emulated UART drops one frame per 50-150 chunks at
-# random, and a device that cannot take the window loses one every few.
-REPEAT_WITHIN_ACKS = 16
+# What a window has shown of its losses starts from this many clean chunks: two losses early
+# in an upload are not yet a rate. The QEMU peer loses one frame in 50-200 chunks, now and then
+# several within twenty; a device that cannot take the window loses one in every window.
+PRIOR_CLEAN_CHUNKS = 24
 
 
 @dataclass(frozen=True)
@@ -103,13 +101,17 @@ class ResendTimer:
 class Window:
     """How many chunk requests go out before the first is answered: starts below the device's
     buffer count (Nordic's Device Manager keeps buf_count - 1 in flight: with every netbuf
-    taken, replies go missing), grows by one per clean window up to a ceiling, and shrinks by
-    one on a loss. A loss alone is taken for chance (a UART overrun, a radio fade) and the
-    window grows back; losses before the window after a loss came back whole are that same
-    loss (a burst: the peer's UART stalled for a few frames). A new loss within
-    REPEAT_WITHIN_ACKS acknowledgements of the last says the device cannot take that many,
-    and the ceiling goes just below the window that lost. Probes above the ceiling again
-    after a long clean run."""
+    taken, replies go missing), grows by one per clean window up to a ceiling, and is one
+    smaller for a window after a loss (losses before the window after a loss came back whole
+    are that same loss: the peer's UART stalled for a few frames).
+
+    The ceiling comes down only on evidence. A loss costs about one round trip, ``w`` chunk
+    times at window ``w``, and window ``w - 1`` sends one chunk fewer per round trip: ``w``
+    pays while it loses less than one chunk in ``w * (w - 1)`` (one in 12 at 4). Each window
+    keeps its own count of chunks and losses (a timeout weighs as the round trips it cost), and
+    the ceiling drops when the ceiling's own rate passes that line. A spell of chance losses
+    then costs its round trips and no more: the window neither collapses nor stays low for the
+    rest of the upload. Probes above the ceiling again after a long clean run."""
 
     def __init__(self, start: int, maximum: int | None) -> None:
         self.size = max(1, start)
@@ -118,8 +120,11 @@ class Window:
         self._clean = 0
         self._since_loss: int | None = None  # acknowledgements since the last loss
         self._recovery = 0  # acknowledgements after a loss before another is a new one
+        self._chunks: dict[int, int] = {}
+        self._losses: dict[int, float] = {}
 
     def acked(self) -> None:
+        self._chunks[self.size] = self._chunks.get(self.size, 0) + 1
         self._clean += 1
         if self._since_loss is not None:
             self._since_loss += 1
@@ -131,13 +136,17 @@ class Window:
             self.ceiling += 1
             self._clean = 0
 
-    def lost(self) -> None:
+    def lost(self, weight: float = 1.0) -> None:
+        """A loss at the current size; ``weight``: the round trips it cost (a timeout: its
+        resend timeout over the round trip)."""
         if self._since_loss is not None and self._since_loss < self._recovery:
             return  # the same loss, still being resent
-        repeated = self._since_loss is not None and self._since_loss < REPEAT_WITHIN_ACKS
-        if repeated and self.maximum > 1 and self.size > 1:
-            self.ceiling = self.size - 1
-        self.size = max(1, min(self.size - 1, self.ceiling))
+        self._losses[self.size] = self._losses.get(self.size, 0.0) + weight
+        top = self.ceiling
+        if top > 1 and (self._losses.get(top, 0.0) * top * (top - 1)
+                        > self._chunks.get(top, 0) + PRIOR_CLEAN_CHUNKS):
+            self.ceiling = top - 1
+        self.size = max(1, min(self.size - 1, self.ceiling), self.ceiling - 1)
         self._clean = 0
         self._since_loss = 0
         self._recovery = self.size
@@ -251,7 +260,8 @@ class Uploader:
                 stalls += 1
                 self.cost.frames_lost += 1
                 self.cost.windows_resent += 1
-                self.window.lost()
+                srtt = self.timer.srtt
+                self.window.lost(1.0 if not srtt else max(1.0, self.timer.timeout_s / srtt))
                 self.timer.timed_out()
                 if stalls >= MAX_STALLS:
                     raise
