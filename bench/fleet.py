@@ -37,6 +37,7 @@ from typing import Any
 
 from firmware_bridge.link.outcome import CommandOutcome, OutcomeStatus
 from firmware_bridge.link.session import ControllerSession
+from gateway.clock import LoopClock
 from gateway.config import GatewayConfig
 from gateway.link.manager import ConnectionManager
 from gateway.link.paths import HEARD_WITHIN_S
@@ -46,7 +47,7 @@ from gateway.ops.models import ValveClose, ValveOpen
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.rig import Rig, RigOptions
-from gateway.store.registry import Registry
+from gateway.store.registry_cache import CachedRegistry
 
 REFRESH_S = 60.0
 FAILOVER_GOAL_S = 15.0
@@ -238,7 +239,7 @@ async def run(args: argparse.Namespace, result: dict[str, Any], rng: random.Rand
                          "refresh_period_s": REFRESH_S, "default_policy": "share"},
                 "radios": {"esphome": [{"name": n, "host": "127.0.0.1", "port": s.port}
                                        for n, s in servers.items()]}})
-            registry = Registry(config.registry_path)
+            registry = CachedRegistry(config.registry_path)  # as the daemon has it
             addresses = [h.address for h in rig.controllers]
             for address in addresses:
                 registry.add(address, name="AutoWatering", bonded=True)
@@ -246,9 +247,12 @@ async def run(args: argparse.Namespace, result: dict[str, Any], rng: random.Rand
             try:
                 async with asyncio.TaskGroup() as tasks:
                     gateway = tasks.create_task(manager.run(), name="gateway")
+                    writer = tasks.create_task(registry.write_behind(LoopClock()),
+                                               name="registry writer")
                     await measure(args, result, rng, manager, Killer(rig, servers),
                                   addresses)
                     gateway.cancel()
+                    writer.cancel()
             finally:
                 for server in servers.values():
                     await server.stop()

@@ -26,7 +26,7 @@ from gateway.daemon.operations import ControllerOperations, WaysOut
 from gateway.daemon.status import hub_status
 from gateway.link.manager import ConnectionManager
 from gateway.ops.health import HubStatus
-from gateway.store.registry import Registry
+from gateway.store.registry_cache import CachedRegistry
 from gateway.supervise import Supervision
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,7 @@ BLUEZ_RETRY_S = 2.0
 @dataclass
 class Hub:
     config: GatewayConfig
-    registry: Registry
+    registry: CachedRegistry
     manager: ConnectionManager
     controllers: ControllerOperations
     ways_out: WaysOut
@@ -70,6 +70,7 @@ class Hub:
             def part(name: str, run: Run) -> None:
                 tasks.create_task(guard(name, run), name=name)
 
+            part("registry writer", lambda: self.registry.write_behind(self.clock))
             part("connection manager", self.manager.run)
             for name, run in self.relays.items():
                 part(name, run)
@@ -105,5 +106,6 @@ class Hub:
             await self.clock.sleep(BLUEZ_RETRY_S)
 
     async def close(self) -> None:
+        self.registry.flush()
         await self.metrics.close()
         self.health.probe.close()

@@ -45,6 +45,7 @@ from gateway.relay.offers import OfferBoard
 from gateway.store.credentials import gateway_id
 from gateway.store.outbox import open_outbox
 from gateway.store.registry import Registry
+from gateway.store.registry_cache import CachedRegistry
 from gateway.supervise import DEFAULT_POLICY, RestartPolicy, Supervision
 
 log = structlog.get_logger(__name__)
@@ -131,7 +132,7 @@ def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
     # The one clock every part waits on (tests pass a virtual one).
     clock = clock or LoopClock()
     supervision = Supervision(clock, restart)
-    registry = Registry(config.registry_path)
+    registry = CachedRegistry(config.registry_path)
 
     async def repair(address: str) -> None:  # the supervisors' one automatic re-pair
         await controllers.repair(address)

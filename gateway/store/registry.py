@@ -166,11 +166,12 @@ class Registry:
         return record
 
     def seen(self, address: str, *, firmware_version: str | None = None,
-             serial: str | None = None) -> None:
+             serial: str | None = None, at: float | None = None) -> None:
         with self._db() as db:
             db.execute("UPDATE controllers SET last_seen = ?, firmware_version = COALESCE(?, "
                        "firmware_version), serial = COALESCE(?, serial) WHERE address = ?",
-                       (time.time(), firmware_version, serial, normalise_address(address)))
+                       (time.time() if at is None else at, firmware_version, serial,
+                        normalise_address(address)))
 
     def set_path(self, address: str, radio: str, since: float) -> None:
         """The controller is served through ``radio`` from ``since`` (wall clock)."""

@@ -39,6 +39,7 @@ from gateway.ota.jobs import CloudUpdates
 from gateway.relay.cloud import CloudRelay
 from gateway.relay.feed import StateFeed
 from gateway.relay.mqtt.relay import MqttRelay
+from gateway.store.registry_cache import CachedRegistry
 from tests.helpers import until
 from tests.helpers.daemon import TEST_RESTARTS, InProcessDaemon, controller_address
 
@@ -87,6 +88,7 @@ PARTS: dict[str, tuple[object, str]] = {
     "cloud updates": (CloudUpdates, "run"),
     "state feed": (StateFeed, "run"),
     "hub health": (HubHealth, "run"),
+    "registry writer": (CachedRegistry, "write_behind"),
     "metrics": (HubMetrics, "run"),
     "control server": (ControlServer, "_serve"),
     "systemd watchdog": (watchdog, "report"),
