@@ -55,10 +55,24 @@ def translated(operation: str) -> Iterator[None]:
     except EOFError as exc:
         raise LinkLost(f"{operation}: D-Bus connection closed") from exc
     except BleakError as exc:
+        code = _proxy_att_code(exc)
+        if code is not None:
+            raise AttRefused(code, operation) from exc
         text = str(exc)
         if "not connected" in text.lower():
             raise LinkLost(f"{operation}: {text}") from exc
         raise TransportError(f"{operation}: {text}") from exc
+
+
+def _proxy_att_code(exc: BleakError) -> int | None:
+    """The ATT code of a GATT error answered through an ESPHome proxy: bleak-esphome raises a
+    plain BleakError from aioesphomeapi's BluetoothGATTAPIError, whose ``error.error`` is the
+    code the peer sent (the ESP32's GATT status, the ATT code below 0x100; -1 a disconnect).
+    Read by shape, so this package does not depend on aioesphomeapi."""
+    code = getattr(getattr(exc.__cause__, "error", None), "error", None)
+    if isinstance(code, int) and not isinstance(code, bool) and 0 < code <= 0xFF:
+        return code
+    return None
 
 
 # The bring-up after a connect (AcquireNotify for the MTU, StartNotify): each one D-Bus round

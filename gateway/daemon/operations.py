@@ -112,7 +112,10 @@ class ControllerOperations:
 
     async def repair(self, address: str) -> None:
         """The supervisor's one automatic attempt after an authentication failure, and the GATT
-        cache reset: forget our half of the bond and pair again (Just Works)."""
+        cache reset: forget our half of the bond and pair again (Just Works). Through a proxy
+        the bond is the ESP32's: the proxy forgets it, and the next connect pairs afresh."""
+        if await self.manager.radios.forget_bond(address):
+            return
         self.manager.scanner.forget(address)  # the sighting names the removed device
         async with self.manager.radios.local.scheduler.connect_turn():
             await repair_on_radio(self.config, self.registry, address)

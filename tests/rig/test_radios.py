@@ -23,7 +23,7 @@ from gateway.link.failures import FailureClass
 from gateway.link.manager import ConnectionManager
 from gateway.link.radios import esphome
 from gateway.ops.health import RadioKind
-from gateway.ops.models import Ota
+from gateway.ops.models import LinkState, Ota
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.images import firmware_body, make_image
@@ -57,8 +57,9 @@ def proxy_settings(index: int, name: str) -> ProxySettings:
 
 @contextlib.asynccontextmanager
 async def gateway(rig: Rig, tmp_path: Path, *, pins: dict[int, str] | None = None,
-                  passkeys: tuple[int, ...] = ()
+                  passkeys: tuple[int, ...] = (), repairs: bool = False
                   ) -> AsyncIterator[tuple[ConnectionManager, dict[str, ProxyServer]]]:
+    """``repairs``: the supervisors' automatic re-pair wired as the daemon wires it."""
     adapter, garden_radio, shed_radio = rig.radio_adapters
     proxies = {"garden": ProxyServer(proxy_settings(1, "garden"), BleakRadio(garden_radio)),
                "shed": ProxyServer(proxy_settings(2, "shed"), BleakRadio(shed_radio))}
@@ -75,7 +76,13 @@ async def gateway(rig: Rig, tmp_path: Path, *, pins: dict[int, str] | None = Non
         registry.add(handle.address, name="AutoWatering", bonded=True,
                      radio=(pins or {}).get(handle.index),
                      passkey=handle.index in passkeys)
-    manager = ConnectionManager(config, registry)
+    operations: list[ControllerOperations] = []
+
+    async def repair(address: str) -> None:
+        await operations[0].repair(address)
+
+    manager = ConnectionManager(config, registry, repairer=repair if repairs else None)
+    operations.append(ControllerOperations(config, registry, manager))
     task = asyncio.create_task(manager.run(), name="manager under test")
     try:
         await asyncio.wait_for(manager.ready.wait(), 10)
@@ -214,3 +221,26 @@ async def test_a_firmware_update_through_a_proxy_in_the_daemon(rig: Rig, tmp_pat
         report = await operations.ota(Ota(address=target.address, image=image))
         assert report.result == "succeeded", report
         assert manager.radios.serving(target.address) == "shed"
+
+
+async def test_a_bond_lost_behind_a_proxy_is_forgotten_by_that_proxy(
+        rig: Rig, tmp_path: Path) -> None:
+    """The controller was reset and lost the bond the shed's ESP32 holds: its attributes answer
+    Insufficient Authentication through that proxy. The one automatic re-pair has the proxy
+    forget its bond (the next connect pairs afresh); it went the BlueZ way, removing the hub
+    adapter's own bond and pairing on an adapter that may not even hear the controller."""
+    target = rig.controllers[7]  # between the two proxies, pinned to the shed
+    async with gateway(rig, tmp_path, pins={7: "shed"}, repairs=True) as (manager, proxies):
+        supervisor, store = manager.supervisors[target.address], manager.store
+        await until(lambda: store.fresh(target.address), ALL_SERVED_S)
+        proxies["shed"].stale_bonds.add(target.address)
+        await until(lambda: proxies["shed"].unpaired == [target.address], 3 * REFRESH_S,
+                    "the shed's proxy asked to forget its bond")
+        assert supervisor.failure is not None
+        assert supervisor.failure.kind is FailureClass.AUTHENTICATION
+        refreshed = store.view(target.address).last_refresh or 0.0
+        await until(lambda: (store.view(target.address).last_refresh or 0.0) > refreshed,
+                    2 * REFRESH_S, "served again after the proxy paired afresh")
+        assert supervisor.state is not LinkState.BOND_LOST
+        assert manager.radios.serving(target.address) == "shed"
+        assert manager.registry.get(target.address).bonded

@@ -70,6 +70,9 @@ class AdapterRadio:
     async def refresh_services(self, address: str) -> bool:
         return False  # BlueZ forgets a device's services only with its bond: a re-pair
 
+    async def forget_bond(self, address: str) -> bool:
+        return False  # the hub's own bond: removed and made again through BlueZ
+
     async def release_orphan(self, address: str) -> bool:
         return await bluez.release_orphan(self.name, address, self.clock)
 

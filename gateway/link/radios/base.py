@@ -75,6 +75,11 @@ class Radio(Protocol):
         its caller re-pairs instead)."""
         ...
 
+    async def forget_bond(self, address: str) -> bool:
+        """Have the radio's own bond with ``address`` forgotten, so its next connect pairs
+        afresh; False if the bond is the hub's (BlueZ: its caller removes it and re-pairs)."""
+        ...
+
     async def release_orphan(self, address: str) -> bool:
         """Release a link to ``address`` held by nobody (an earlier run's); True if one was."""
         ...

@@ -158,6 +158,30 @@ class EsphomeRadio:
                      error=str(exc))
         return True
 
+    async def forget_bond(self, address: str) -> bool:
+        """Through a proxy the bond is the ESP32's: it paired when the controller asked for
+        security on connect (device-ble.md 3.1), so the proxy forgets it and the next connect
+        through it pairs afresh (Just Works). BlueZ's bond is another one, the hub adapter's
+        own, and stays. The services cached for ``address`` go too."""
+        self._forget(address)
+        api = self._api
+        if api is None or not (self._flags & BluetoothProxyFeature.PAIRING):
+            log.warning("proxy_bond_kept", radio=self.name, address=address,
+                        reason="not connected" if api is None else "its firmware cannot unpair",
+                        remedy=f"clear the bond on the controller and on the proxy {self.name} "
+                               f"(restart it), or pin {address} to another radio: awgw pair "
+                               f"{address} --radio NAME")
+            return True
+        try:
+            async with asyncio.timeout(API_CONNECT_TIMEOUT_S):
+                answer = await api.bluetooth_device_unpair(mac_to_int(address))
+        except (APIConnectionError, TimeoutError) as exc:
+            log.warning("proxy_unpair_failed", radio=self.name, address=address, error=str(exc))
+            return True
+        log.info("proxy_bond_forgotten", radio=self.name, address=address,
+                 success=answer.success, error=answer.error)
+        return True
+
     def _forget(self, address: str) -> None:
         if self._data is not None:
             cache = self._data.bluetooth_device.cache

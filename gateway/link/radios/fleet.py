@@ -64,6 +64,7 @@ class RadioSet:
         self.clock = clock
         self.memory: dict[str, PathMemory] = {}
         self.routes: dict[str, str] = {}  # address -> the radio of its lease now
+        self.tried: dict[str, str] = {}  # address -> the radio of its last connect attempt
         self.last_choice: dict[str, PathChoice] = {}
         self.connecting: collections.Counter[str] = collections.Counter()
         self._update_locks: dict[str, asyncio.Lock] = {}
@@ -246,6 +247,7 @@ class RadioSet:
         """Run ``connect`` through ``radio``, remembering how it went for the next choice."""
         name = radio.name
         before = self._memory(address)
+        self.tried[address] = name
         self.connecting[name] += 1
         try:
             link = await connect()
@@ -265,6 +267,13 @@ class RadioSet:
                 # Only the memory of a restart is lost: this run still keeps the choice.
                 log.warning("path_not_saved", address=address, radio=name, error=str(exc))
         return link
+
+    async def forget_bond(self, address: str) -> bool:
+        """After an authentication failure: the radio the controller's last connect went
+        through forgets its bond (a proxy's is the ESP32's); False when that was a hub
+        adapter, whose bond BlueZ holds (the caller removes it and pairs again)."""
+        radio = self.radios.get(self.tried.get(address, self.local.name))
+        return radio is not None and await radio.forget_bond(address)
 
     # ---- what the hub shows ------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ NO_RESOURCES = 0x80  # ESP_GATT_NO_RESOURCES: every slot taken
 CONN_FAILED = 0x3E  # HCI: connection failed to be established
 PEER_TERMINATED = 0x13  # HCI: remote user terminated the connection
 ATT_UNLIKELY_ERROR = 0x0E  # ATT: the request failed for a reason no other code names
+ATT_INSUFFICIENT_AUTHENTICATION = 0x05  # ATT: no bond the peer knows (device-ble.md 3.1)
 
 
 @dataclass(frozen=True)

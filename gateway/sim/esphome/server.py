@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError, Message
 
 from gateway.sim.esphome.framing import FrameError, NoiseFramer, PlainFramer, decode_psk
 from gateway.sim.esphome.radio import (
+    ATT_INSUFFICIENT_AUTHENTICATION,
     ATT_UNLIKELY_ERROR,
     GATT_ERROR,
     NO_RESOURCES,
@@ -48,7 +49,7 @@ PROTO_TO_TYPE: dict[type[Message], int] = {v: k for k, v in MESSAGE_TYPE_TO_PROT
 # What an ESPHome 2026 proxy announces (aioesphomeapi's BluetoothProxyFeature).
 PASSIVE_SCAN, ACTIVE_CONNECTIONS, REMOTE_CACHING = 1 << 0, 1 << 1, 1 << 2
 PAIRING, CACHE_CLEARING, RAW_ADVERTISEMENTS = 1 << 3, 1 << 4, 1 << 5
-FEATURES = (PASSIVE_SCAN | ACTIVE_CONNECTIONS | REMOTE_CACHING | CACHE_CLEARING
+FEATURES = (PASSIVE_SCAN | ACTIVE_CONNECTIONS | REMOTE_CACHING | PAIRING | CACHE_CLEARING
             | RAW_ADVERTISEMENTS)
 API_VERSION = (1, 12)
 ESPHOME_VERSION = "2026.11.0"
@@ -112,6 +113,11 @@ class ProxyServer:
         self._pending_adverts: list[Advert] = []
         self._flusher: asyncio.Task[None] | None = None
         self.powered = False
+        # The devices whose bond a client had the ESP32 forget (an unpair request), in order.
+        self.unpaired: list[str] = []
+        # A fault: devices that lost the bond the ESP32 still holds (a controller reset): its
+        # encrypted attributes answer Insufficient Authentication until the proxy forgets it.
+        self.stale_bonds: set[str] = set()
 
     # ---- life ----------------------------------------------------------------------------------
 
@@ -327,6 +333,10 @@ class _Session:
     async def _gatt_worker(self) -> None:
         while True:
             address, handle, work = await self._gatt.get()
+            if mac_str(address) in self.server.stale_bonds:
+                self.send(pb.BluetoothGATTErrorResponse(address=address, handle=handle,
+                                                        error=ATT_INSUFFICIENT_AUTHENTICATION))
+                continue
             try:
                 await work()
             except Exception as exc:
@@ -453,6 +463,8 @@ class _Session:
             self.send(pb.BluetoothDevicePairingResponse(address=msg.address, paired=False,
                                                         error=0x05))
         elif kind == pb.BLUETOOTH_DEVICE_REQUEST_TYPE_UNPAIR:
+            self.server.unpaired.append(mac_str(msg.address))
+            self.server.stale_bonds.discard(mac_str(msg.address))  # the next connect pairs
             self.send(pb.BluetoothDeviceUnpairingResponse(address=msg.address, success=True))
 
     def _connect(self, address: int) -> None:

@@ -39,6 +39,7 @@ class FakeRadio:
         self.fail_next: int = 0
         self.connects: list[str] = []
         self.released: list[str] = []
+        self.forgot: list[str] = []
 
     @property
     def up(self) -> bool:
@@ -63,6 +64,10 @@ class FakeRadio:
 
     async def refresh_services(self, address: str) -> bool:
         return False
+
+    async def forget_bond(self, address: str) -> bool:
+        self.forgot.append(address)
+        return self.kind is RadioKind.PROXY
 
     async def release_orphan(self, address: str) -> bool:
         self.released.append(address)
@@ -322,3 +327,23 @@ async def _quietly(visiting: Awaitable[str]) -> str | None:
             return await visiting
     except (TransportError, NoPath):
         return None
+
+
+async def test_a_lost_bond_is_forgotten_by_the_radio_the_last_connect_went_through(
+        registry: Registry) -> None:
+    """Through a proxy the bond is the ESP32's: the re-pair after an authentication failure
+    went the BlueZ way (removed the hub adapter's own bond, paired on it) whatever the radio."""
+    hub, garden, shed = radios()
+    garden.hears[ADDRESS], hub.hears[OTHER] = -50, -40
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
+    assert await visit(radio_set, ADDRESS) == "garden"
+    assert await radio_set.forget_bond(ADDRESS)
+    assert garden.forgot == [ADDRESS] and not hub.forgot and not shed.forgot
+    assert await visit(radio_set, OTHER) == "hci0"
+    assert not await radio_set.forget_bond(OTHER)  # the hub's own bond: BlueZ re-pairs
+    garden.hears[OTHER] = -30
+    del hub.hears[OTHER]  # out of the adapter's range now: the next connect is the garden's
+    garden.fail_next = 1
+    with pytest.raises(TransportError):
+        await visit(radio_set, OTHER)  # the attempt counts, though it failed
+    assert await radio_set.forget_bond(OTHER) and garden.forgot == [ADDRESS, OTHER]

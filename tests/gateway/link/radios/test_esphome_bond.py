@@ -1,0 +1,36 @@
+"""A proxy's bond with a controller is the ESP32's: after an authentication failure the radio
+has the proxy forget it (over the real native API, against the simulated proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.clock import LoopClock
+from gateway.config import EsphomeProxySettings
+from gateway.link.radios.esphome import EsphomeRadio
+from gateway.link.radios.stack import ProxyStack
+from gateway.sim.esphome.server import ProxyServer, ProxySettings
+from tests.helpers import cancel_and_wait, until
+from tests.helpers.fakes import ProxyRadioFake
+
+ADDRESS = "C0:FF:EE:00:00:01"
+
+
+async def test_the_proxy_forgets_its_bond_and_the_hub_keeps_its_own() -> None:
+    server = ProxyServer(ProxySettings(), ProxyRadioFake())
+    await server.start()
+    stack = ProxyStack(lambda _address: None)
+    try:
+        async with stack.running():
+            radio = EsphomeRadio(EsphomeProxySettings(name="garden", host="127.0.0.1",
+                                                      port=server.port),
+                                 lambda: stack.manager, LoopClock())
+            running = asyncio.create_task(radio.run())
+            try:
+                await until(lambda: radio.up, 10, "the proxy's API connected")
+                assert await radio.forget_bond(ADDRESS)
+                assert server.unpaired == [ADDRESS]
+            finally:
+                await cancel_and_wait(running)
+    finally:
+        await server.stop()
