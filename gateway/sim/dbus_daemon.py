@@ -24,8 +24,13 @@ _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configura
   </policy>
   <limit name="max_replies_per_connection">50000</limit>
   <limit name="max_connections_per_user">1000</limit>
+  <limit name="max_match_rules_per_connection">{match_rules}</limit>
 </busconfig>
 """
+# BlueZoo watches every object of every controller's GATT application with a match rule of
+# its own connection: about 40 a controller. dbus-daemon's default (512) cut a 24-controller
+# garden's last controllers off: their notifications never reached any central.
+MAX_MATCH_RULES = 50_000
 
 # dbus-daemon prints its address within milliseconds; 10 s only guards against a broken install.
 START_TIMEOUT_S = 10.0
@@ -43,7 +48,8 @@ class PrivateBus:
             raise SimError("dbus-daemon is not installed (apt-get install dbus)")
         self._workdir.mkdir(parents=True, exist_ok=True)
         config = self._workdir / "bus.conf"
-        config.write_text(_CONFIG.format(socket=self._workdir / "system_bus_socket"))
+        config.write_text(_CONFIG.format(socket=self._workdir / "system_bus_socket",
+                                         match_rules=MAX_MATCH_RULES))
         self._proc = await asyncio.create_subprocess_exec(
             *tied([daemon, f"--config-file={config}", "--nofork", "--print-address"]),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
