@@ -200,4 +200,6 @@ class DirectAccess:
             address, adapter=link.adapter, timeout_s=link.connect_timeout_s))
 
     async def refresh_gatt_cache(self, address: str) -> None:
-        await repair_on_radio(self.ops.config, self.ops.registry, address)
+        record = self.ops.registry.get(address)
+        await repair_on_radio(self.ops.config, self.ops.registry, address,
+                              adapter=self.ops.config.link.adapter, pin=record.radio)

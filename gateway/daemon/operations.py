@@ -17,6 +17,7 @@ from firmware_bridge.link.session import ControllerSession
 from firmware_bridge.ota.outcome import Progress
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
+from gateway.errors import PairingError
 from gateway.link.manager import ConnectionManager
 from gateway.link.radio import (
     list_devices,
@@ -112,13 +113,19 @@ class ControllerOperations:
 
     async def repair(self, address: str) -> None:
         """The supervisor's one automatic attempt after an authentication failure, and the GATT
-        cache reset: forget our half of the bond and pair again (Just Works). Through a proxy
-        the bond is the ESP32's: the proxy forgets it, and the next connect pairs afresh."""
-        if await self.manager.radios.forget_bond(address):
+        cache reset: forget the bond of the radio its last connect went through and pair
+        again (Just Works). Through a proxy the bond is the ESP32's: the proxy forgets it, and
+        the next connect pairs afresh. The pin stays; a passkey needs a person."""
+        record = self.registry.get(address)
+        if record.passkey:
+            raise PairingError(f"{address} was bonded with a passkey, which only a person can "
+                               f"enter: awgw pair {address} --passkey NNNNNN")
+        adapter = await self.manager.radios.forget_bond(address)
+        if adapter is None:
             return
-        self.manager.scanner.forget(address)  # the sighting names the removed device
-        async with self.manager.radios.local.scheduler.connect_turn():
-            await repair_on_radio(self.config, self.registry, address)
+        async with adapter.scheduler.connect_turn():
+            await repair_on_radio(self.config, self.registry, address, adapter=adapter.name,
+                                  pin=record.radio)
 
     async def unpair(self, request: Unpair) -> DeviceEntry:
         address = normalise_address(request.address)

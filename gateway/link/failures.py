@@ -88,13 +88,20 @@ _DBUS_NAMES = {
     "org.bluez.Error.AuthenticationRejected": FailureClass.AUTHENTICATION,
     "org.bluez.Error.AuthenticationCanceled": FailureClass.AUTHENTICATION,
     "org.bluez.Error.AuthenticationTimeout": FailureClass.AUTHENTICATION,
+    # ATT 0x08 from the controller (BlueZ's gatt-client.c names it so).
+    "org.bluez.Error.NotAuthorized": FailureClass.AUTHENTICATION,
     "org.bluez.Error.ConnectionAttemptFailed": FailureClass.ABORT_BY_LOCAL,
     "org.bluez.Error.NotConnected": FailureClass.LINK_LOST,
     "org.freedesktop.DBus.Error.NoReply": FailureClass.TIMEOUT,
     "org.freedesktop.DBus.Error.ServiceUnknown": FailureClass.DBUS,
 }
-# Texts BlueZ puts in org.bluez.Error.Failed, most specific first.
+# Texts in what BlueZ answers (mostly org.bluez.Error.Failed), most specific first.
 _FAILED_TEXTS = (
+    # NotPermitted "Not paired": ATT 0x05, 0x0C or 0x0F from the controller (gatt-client.c),
+    # what a controller that lost our bond answers. "Read/Write not permitted": 0x02/0x03, an
+    # attribute that does not allow what the table expects of it.
+    ("not paired", FailureClass.AUTHENTICATION),
+    ("not permitted", FailureClass.GATT_MISMATCH),
     ("le-connection-abort-by-local", FailureClass.ABORT_BY_LOCAL),
     ("abort-by-local", FailureClass.ABORT_BY_LOCAL),
     ("connection limit", FailureClass.OUT_OF_SLOTS),

@@ -149,18 +149,30 @@ async def identify(link: GattLink) -> tuple[str, str | None]:
     return firmware, serial
 
 
-async def repair_on_radio(config: GatewayConfig, registry: Registry, address: str) -> None:
-    """Forget our half of the bond (and with it BlueZ's GATT cache) and pair again (Just
-    Works): the one automatic answer to a lost bond or a stale cache."""
-    await bluez.remove_bond(config.link.adapter, address)
-    await pair_on_radio(config, registry, address, None)
+async def repair_on_radio(config: GatewayConfig, registry: Registry, address: str, *,
+                          adapter: str, pin: str | None) -> None:
+    """Forget the bond ``adapter`` holds (and with it BlueZ's GATT cache) and pair again
+    through it (Just Works): the one automatic answer to a lost bond or a stale cache.
+    ``pin``: the radio the controller is pinned to, kept."""
+    await bluez.remove_bond(adapter, address)
+    await pair_on_radio(config, registry, address, None, adapter=adapter, pin=pin)
 
 
 async def unpair_on_radio(config: GatewayConfig, registry: Registry, address: str
                           ) -> DeviceEntry:
     address = normalise_address(address)
     entry = device_entry(registry, config, address)
-    await bluez.remove_bond(config.link.adapter, address)
+    # Every hub adapter that served it holds a bond of its own (its first connect paired).
+    for adapter in config.link.local_adapters:
+        try:
+            await bluez.remove_bond(adapter.name, address)
+        except PairingError as exc:
+            if adapter.name == config.link.adapter:
+                raise
+            # An extra adapter unplugged now: its stale bond costs one automatic re-pair.
+            log.warning("bond_not_removed", address=address, adapter=adapter.name,
+                        error=str(exc), remedy=f"bluetoothctl: select the adapter "
+                                               f"{adapter.name}, then remove {address}")
     registry.remove(address)
     log.info("controller_unpaired", address=address)
     return entry.model_copy(update={"bonded": False, "link": None})

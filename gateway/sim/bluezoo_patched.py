@@ -18,7 +18,8 @@ Fixes:
 6. Pairing supports only a NoInputNoOutput agent (anything else raises NotImplementedError)
    and fails with no agent: Just Works now pairs with any agent or none, and a controller
    started with ``--passkey ADDR=NNNNNN`` asks the central's agent for the passkey
-   (RequestPasskey) and fails with AuthenticationFailed on a wrong or missing one.
+   (RequestPasskey) and fails with AuthenticationFailed on a wrong or missing one. Each
+   pairing also sets ``Paired`` on the controller's side, where the controller watches it.
 7. Every adapter is listed under ``org.bluez``, so a client that takes the first adapter may
    take a controller's: the controllers' adapters (and what lives under them) are served from
    a second connection named ``gateway.sim.radios.PERIPHERAL_RADIOS_BUS_NAME``.
@@ -280,6 +281,10 @@ def _fix_pairing() -> None:
         self.peer.paired = True
         self.peer.bonded = True
         await self.peer_adapter.add_device(self.peer)
+        # The controller's side says so too, every time: a controller that lost its bonds
+        # (its ``lose_bonds`` fault) learns from this that the central paired afresh.
+        shown = self.peer_adapter.devices.get(self.peer.get_object_path(), self.peer)
+        await shown.Paired.set_async(True)
         await self.Paired.set_async(True)
         await self.Bonded.set_async(True)
 

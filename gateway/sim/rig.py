@@ -34,7 +34,7 @@ GATEWAY_ADDRESS = "00:AA:00:00:00:01"
 # covers a loaded 2-core CI machine starting ten of them at once.
 PROCESS_READY_TIMEOUT_S = 20.0
 FAULT_KINDS = ("drop_link", "power_loss", "power_restore", "reboot", "busy", "slow", "mute",
-               "drop_smp_reply", "corrupt_notification",
+               "drop_smp_reply", "corrupt_notification", "lose_bonds",
                # the irrigation side, as the firmware handles it (device-ble.md Δ22)
                "line_flow", "stray_flow", "freeze", "thaw")
 

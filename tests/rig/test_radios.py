@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from gateway import bluez
 from gateway.config import GatewayConfig
 from gateway.daemon.operations import ControllerOperations
 from gateway.link.failures import FailureClass
 from gateway.link.manager import ConnectionManager
 from gateway.link.radios import esphome
 from gateway.ops.health import RadioKind
-from gateway.ops.models import LinkState, Ota
+from gateway.ops.models import LinkState, Ota, Pair, Unpair
 from gateway.sim.esphome.radio import BleakRadio
 from gateway.sim.esphome.server import ProxyServer, ProxySettings
 from gateway.sim.images import firmware_body, make_image
@@ -244,3 +245,43 @@ async def test_a_bond_lost_behind_a_proxy_is_forgotten_by_that_proxy(
         assert supervisor.state is not LinkState.BOND_LOST
         assert manager.radios.serving(target.address) == "shed"
         assert manager.registry.get(target.address).bonded
+
+
+async def test_a_bond_lost_behind_the_second_adapter_is_made_again_there(
+        rig: Rig, tmp_path: Path) -> None:
+    """The controller was reset and forgot its bonds: through the hub's second adapter, to
+    which it is pinned, its encrypted attributes answer "Not paired" (BlueZ's words for ATT
+    0x05). The one automatic re-pair removes that adapter's bond and pairs through it, and the
+    pin stays; it went through hci0, which does not even hear the controller, and unpinned it."""
+    target = rig.controllers[10]  # between the second adapter and the shed
+    second = rig.radio_adapters[0]
+    async with gateway(rig, tmp_path, pins={10: second}, repairs=True) as (manager, _proxies):
+        supervisor, store = manager.supervisors[target.address], manager.store
+        await until(lambda: store.fresh(target.address), ALL_SERVED_S)
+        assert manager.radios.serving(target.address) == second
+        with capture_logs() as logs:
+            await rig.fault(10, "lose_bonds")
+            await until(lambda: supervisor.failures[FailureClass.AUTHENTICATION.value] > 0,
+                        2 * REFRESH_S, "the refused read counted as a lost bond")
+            refreshed = store.view(target.address).last_refresh or 0.0
+            await until(lambda: (store.view(target.address).last_refresh or 0.0) > refreshed,
+                        3 * REFRESH_S, "served again after the re-pair")
+        assert supervisor.state is not LinkState.BOND_LOST
+        assert manager.radios.serving(target.address) == second
+        record = manager.registry.get(target.address)
+        assert record.radio == second and record.bonded
+        assert not [e for e in logs if e["event"] == "repair_failed"], logs
+
+
+async def test_unpair_removes_the_bond_of_every_hub_adapter(rig: Rig, tmp_path: Path) -> None:
+    """A controller paired through the second adapter holds its bond there: unpairing removes
+    it there too, not only from hci0."""
+    target = rig.controllers[1]  # between the hub's two adapters
+    second = rig.radio_adapters[0]
+    async with gateway(rig, tmp_path) as (manager, _proxies):
+        operations = ControllerOperations(manager.config, manager.registry, manager)
+        await operations.pair(Pair(address=target.address, radio=second))
+        assert target.address in {b.address for b in await bluez.bonds(second)}
+        await operations.unpair(Unpair(address=target.address))
+        assert target.address not in {b.address for b in await bluez.bonds(second)}
+        assert manager.registry.find(target.address) is None

@@ -71,6 +71,7 @@ class AdapterRadio:
         return False  # BlueZ forgets a device's services only with its bond: a re-pair
 
     async def forget_bond(self, address: str) -> bool:
+        self.scanner.forget(address)  # the sighting names the device BlueZ is to remove
         return False  # the hub's own bond: removed and made again through BlueZ
 
     async def release_orphan(self, address: str) -> bool:

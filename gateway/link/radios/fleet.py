@@ -268,12 +268,13 @@ class RadioSet:
                 log.warning("path_not_saved", address=address, radio=name, error=str(exc))
         return link
 
-    async def forget_bond(self, address: str) -> bool:
+    async def forget_bond(self, address: str) -> Radio | None:
         """After an authentication failure: the radio the controller's last connect went
-        through forgets its bond (a proxy's is the ESP32's); False when that was a hub
-        adapter, whose bond BlueZ holds (the caller removes it and pairs again)."""
-        radio = self.radios.get(self.tried.get(address, self.local.name))
-        return radio is not None and await radio.forget_bond(address)
+        through forgets its bond. None when it did so itself (a proxy's bond is the ESP32's:
+        its next connect pairs afresh); else the hub adapter whose BlueZ bond the caller
+        removes and makes again, through that adapter."""
+        radio = self.radios.get(self.tried.get(address, self.local.name), self.local)
+        return None if await radio.forget_bond(address) else radio
 
     # ---- what the hub shows ------------------------------------------------------------------
 

@@ -73,6 +73,11 @@ class Faults:
     corrupt_next: set[str] = field(default_factory=set)
     at_upload_offset: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     drop_smp_replies: int = 0
+    # ``lose_bonds``: the controller was reset and forgot every bond it held. Its irrigation
+    # service then answers each central "Not paired" (as BlueZ reports ATT 0x05 to its client)
+    # until that central pairs again; ``rebonded`` holds the centrals' device paths that have.
+    bonds_lost: bool = False
+    rebonded: set[str] = field(default_factory=set)
 
 
 def version_tuple(text: str) -> tuple[int, int, int, int]:

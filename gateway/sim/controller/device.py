@@ -65,6 +65,8 @@ LINK_ENDING_FAULTS = {"drop_link", "reboot", "busy", "mute"}
 # Characteristics whose every notification is an event that must not be coalesced away.
 UNTHROTTLED_EVENTS = {uuids.ALARM_STATUS, uuids.SMP_CHARACTERISTIC, uuids.HISTORY,
                       uuids.TIMEZONE_CONFIG}
+# Device Information is open; the irrigation service needs an encrypted link (3.1).
+DIS_UUIDS = {uuids.DIS_FIRMWARE_REVISION, uuids.DIS_SERIAL_NUMBER, uuids.DIS_HARDWARE_REVISION}
 # Characteristics that push their current value right after a subscription (4.3).
 SNAPSHOT_ON_SUBSCRIBE = (uuids.ALARM_STATUS, uuids.TIMEZONE_CONFIG, uuids.DIAGNOSTICS,
                          uuids.RAIN_DATA, uuids.HYDRAULIC_STATUS)
@@ -174,6 +176,7 @@ class VirtualController:
     def _make_reader(self, uuid: str) -> Any:
         async def read(options: dict[str, Any]) -> bytes:
             await self._fault_delays()
+            self._check_bond(uuid, options)
             value = self._read_value(uuid)
             offset = int(options.get("offset", 0))
             async with self._gatt_lock:
@@ -184,6 +187,7 @@ class VirtualController:
     def _make_writer(self, uuid: str) -> Any:
         async def write(value: bytes, options: dict[str, Any]) -> None:
             await self._fault_delays()
+            self._check_bond(uuid, options)
             async with self._gatt_lock:
                 await self.link.transmit(len(value), "up")
             try:
@@ -207,6 +211,15 @@ class VirtualController:
         if uuid == uuids.DIS_HARDWARE_REVISION:
             return self.config.hardware_revision.encode()
         return self.model.read(uuid)
+
+    def _check_bond(self, uuid: str, options: dict[str, Any]) -> None:
+        """The irrigation service is encrypted (device-ble.md 3.1): after ``lose_bonds`` a
+        central whose keys the controller forgot gets what BlueZ reports for ATT 0x05."""
+        if not self.faults.bonds_lost or uuid in DIS_UUIDS:
+            return
+        central = str(options.get("device") or self.connected_device or "")
+        if central not in self.faults.rebonded:
+            raise DBusError("org.bluez.Error.NotPermitted", "Not paired")
 
     async def _fault_delays(self) -> None:
         now = time.monotonic()
@@ -376,7 +389,11 @@ class VirtualController:
                 or not (msg.path or "").startswith(f"{self.adapter_path}/dev_")):
             return
         iface, changed, _ = msg.body
-        if iface != "org.bluez.Device1" or "Connected" not in changed:
+        if iface != "org.bluez.Device1":
+            return
+        if changed.get("Paired") is not None and changed["Paired"].value and msg.path:
+            self.faults.rebonded.add(msg.path)  # the central paired (again): a fresh bond
+        if "Connected" not in changed:
             return
         if changed["Connected"].value and msg.path:
             self._on_connected(msg.path)
@@ -518,6 +535,9 @@ class VirtualController:
             self.faults.slow_until = now + duration
         elif kind == "mute":
             self.faults.mute_until = now + duration
+        elif kind == "lose_bonds":
+            self.faults.bonds_lost = True
+            self.faults.rebonded.clear()
         elif kind == "drop_smp_reply":
             self.faults.drop_smp_replies += int(params.get("count", 1))
         elif kind == "corrupt_notification":

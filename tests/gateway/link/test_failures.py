@@ -37,6 +37,12 @@ from gateway.link.radios.base import NoPath
     (LinkDBusError("org.bluez.Error.AuthenticationFailed", ""), FailureClass.AUTHENTICATION),
     (LinkDBusError("org.bluez.Error.AuthenticationRejected", ""), FailureClass.AUTHENTICATION),
     (AttRefused(0x05, "read def3"), FailureClass.AUTHENTICATION),
+    # BlueZ's words to its client for ATT 0x05, 0x0C and 0x0F, and for 0x08 (gatt-client.c).
+    (LinkDBusError("org.bluez.Error.NotPermitted", "Not paired"), FailureClass.AUTHENTICATION),
+    (LinkDBusError("org.bluez.Error.NotAuthorized", "Operation Not Authorized"),
+     FailureClass.AUTHENTICATION),
+    (LinkDBusError("org.bluez.Error.NotPermitted", "Read not permitted"),
+     FailureClass.GATT_MISMATCH),
     (AttRefused(0x0F, "read def3"), FailureClass.AUTHENTICATION),
     (LinkDBusError("org.freedesktop.DBus.Error.ServiceUnknown", "org.bluez"),
      FailureClass.DBUS),

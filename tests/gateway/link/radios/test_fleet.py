@@ -337,13 +337,13 @@ async def test_a_lost_bond_is_forgotten_by_the_radio_the_last_connect_went_throu
     garden.hears[ADDRESS], hub.hears[OTHER] = -50, -40
     radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     assert await visit(radio_set, ADDRESS) == "garden"
-    assert await radio_set.forget_bond(ADDRESS)
+    assert await radio_set.forget_bond(ADDRESS) is None  # the proxy forgot it itself
     assert garden.forgot == [ADDRESS] and not hub.forgot and not shed.forgot
     assert await visit(radio_set, OTHER) == "hci0"
-    assert not await radio_set.forget_bond(OTHER)  # the hub's own bond: BlueZ re-pairs
+    assert await radio_set.forget_bond(OTHER) is hub  # its BlueZ bond: re-paired through it
     garden.hears[OTHER] = -30
     del hub.hears[OTHER]  # out of the adapter's range now: the next connect is the garden's
     garden.fail_next = 1
     with pytest.raises(TransportError):
         await visit(radio_set, OTHER)  # the attempt counts, though it failed
-    assert await radio_set.forget_bond(OTHER) and garden.forgot == [ADDRESS, OTHER]
+    assert await radio_set.forget_bond(OTHER) is None and garden.forgot == [ADDRESS, OTHER]
