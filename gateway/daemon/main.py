@@ -26,6 +26,7 @@ from gateway.daemon.operations import (
     SupervisedHistory,
     WaysOut,
 )
+from gateway.link.decision import Action
 from gateway.link.manager import ConnectionManager
 from gateway.link.scanner import Scanner
 from gateway.link.supervisor import Connector
@@ -134,8 +135,8 @@ def build_hub(config: GatewayConfig, *, radio: RadioParts | None = None,
     supervision = Supervision(clock, restart)
     registry = CachedRegistry(config.registry_path)
 
-    async def repair(address: str) -> None:  # the supervisors' one automatic re-pair
-        await controllers.repair(address)
+    async def repair(address: str, action: Action) -> None:  # the supervisors' automatic reset
+        await controllers.repair(address, action)
 
     manager = ConnectionManager(config, registry, connector=radio.connector,
                                 scanner=radio.scanner, repairer=repair, supervision=supervision,

@@ -18,6 +18,7 @@ from firmware_bridge.ota.outcome import Progress
 from firmware_bridge.smp.transport import FrameTransport
 from gateway.config import GatewayConfig
 from gateway.errors import PairingError
+from gateway.link.decision import Action
 from gateway.link.manager import ConnectionManager
 from gateway.link.radio import (
     list_devices,
@@ -111,16 +112,16 @@ class ControllerOperations:
         supervisor.bond_reset()
         return entry
 
-    async def repair(self, address: str) -> None:
+    async def repair(self, address: str, action: Action = Action.REPAIR_BOND) -> None:
         """The supervisor's one automatic attempt after an authentication failure, and the GATT
-        cache reset: forget the bond of the radio its last connect went through and pair
-        again (Just Works). Through a proxy the bond is the ESP32's: the proxy forgets it, and
-        the next connect pairs afresh. The pin stays; a passkey needs a person."""
+        cache reset: the radio of the last connect forgets the bond (or the cached services);
+        a hub adapter's BlueZ device is removed and paired again (Just Works) through it. The
+        pin stays; a passkey needs a person."""
         record = self.registry.get(address)
         if record.passkey:
             raise PairingError(f"{address} was bonded with a passkey, which only a person can "
                                f"enter: awgw pair {address} --passkey NNNNNN")
-        adapter = await self.manager.radios.forget_bond(address)
+        adapter = await self.manager.radios.reset(address, action)
         if adapter is None:
             return
         async with adapter.scheduler.connect_turn():
@@ -297,7 +298,7 @@ class SupervisedAccess:
     async def refresh_gatt_cache(self, address: str) -> None:
         # Through a proxy the cache is bleak-esphome's (and the ESP32's), not BlueZ's.
         if not await self.manager.radios.radio_of(address).refresh_services(address):
-            await self.ops.repair(address)
+            await self.ops.repair(address, Action.CLEAR_GATT_CACHE)
 
 
 async def _refresh(session: ControllerSession) -> CommandOutcome:

@@ -49,7 +49,9 @@ from gateway.store.state import StateStore
 log = structlog.get_logger(__name__)
 
 Connector = Callable[[str, float, Callable[[], None]], Awaitable[GattLink]]
-Repairer = Callable[[str], Awaitable[None]]
+# Called with the action decided: REPAIR_BOND (the bond is gone) or CLEAR_GATT_CACHE (the
+# services cached outlived a firmware change).
+Repairer = Callable[[str, Action], Awaitable[None]]
 CommandFn = Callable[[ControllerSession], Awaitable[CommandOutcome]]
 
 
@@ -286,19 +288,18 @@ class Supervisor:
                 self._fail_commands(PairingError(self._bond_remedy()))
             case Action.REPAIR_BOND | Action.CLEAR_GATT_CACHE:
                 # A lost bond, or a GATT cache that survived a firmware change (Service
-                # Changed missed): removing the device is the only reset BlueZ offers a
-                # client, and the re-pair restores the bond.
+                # Changed missed): the radio of the last connect resets what it holds.
                 self._log.warning("link_failure", **fields)
-                await self._repair()
+                await self._repair(decision.action)
             case Action.BACKOFF:
                 self._log.warning("link_failure", **fields, retry_in_s=round(decision.delay_s, 2))
         return decision.delay_s
 
-    async def _repair(self) -> None:
+    async def _repair(self, action: Action) -> None:
         if self.repairer is None:
             return
         try:
-            await self.repairer(self.address)
+            await self.repairer(self.address, action)
         except Exception as exc:  # noqa: BLE001 - the next visit classifies what is still wrong
             self._log.warning("repair_failed", error=str(exc))
 

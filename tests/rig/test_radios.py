@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from gateway import bluez
 from gateway.config import GatewayConfig
 from gateway.daemon.operations import ControllerOperations
+from gateway.link.decision import Action
 from gateway.link.failures import FailureClass
 from gateway.link.manager import ConnectionManager
 from gateway.link.radios import esphome
@@ -79,8 +80,8 @@ async def gateway(rig: Rig, tmp_path: Path, *, pins: dict[int, str] | None = Non
                      passkey=handle.index in passkeys)
     operations: list[ControllerOperations] = []
 
-    async def repair(address: str) -> None:
-        await operations[0].repair(address)
+    async def repair(address: str, action: Action) -> None:
+        await operations[0].repair(address, action)
 
     manager = ConnectionManager(config, registry, repairer=repair if repairs else None)
     operations.append(ControllerOperations(config, registry, manager))

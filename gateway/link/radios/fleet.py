@@ -19,6 +19,7 @@ import structlog
 from firmware_bridge.link.gatt_link import GattLink
 from gateway.clock import Clock
 from gateway.errors import RegistryError
+from gateway.link.decision import Action
 from gateway.link.paths import (
     HEARD_WITHIN_S,
     Constraints,
@@ -268,13 +269,16 @@ class RadioSet:
                 log.warning("path_not_saved", address=address, radio=name, error=str(exc))
         return link
 
-    async def forget_bond(self, address: str) -> Radio | None:
-        """After an authentication failure: the radio the controller's last connect went
-        through forgets its bond. None when it did so itself (a proxy's bond is the ESP32's:
-        its next connect pairs afresh); else the hub adapter whose BlueZ bond the caller
-        removes and makes again, through that adapter."""
+    async def reset(self, address: str, action: Action) -> Radio | None:
+        """After a lost bond (REPAIR_BOND) or a stale GATT table (CLEAR_GATT_CACHE): the radio
+        the controller's last connect went through forgets its bond, or the services it
+        cached. None when it did so itself (a proxy: the ESP32 holds the bond, and
+        bleak-esphome the services); else the hub adapter whose BlueZ device the caller
+        removes and pairs again through, BlueZ's only reset of either."""
         radio = self.radios.get(self.tried.get(address, self.local.name), self.local)
-        return None if await radio.forget_bond(address) else radio
+        done = (await radio.refresh_services(address) if action is Action.CLEAR_GATT_CACHE
+                else await radio.forget_bond(address))
+        return None if done else radio
 
     # ---- what the hub shows ------------------------------------------------------------------
 

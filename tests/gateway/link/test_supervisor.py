@@ -21,6 +21,7 @@ from firmware_bridge.link.session import ControllerSession
 from gateway.clock import LoopClock
 from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError, RegistryError
+from gateway.link.decision import Action
 from gateway.link.radios.base import NoPath
 from gateway.link.scheduler import SlotScheduler
 from gateway.link.supervisor import Supervisor
@@ -141,16 +142,16 @@ async def test_lost_bond_repairs_once_then_reports_the_remedy(tmp_path: Path) ->
     radio = Radio()
     auth = LinkDBusError("org.bluez.Error.AuthenticationFailed", "")
     radio.failures += [auth, AttRefused(0x05, "read def3")]
-    repairs: list[str] = []
+    repairs: list[tuple[str, Action]] = []
 
-    async def repair(address: str) -> None:
-        repairs.append(address)
+    async def repair(address: str, action: Action) -> None:
+        repairs.append((address, action))
 
     sup, _ = make(tmp_path, radio, repairer=repair)
     task = asyncio.create_task(sup.run())
     try:
         await until(lambda: sup.state is LinkState.BOND_LOST)
-        assert repairs == [ADDRESS]
+        assert repairs == [(ADDRESS, Action.REPAIR_BOND)]
         with pytest.raises(PairingError, match="awgw unpair"):
             await sup.submit("open", lambda s: s.open_valve(1, 2))
         sup.bond_reset()  # a person re-paired it
@@ -250,17 +251,17 @@ async def test_repeated_gatt_mismatch_clears_the_cache_once(tmp_path: Path) -> N
 
     radio = Radio()
     radio.failures += [CharacteristicMissing("read de60: characteristic not found")] * 2
-    repairs: list[str] = []
+    repairs: list[tuple[str, Action]] = []
 
-    async def repair(address: str) -> None:
-        repairs.append(address)
+    async def repair(address: str, action: Action) -> None:
+        repairs.append((address, action))
 
     sup, _ = make(tmp_path, radio, repairer=repair)
     task = asyncio.create_task(sup.run())
     try:
         with capture_logs() as logs:
             await until(lambda: sup.state is LinkState.CONNECTED, limit_s=15)
-        assert repairs == [ADDRESS]
+        assert repairs == [(ADDRESS, Action.CLEAR_GATT_CACHE)]
         actions = [e.get("action") for e in logs if e["event"] == "link_failure"]
         assert actions.count("clear_gatt_cache_and_repair") == 1
     finally:

@@ -16,6 +16,7 @@ from firmware_bridge.errors import TransportError
 from firmware_bridge.link.gatt_link import GattLink
 from firmware_bridge.smp.ble import BleSmpTransport
 from gateway.clock import LoopClock
+from gateway.link.decision import Action
 from gateway.link.paths import PathReason, Sighting
 from gateway.link.radios import fleet
 from gateway.link.radios.base import NoPath
@@ -40,6 +41,7 @@ class FakeRadio:
         self.connects: list[str] = []
         self.released: list[str] = []
         self.forgot: list[str] = []
+        self.refreshed: list[str] = []
 
     @property
     def up(self) -> bool:
@@ -63,7 +65,8 @@ class FakeRadio:
         return object()  # type: ignore[return-value]  # the set never touches the link
 
     async def refresh_services(self, address: str) -> bool:
-        return False
+        self.refreshed.append(address)
+        return self.kind is RadioKind.PROXY
 
     async def forget_bond(self, address: str) -> bool:
         self.forgot.append(address)
@@ -337,13 +340,29 @@ async def test_a_lost_bond_is_forgotten_by_the_radio_the_last_connect_went_throu
     garden.hears[ADDRESS], hub.hears[OTHER] = -50, -40
     radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     assert await visit(radio_set, ADDRESS) == "garden"
-    assert await radio_set.forget_bond(ADDRESS) is None  # the proxy forgot it itself
+    assert await radio_set.reset(ADDRESS, Action.REPAIR_BOND) is None  # the proxy forgot it itself
     assert garden.forgot == [ADDRESS] and not hub.forgot and not shed.forgot
     assert await visit(radio_set, OTHER) == "hci0"
-    assert await radio_set.forget_bond(OTHER) is hub  # its BlueZ bond: re-paired through it
+    assert await radio_set.reset(OTHER, Action.REPAIR_BOND) is hub  # re-paired through it
     garden.hears[OTHER] = -30
     del hub.hears[OTHER]  # out of the adapter's range now: the next connect is the garden's
     garden.fail_next = 1
     with pytest.raises(TransportError):
         await visit(radio_set, OTHER)  # the attempt counts, though it failed
-    assert await radio_set.forget_bond(OTHER) is None and garden.forgot == [ADDRESS, OTHER]
+    assert await radio_set.reset(OTHER, Action.REPAIR_BOND) is None
+    assert garden.forgot == [ADDRESS, OTHER]
+
+
+async def test_a_stale_gatt_table_through_a_proxy_costs_its_cache_not_its_bond(
+        registry: Registry) -> None:
+    """The services cached outlived a firmware change: through a proxy, bleak-esphome's cache
+    (and the ESP32's) is cleared and the bond kept; it was unpaired, as for a lost bond. On a
+    hub adapter only removing the BlueZ device clears it: the caller re-pairs through it."""
+    hub, garden, shed = radios()
+    garden.hears[ADDRESS], hub.hears[OTHER] = -50, -40
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
+    assert await visit(radio_set, ADDRESS) == "garden"
+    assert await radio_set.reset(ADDRESS, Action.CLEAR_GATT_CACHE) is None
+    assert garden.refreshed == [ADDRESS] and not garden.forgot
+    assert await visit(radio_set, OTHER) == "hci0"
+    assert await radio_set.reset(OTHER, Action.CLEAR_GATT_CACHE) is hub
