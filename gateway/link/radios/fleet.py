@@ -88,12 +88,16 @@ class RadioSet:
             return Constraints()
         return Constraints(pinned=record.radio, local_only=record.passkey)
 
-    def choose(self, address: str, constraints: Constraints | None = None) -> PathChoice:
+    def choose(self, address: str, constraints: Constraints | None = None, *,
+               remember: bool = True) -> PathChoice:
+        """``remember``: keep it as the reason the next connect logs (a look that connects
+        nothing does not)."""
         views = [RadioView(r.name, r.kind, r.up, r.scheduler.free, r.scheduler.max_links,
                            self.connecting[r.name]) for r in self.radios.values()]
         choice = choose(views, self.heard(address), self._memory(address),
                         constraints or self.constraints(address), self.clock.now())
-        self.last_choice[address] = choice
+        if remember:
+            self.last_choice[address] = choice
         return choice
 
     def _memory(self, address: str) -> PathMemory:
@@ -110,10 +114,10 @@ class RadioSet:
             self.memory[address] = memory
         return memory
 
-    def _pick(self, address: str) -> Radio | NoPath:
+    def _pick(self, address: str, *, remember: bool = True) -> Radio | NoPath:
         """The radio to wait on, or why there is none."""
         constraints = self.constraints(address)  # one registry read per choice
-        choice = self.choose(address, constraints)
+        choice = self.choose(address, constraints, remember=remember)
         if choice.radio is not None:
             return self.radios[choice.radio]
         if choice.reason is PathReason.WAIT_FOR_SLOT:
@@ -136,7 +140,7 @@ class RadioSet:
 
     def has_path(self, address: str) -> bool:
         """Whether a visit would now find a radio to connect through or wait on."""
-        return not isinstance(self._pick(address), NoPath)
+        return not isinstance(self._pick(address, remember=False), NoPath)
 
     def stranded(self) -> None:
         """A controller found no path and now backs off: ``watch_paths`` looks for one."""

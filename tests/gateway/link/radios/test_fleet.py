@@ -203,6 +203,7 @@ async def test_a_controller_waiting_for_a_path_is_woken_when_one_opens(
     radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
     garden.is_up = False
     assert not radio_set.has_path(ADDRESS)
+    assert ADDRESS not in radio_set.last_choice  # a look: the next connect logs its own reason
     woken = asyncio.Event()
     waiting = {ADDRESS}
     rounds: list[int] = []
