@@ -18,6 +18,7 @@ from enum import IntEnum
 
 import structlog
 
+from firmware_bridge.link.priority_lock import PriorityLock
 from gateway.errors import GatewayError
 
 log = structlog.get_logger(__name__)
@@ -84,7 +85,9 @@ class SlotScheduler:
         self.leases: list[Lease] = []
         self._waiters: list[tuple[int, int, asyncio.Future[None], Lease]] = []
         self._order = itertools.count()
-        self._connect_lock = asyncio.Lock()
+        # Urgent first: after a radio dies, its controllers' reconnects queue here, each up to
+        # a connect timeout long, and a person's command must not wait behind all of them.
+        self._connect_lock = PriorityLock()
         self._closed: str | None = None
 
     @asynccontextmanager
@@ -124,8 +127,12 @@ class SlotScheduler:
     @asynccontextmanager
     async def connect_turn(self, lease: Lease | None = None) -> AsyncIterator[None]:
         """Connects are serialised and scanning pauses for each: BlueZ handles one LE connect
-        at a time and many controllers drop connects while the radio scans."""
-        async with self._connect_lock, self.scan_gate.paused():
+        at a time and many controllers drop connects while the radio scans. The connect of
+        an urgent ``lease`` (a person waits on it) goes before every background one queued."""
+        urgent = lease is not None and lease.priority is Priority.URGENT
+        async with self._connect_lock.hold(PriorityLock.URGENT if urgent
+                                           else PriorityLock.BACKGROUND), \
+                self.scan_gate.paused():
             yield
 
     def demote(self, lease: Lease) -> None:

@@ -220,7 +220,7 @@ class RadioSet:
     @contextlib.asynccontextmanager
     async def connect_turn(self, lease: Lease | None = None) -> AsyncIterator[None]:
         radio = self.radios[lease.radio] if lease is not None and lease.radio else self.local
-        async with radio.scheduler.connect_turn():
+        async with radio.scheduler.connect_turn(lease):
             yield
 
     def demote(self, lease: Lease) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.link.scheduler import Priority, ScanGate, SlotScheduler
+from gateway.link.scheduler import Lease, Priority, ScanGate, SlotScheduler
 
 
 async def test_slots_are_bounded_and_urgent_waiters_go_first() -> None:
@@ -99,3 +99,30 @@ async def test_connects_are_serialised_and_pause_scanning() -> None:
     await asyncio.gather(scanner_stops(), *(connect() for _ in range(4)))
     assert peak == 1
     assert gate.allowed.is_set() and not gate.stop_requested.is_set()
+
+
+async def test_an_urgent_connect_goes_before_the_background_ones_queued() -> None:
+    """After a radio dies its controllers' reconnects queue for the connect turn, each up to a
+    connect timeout long; a person's command goes first (fleet bench: commands during
+    failover trials waited 2-6 s behind them)."""
+    scheduler = SlotScheduler(4)
+    order: list[str] = []
+    first = asyncio.Event()
+
+    async def connect(address: str, priority: Priority) -> None:
+        lease = Lease(address, priority, False, 0.0)
+        async with scheduler.connect_turn(lease):
+            order.append(address)
+            if address == "busy":
+                await first.wait()
+
+    busy = asyncio.create_task(connect("busy", Priority.BACKGROUND))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(connect(a, p)) for a, p in (
+        ("moved-1", Priority.BACKGROUND), ("moved-2", Priority.BACKGROUND),
+        ("command", Priority.URGENT))]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    first.set()
+    await asyncio.gather(busy, *queued)
+    assert order == ["busy", "command", "moved-1", "moved-2"]
