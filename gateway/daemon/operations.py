@@ -96,8 +96,8 @@ class ControllerOperations:
         kind = pin_kind(self.config, request.radio, request.passkey)
         radios = self.manager.radios
         radio = radios.radios[request.radio] if request.radio else radios.local
-        async with radio.scheduler.slot(address, Priority.URGENT, kept=False), \
-                radio.scheduler.connect_turn():
+        async with radio.scheduler.slot(address, Priority.URGENT, kept=False) as lease, \
+                radio.scheduler.connect_turn(lease):  # a person waits: before the background
             if kind is RadioKind.PROXY:
                 entry = await pair_through_proxy(self.config, self.registry, radio, address,
                                                  board=request.board,
