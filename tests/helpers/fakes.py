@@ -217,3 +217,6 @@ class ProxyRadioFake:
         if self._link is None:
             raise AssertionError(f"this test connects no device (asked for {address})")
         return self._link()
+
+    async def forget(self, address: str) -> None:
+        return None

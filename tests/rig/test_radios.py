@@ -229,13 +229,15 @@ async def test_a_bond_lost_behind_a_proxy_is_forgotten_by_that_proxy(
         rig: Rig, tmp_path: Path) -> None:
     """The controller was reset and lost the bond the shed's ESP32 holds: its attributes answer
     Insufficient Authentication through that proxy. The one automatic re-pair has the proxy
-    forget its bond (the next connect pairs afresh); it went the BlueZ way, removing the hub
-    adapter's own bond and pairing on an adapter that may not even hear the controller."""
+    forget its bond, and its next connect pairs afresh (the controller then answers again);
+    it went the BlueZ way, removing the hub adapter's own bond and pairing on an adapter that
+    may not even hear the controller."""
     target = rig.controllers[7]  # between the two proxies, pinned to the shed
     async with gateway(rig, tmp_path, pins={7: "shed"}, repairs=True) as (manager, proxies):
         supervisor, store = manager.supervisors[target.address], manager.store
         await until(lambda: store.fresh(target.address), ALL_SERVED_S)
-        proxies["shed"].stale_bonds.add(target.address)
+        assert target.address in proxies["shed"].bonded  # paired on its first connect
+        await rig.fault(7, "lose_bonds")
         await until(lambda: proxies["shed"].unpaired == [target.address], 3 * REFRESH_S,
                     "the shed's proxy asked to forget its bond")
         assert supervisor.failure is not None

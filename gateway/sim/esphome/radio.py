@@ -14,7 +14,9 @@ from typing import Protocol
 from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakError
+from bleak.exc import BleakDBusError, BleakError
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
 
 from firmware_bridge.bleak_compat import acquire_mtu
 from gateway.sim.errors import SimError
@@ -44,6 +46,15 @@ CONN_FAILED = 0x3E  # HCI: connection failed to be established
 PEER_TERMINATED = 0x13  # HCI: remote user terminated the connection
 ATT_UNLIKELY_ERROR = 0x0E  # ATT: the request failed for a reason no other code names
 ATT_INSUFFICIENT_AUTHENTICATION = 0x05  # ATT: no bond the peer knows (device-ble.md 3.1)
+
+
+def gatt_code(exc: BaseException) -> int:
+    """What the ESP32 forwards for a failed request: the peer's ATT error where the rig's
+    BlueZ names one (a controller without our bond answers 0x05: "Not paired")."""
+    if isinstance(exc, BleakDBusError) and exc.dbus_error == "org.bluez.Error.NotPermitted" \
+            and "not paired" in str(exc).lower():
+        return ATT_INSUFFICIENT_AUTHENTICATION
+    return GATT_ERROR
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,10 @@ class RadioLink(Protocol):
     async def read_descriptor(self, handle: int) -> bytes: ...
     async def write_descriptor(self, handle: int, data: bytes) -> None: ...
     async def notify(self, handle: int, on_data: Callable[[bytes], None] | None) -> None: ...
+    async def pair(self) -> None:
+        """Bond with the device (Just Works), as the ESP32 does when it first connects."""
+        ...
+
     async def disconnect(self) -> None: ...
 
 
@@ -91,6 +106,9 @@ class ProxyRadio(Protocol):
     async def start_scan(self, on_advert: Callable[[Advert], None]) -> None: ...
     async def stop_scan(self) -> None: ...
     async def connect(self, address: str, on_lost: Callable[[], None]) -> RadioLink: ...
+    async def forget(self, address: str) -> None:
+        """Drop the bond with ``address`` (and a link to it): the ESP32's unpair."""
+        ...
 
 
 PROPERTY_BITS = {"broadcast": 0x01, "read": 0x02, "write-without-response": 0x04,
@@ -174,13 +192,13 @@ class BleakLink:
         try:
             return bytes(await self.client.read_gatt_char(handle))
         except (BleakError, EOFError) as exc:
-            raise RadioError(f"read {handle}: {exc}", GATT_ERROR) from exc
+            raise RadioError(f"read {handle}: {exc}", gatt_code(exc)) from exc
 
     async def write(self, handle: int, data: bytes, response: bool) -> None:
         try:
             await self.client.write_gatt_char(handle, data, response=response)
         except (BleakError, EOFError) as exc:
-            raise RadioError(f"write {handle}: {exc}", GATT_ERROR) from exc
+            raise RadioError(f"write {handle}: {exc}", gatt_code(exc)) from exc
 
     async def read_descriptor(self, handle: int) -> bytes:
         await self._map()
@@ -189,7 +207,7 @@ class BleakLink:
         try:
             return bytes(await self.client.read_gatt_descriptor(handle))
         except (BleakError, EOFError) as exc:
-            raise RadioError(f"read descriptor {handle}: {exc}", GATT_ERROR) from exc
+            raise RadioError(f"read descriptor {handle}: {exc}", gatt_code(exc)) from exc
 
     async def write_descriptor(self, handle: int, data: bytes) -> None:
         await self._map()
@@ -200,7 +218,7 @@ class BleakLink:
         try:
             await self.client.write_gatt_descriptor(handle, data)
         except (BleakError, EOFError) as exc:
-            raise RadioError(f"write descriptor {handle}: {exc}", GATT_ERROR) from exc
+            raise RadioError(f"write descriptor {handle}: {exc}", gatt_code(exc)) from exc
 
     async def notify(self, handle: int, on_data: Callable[[bytes], None] | None) -> None:
         try:
@@ -212,6 +230,12 @@ class BleakLink:
                 self._notifying.add(handle)
         except (BleakError, EOFError) as exc:
             raise RadioError(f"notify {handle}: {exc}", GATT_ERROR) from exc
+
+    async def pair(self) -> None:
+        try:
+            await self.client.pair()
+        except (BleakError, EOFError) as exc:
+            raise RadioError(f"pair: {exc}", ATT_INSUFFICIENT_AUTHENTICATION) from exc
 
     async def disconnect(self) -> None:
         with contextlib.suppress(BleakError, EOFError):
@@ -259,3 +283,17 @@ class BleakRadio:
                 await client.disconnect()
             raise RadioError(f"connect {address}: {exc}", CONN_FAILED) from exc
         return BleakLink(client)
+
+    async def forget(self, address: str) -> None:
+        """BlueZ's RemoveDevice on this rig adapter: its bond (and any link) goes."""
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        try:
+            reply = await bus.call(Message(
+                destination="org.bluez", path=f"/org/bluez/{self.adapter}",
+                interface="org.bluez.Adapter1", member="RemoveDevice", signature="o",
+                body=[f"/org/bluez/{self.adapter}/dev_{address.replace(':', '_')}"]))
+        finally:
+            bus.disconnect()
+        if reply is not None and reply.message_type is MessageType.ERROR \
+                and reply.error_name != "org.bluez.Error.DoesNotExist":
+            raise RadioError(f"unpair {address}: {reply.error_name} {reply.body}", GATT_ERROR)

@@ -32,7 +32,6 @@ from google.protobuf.message import DecodeError, Message
 
 from gateway.sim.esphome.framing import FrameError, NoiseFramer, PlainFramer, decode_psk
 from gateway.sim.esphome.radio import (
-    ATT_INSUFFICIENT_AUTHENTICATION,
     ATT_UNLIKELY_ERROR,
     GATT_ERROR,
     NO_RESOURCES,
@@ -115,9 +114,9 @@ class ProxyServer:
         self.powered = False
         # The devices whose bond a client had the ESP32 forget (an unpair request), in order.
         self.unpaired: list[str] = []
-        # A fault: devices that lost the bond the ESP32 still holds (a controller reset): its
-        # encrypted attributes answer Insufficient Authentication until the proxy forgets it.
-        self.stale_bonds: set[str] = set()
+        # The devices the ESP32 holds a bond with: it pairs on its first connect to each (it
+        # answers the controller's security request, Just Works), and again after an unpair.
+        self.bonded: set[str] = set()
 
     # ---- life ----------------------------------------------------------------------------------
 
@@ -333,10 +332,6 @@ class _Session:
     async def _gatt_worker(self) -> None:
         while True:
             address, handle, work = await self._gatt.get()
-            if mac_str(address) in self.server.stale_bonds:
-                self.send(pb.BluetoothGATTErrorResponse(address=address, handle=handle,
-                                                        error=ATT_INSUFFICIENT_AUTHENTICATION))
-                continue
             try:
                 await work()
             except Exception as exc:
@@ -463,9 +458,19 @@ class _Session:
             self.send(pb.BluetoothDevicePairingResponse(address=msg.address, paired=False,
                                                         error=0x05))
         elif kind == pb.BLUETOOTH_DEVICE_REQUEST_TYPE_UNPAIR:
-            self.server.unpaired.append(mac_str(msg.address))
-            self.server.stale_bonds.discard(mac_str(msg.address))  # the next connect pairs
-            self.send(pb.BluetoothDeviceUnpairingResponse(address=msg.address, success=True))
+            self._spawn(lambda: self._unpair(msg.address), "proxy unpair")
+
+    async def _unpair(self, address: int) -> None:
+        s = self.server
+        s.unpaired.append(mac_str(address))
+        try:
+            await s.radio.forget(mac_str(address))
+        except RadioError as exc:
+            self.send(pb.BluetoothDeviceUnpairingResponse(address=address, success=False,
+                                                          error=exc.code))
+            return
+        s.bonded.discard(mac_str(address))  # the next connect pairs
+        self.send(pb.BluetoothDeviceUnpairingResponse(address=address, success=True))
 
     def _connect(self, address: int) -> None:
         s = self.server
@@ -509,6 +514,13 @@ class _Session:
         if not s.holds(slot):  # disconnected while connecting
             await link.disconnect()
             return
+        address = mac_str(slot.address)
+        if address not in s.bonded:
+            try:
+                await link.pair()
+                s.bonded.add(address)
+            except RadioError as exc:  # as on an ESP32: the link stays, unencrypted
+                log.info("proxy_pairing_failed", address=address, error=str(exc))
         slot.link = link
         self.send(pb.BluetoothDeviceConnectionResponse(address=slot.address, connected=True,
                                                        mtu=link.mtu))

@@ -131,6 +131,9 @@ class _BrokenOnceLink:
     async def notify(self, handle: int, on_data: Callable[[bytes], None] | None) -> None:
         return None
 
+    async def pair(self) -> None:
+        return None
+
     async def disconnect(self) -> None:
         return None
 
