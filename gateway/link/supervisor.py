@@ -304,9 +304,12 @@ class Supervisor:
             self._log.warning("repair_failed", error=str(exc))
 
     def _bond_remedy(self) -> str:
+        record = self.registry.find(self.address)
+        passkey = " --passkey NNNNNN" if record is not None and record.passkey else ""
         return (f"{self.address} no longer accepts this gateway's bond (the controller was "
                 f"reset or its 5 bond slots are full). Clear the bond on the controller if it "
-                f"was reset, then run: awgw unpair {self.address} && awgw pair {self.address}")
+                f"was reset, then run: awgw unpair {self.address} && awgw pair "
+                f"{self.address}{passkey}")
 
     async def _visit(self) -> bool:
         """One connection; True if the full snapshot was taken."""

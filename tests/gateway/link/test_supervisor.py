@@ -69,9 +69,6 @@ def make(tmp_path: Path, radio: Radio, policy: LinkPolicy = LinkPolicy.KEEP,
     return sup, store
 
 
-
-
-
 async def test_keep_policy_connects_syncs_and_serves_a_command(tmp_path: Path) -> None:
     radio = Radio()
     sup, store = make(tmp_path, radio)
@@ -156,6 +153,21 @@ async def test_lost_bond_repairs_once_then_reports_the_remedy(tmp_path: Path) ->
             await sup.submit("open", lambda s: s.open_valve(1, 2))
         sup.bond_reset()  # a person re-paired it
         await until(lambda: sup.state is LinkState.CONNECTED)
+    finally:
+        task.cancel()
+
+
+async def test_a_lost_passkey_bond_names_the_passkey_in_its_remedy(tmp_path: Path) -> None:
+    """The remedy a person follows must pair it as it was paired: with its passkey."""
+    radio = Radio()
+    radio.failures += [AttRefused(0x05, "read def3")]
+    sup, _ = make(tmp_path, radio)
+    sup.registry.add(ADDRESS, name="AutoWatering", bonded=True, passkey=True)
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: sup.state is LinkState.BOND_LOST)
+        with pytest.raises(PairingError, match=f"awgw pair {ADDRESS} --passkey NNNNNN"):
+            await sup.submit("open", lambda s: s.open_valve(1, 2))
     finally:
         task.cancel()
 
