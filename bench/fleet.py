@@ -10,7 +10,8 @@ Measured (issue 19's goals beside them in the JSON):
   state was younger than ``refresh_period_s``;
 - ``command_p95_s``: a valve opened or closed on a random controller every few seconds, in the
   steady phase before the trials (``command_p95_during_trials_s`` beside it: those commands
-  queue behind the moved controllers' own reconnects);
+  queue behind the moved controllers' own reconnects; a command still running when the first
+  trial's power loss comes counts there too);
 - ``failover_max_s``: per trial, from the power loss until every controller that radio served
   was connected again through another radio; a person asks each of them for its state right
   after the loss (share-policy controllers are otherwise visited only when due), and
@@ -134,8 +135,10 @@ async def commands(manager: ConnectionManager, addresses: list[str],
         started_in = phase[0]
         try:
             took = await valve(address, manager, 1, want)
-            latencies[started_in].append(took)
-            if started_in == "steady":
+            # A command the first power loss overtook waited on the failover: a trial's.
+            ended_in = phase[0]
+            latencies[ended_in].append(took)
+            if ended_in == "steady":
                 slowest.append((took, address))
             opened[address] = want
         except Exception as exc:
