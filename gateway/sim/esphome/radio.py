@@ -14,9 +14,7 @@ from typing import Protocol
 from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakDBusError, BleakError
-from dbus_fast import BusType, Message, MessageType
-from dbus_fast.aio import MessageBus
+from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 
 from firmware_bridge.bleak_compat import acquire_mtu
 from gateway.sim.errors import SimError
@@ -285,15 +283,10 @@ class BleakRadio:
         return BleakLink(client)
 
     async def forget(self, address: str) -> None:
-        """BlueZ's RemoveDevice on this rig adapter: its bond (and any link) goes."""
-        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        """BlueZ's RemoveDevice on this rig adapter (bleak's unpair): its bond, and any link."""
         try:
-            reply = await bus.call(Message(
-                destination="org.bluez", path=f"/org/bluez/{self.adapter}",
-                interface="org.bluez.Adapter1", member="RemoveDevice", signature="o",
-                body=[f"/org/bluez/{self.adapter}/dev_{address.replace(':', '_')}"]))
-        finally:
-            bus.disconnect()
-        if reply is not None and reply.message_type is MessageType.ERROR \
-                and reply.error_name != "org.bluez.Error.DoesNotExist":
-            raise RadioError(f"unpair {address}: {reply.error_name} {reply.body}", GATT_ERROR)
+            await BleakClient(address, bluez={"adapter": self.adapter}).unpair()
+        except BleakDeviceNotFoundError:
+            return  # no bond to forget
+        except (BleakError, EOFError) as exc:
+            raise RadioError(f"unpair {address}: {exc}", GATT_ERROR) from exc
