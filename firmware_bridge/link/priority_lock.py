@@ -16,23 +16,32 @@ class PriorityLock:
 
     def __init__(self) -> None:
         self._held = False
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None], object]] = []
         self._order = itertools.count()
 
     @asynccontextmanager
-    async def hold(self, priority: int) -> AsyncIterator[None]:
-        await self._acquire(priority)
+    async def hold(self, priority: int, *, tag: object = None) -> AsyncIterator[None]:
+        """``tag`` names the waiter for ``promote``."""
+        await self._acquire(priority, tag)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, priority: int) -> None:
+    def promote(self, tag: object) -> None:
+        """A person now waits on the work queued under ``tag``: it goes first from here on,
+        keeping its place among the urgent ones by when it queued."""
+        if tag is not None and any(t == tag and p != self.URGENT for p, _, _, t in self._waiters):
+            self._waiters = [(self.URGENT if t == tag else p, order, future, t)
+                             for p, order, future, t in self._waiters]
+            heapq.heapify(self._waiters)
+
+    async def _acquire(self, priority: int, tag: object) -> None:
         if not self._held and not self._waiters:
             self._held = True
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._order), future))
+        heapq.heappush(self._waiters, (priority, next(self._order), future, tag))
         try:
             await future
         except asyncio.CancelledError:
@@ -45,7 +54,7 @@ class PriorityLock:
 
     def _release(self) -> None:
         while self._waiters:
-            _, _, future = heapq.heappop(self._waiters)
+            _, _, future, _ = heapq.heappop(self._waiters)
             if not future.done():
                 future.set_result(None)
                 return  # ownership passes directly; _held stays True
@@ -53,4 +62,4 @@ class PriorityLock:
 
     @property
     def waiting_urgent(self) -> bool:
-        return any(p == self.URGENT for p, _, _ in self._waiters)
+        return any(p == self.URGENT for p, _, _, _ in self._waiters)

@@ -131,9 +131,29 @@ class SlotScheduler:
         an urgent ``lease`` (a person waits on it) goes before every background one queued."""
         urgent = lease is not None and lease.priority is Priority.URGENT
         async with self._connect_lock.hold(PriorityLock.URGENT if urgent
-                                           else PriorityLock.BACKGROUND), \
+                                           else PriorityLock.BACKGROUND,
+                                           tag=None if lease is None else lease.address), \
                 self.scan_gate.paused():
             yield
+
+    def promote(self, address: str) -> None:
+        """A person now waits on ``address``: its lease goes first, whether it still waits for
+        a slot or for its connect turn, and one it holds may no longer be asked to yield (until
+        ``demote``). A waiter's priority was fixed when it queued, so a command arriving just
+        after a refresh visit queued waited behind every other refresh (fleet bench)."""
+        changed = False
+        for i, (priority, order, future, lease) in enumerate(self._waiters):
+            if lease.address == address and priority != Priority.URGENT and not future.done():
+                lease.priority = Priority.URGENT
+                self._waiters[i] = (int(Priority.URGENT), order, future, lease)
+                changed = True
+        if changed:
+            heapq.heapify(self._waiters)
+        for lease in self.leases:
+            if lease.address == address and not lease.preempted.is_set():
+                lease.priority = Priority.URGENT
+        self._connect_lock.promote(address)
+        self._maybe_preempt()
 
     def demote(self, lease: Lease) -> None:
         """The urgent work under ``lease`` is done; it may now be asked to yield."""

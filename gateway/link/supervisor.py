@@ -65,6 +65,8 @@ class Slots(Protocol):
     def connect_turn(self, lease: Lease | None = None
                      ) -> contextlib.AbstractAsyncContextManager[None]: ...
 
+    def promote(self, address: str) -> None: ...
+
     def demote(self, lease: Lease) -> None: ...
 
 # A command waits for a slot, a connect and the controller's confirmation: connect timeout
@@ -73,6 +75,14 @@ COMMAND_DEADLINE_S = 60.0
 # Share visits start this fraction of the refresh period apart, so that a wait for a slot and
 # the visit itself fit in the rest and the state is never older than one period.
 VISIT_LEAD = 0.75
+# Controllers that came up together (a daemon start, a radio's failover) would visit in step
+# forever, every one wanting a slot in the same second of each period, and a person's command
+# would queue behind them all. So each visit comes early by a random share of the lead, never
+# late: up to SPREAD_AFTER_START of it once after coming up (scatters them across the period at
+# once), then up to SPREAD_STEADY (keeps them from falling back into step; costs ~3 % more
+# visits).
+SPREAD_AFTER_START = 0.6
+SPREAD_STEADY = 0.06
 # Channel names change rarely (a person renames a zone in the app); re-read them this often.
 NAMES_EVERY_S = 6 * 3600.0
 # bleak waits this long for BlueZ to report a disconnect complete before giving up on it.
@@ -159,6 +169,7 @@ class Supervisor:
         command = _Command(name, run, rerun=rerun)
         self._commands.append(command)
         self._wake.set()
+        self.scheduler.promote(self.address)  # a visit already queued now waits as urgent
         try:
             async with asyncio.timeout(deadline_s):
                 return await asyncio.shield(command.future)
@@ -232,6 +243,7 @@ class Supervisor:
 
     async def run(self) -> None:
         next_visit = 0.0
+        in_step = True  # just came up, as others may have: the next visit is spread widely
         clock = self.clock
         if self.state is LinkState.FAULTED:
             self._set(LinkState.IDLE)  # started again by its guard after a crash
@@ -250,8 +262,13 @@ class Supervisor:
                 self._memory = self._memory.after_success()
                 # A visit pre-empted before its snapshot finished comes back as soon as a
                 # slot frees up; a complete one waits for its turn.
-                next_visit = (started + self.settings.refresh_period_s * VISIT_LEAD if synced
-                              else clock.now())
+                if not synced:
+                    next_visit = clock.now()
+                elif self.policy is LinkPolicy.SHARE:
+                    spread = SPREAD_AFTER_START if in_step else SPREAD_STEADY
+                    in_step = False
+                    next_visit = started + self.settings.refresh_period_s * VISIT_LEAD * (
+                        1 - spread * (self.rng or random).random())
             except Exception as exc:  # every failure is classified in _on_failure
                 delay = await self._on_failure(exc)
                 if delay is None:
@@ -264,6 +281,7 @@ class Supervisor:
                         self.on_stranded()  # after BACKOFF: waiting_for_path holds now
                     await self._sleep_until_woken(delay, backoff=True)
                 next_visit = 0.0
+                in_step = True
 
     async def _on_failure(self, exc: BaseException) -> float | None:
         """Classify once, decide (pure), then act and log once with the class; returns the

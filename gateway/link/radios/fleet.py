@@ -223,6 +223,10 @@ class RadioSet:
         async with radio.scheduler.connect_turn(lease):
             yield
 
+    def promote(self, address: str) -> None:
+        for radio in self.radios.values():
+            radio.scheduler.promote(address)
+
     def demote(self, lease: Lease) -> None:
         self.radios[lease.radio or self.local.name].scheduler.demote(lease)
 

@@ -126,3 +126,62 @@ async def test_an_urgent_connect_goes_before_the_background_ones_queued() -> Non
     first.set()
     await asyncio.gather(busy, *queued)
     assert order == ["busy", "command", "moved-1", "moved-2"]
+
+
+async def test_a_waiter_a_person_now_waits_on_goes_first_and_preempts() -> None:
+    """A share visit queued for a slot as background; a person's command for that controller
+    arrives while it waits (fleet bench, seed 1: a command waited 1.7 s for a slot behind the
+    refresh visits queued before it, then connected)."""
+    scheduler = SlotScheduler(max_links=1)
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with scheduler.slot(name, Priority.BACKGROUND, kept=False) as lease:
+            order.append(name)
+            if name == "holder":
+                await lease.preempted.wait()
+
+    holder = asyncio.create_task(hold("holder"))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(hold(name)) for name in ("early", "asked")]
+    await asyncio.sleep(0.01)
+    assert scheduler.leases[0].address == "holder"
+    assert not scheduler.leases[0].preempted.is_set()
+    scheduler.promote("asked")
+    async with asyncio.timeout(1):
+        await asyncio.gather(holder, *queued)
+    assert order == ["holder", "asked", "early"]
+
+
+async def test_a_held_lease_a_person_now_waits_on_is_not_preempted() -> None:
+    scheduler = SlotScheduler(max_links=1)
+    async with scheduler.slot("a", Priority.BACKGROUND, kept=True) as lease:
+        scheduler.promote("a")  # a command for "a" while its link is up
+        waiter = asyncio.create_task(_take(scheduler, "b"))
+        await asyncio.sleep(0.01)
+        assert not lease.preempted.is_set()
+        scheduler.demote(lease)  # its command is done
+        assert lease.preempted.is_set()
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_a_queued_connect_a_person_now_waits_on_goes_first() -> None:
+    scheduler = SlotScheduler(4)
+    order: list[str] = []
+    first = asyncio.Event()
+
+    async def connect(address: str) -> None:
+        lease = Lease(address, Priority.BACKGROUND, False, 0.0)
+        scheduler.leases.append(lease)
+        async with scheduler.connect_turn(lease):
+            order.append(address)
+            if address == "busy":
+                await first.wait()
+
+    tasks = [asyncio.create_task(connect(a)) for a in ("busy", "early", "asked")]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    scheduler.promote("asked")
+    first.set()
+    await asyncio.gather(*tasks)
+    assert order == ["busy", "asked", "early"]

@@ -4,6 +4,8 @@ decisions, without a radio and without waiting out real backoffs."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +25,8 @@ from gateway.config import LinkPolicy, LinkSettings
 from gateway.errors import CommandFailed, ControllerBusy, PairingError, RegistryError
 from gateway.link.decision import Action
 from gateway.link.radios.base import NoPath
-from gateway.link.scheduler import SlotScheduler
-from gateway.link.supervisor import Supervisor
+from gateway.link.scheduler import Priority, SlotScheduler
+from gateway.link.supervisor import VISIT_LEAD, Supervisor
 from gateway.ops.models import LinkState
 from gateway.sim.controller.irrigation import IrrigationModel
 from gateway.store.registry import Registry
@@ -256,6 +258,65 @@ async def test_share_policy_releases_after_each_visit_and_comes_back(tmp_path: P
         assert outcome.ok and store.fresh(ADDRESS)
     finally:
         task.cancel()
+
+
+async def test_a_command_for_a_visit_queued_as_background_preempts_a_background_link(
+        tmp_path: Path) -> None:
+    """The visit was waiting for a slot as a routine refresh when a person's command came:
+    from then on it waits as urgent (before, it waited for the background holder to finish)."""
+    radio = Radio()
+    sup, _ = make(tmp_path, radio, LinkPolicy.SHARE)
+    scheduler = sup.scheduler
+    assert isinstance(scheduler, SlotScheduler)
+
+    async def neighbour() -> None:
+        async with scheduler.slot("C0:FF:EE:00:00:01", Priority.BACKGROUND, kept=True) as lease:
+            await lease.preempted.wait()
+
+    other = asyncio.create_task(neighbour())
+    await until(lambda: len(scheduler.leases) == 1)
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: sup.state is LinkState.WAITING_SLOT)
+        async with asyncio.timeout(5):
+            outcome = await sup.submit("open", lambda s: s.open_valve(3, 1))
+        assert outcome.ok
+        assert other.done()  # the neighbour yielded its slot
+    finally:
+        task.cancel()
+        other.cancel()
+
+
+async def test_share_visits_of_controllers_that_came_up_together_drift_apart(
+        tmp_path: Path) -> None:
+    """Controllers started together (a daemon start, a radio's failover) would otherwise visit
+    in step forever, all wanting a slot at the same moment every period (fleet bench: 24 refresh
+    visits queued within 5 ms, and a person's command waited behind them). Each visit comes
+    early by a random share of the lead, never late: the state stays younger than a period."""
+    radio = Radio()
+    sup, _ = make(tmp_path, radio, LinkPolicy.SHARE)
+    sup.rng = random.Random(7)
+    sup.settings = sup.settings.model_copy(update={"refresh_period_s": 10.0})
+    clock = sup.clock
+    assert isinstance(clock, VirtualClock)
+    starts: list[float] = []
+
+    async def connector(address: str, timeout_s: float,
+                        on_disconnect: Callable[[], None]) -> GattLink:
+        starts.append(clock.now())
+        return await radio(address, timeout_s, on_disconnect)
+
+    sup.connector = connector
+    task = asyncio.create_task(sup.run())
+    try:
+        await until(lambda: len(starts) >= 6, limit_s=10)
+    finally:
+        await cancel_and_wait(task)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    lead = sup.settings.refresh_period_s * VISIT_LEAD
+    assert all(gap <= lead + 0.05 for gap in gaps), gaps
+    assert gaps[0] < 0.9 * lead, gaps  # the first after coming up is drawn widely
+    assert max(gaps) - min(gaps) > 0.1, gaps
 
 
 async def test_repeated_gatt_mismatch_clears_the_cache_once(tmp_path: Path) -> None:
