@@ -247,9 +247,15 @@ class BleakRadio:
     def __init__(self, adapter: str) -> None:
         self.adapter = adapter
         self._scanner: BleakScanner | None = None
+        # What this radio's scan has heard, as BlueZ's objects on its adapter: an ESP32 opens
+        # a link by address and the controller answers at its next advertisement (20-30 ms,
+        # device-ble.md section 2). A fresh discovery per connect would instead wait for the
+        # rig's next scan report (BlueZoo reports once a second), a delay no proxy has.
+        self._sighted: dict[str, BLEDevice] = {}
 
     async def start_scan(self, on_advert: Callable[[Advert], None]) -> None:
         def seen(device: BLEDevice, advert: AdvertisementData) -> None:
+            self._sighted[device.address] = device
             on_advert(Advert(device.address, 0, advert.rssi, ad_structures(advert)))
 
         if self._scanner is None:
@@ -266,7 +272,7 @@ class BleakRadio:
         # Found with this module's own scanner class: given only an address, bleak looks it up
         # through ``bleak.BleakScanner``, which habluetooth replaces in a process that runs
         # it (the conformance test), and the lookup would come back through the proxy itself.
-        device = await BleakScanner.find_device_by_address(
+        device = self._sighted.get(address) or await BleakScanner.find_device_by_address(
             address, timeout=CONNECT_TIMEOUT_S, bluez={"adapter": self.adapter})
         if device is None:
             raise RadioError(f"connect {address}: not heard", CONN_FAILED)
@@ -277,6 +283,7 @@ class BleakRadio:
             await client.connect()
             await acquire_mtu(client)
         except (BleakError, TimeoutError, EOFError) as exc:
+            self._sighted.pop(address, None)  # perhaps a BlueZ object since removed
             with contextlib.suppress(BleakError, EOFError):
                 await client.disconnect()
             raise RadioError(f"connect {address}: {exc}", CONN_FAILED) from exc
@@ -284,6 +291,7 @@ class BleakRadio:
 
     async def forget(self, address: str) -> None:
         """BlueZ's RemoveDevice on this rig adapter (bleak's unpair): its bond, and any link."""
+        self._sighted.pop(address, None)  # its BlueZ object goes with it
         try:
             await BleakClient(address, bluez={"adapter": self.adapter}).unpair()
         except BleakDeviceNotFoundError:
