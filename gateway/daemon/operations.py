@@ -131,7 +131,9 @@ class ControllerOperations:
     async def unpair(self, request: Unpair) -> DeviceEntry:
         address = normalise_address(request.address)
         await self.manager.remove(address)
-        return await unpair_on_radio(self.config, self.registry, address)
+        entry = await unpair_on_radio(self.config, self.registry, address)
+        await self.manager.radios.unpair(address)
+        return entry
 
     async def devices(self) -> list[DeviceEntry]:
         links = {a: s.state for a, s in self.manager.supervisors.items()}

@@ -288,3 +288,17 @@ async def test_unpair_removes_the_bond_of_every_hub_adapter(rig: Rig, tmp_path: 
         await operations.unpair(Unpair(address=target.address))
         assert target.address not in {b.address for b in await bluez.bonds(second)}
         assert manager.registry.find(target.address) is None
+
+
+async def test_unpair_has_the_proxy_that_paired_forget_its_bond(
+        rig: Rig, tmp_path: Path) -> None:
+    """Served through the shed, the controller is bonded with that ESP32: unpairing has the
+    proxy forget it (before, only the hub adapters' BlueZ bonds went)."""
+    target = rig.controllers[7]  # between the two proxies, pinned to the shed
+    async with gateway(rig, tmp_path, pins={7: "shed"}) as (manager, proxies):
+        await until(lambda: manager.store.fresh(target.address), ALL_SERVED_S)
+        assert target.address in proxies["shed"].bonded
+        operations = ControllerOperations(manager.config, manager.registry, manager)
+        await operations.unpair(Unpair(address=target.address))
+        assert target.address not in proxies["shed"].bonded
+        assert manager.registry.find(target.address) is None

@@ -288,6 +288,15 @@ class RadioSet:
                 else await radio.forget_bond(address))
         return None if done else radio
 
+    async def unpair(self, address: str) -> None:
+        """A person unpaired ``address``: every proxy forgets the bond its ESP32 may hold (it
+        paired on its first connect), so a later pairing through it starts clean. The hub
+        adapters' bonds are BlueZ's, which the caller removes."""
+        for radio in self.radios.values():
+            if radio.kind is RadioKind.PROXY:
+                await radio.forget_bond(address)
+        self.tried.pop(address, None)
+
     # ---- what the hub shows ------------------------------------------------------------------
 
     def serving(self, address: str) -> str | None:

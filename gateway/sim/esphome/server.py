@@ -117,6 +117,12 @@ class ProxyServer:
         # The devices the ESP32 holds a bond with: it pairs on its first connect to each (it
         # answers the controller's security request, Just Works), and again after an unpair.
         self.bonded: set[str] = set()
+        # The ESP32's BLE stack takes one GAP procedure per peer at a time: an unpair that
+        # arrives while a connect still pairs waits for it, and cannot be undone by it.
+        self._gap: dict[int, asyncio.Lock] = {}
+
+    def gap(self, address: int) -> asyncio.Lock:
+        return self._gap.setdefault(address, asyncio.Lock())
 
     # ---- life ----------------------------------------------------------------------------------
 
@@ -463,13 +469,14 @@ class _Session:
     async def _unpair(self, address: int) -> None:
         s = self.server
         s.unpaired.append(mac_str(address))
-        try:
-            await s.radio.forget(mac_str(address))
-        except RadioError as exc:
-            self.send(pb.BluetoothDeviceUnpairingResponse(address=address, success=False,
-                                                          error=exc.code))
-            return
-        s.bonded.discard(mac_str(address))  # the next connect pairs
+        async with s.gap(address):
+            try:
+                await s.radio.forget(mac_str(address))
+            except RadioError as exc:
+                self.send(pb.BluetoothDeviceUnpairingResponse(address=address, success=False,
+                                                              error=exc.code))
+                return
+            s.bonded.discard(mac_str(address))  # the next connect pairs
         self.send(pb.BluetoothDeviceUnpairingResponse(address=address, success=True))
 
     def _connect(self, address: int) -> None:
@@ -498,29 +505,30 @@ class _Session:
                     address=slot.address, connected=False, error=PEER_TERMINATED))
                 s.report_free()
 
-        try:
-            link = await s.radio.connect(mac_str(slot.address), lost)
-        except RadioError as exc:
-            log.info("proxy_connect_failed", address=mac_str(slot.address), error=str(exc))
-            await self._connect_failed(slot, exc.code)
-            return
-        except Exception as exc:
-            # A radio fault the sim did not foresee: the ESP32 answers the connect as failed
-            # and frees the slot, where a dead task would leave the client waiting.
-            log.exception("proxy_connect_failed", address=mac_str(slot.address),
-                          error=f"{type(exc).__name__}: {exc}")
-            await self._connect_failed(slot, GATT_ERROR)
-            return
-        if not s.holds(slot):  # disconnected while connecting
+        async with s.gap(slot.address):
+            try:
+                link = await s.radio.connect(mac_str(slot.address), lost)
+            except RadioError as exc:
+                log.info("proxy_connect_failed", address=mac_str(slot.address), error=str(exc))
+                await self._connect_failed(slot, exc.code)
+                return
+            except Exception as exc:
+                # A radio fault the sim did not foresee: the ESP32 answers the connect as
+                # failed and frees the slot, where a dead task would leave the client waiting.
+                log.exception("proxy_connect_failed", address=mac_str(slot.address),
+                              error=f"{type(exc).__name__}: {exc}")
+                await self._connect_failed(slot, GATT_ERROR)
+                return
+            address = mac_str(slot.address)
+            if s.holds(slot) and address not in s.bonded:
+                try:
+                    await link.pair()
+                    s.bonded.add(address)
+                except RadioError as exc:  # as on an ESP32: the link stays, unencrypted
+                    log.info("proxy_pairing_failed", address=address, error=str(exc))
+        if not s.holds(slot):  # disconnected while connecting or pairing
             await link.disconnect()
             return
-        address = mac_str(slot.address)
-        if address not in s.bonded:
-            try:
-                await link.pair()
-                s.bonded.add(address)
-            except RadioError as exc:  # as on an ESP32: the link stays, unencrypted
-                log.info("proxy_pairing_failed", address=address, error=str(exc))
         slot.link = link
         self.send(pb.BluetoothDeviceConnectionResponse(address=slot.address, connected=True,
                                                        mtu=link.mtu))

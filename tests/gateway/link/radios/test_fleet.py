@@ -367,3 +367,16 @@ async def test_a_stale_gatt_table_through_a_proxy_costs_its_cache_not_its_bond(
     assert garden.refreshed == [ADDRESS] and not garden.forgot
     assert await visit(radio_set, OTHER) == "hci0"
     assert await radio_set.reset(OTHER, Action.CLEAR_GATT_CACHE) is hub
+
+
+async def test_unpair_has_every_proxy_forget_its_bond(registry: Registry) -> None:
+    """A controller served through a proxy is bonded with that ESP32: `awgw unpair` removed
+    only the hub adapters' BlueZ bonds, and a re-pair through the proxy met the old bond (one
+    authentication failure and an automatic reset later, it paired). The hub's own adapters
+    are the caller's to clear (BlueZ), so they are not asked."""
+    hub, garden, shed = radios()
+    garden.hears[ADDRESS] = -50
+    radio_set = RadioSet([hub, garden, shed], registry, LoopClock(), listen_s=0, grace_s=0)
+    assert await visit(radio_set, ADDRESS) == "garden"
+    await radio_set.unpair(ADDRESS)
+    assert garden.forgot == [ADDRESS] and shed.forgot == [ADDRESS] and not hub.forgot
