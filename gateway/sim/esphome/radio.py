@@ -6,6 +6,7 @@ like the gateway's own adapter).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,6 +288,12 @@ class BleakRadio:
             with contextlib.suppress(BleakError, EOFError):
                 await client.disconnect()
             raise RadioError(f"connect {address}: {exc}", CONN_FAILED) from exc
+        except asyncio.CancelledError:
+            # Cut short once connected (the MTU exchange): the link must not outlive the
+            # ESP32's power or its client. bleak undoes a Connect cut short by itself.
+            with contextlib.suppress(BleakError, EOFError):
+                await asyncio.shield(client.disconnect())
+            raise
         return BleakLink(client)
 
     async def forget(self, address: str) -> None:

@@ -173,8 +173,11 @@ class ProxyServer:
         self.report_free()
 
     async def _drop_sessions(self) -> None:
-        for session in list(self._sessions):
+        sessions = list(self._sessions)
+        for session in sessions:
             session.abort()
+        for session in sessions:
+            await session.stopped()  # a connect cut short has let go of its link
         for slot in list(self._slots.values()):
             await self.release(slot, notify=False)
         await self.radio.stop_scan()
@@ -299,8 +302,15 @@ class _Session:
         self._airborne = 0  # messages sent but not yet arrived
 
     def abort(self) -> None:
+        """The ESP32 is gone (power, Wi-Fi): its connection and everything in flight end now."""
         self.closing = True
         self.writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def stopped(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _flush(self) -> None:
         if self.framer.outgoing and not self.writer.is_closing():
@@ -520,12 +530,18 @@ class _Session:
                 await self._connect_failed(slot, GATT_ERROR)
                 return
             address = mac_str(slot.address)
-            if s.holds(slot) and address not in s.bonded:
-                try:
-                    await link.pair()
-                    s.bonded.add(address)
-                except RadioError as exc:  # as on an ESP32: the link stays, unencrypted
-                    log.info("proxy_pairing_failed", address=address, error=str(exc))
+            try:
+                if s.holds(slot) and address not in s.bonded:
+                    try:
+                        await link.pair()
+                        s.bonded.add(address)
+                    except RadioError as exc:  # as on an ESP32: the link stays, unencrypted
+                        log.info("proxy_pairing_failed", address=address, error=str(exc))
+            except asyncio.CancelledError:
+                # The ESP32 lost its power or its client mid-connect: no link outlives that
+                # (the controller would stay connected to nobody, silent to every radio).
+                await asyncio.shield(link.disconnect())
+                raise
         if not s.holds(slot):  # disconnected while connecting or pairing
             await link.disconnect()
             return

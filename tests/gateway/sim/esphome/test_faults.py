@@ -175,3 +175,49 @@ async def test_a_connect_that_fails_unforeseen_is_answered_and_frees_its_slot() 
             assert (await asyncio.wait_for(connect(api, "C0:FF:EE:00:00:00"), 2.0))[0]
     finally:
         await server.stop()
+
+
+class _PairingLink(_BrokenOnceLink):
+    """A link up whose pairing is still going on (the ESP32 answers the controller's security
+    request) when the proxy loses its power."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairing = asyncio.Event()
+        self.disconnected = False
+
+    async def pair(self) -> None:
+        self.pairing.set()
+        await asyncio.Event().wait()
+
+    async def disconnect(self) -> None:
+        self.disconnected = True
+
+
+async def test_power_lost_mid_connect_leaves_no_link_behind() -> None:
+    """A link the connect had made but not yet handed over outlived the ESP32's power: the
+    controller stayed connected to nobody, did not advertise, and no other radio could reach
+    it (rig test of four radios: a moved controller's connects timed out for 8 s)."""
+    links: list[_PairingLink] = []
+
+    def link() -> _PairingLink:
+        links.append(_PairingLink())
+        return links[-1]
+
+    server = ProxyServer(ProxySettings(), ProxyRadioFake(link))
+    await server.start()
+    try:
+        async with client(server, None) as api:
+            asking = asyncio.create_task(api.bluetooth_device_connect(
+                mac_int("C0:FF:EE:00:00:00"), lambda *_: None, timeout=WITHIN_S,
+                feature_flags=FEATURES, address_type=0))
+            async with asyncio.timeout(WITHIN_S):
+                while not links:  # noqa: ASYNC110 - the fake has no event for it
+                    await asyncio.sleep(0.01)
+                await links[0].pairing.wait()
+            await server.power_loss()
+            assert links[0].disconnected
+            asking.cancel()
+            await asyncio.gather(asking, return_exceptions=True)
+    finally:
+        await server.stop()
