@@ -70,7 +70,10 @@ async def test_the_daemon_refuses_a_watering_controller_the_same_way(cli: Cli,
         refused = await cli.run("ota", FIRST, str(image), "--json", expect=4)
         assert "watering channel 2" in refused and "nothing was uploaded" in refused
         state = await cli.run("state", FIRST, "--json")
-        assert "link_state" not in state and state["link"] in ("idle", "connected")
+        # Back in its share cycle (a 5 s period: a visit may be under way), not held for an
+        # update nor failing.
+        assert "link_state" not in state and state["link"] in (
+            "idle", "waiting_slot", "connecting", "syncing", "connected")
         assert not list((tmp_path / "ota").glob("*.json"))
     finally:
         daemon.terminate()
