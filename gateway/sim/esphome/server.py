@@ -387,8 +387,7 @@ class _Session:
                         await asyncio.sleep(self.server.settings.wifi_latency_s)
             for task in list(self._tasks):
                 task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.stopped()
             self.writer.transport.abort()
 
     def _spawn(self, work: Callable[[], Any], name: str) -> None:
@@ -532,11 +531,10 @@ class _Session:
             address = mac_str(slot.address)
             try:
                 if s.holds(slot) and address not in s.bonded:
-                    try:
-                        await link.pair()
-                        s.bonded.add(address)
-                    except RadioError as exc:  # as on an ESP32: the link stays, unencrypted
-                        log.info("proxy_pairing_failed", address=address, error=str(exc))
+                    await link.pair()
+                    s.bonded.add(address)
+            except RadioError as exc:  # as on an ESP32: the link stays, unencrypted
+                log.info("proxy_pairing_failed", address=address, error=str(exc))
             except asyncio.CancelledError:
                 # The ESP32 lost its power or its client mid-connect: no link outlives that
                 # (the controller would stay connected to nobody, silent to every radio).
