@@ -240,9 +240,13 @@ class QemuPeer:
             if msg.get("event") == "SHUTDOWN":
                 return str(msg.get("data", {}).get("reason", "unknown"))
 
-    async def wait_booted(self) -> None:
-        """Wait until the current QEMU generation has booted (after a reset, the relaunch)."""
+    async def wait_booted(self, resets: int = 0) -> None:
+        """Wait until the peer has been reset ``resets`` times in all and has booted since.
+        A reset the guest asked for lands after the firmware's own delay, which a busy machine
+        stretches: waiting only for "booted" could find the old generation still running."""
         async with asyncio.timeout(30):
+            while self.resets < resets:  # noqa: ASYNC110 - QMP's SHUTDOWN has no event here
+                await asyncio.sleep(0.05)
             await self._booted.wait()
 
     async def stop(self) -> None:

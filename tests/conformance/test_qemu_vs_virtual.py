@@ -165,10 +165,15 @@ async def run_against_qemu(workdir: Path, image: bytes, fixtures: Path) -> list[
     async def exchange(frame: bytes) -> bytes:
         return await _with_resend(transport.send, transport.receive, frame)
 
+    reboots = 0
+
     async def reboot() -> None:
+        nonlocal reboots
+        reboots += 1
         await transport.disconnect()
-        await asyncio.sleep(0.5)
-        await peer.wait_booted()
+        # This reset's relaunch, not the generation still running out the reset's delay (under
+        # two CPU hogs one answer came from the image the reset was to revert).
+        await peer.wait_booted(resets=reboots)
         await transport.connect(peer.url, 10)
 
     try:
