@@ -95,6 +95,10 @@ class _Slot:
     owner: _Session
     link: RadioLink | None = None
     notifying: set[int] = field(default_factory=set)
+    # Set while its link closes: the firmware keeps the address allocated until the close
+    # event, then answers ``connected=False`` and reports the slots, in that order.
+    closing: bool = False
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ProxyServer:
@@ -219,9 +223,13 @@ class ProxyServer:
         """Free the slot. ``notify``: report the slots at once; a release that answers a
         connection reports them itself, after its answer, in the firmware's order."""
         link = slot.link
-        self.lost(slot)
-        if link is not None:
-            await link.disconnect()
+        slot.closing = True  # allocated until its link is closed
+        try:
+            if link is not None:
+                await link.disconnect()
+        finally:
+            self.lost(slot)
+            slot.closed.set()
         if notify:
             self.report_free()
 
@@ -491,6 +499,14 @@ class _Session:
     def _connect(self, address: int) -> None:
         s = self.server
         slot = s.slot(address)
+        if slot is not None and slot.closing:
+            # The ESP32 connects again once the closing link is gone.
+            async def after_close(closed: asyncio.Event = slot.closed) -> None:
+                await closed.wait()
+                self._connect(address)
+
+            self._spawn(after_close, f"proxy connect after close {mac_str(address)}")
+            return
         if slot is not None:
             if slot.link is not None and slot.owner is self:
                 self.send(pb.BluetoothDeviceConnectionResponse(address=address, connected=True,
@@ -508,7 +524,7 @@ class _Session:
         s = self.server
 
         def lost() -> None:
-            if s.holds(slot) and slot.link is not None:
+            if s.holds(slot) and slot.link is not None and not slot.closing:
                 s.lost(slot)
                 self.send(pb.BluetoothDeviceConnectionResponse(
                     address=slot.address, connected=False, error=PEER_TERMINATED))
@@ -565,7 +581,7 @@ class _Session:
 
     def _link(self, address: int, handle: int) -> RadioLink | None:
         slot = self.server.slot(address)
-        if slot is None or slot.link is None:
+        if slot is None or slot.link is None or slot.closing:
             self.send(pb.BluetoothGATTErrorResponse(address=address, handle=handle,
                                                     error=PEER_TERMINATED))
             return None

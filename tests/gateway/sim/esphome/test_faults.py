@@ -221,3 +221,98 @@ async def test_power_lost_mid_connect_leaves_no_link_behind() -> None:
             await asyncio.gather(asking, return_exceptions=True)
     finally:
         await server.stop()
+
+
+class _SlowToCloseLink(_BrokenOnceLink):
+    """A link whose disconnect takes its time, as a BLE link's does (the peer's ack, up to the
+    supervision timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = asyncio.Event()
+        self.may_close = asyncio.Event()
+
+    async def disconnect(self) -> None:
+        self.closing.set()
+        await self.may_close.wait()
+
+
+async def test_a_closing_link_stays_in_the_allocated_list_until_its_disconnect_is_answered(
+) -> None:
+    """The slot reports are what bleak-esphome reconciles against: a report that drops an
+    address before its ``connected=False`` reads as a phantom connection ("Reconciling stale
+    connection ... not in allocated list"), as ESPHome's firmware, which keeps the address
+    until the close event, never sends."""
+    links: list[_SlowToCloseLink] = []
+
+    def link() -> _SlowToCloseLink:
+        links.append(_SlowToCloseLink())
+        return links[-1]
+
+    first, second = "C0:FF:EE:00:00:01", "C0:FF:EE:00:00:02"
+    seen: list[tuple[str, object]] = []
+    server = ProxyServer(ProxySettings(slots=3), ProxyRadioFake(link))
+    await server.start()
+    try:
+        async with client(server, None) as api:
+            api.subscribe_bluetooth_connections_free(
+                lambda _free, _limit, allocated: seen.append(("slots", set(allocated))))
+            states: asyncio.Queue[bool] = asyncio.Queue()
+
+            def on_state(connected: bool, _mtu: int, _error: int) -> None:
+                seen.append(("state", connected))
+                states.put_nowait(connected)
+
+            await api.bluetooth_device_connect(mac_int(first), on_state, timeout=WITHIN_S,
+                                               feature_flags=FEATURES, address_type=0)
+            assert await asyncio.wait_for(states.get(), WITHIN_S)
+            closing = asyncio.create_task(api.bluetooth_device_disconnect(mac_int(first)))
+            await asyncio.wait_for(links[0].closing.wait(), WITHIN_S)
+            # Another connect changes the slots while the first link is still closing.
+            assert (await asyncio.wait_for(connect(api, second), WITHIN_S))[0]
+            assert server.free == 1  # the closing link still holds its slot
+            links[0].may_close.set()
+            await asyncio.wait_for(closing, WITHIN_S)
+            await asyncio.sleep(0.1)  # the slot report that follows the answer
+    finally:
+        for each in links:
+            each.may_close.set()
+        await server.stop()
+    up, answered = seen.index(("state", True)), seen.index(("state", False))
+    assert all(mac_int(first) in report for kind, report in seen[up:answered]
+               if kind == "slots" and isinstance(report, set)), seen
+    assert ("slots", {mac_int(second)}) in seen[answered:], seen
+
+
+async def test_a_connect_to_a_closing_link_is_answered_once_the_link_is_closed() -> None:
+    links: list[_SlowToCloseLink] = []
+
+    def link() -> _SlowToCloseLink:
+        links.append(_SlowToCloseLink())
+        return links[-1]
+
+    address = "C0:FF:EE:00:00:01"
+    server = ProxyServer(ProxySettings(slots=1), ProxyRadioFake(link))
+    await server.start()
+    try:
+        async with client(server, None) as api:
+            assert (await asyncio.wait_for(connect(api, address), WITHIN_S))[0]
+            closing = asyncio.create_task(api.bluetooth_device_disconnect(mac_int(address)))
+            await asyncio.wait_for(links[0].closing.wait(), WITHIN_S)
+            states: asyncio.Queue[bool] = asyncio.Queue()
+            again = asyncio.create_task(api.bluetooth_device_connect(
+                mac_int(address), lambda connected, *_: states.put_nowait(connected),
+                timeout=WITHIN_S, feature_flags=FEATURES, address_type=0))
+            await asyncio.sleep(0.1)
+            assert states.empty() and len(links) == 1  # not answered from the closing link
+            links[0].may_close.set()
+            await asyncio.wait_for(closing, WITHIN_S)
+            # The closed link's answer, then the new link's.
+            assert [await asyncio.wait_for(states.get(), WITHIN_S) for _ in range(2)] == [
+                False, True]
+            await again
+            assert len(links) == 2 and server.free == 0
+    finally:
+        for each in links:
+            each.may_close.set()
+        await server.stop()
