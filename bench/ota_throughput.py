@@ -24,11 +24,13 @@ is retried on a fresh peer (up to ``--baseline-attempts``) and the attempts are 
 measurement that still fails is reported as null with its error. Every run ends with its JSON
 line: ``ratio_vs_smpclient`` (goal >= 1.0, >= 3.5 where pipelining pays),
 ``adaptive_vs_best_fixed`` (goal >= 0.9), ``fixed_window_bytes_per_s`` and
-``ble_fraction_of_ceiling`` (goal >= 0.85), with ``ble_attainable_fraction`` beside it: the
-most any upload can reach through the device's buffer (each frame spends 25 bytes of SMP
-header and CBOR keys, and a 384-byte buffer holds one 244-byte ATT write, so at most 0.898 of
-the ceiling is image data). ``ble_fraction_of_ceiling_large_buffer`` is the same upload to a
-controller with the 2475-byte buffer of the firmware's old configuration.
+``ble_fraction_of_ceiling`` (goal >= 0.85; the radios issue asks 0.92, out of reach of any
+upload through this buffer), with ``ble_attainable_fraction`` beside it: the most any upload
+can reach through the device's buffer (each frame spends 25 bytes of SMP header and CBOR keys,
+and a 384-byte buffer holds one 244-byte ATT write, so at most 0.898 of the ceiling is image
+data), and ``ble_fraction_of_attainable``, the first over the second.
+``ble_fraction_of_ceiling_large_buffer`` is the same upload to a controller with the 2475-byte
+buffer of the firmware's old configuration.
 ``proxy_bytes_per_s`` and ``proxy_vs_local``: the same upload through a simulated ESPHome
 Bluetooth proxy (5 ms of Wi-Fi each way), the path chosen by habluetooth. With ``--runs N`` a
 summary line comes last.
@@ -321,7 +323,9 @@ async def one_run(ble_size: int, baseline_attempts: int, samples: int) -> dict[s
     try:
         ble = await ble_side_by_side(ble_size)
         result.update(ble=ble, ble_fraction_of_ceiling=ble["ble_fraction_of_ceiling"],
-                      ble_attainable_fraction=ble["attainable_fraction"])
+                      ble_attainable_fraction=ble["attainable_fraction"],
+                      ble_fraction_of_attainable=_ratio(ble["ble_fraction_of_ceiling"],
+                                                        ble["attainable_fraction"], 3))
         print(f"BLE (virtual): ours {_kb(ble['ours_bytes_per_s'])} = "
               f"{ble['ble_fraction_of_ceiling']} of the {_kb(ble['ceiling_bytes_per_s'])} "
               f"ceiling (at most {ble['attainable_fraction']} with a {ble['buf_size']}-byte "
@@ -354,7 +358,7 @@ async def main(runs: int, ble_size: int, baseline_attempts: int, samples: int) -
         summary: dict[str, Any] = {"runs": runs,
                                    "complete": sum(1 for r in results if "qemu" in r)}
         for key in ("ratio_vs_smpclient", "adaptive_vs_best_fixed", "ble_fraction_of_ceiling",
-                    "ble_fraction_of_ceiling_large_buffer"):
+                    "ble_fraction_of_attainable", "ble_fraction_of_ceiling_large_buffer"):
             found = values(key)
             summary[key] = {"min": min(found), "median": statistics.median(found)} \
                 if found else None

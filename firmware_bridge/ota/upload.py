@@ -27,10 +27,18 @@ from firmware_bridge.smp.wire import HEADER_SIZE, Group, Op, encode_cbor
 log = structlog.get_logger(__name__)
 
 # The first chunk of a new upload erases the slot before it answers (ota.md 4.2, 4.8): a full
-# 728 KiB slot on the nRF52840 takes ~9 s; twice that covers a busy peer. A lost first frame
-# is resent after this, never waited on longer. With an explicit erase first (``pre_erase``)
-# the first chunk answers like any other.
+# 728 KiB slot on the nRF52840 takes ~9 s; twice that covers a busy peer. Silence this long at
+# one frame size means the device cannot take the frame (ota.md 4.7). A lost first frame is
+# not waited on this long: copies go out meanwhile (``FIRST_CHUNK_COPIES``). With an explicit
+# erase first (``pre_erase``) the first chunk answers like any other.
 FIRST_CHUNK_TIMEOUT_S = 20.0
+# How many copies of a silent first chunk are in the device at most, the first included. A
+# copy is safe (ota.md 4.2, 4.5: the device takes it as a resume of the upload its sha names
+# and writes nothing), so one goes out after each resend timeout, doubling, while the first may
+# still be erasing: a lost first frame costs one resend timeout, not the erase allowance (the
+# QEMU peer loses the first frame after boot in about one upload in 15). Three leave the
+# device's fourth buffer free.
+FIRST_CHUNK_COPIES = 3
 # The ceiling for a continuation chunk's reply (ota.md 4.10: 10 s); the resend timeout itself
 # follows the measured round trip (``ResendTimer``), so a lost frame costs about one RTO.
 CHUNK_TIMEOUT_S = 10.0
@@ -89,6 +97,13 @@ class ResendTimer:
 
     def timed_out(self) -> None:
         self.backoff = min(self.backoff * 2, 8)
+
+    @property
+    def resend_s(self) -> float:
+        """How long a reply may take before its request is presumed lost, backoff aside: the
+        floor until a round trip is measured."""
+        return MIN_RESEND_S if self.srtt is None else max(MIN_RESEND_S,
+                                                          self.srtt + 4 * self.rttvar)
 
     @property
     def timeout_s(self) -> float:
@@ -211,17 +226,12 @@ class Uploader:
 
     async def first(self) -> int:
         """The first-chunk request: starts a new upload, or resumes one with the same sha.
-        A silent first chunk may be a lost frame or one the device cannot take: it is resent
-        once at the 128-byte size the app uses (kept from then on, ota.md 4.7), then again at
-        that size, up to MAX_STALLS times, each after the first chunk's own timeout."""
+        A first chunk silent through the first chunk's own timeout, all its copies with it,
+        is a frame the device cannot take: it is resent at the 128-byte size the app uses
+        (kept from then on, ota.md 4.7), then again at that size, up to MAX_STALLS times."""
         for attempt in range(MAX_STALLS):
-            data = self.image[:self.first_chunk]
-            self.sent_bytes += len(data)
             try:
-                reply = await self.channel.request(
-                    Op.WRITE, Group.IMAGE, IMAGE_UPLOAD,
-                    {"off": 0, "data": data, "len": self.total, "sha": self.sha},
-                    self.plan.first_timeout_s, "upload first chunk")
+                reply = await self._first_with_copies()
             except TransportTimeout:
                 self.cost.frames_lost += 1
                 if attempt + 1 >= MAX_STALLS:
@@ -236,6 +246,53 @@ class Uploader:
                 continue
             return self._offset(reply)
         raise AssertionError("unreachable")
+
+    async def _first_with_copies(self) -> dict[str, Any]:
+        """The first chunk, and a copy of it after each resend timeout of silence (doubling)
+        up to FIRST_CHUNK_COPIES, all due by the first timeout; the first answer is the
+        answer. Replies come in order, so the copies before the answered one were lost; those
+        after it are still in the device and answer later (``_stale``, counted against the
+        window)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.plan.first_timeout_s
+        data = self.image[:self.first_chunk]
+        payload = {"off": 0, "data": data, "len": self.total, "sha": self.sha}
+        limit = min(FIRST_CHUNK_COPIES, self.plan.window + 1)
+        copies: list[asyncio.Task[dict[str, Any]]] = []
+
+        def send() -> None:
+            self.sent_bytes += len(data)
+            copies.append(asyncio.create_task(self.channel.request(
+                Op.WRITE, Group.IMAGE, IMAGE_UPLOAD, payload,
+                max(0.0, deadline - loop.time()), "upload first chunk")))
+
+        wait_s = self.timer.resend_s
+        send()
+        try:
+            while True:
+                answered = next((i for i, t in enumerate(copies) if t.done()
+                                 and not isinstance(t.exception(), TransportTimeout)), None)
+                if answered is not None:
+                    if answered:
+                        log.info("upload_first_chunk_copy_answered", lost=answered,
+                                 copies=len(copies))
+                    self.cost.frames_lost += answered
+                    self._stale.extend(copies[answered + 1:])
+                    return copies[answered].result()  # an answer, or the error that ends it
+                pending = [t for t in copies if not t.done()]
+                if not pending:
+                    return copies[-1].result()  # each copy timed out: raises the timeout
+                left = deadline - loop.time()
+                more = len(copies) < limit and left > wait_s
+                await asyncio.wait(pending, timeout=wait_s if more else None,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if more and not any(t.done() for t in copies):
+                    send()  # a resend timeout of silence: the first frame may be lost
+                    wait_s *= 2
+        finally:
+            for task in copies:
+                if task not in self._stale:
+                    _forget(task)
 
     def _offset(self, reply: dict[str, Any]) -> int:
         return upload_offset(reply, self.total)

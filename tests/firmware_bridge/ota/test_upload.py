@@ -296,3 +296,98 @@ def test_a_burst_of_losses_is_one_loss() -> None:
     for _ in range(3):
         window.acked()
     assert window.size == 4
+
+
+@dataclass
+class ErasingDevice:
+    """img_mgmt's first chunk as ota.md 4.2 has it, one request at a time as the SMP thread
+    runs them: a first chunk with a new sha erases the slot (``erase_s``) and starts an
+    upload; one with the sha of the upload under way writes nothing and answers the device's
+    offset. Frames larger than ``max_frame`` are dropped unanswered (a buffer too small for
+    them); chosen requests are lost on the way in (counted from 1)."""
+
+    erase_s: float = 0.0
+    max_frame: int = 10_000
+    lose_requests: set[int] = field(default_factory=set)
+    offset: int = 0
+    sha: bytes | None = None
+    requests: int = 0
+    erases: int = 0
+    written: bytearray = field(default_factory=bytearray)
+    inbox: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    out: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    worker: asyncio.Task[None] | None = None
+
+    def frame_budget(self, buf_size: int) -> int:
+        return buf_size
+
+    async def send(self, data: bytes) -> None:
+        if self.worker is None:
+            self.worker = asyncio.create_task(self._work())
+        self.requests += 1
+        if self.requests not in self.lose_requests and len(data) <= self.max_frame:
+            self.inbox.put_nowait(data)
+
+    async def _work(self) -> None:
+        while True:
+            data = await self.inbox.get()
+            header = parse_header(data)
+            payload = decode_payload(data[HEADER_SIZE:])
+            if payload["off"] == 0 and payload.get("sha") != self.sha:
+                self.erases += 1
+                await asyncio.sleep(self.erase_s)
+                self.sha, self.offset = payload["sha"], 0
+                del self.written[:]
+            if payload["off"] == self.offset and (payload["off"] or self.offset == 0):
+                self.written += payload["data"]
+                self.offset += len(payload["data"])
+            await asyncio.sleep(0.002)
+            body = encode_cbor({"off": self.offset})
+            self.out.put_nowait(encode_frame(SmpHeader(
+                int(Op.WRITE_RSP), 1, 0, len(body), header.group, header.seq, header.cmd), body))
+
+    async def receive(self) -> bytes:
+        return await self.out.get()
+
+    async def disconnect(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+
+
+async def upload_to(device: ErasingDevice, *, first_timeout_s: float,
+                    within_s: float) -> Uploader:
+    plan = UploadPlan(window=3, frame_budget=BUDGET, first_timeout_s=first_timeout_s,
+                      timeout_s=first_timeout_s)
+    async with SmpChannel(device) as channel:
+        uploader = Uploader(channel, IMAGE, hashlib.sha256(IMAGE).digest(), plan,
+                            window=Window(3, None))
+        async with asyncio.timeout(within_s):
+            await uploader.run()
+    return uploader
+
+
+async def test_a_lost_first_chunk_costs_a_resend_timeout_not_the_erase_allowance() -> None:
+    """The first chunk's reply may wait for a slot erase (20 s allowed), so a lost first frame
+    cost all of it: two of three uploads on the QEMU peer took 24 s instead of 1.6 s."""
+    device = ErasingDevice(lose_requests={1})
+    uploader = await upload_to(device, first_timeout_s=20.0, within_s=5.0)
+    assert bytes(device.written) == IMAGE
+    assert uploader.chunk > 128  # a chance loss keeps the full chunk size
+    assert uploader.cost.frames_lost == 1
+
+
+async def test_a_first_chunk_slow_with_its_erase_is_taken_once_and_its_copies_resume() -> None:
+    device = ErasingDevice(erase_s=2.5)
+    uploader = await upload_to(device, first_timeout_s=20.0, within_s=8.0)
+    assert device.erases == 1  # the copies sent while it erased carried the same sha
+    assert bytes(device.written) == IMAGE
+    assert uploader.cost.frames_lost == 0
+
+
+async def test_a_first_frame_the_device_cannot_take_falls_back_to_the_apps_chunk() -> None:
+    """ota.md 4.7: a first chunk that stays unanswered at the full size, all copies of it,
+    is retried at 128 bytes, kept from then on."""
+    device = ErasingDevice(max_frame=200)
+    uploader = await upload_to(device, first_timeout_s=2.0, within_s=20.0)
+    assert uploader.chunk == 128
+    assert bytes(device.written) == IMAGE
