@@ -3,6 +3,7 @@ QEMU peer and the virtual controller: dropped frames, dropped replies, lost link
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ class Faults:
 
     drop_link_at: set[int] = field(default_factory=set)
     drop_frame_at: set[int] = field(default_factory=set)
+    drop_first_chunks: int = 0  # this many first-chunk frames (upload at off 0) lost in the air
     forge_slot1_hash: bytes | None = None
     # Phase -> how many times its request is swallowed and the link dropped with it.
     drop_on: dict[str, int] = field(default_factory=dict)
@@ -24,6 +26,7 @@ class Faults:
     dropped: list[str] = field(default_factory=list)  # phases whose request was swallowed
     frame_drops: list[int] = field(default_factory=list)  # frame counts the link dropped at
     requests: list[tuple[int, int, int, dict[str, Any]]] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # each request's monotonic time
 
     def phase_of(self, group: int, cmd: int, op: int, payload: dict[str, Any]) -> str | None:
         if (group, cmd, op) == (1, 0, 2):
@@ -36,6 +39,13 @@ class Faults:
 
     def upload_bytes(self) -> int:
         return sum(len(p.get("data", b"")) for g, c, _op, p in self.requests if (g, c) == (1, 1))
+
+    def first_upload_gap_s(self) -> float:
+        """From the first first-chunk frame to the first continuation chunk."""
+        sent = zip(self.requests, self.sent_at, strict=True)
+        uploads = [(p.get("off"), at) for (g, c, _op, p), at in sent if (g, c) == (1, 1)]
+        first = next(at for off, at in uploads if off == 0)
+        return next(at for off, at in uploads if off) - first
 
     def test_marks(self) -> int:
         return sum(1 for g, c, op, p in self.requests
@@ -57,6 +67,7 @@ class FaultyTransport:
         header = parse_header(data)
         payload = decode_payload(data[HEADER_SIZE:])
         faults.requests.append((header.group, header.cmd, header.op, payload))
+        faults.sent_at.append(time.monotonic())
         phase = faults.phase_of(header.group, header.cmd, header.op, payload)
         if phase == "reset":
             faults.reset_sent = True
@@ -71,6 +82,10 @@ class FaultyTransport:
             raise LinkLost("test: link dropped")
         if faults.frames in faults.drop_frame_at:
             return  # lost in the air
+        if (header.group, header.cmd) == (1, 1) and payload.get("off") == 0 \
+                and faults.drop_first_chunks > 0:
+            faults.drop_first_chunks -= 1
+            return
         await self.inner.send(data)
 
     async def receive(self) -> bytes:
