@@ -67,8 +67,32 @@ class LossyDevice:
         return None
 
 
+class _QueuedPeer:
+    """A fake whose worker task answers what it holds, started by the first request."""
+
+    out: asyncio.Queue[bytes]
+    worker: asyncio.Task[None] | None
+
+    def frame_budget(self, buf_size: int) -> int:
+        return buf_size
+
+    def _start(self) -> None:
+        if self.worker is None:
+            self.worker = asyncio.create_task(self._work())
+
+    async def _work(self) -> None:
+        raise NotImplementedError
+
+    async def receive(self) -> bytes:
+        return await self.out.get()
+
+    async def disconnect(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+
+
 @dataclass
-class BufferedDevice:
+class BufferedDevice(_QueuedPeer):
     """A device that holds at most ``buffers`` requests (the SMP transport's netbufs) and works
     through them every ``tick``: all it holds at once (``batch``, as the QEMU peer answers a
     window in one burst every ~50 ms) or one per tick (as a BLE link answers, event by event).
@@ -87,12 +111,8 @@ class BufferedDevice:
     out: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
 
-    def frame_budget(self, buf_size: int) -> int:
-        return buf_size
-
     async def send(self, data: bytes) -> None:
-        if self.worker is None:
-            self.worker = asyncio.create_task(self._work())
+        self._start()
         self.requests += 1
         if self.requests in self.lose_requests:
             return
@@ -117,13 +137,6 @@ class BufferedDevice:
                     int(Op.WRITE_RSP), 1, 0, len(body), header.group, header.seq, header.cmd),
                     body))
             del self.held[:count]
-
-    async def receive(self) -> bytes:
-        return await self.out.get()
-
-    async def disconnect(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
 
 
 async def upload(device: LossyDevice | BufferedDevice, window: int = 4) -> Uploader:
@@ -299,7 +312,7 @@ def test_a_burst_of_losses_is_one_loss() -> None:
 
 
 @dataclass
-class ErasingDevice:
+class ErasingDevice(_QueuedPeer):
     """img_mgmt's first chunk as ota.md 4.2 has it, one request at a time as the SMP thread
     runs them: a first chunk with a new sha erases the slot (``erase_s``) and starts an
     upload; one with the sha of the upload under way writes nothing and answers the device's
@@ -318,12 +331,8 @@ class ErasingDevice:
     out: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
 
-    def frame_budget(self, buf_size: int) -> int:
-        return buf_size
-
     async def send(self, data: bytes) -> None:
-        if self.worker is None:
-            self.worker = asyncio.create_task(self._work())
+        self._start()
         self.requests += 1
         if self.requests not in self.lose_requests and len(data) <= self.max_frame:
             self.inbox.put_nowait(data)
@@ -345,13 +354,6 @@ class ErasingDevice:
             body = encode_cbor({"off": self.offset})
             self.out.put_nowait(encode_frame(SmpHeader(
                 int(Op.WRITE_RSP), 1, 0, len(body), header.group, header.seq, header.cmd), body))
-
-    async def receive(self) -> bytes:
-        return await self.out.get()
-
-    async def disconnect(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
 
 
 async def upload_to(device: ErasingDevice, *, first_timeout_s: float,
