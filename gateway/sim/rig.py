@@ -33,6 +33,11 @@ GATEWAY_ADDRESS = "00:AA:00:00:00:01"
 # A controller process registers its GATT application and advertisement in ~0.2 s; 20 s
 # covers a loaded 2-core CI machine starting ten of them at once.
 PROCESS_READY_TIMEOUT_S = 20.0
+# A control call to BlueZoo or a controller process: each answers in milliseconds (AddAdapter
+# powers the adapter on as well); 30 s covers a loaded machine, and a peer that never answers
+# becomes a SimError that a test or a bench reports, not a hang (a fleet bench run once sat
+# in a trial for minutes with no way to tell where).
+RIG_CALL_TIMEOUT_S = 30.0
 FAULT_KINDS = ("drop_link", "power_loss", "power_restore", "reboot", "busy", "slow", "mute",
                "drop_smp_reply", "corrupt_notification", "lose_bonds",
                # the irrigation side, as the firmware handles it (device-ble.md Δ22)
@@ -230,9 +235,14 @@ class Rig:
                     body: list[Any]) -> Message:
         if self._control_bus is None:
             raise SimError("rig is not running")
-        reply = await self._control_bus.call(Message(
-            destination=dest, path=path, interface=iface, member=member, signature=signature,
-            body=body))
+        try:
+            async with asyncio.timeout(RIG_CALL_TIMEOUT_S):
+                reply = await self._control_bus.call(Message(
+                    destination=dest, path=path, interface=iface, member=member,
+                    signature=signature, body=body))
+        except TimeoutError as exc:
+            raise SimError(f"{member} on {dest} did not answer within "
+                           f"{RIG_CALL_TIMEOUT_S:.0f} s") from exc
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             raise SimError(f"{member} failed: {reply.error_name}: {reply.body}")

@@ -657,6 +657,8 @@ class _Session:
         try:
             await link.notify(handle, data if msg.enable else None)
         except RadioError as exc:
+            log.info("proxy_notify_failed", address=mac_str(address), handle=handle,
+                     error=str(exc))
             self.send(pb.BluetoothGATTErrorResponse(address=address, handle=handle,
                                                     error=exc.code))
             return
