@@ -26,6 +26,11 @@ Fixes:
 8. A Connect that arrives while the same link is being torn down returns at once (the device
    still says Connected) and the client resolves services that are disappearing: connects and
    disconnects of one link now run one after the other, as BlueZ runs them.
+9. A link that ends without its StopNotify (its central's adapter removed while a subscribe
+   was under way) leaves the controller's characteristic notifying, and StartNotify on any
+   later link then asks for AcquireNotify, which the characteristic does not have: a new
+   link now starts with the notifications of the one before it stopped, as BlueZ's server
+   clears a CCCD when its link ends.
 
 And one addition, the garden (``--position ADDR=X,Y``): where both ends of a link have a
 position, RSSI follows a log-distance path loss and a peer below the receiver's sensitivity is
@@ -53,7 +58,7 @@ import bluezoo.gatt.manager as bz_gatt_manager
 import bluezoo.interfaces.LEAdvertisement as bz_adv_iface
 import sdbus
 from bluezoo.exceptions import DBusBluezAuthenticationFailedError, DBusBluezFailedError
-from bluezoo.gatt import GattCharacteristicClientLink
+from bluezoo.gatt import GattCharacteristicClient, GattCharacteristicClientLink
 
 from gateway.sim.radios import PERIPHERAL_RADIOS_BUS_NAME
 
@@ -170,6 +175,18 @@ async def _set_connected(device: Any, value: bool) -> None:
         await device.ServicesResolved.set_async(False)
 
 
+async def _stop_stale_notifications(peripheral_adapter: Any) -> None:
+    """A controller serves one central and advertises only while it has none, so what is
+    still notifying when a link is about to come up was left by a link that is gone."""
+    for app in list(peripheral_adapter.gatt_apps.values()):
+        for obj in list(app.objects.values()):
+            if isinstance(obj, GattCharacteristicClient) and obj.Notifying.get(False):
+                try:
+                    await obj.StopNotify()
+                except Exception:  # the peripheral process may be going away
+                    logging.getLogger(__name__).debug("stop_notify_failed", exc_info=True)
+
+
 def _fix_connect_disconnect() -> None:
     device_cls = bz_device.Device
     original_connect = device_cls.connect
@@ -199,6 +216,7 @@ def _fix_connect_disconnect() -> None:
             raise DBusBluezFailedError("le-connection-abort-by-local")
         if self.peer_adapter.id not in self.peer_adapter.mock.adapters:
             raise DBusBluezFailedError("Host is down")
+        await _stop_stale_notifications(self.peer_adapter)
         await original_connect(self, uuid)
         other = _counterpart(self)
         if other is not None:

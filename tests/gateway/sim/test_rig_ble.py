@@ -331,3 +331,22 @@ async def test_a_connect_during_a_teardown_waits_for_it_and_resolves_every_servi
         bus.disconnect()
         with contextlib.suppress(BleakError):
             await client.disconnect()
+
+
+async def test_a_subscription_a_vanished_link_left_behind_does_not_refuse_the_next(
+        rig: Rig) -> None:
+    """A link that ends without its StopNotify (the central's adapter removed while a
+    subscribe was under way) left the controller's characteristic notifying, and BlueZoo took
+    every later StartNotify for an AcquireNotify, which the characteristic refuses: in one
+    fleet bench trial a controller refused each subscribe through a proxy for minutes."""
+    name, path = "org.autowatering.sim.controller0", "/org/autowatering/app/service0/char0001"
+    uuid = await rig._call(name, path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                           ["org.bluez.GattCharacteristic1", "UUID"])
+    assert uuid.body[0].value == uuids.FLOW_SENSOR
+    await rig._call(name, path, "org.bluez.GattCharacteristic1", "StartNotify", "", [])
+    client = await connect(rig.controllers[0].address)
+    try:
+        await client.start_notify(uuids.FLOW_SENSOR, lambda _c, _d: None)
+        await client.stop_notify(uuids.FLOW_SENSOR)
+    finally:
+        await client.disconnect()
