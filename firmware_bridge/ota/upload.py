@@ -109,8 +109,7 @@ class ResendTimer:
     def timeout_s(self) -> float:
         if self.srtt is None:
             return self.ceiling_s
-        rto = max(MIN_RESEND_S, self.srtt + 4 * self.rttvar) * self.backoff
-        return min(self.ceiling_s, rto)
+        return min(self.ceiling_s, self.resend_s * self.backoff)
 
 
 class Window:
