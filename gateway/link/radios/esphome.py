@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import bleak_esphome
 import structlog
 from aioesphomeapi.client import APIClient
 from aioesphomeapi.core import (
     APIConnectionError,
+    BluetoothConnectionDroppedError,
     EncryptionPlaintextAPIError,
     InvalidAuthAPIError,
     InvalidEncryptionKeyAPIError,
@@ -70,6 +71,14 @@ RECONNECT_CAP_S = 10.0
 # A proxy that answers and refuses (key, password, encryption): a person must change the
 # credential or its YAML, so the attempt (a Noise handshake on the ESP32) is spaced wider.
 REFUSED_RECONNECT_CAP_S = 60.0
+# aioesphomeapi takes any connection change of a device for the answer to a request about it
+# (an unpair, a cache clear). The late close of a link the hub just abandoned (a cancelled
+# connect, released without waiting) is such a change: the request is asked again. A proxy
+# holds one link per device, so one stale close is what comes; three attempts leave room for
+# a connect failure besides, all within one API_CONNECT_TIMEOUT_S.
+DEVICE_REQUEST_ATTEMPTS = 3
+
+T = TypeVar("T")
 
 
 class EsphomeRadio:
@@ -151,8 +160,7 @@ class EsphomeRadio:
                 self._flags & BluetoothProxyFeature.CACHE_CLEARING):
             return True
         try:
-            async with asyncio.timeout(API_CONNECT_TIMEOUT_S):
-                await api.bluetooth_device_clear_cache(mac_to_int(address))
+            await _device_request(lambda: api.bluetooth_device_clear_cache(mac_to_int(address)))
         except (APIConnectionError, TimeoutError) as exc:
             log.info("proxy_cache_clear_failed", radio=self.name, address=address,
                      error=str(exc))
@@ -173,8 +181,7 @@ class EsphomeRadio:
                                f"{address} --radio NAME")
             return True
         try:
-            async with asyncio.timeout(API_CONNECT_TIMEOUT_S):
-                answer = await api.bluetooth_device_unpair(mac_to_int(address))
+            answer = await _device_request(lambda: api.bluetooth_device_unpair(mac_to_int(address)))
         except (APIConnectionError, TimeoutError) as exc:
             log.warning("proxy_unpair_failed", radio=self.name, address=address, error=str(exc))
             return True
@@ -364,6 +371,16 @@ class EsphomeRadio:
         foreign = max(0, limit - free - ours)
         cap = min(limit, self.settings.slots or limit)
         self.scheduler.resize(min(cap, limit - foreign))
+
+
+async def _device_request(ask: Callable[[], Awaitable[T]]) -> T:
+    async with asyncio.timeout(API_CONNECT_TIMEOUT_S):
+        for _ in range(DEVICE_REQUEST_ATTEMPTS - 1):
+            try:
+                return await ask()
+            except BluetoothConnectionDroppedError:
+                continue  # a stale close answered it
+        return await ask()
 
 
 def refusal(settings: EsphomeProxySettings, exc: BaseException) -> RadioRefused:

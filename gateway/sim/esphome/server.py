@@ -176,6 +176,13 @@ class ProxyServer:
         self.forced_slots = (free, limit)
         self.report_free()
 
+    def report_closed(self, address: str) -> None:
+        """The close event of a link a client already gave up (a connect it abandoned, its
+        BLE disconnect slow): reported to every client, whatever it now waits for."""
+        for session in list(self._sessions):
+            session.send(pb.BluetoothDeviceConnectionResponse(address=mac_int(address),
+                                                              connected=False))
+
     async def _drop_sessions(self) -> None:
         sessions = list(self._sessions)
         for session in sessions:
