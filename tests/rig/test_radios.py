@@ -72,7 +72,10 @@ async def gateway(rig: Rig, tmp_path: Path, *, pins: dict[int, str] | None = Non
         "link": {"adapters": [{"name": "hci0"}, {"name": adapter}],
                  "refresh_period_s": REFRESH_S, "connect_timeout_s": 8.0},
         "radios": {"esphome": [{"name": n, "host": "127.0.0.1", "port": s.port}
-                               for n, s in proxies.items()]}})
+                               for n, s in proxies.items()]},
+        # The rig's firmware never confirms itself: the gateway confirms after this wait,
+        # which is the firmware's to use, not the radios' to test.
+        "ota": {"self_confirm_wait_s": 2.0}})
     registry = Registry(config.registry_path)
     for handle in rig.controllers:
         registry.add(handle.address, name="AutoWatering", bonded=True,
