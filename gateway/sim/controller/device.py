@@ -413,7 +413,7 @@ class VirtualController:
         self.connected_device = None
         self._pending.clear()
         for char in self._chars.values():
-            char.notifying = False  # subscriptions are per connection
+            char.unsubscribe()  # subscriptions are per connection
             char.close_acquired()
         log.info("central_disconnected", controller=self.config.index)
         if not self._rebooting:

@@ -101,6 +101,11 @@ class GattCharacteristic(ServiceInterface):
 
     @method()
     def StopNotify(self) -> None:
+        self.unsubscribe()
+
+    def unsubscribe(self) -> None:
+        """The subscription ends (its central asked, or its link is gone): said on the bus, as
+        BlueZ's server says it, else BlueZ keeps the characteristic notifying."""
         if self.notifying:
             self.notifying = False
             self.emit_properties_changed({"Notifying": False})

@@ -350,3 +350,34 @@ async def test_a_subscription_a_vanished_link_left_behind_does_not_refuse_the_ne
         await client.stop_notify(uuids.FLOW_SENSOR)
     finally:
         await client.disconnect()
+
+
+async def test_a_subscribe_racing_the_link_teardown_does_not_refuse_the_next(rig: Rig) -> None:
+    """A StartNotify still on its way to the controller when its link is torn down: the
+    controller takes it, then sees its link end and drops the subscription. It said nothing
+    of that on the bus, so BlueZoo kept it notifying and took every later StartNotify for an
+    AcquireNotify (a slot pre-empted mid-subscribe cost a controller its refreshes)."""
+    address = rig.controllers[0].address
+    path = "/org/bluez/hci0/dev_" + address.replace(":", "_")
+    client = await connect(address)
+    flow = client.services.get_characteristic(uuids.FLOW_SENSOR)
+    assert flow is not None
+    bus = await MessageBus(bus_address=rig.bus_address).connect()
+    try:
+        # Sent back to back; the StartNotify's answer never comes (its object goes with the
+        # link), as a subscribe a pre-empted visit had under way is never answered.
+        await bus.send(Message(destination="org.bluez", path=flow.obj[0],
+                               interface="org.bluez.GattCharacteristic1", member="StartNotify"))
+        reply = await bus.call(Message(destination="org.bluez", path=path,
+                                       interface="org.bluez.Device1", member="Disconnect"))
+        assert reply is not None and reply.message_type == MessageType.METHOD_RETURN
+    finally:
+        bus.disconnect()
+    with contextlib.suppress(BleakError):
+        await client.disconnect()
+    client = await connect(address)
+    try:
+        await client.start_notify(uuids.FLOW_SENSOR, lambda _c, _d: None)
+        await client.stop_notify(uuids.FLOW_SENSOR)
+    finally:
+        await client.disconnect()
