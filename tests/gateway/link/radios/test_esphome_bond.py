@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 from gateway.clock import LoopClock
 from gateway.config import EsphomeProxySettings
@@ -17,8 +18,9 @@ from tests.helpers.fakes import ProxyRadioFake
 ADDRESS = "C0:FF:EE:00:00:01"
 
 
-async def test_the_proxy_forgets_its_bond_and_the_hub_keeps_its_own() -> None:
-    server = ProxyServer(ProxySettings(), ProxyRadioFake())
+@contextlib.asynccontextmanager
+async def radio_up(server: ProxyServer) -> AsyncIterator[EsphomeRadio]:
+    """The gateway's radio for ``server``, its API connected."""
     await server.start()
     stack = ProxyStack(lambda _address: None)
     try:
@@ -29,12 +31,18 @@ async def test_the_proxy_forgets_its_bond_and_the_hub_keeps_its_own() -> None:
             running = asyncio.create_task(radio.run())
             try:
                 await until(lambda: radio.up, 10, "the proxy's API connected")
-                assert await radio.forget_bond(ADDRESS)
-                assert server.unpaired == [ADDRESS]
+                yield radio
             finally:
                 await cancel_and_wait(running)
     finally:
         await server.stop()
+
+
+async def test_the_proxy_forgets_its_bond_and_the_hub_keeps_its_own() -> None:
+    server = ProxyServer(ProxySettings(), ProxyRadioFake())
+    async with radio_up(server) as radio:
+        assert await radio.forget_bond(ADDRESS)
+        assert server.unpaired == [ADDRESS]
 
 
 class LateCloseRadio(ProxyRadioFake):
@@ -62,19 +70,6 @@ async def test_the_late_close_of_an_abandoned_link_is_no_answer_to_the_unpair() 
     server = ProxyServer(ProxySettings(), fake)
     fake.server = server
     server.bonded.add(ADDRESS)
-    await server.start()
-    stack = ProxyStack(lambda _address: None)
-    try:
-        async with stack.running():
-            radio = EsphomeRadio(EsphomeProxySettings(name="garden", host="127.0.0.1",
-                                                      port=server.port),
-                                 lambda: stack.manager, LoopClock())
-            running = asyncio.create_task(radio.run())
-            try:
-                await until(lambda: radio.up, 10, "the proxy's API connected")
-                assert await radio.forget_bond(ADDRESS)
-                assert ADDRESS not in server.bonded
-            finally:
-                await cancel_and_wait(running)
-    finally:
-        await server.stop()
+    async with radio_up(server) as radio:
+        assert await radio.forget_bond(ADDRESS)
+        assert ADDRESS not in server.bonded
