@@ -7,9 +7,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from gateway.sim.controller.config import ControllerConfig
 from gateway.sim.rig import Rig, RigOptions
+
+# The suite shares its cores with the rig's processes, QEMU and Home Assistant (and, in the
+# hog runs, two busy loops): how long an example takes to draw or run measures the machine,
+# not the code. The number of examples stays Hypothesis's default.
+settings.register_profile("shared-cores", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared-cores")
 
 
 @pytest.fixture
