@@ -58,7 +58,7 @@ from gateway.relay.offers import OfferBoard
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.images import firmware_body, make_image
 from gateway.store.outbox import Outbox, StoredItem
-from tests.helpers import until
+from tests.helpers import cancel_and_wait, until
 from tests.helpers.builders import state
 from tests.helpers.fakes import VirtualClock
 from tests.helpers.mqtt import Listener, publish
@@ -449,9 +449,7 @@ async def test_the_update_entity_installs_a_cloud_release(tmp_path: Path) -> Non
                 assert reply["ok"] and reply["result"]["detail"]["fw_version"] == "9.3.0"
                 assert any(json.loads(p)["in_progress"] for p in mqtt.on(update))
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         assert asked == [ADDRESS]
 
 
